@@ -1,0 +1,182 @@
+//! Types and constants shared by the XDP datapath and the userspace control
+//! plane. Everything here is `#[repr(C)]` with explicit padding and a size
+//! assertion, so a layout change fails the build instead of the kernel.
+//! Multi-byte fields that hold packet data are in network byte order and are
+//! named `*_be`.
+#![no_std]
+
+use core::mem::size_of;
+
+/// Most VIPs one datapath holds (the VIP id indexes per-VIP arrays).
+pub const MAX_VIPS: u32 = 64;
+/// Most backends one datapath holds (the backend id indexes per-backend arrays).
+pub const MAX_BACKENDS: u32 = 4096;
+/// Slots in one half of a VIP's ring: room for a Maglev table of the default
+/// prime size. Round-robin rings use the first `len` slots.
+pub const RING_CAPACITY: u32 = 65537;
+/// Entries of the ring array that belong to one VIP: two halves.
+pub const RING_STRIDE: u32 = 2 * RING_CAPACITY;
+/// Default size of the flow table (LRU); `flow_table_size` in the config
+/// overrides it at load time.
+pub const FLOW_TABLE_DEFAULT: u32 = 65536;
+
+/// Ring state word: bit 31 selects the live half, the low bits its length.
+/// One 32-bit word, so userspace switches half and length in one store.
+pub const RING_HALF_BIT: u32 = 1 << 31;
+pub const RING_LEN_MASK: u32 = RING_HALF_BIT - 1;
+
+#[inline(always)]
+pub const fn ring_state(half: u32, len: u32) -> u32 {
+    ((half & 1) << 31) | (len & RING_LEN_MASK)
+}
+
+pub const AF_INET: u8 = 4;
+pub const AF_INET6: u8 = 6;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Key of the VIP map. IPv4 addresses use `addr_be[0]`, the rest is zero.
+/// `port_be == 0` is a wildcard VIP that matches every port of the protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    pub addr_be: [u32; 4],
+    pub port_be: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+const _: () = assert!(size_of::<VipKey>() == 20);
+
+/// Value of the VIP map: what the datapath needs to serve one VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Service {
+    /// Index into the per-VIP arrays (ring, ring state, counters).
+    pub vip_id: u32,
+    pub scheduler: u8,
+    pub forward_mode: u8,
+    pub flags: u16,
+}
+const _: () = assert!(size_of::<Service>() == 8);
+
+pub const SCHED_RR: u8 = 0;
+pub const FWD_DSR: u8 = 0;
+
+/// One backend, indexed by its backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub addr_be: [u32; 4],
+    /// Next-hop MAC of the backend (resolved by userspace).
+    pub mac: [u8; 6],
+    pub family: u8,
+    pub flags: u8,
+}
+const _: () = assert!(size_of::<Backend>() == 24);
+
+/// The backend may take traffic. A flow whose backend lost this flag is
+/// rescheduled on its next packet.
+pub const BACKEND_UP: u8 = 1;
+
+/// Key of the flow table: the packet's 5-tuple as it arrives from the client.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src_be: [u32; 4],
+    pub dst_be: [u32; 4],
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<FlowKey>() == 40);
+
+/// Value of the flow table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    pub backend_id: u32,
+    pub vip_id: u32,
+}
+const _: () = assert!(size_of::<Flow>() == 8);
+
+/// Packets and bytes (per CPU in the maps; userspace sums the CPUs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(size_of::<Counter>() == 16);
+
+/// Why the datapath returned what it returned. Every packet is counted under
+/// exactly one reason, so `sum(reasons) == packets seen`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// XDP_TX: forwarded to a backend.
+    Forwarded = 0,
+    /// XDP_PASS: not IPv4/IPv6 (ARP, LLDP, ...).
+    NotIp = 1,
+    /// XDP_PASS: IP, but no VIP matches (address, port, protocol).
+    NotVip = 2,
+    /// XDP_PASS: IPv6 is not served by this datapath version.
+    Ipv6 = 3,
+    /// XDP_PASS: neither TCP nor UDP (ICMP, VRRP, ...).
+    OtherL4 = 4,
+    /// XDP_PASS: an IPv4 fragment; the kernel reassembles or rejects it.
+    Fragment = 5,
+    /// XDP_PASS: a header is truncated or claims lengths the frame does not
+    /// have; the kernel drops it with its own counters.
+    Malformed = 6,
+    /// XDP_DROP: the VIP has no backend that may take traffic.
+    NoBackend = 7,
+    /// XDP_DROP: a ring slot names a backend the backend table lacks
+    /// (a control-plane bug; counted so it cannot hide).
+    BadBackend = 8,
+}
+
+pub const REASON_COUNT: u32 = 9;
+
+impl Reason {
+    pub const ALL: [Reason; REASON_COUNT as usize] = [
+        Reason::Forwarded,
+        Reason::NotIp,
+        Reason::NotVip,
+        Reason::Ipv6,
+        Reason::OtherL4,
+        Reason::Fragment,
+        Reason::Malformed,
+        Reason::NoBackend,
+        Reason::BadBackend,
+    ];
+
+    /// Stable name used in logs, `foobar stats` and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::Forwarded => "forwarded",
+            Reason::NotIp => "pass_not_ip",
+            Reason::NotVip => "pass_not_vip",
+            Reason::Ipv6 => "pass_ipv6",
+            Reason::OtherL4 => "pass_other_l4",
+            Reason::Fragment => "pass_fragment",
+            Reason::Malformed => "pass_malformed",
+            Reason::NoBackend => "drop_no_backend",
+            Reason::BadBackend => "drop_bad_backend",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), Copy, with no implicit padding (the
+    // size assertions above pin their layout) and valid for any bit pattern.
+    unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for Service {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for Flow {}
+    unsafe impl aya::Pod for Counter {}
+}

@@ -1,0 +1,63 @@
+//! foobar's XDP programs. `foobar` is the load balancer: it reads the pipeline
+//! of DESIGN.md top to bottom, each step a module that returns
+//! `Result<_, Verdict>`. `foobar_pass` only returns XDP_PASS (the lab attaches
+//! it to the peer of a veth so XDP_TX frames are delivered).
+#![no_std]
+#![no_main]
+
+mod flow;
+mod forward;
+mod maps;
+mod parse;
+mod schedule;
+mod stats;
+mod verdict;
+mod vip;
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use foobar_common::Reason;
+
+use verdict::Verdict;
+
+#[xdp]
+pub fn foobar(ctx: XdpContext) -> u32 {
+    match pipeline(&ctx) {
+        Ok(action) => action,
+        Err(verdict) => {
+            stats::count_reason(verdict.reason, frame_len(&ctx));
+            verdict.action
+        }
+    }
+}
+
+#[inline(always)]
+fn pipeline(ctx: &XdpContext) -> Result<u32, Verdict> {
+    let pkt = parse::parse(ctx)?;
+    let service = vip::lookup(&pkt)?;
+    let (backend_id, backend) = flow::backend_for(&pkt, &service)?;
+    let action = forward::forward(ctx, &backend)?;
+    let len = frame_len(ctx);
+    stats::count_forward(service.vip_id, backend_id, len);
+    stats::count_reason(Reason::Forwarded, len);
+    Ok(action)
+}
+
+#[inline(always)]
+fn frame_len(ctx: &XdpContext) -> u64 {
+    (ctx.data_end() - ctx.data()) as u64
+}
+
+#[xdp]
+pub fn foobar_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

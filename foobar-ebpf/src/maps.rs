@@ -1,0 +1,46 @@
+//! Every map of the datapath, on one screen. Userspace (foobar-user's
+//! `datapath` module) is their only writer, except the flow table, the
+//! round-robin cursors and the counters, which the datapath writes.
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use foobar_common::{
+    Backend, Counter, Flow, FlowKey, Service, VipKey, FLOW_TABLE_DEFAULT, MAX_BACKENDS, MAX_VIPS,
+    REASON_COUNT, RING_STRIDE,
+};
+
+/// (address, port, protocol) -> service. Port 0 is the every-port VIP.
+#[map]
+pub static VIPS: HashMap<VipKey, Service> = HashMap::with_max_entries(MAX_VIPS, 0);
+
+/// Backend id -> backend (address, next-hop MAC, up flag).
+#[map]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Per VIP, two halves of RING_CAPACITY backend ids each; the VIP's
+/// RING_STATE word says which half is live and how long it is.
+#[map]
+pub static RINGS: Array<u32> = Array::with_max_entries(MAX_VIPS * RING_STRIDE, 0);
+
+/// Per VIP: `ring_state(half, len)`, written by userspace after the half.
+#[map]
+pub static RING_STATE: Array<u32> = Array::with_max_entries(MAX_VIPS, 0);
+
+/// Per VIP, per CPU: the next round-robin position.
+#[map]
+pub static RR_CURSOR: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
+
+/// 5-tuple -> backend of an established flow. Size set at load time.
+#[map]
+pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(FLOW_TABLE_DEFAULT, 0);
+
+#[map]
+pub static VIP_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
+
+#[map]
+pub static BACKEND_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// Per reason (foobar_common::Reason): every packet lands in exactly one.
+#[map]
+pub static REASONS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_COUNT, 0);

@@ -1,0 +1,27 @@
+//! Per-CPU counters: per VIP, per backend, per verdict reason. No locking is
+//! needed because each CPU owns its slot; userspace sums the CPUs.
+use foobar_common::{Counter, Reason};
+
+use crate::maps::{BACKEND_STATS, REASONS, VIP_STATS};
+
+#[inline(always)]
+fn add(counter: Option<*mut Counter>, bytes: u64) {
+    if let Some(c) = counter {
+        // SAFETY: a per-CPU array slot, valid and owned by this CPU.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += bytes;
+        }
+    }
+}
+
+#[inline(always)]
+pub fn count_reason(reason: Reason, bytes: u64) {
+    add(REASONS.get_ptr_mut(reason as u32), bytes);
+}
+
+#[inline(always)]
+pub fn count_forward(vip_id: u32, backend_id: u32, bytes: u64) {
+    add(VIP_STATS.get_ptr_mut(vip_id), bytes);
+    add(BACKEND_STATS.get_ptr_mut(backend_id), bytes);
+}

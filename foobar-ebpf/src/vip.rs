@@ -1,0 +1,25 @@
+//! Step 2: find the service of a packet's (address, port, protocol); a VIP
+//! with port 0 serves every port. No match means the packet is not ours.
+use foobar_common::{Reason, Service, VipKey};
+
+use crate::{maps::VIPS, parse::Packet, verdict::Verdict};
+
+#[inline(always)]
+pub fn lookup(pkt: &Packet) -> Result<Service, Verdict> {
+    let mut key = VipKey {
+        addr_be: pkt.flow.dst_be,
+        port_be: pkt.flow.dport_be,
+        proto: pkt.flow.proto,
+        family: pkt.flow.family,
+    };
+    // SAFETY: VIPS is only written by userspace; a racing update at worst
+    // gives the old or the new service, both valid.
+    if let Some(service) = unsafe { VIPS.get(&key) } {
+        return Ok(*service);
+    }
+    key.port_be = 0;
+    match unsafe { VIPS.get(&key) } {
+        Some(service) => Ok(*service),
+        None => Err(Verdict::pass(Reason::NotVip)),
+    }
+}

@@ -1,0 +1,429 @@
+//! The only userspace code that touches BPF: loads the XDP object embedded
+//! at build time, attaches it to an interface, writes the maps from a
+//! [`Plan`], and reads the counters back. It decides nothing: what to write
+//! comes from the plan, which comes from the validated config.
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray},
+    programs::{
+        xdp::{XdpLinkId, XdpMode},
+        ProgramError, TestRun as _, TestRunOptions, Xdp,
+    },
+    Ebpf, EbpfLoader,
+};
+use foobar_common::{
+    ring_state, Backend, Counter, Reason, Service, VipKey, MAX_BACKENDS, MAX_VIPS, RING_CAPACITY,
+    RING_HALF_BIT, RING_STRIDE,
+};
+
+use crate::plan::Plan;
+
+/// The XDP object built by build.rs (foobar-ebpf's `foobar` binary).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/foobar"));
+
+/// The load balancer program.
+pub const LB_PROGRAM: &str = "foobar";
+/// A program that only returns XDP_PASS: attached to the peer of a veth it
+/// makes the kernel deliver frames the LB sends with XDP_TX.
+pub const PASS_PROGRAM: &str = "foobar_pass";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("loading the XDP object failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("the XDP object has no {what} named {name}")]
+    Missing { what: &'static str, name: &'static str },
+    #[error("map {map}: {source}")]
+    Map {
+        map: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("program {program}: {source}")]
+    Program {
+        program: &'static str,
+        source: ProgramError,
+    },
+    #[error("interface {iface} does not exist (see `ip link`)")]
+    UnknownInterface { iface: String },
+    #[error(
+        "interface {iface} does not support XDP in {mode} mode; \
+         try --xdp-mode skb (generic XDP), which every driver supports"
+    )]
+    ModeUnsupported { iface: String, mode: &'static str },
+    #[error(
+        "interface {iface} already has an XDP program attached \
+         (another foobar? see `ip link show dev {iface}`); detach it first"
+    )]
+    Busy { iface: String },
+    #[error("attaching to {iface} in {mode} mode failed: {source}")]
+    Attach {
+        iface: String,
+        mode: &'static str,
+        source: ProgramError,
+    },
+    #[error("the plan has {what} {got}, more than the datapath's limit {limit}")]
+    TooMany {
+        what: &'static str,
+        got: usize,
+        limit: u32,
+    },
+}
+
+type Result<T, E = DatapathError> = std::result::Result<T, E>;
+
+/// Where XDP runs on an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// In the driver, before an skb exists (the fast path).
+    Native,
+    /// Generic XDP in the kernel stack: works on every interface, slower.
+    Skb,
+}
+
+impl AttachMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            AttachMode::Native => "native",
+            AttachMode::Skb => "skb",
+        }
+    }
+
+    fn xdp_mode(self) -> XdpMode {
+        match self {
+            AttachMode::Native => XdpMode::Driver,
+            AttachMode::Skb => XdpMode::Skb,
+        }
+    }
+}
+
+/// Load-time settings of the datapath.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub flow_table_size: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            flow_table_size: foobar_common::FLOW_TABLE_DEFAULT,
+        }
+    }
+}
+
+/// Summed per-CPU counters, as the datapath sees them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Stats {
+    /// Indexed by `Reason as usize`.
+    pub reasons: Vec<(&'static str, Counters)>,
+    /// Indexed by VIP id.
+    pub vips: Vec<Counters>,
+    /// Indexed by backend id.
+    pub backends: Vec<Counters>,
+}
+
+impl Stats {
+    pub fn reason(&self, reason: Reason) -> &Counters {
+        &self.reasons[reason as usize].1
+    }
+}
+
+/// A loaded XDP object and, once attached, its link.
+pub struct Datapath {
+    ebpf: Ebpf,
+    attached: Option<(String, XdpLinkId)>,
+}
+
+impl Datapath {
+    /// Loads the object and both programs into the kernel (nothing is
+    /// attached yet, nothing forwards).
+    pub fn load(opts: &LoadOptions) -> Result<Self> {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("FLOWS", opts.flow_table_size)
+            .load(OBJECT)?;
+        for name in [LB_PROGRAM, PASS_PROGRAM] {
+            xdp_program(&mut ebpf, name)?
+                .load()
+                .map_err(|source| DatapathError::Program {
+                    program: name,
+                    source,
+                })?;
+        }
+        Ok(Datapath {
+            ebpf,
+            attached: None,
+        })
+    }
+
+    /// Attaches the load balancer to `iface`.
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<()> {
+        let link = attach_program(&mut self.ebpf, LB_PROGRAM, iface, mode)?;
+        self.attached = Some((iface.to_owned(), link));
+        Ok(())
+    }
+
+    /// Detaches the load balancer if attached. Dropping the `Datapath` also
+    /// detaches (the link's file descriptor closes); this makes it explicit
+    /// and reports errors.
+    pub fn detach(&mut self) -> Result<()> {
+        if let Some((_, link)) = self.attached.take() {
+            xdp_program(&mut self.ebpf, LB_PROGRAM)?
+                .detach(link)
+                .map_err(|source| DatapathError::Program {
+                    program: LB_PROGRAM,
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Writes everything the plan holds: backends first, then each VIP's
+    /// ring and ring state, then the VIP itself, so that a packet that
+    /// finds a VIP always finds its ring and backends filled in.
+    pub fn apply(&mut self, plan: &Plan) -> Result<()> {
+        if plan.vips.len() > MAX_VIPS as usize {
+            return Err(DatapathError::TooMany {
+                what: "VIPs",
+                got: plan.vips.len(),
+                limit: MAX_VIPS,
+            });
+        }
+        if plan.backends.len() > MAX_BACKENDS as usize {
+            return Err(DatapathError::TooMany {
+                what: "backends",
+                got: plan.backends.len(),
+                limit: MAX_BACKENDS,
+            });
+        }
+        for (id, backend) in plan.backends.iter().enumerate() {
+            self.set_backend(id as u32, backend)?;
+        }
+        for vip in &plan.vips {
+            self.set_ring(vip.service.vip_id, &vip.ring)?;
+        }
+        let mut vips: HashMap<&mut MapData, VipKey, Service> = self.map_mut("VIPS")?;
+        for vip in &plan.vips {
+            vips.insert(vip.key, vip.service, 0)
+                .map_err(|source| DatapathError::Map { map: "VIPS", source })?;
+        }
+        Ok(())
+    }
+
+    pub fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
+        let mut backends: Array<&mut MapData, Backend> = self.map_mut("BACKENDS")?;
+        backends.set(id, backend, 0).map_err(|source| DatapathError::Map {
+            map: "BACKENDS",
+            source,
+        })
+    }
+
+    /// Replaces a VIP's ring: fills the half the datapath is not reading,
+    /// then switches half and length with one 32-bit store.
+    pub fn set_ring(&mut self, vip_id: u32, ring: &[u32]) -> Result<()> {
+        if ring.len() > RING_CAPACITY as usize {
+            return Err(DatapathError::TooMany {
+                what: "ring slots",
+                got: ring.len(),
+                limit: RING_CAPACITY,
+            });
+        }
+        let state: Array<&MapData, u32> = self.map("RING_STATE")?;
+        let live = state.get(&vip_id, 0).map_err(|source| DatapathError::Map {
+            map: "RING_STATE",
+            source,
+        })?;
+        let next_half = u32::from(live & RING_HALF_BIT == 0);
+        let base = vip_id * RING_STRIDE + next_half * RING_CAPACITY;
+        let mut rings: Array<&mut MapData, u32> = self.map_mut("RINGS")?;
+        for (pos, backend_id) in ring.iter().enumerate() {
+            rings
+                .set(base + pos as u32, backend_id, 0)
+                .map_err(|source| DatapathError::Map { map: "RINGS", source })?;
+        }
+        let mut state: Array<&mut MapData, u32> = self.map_mut("RING_STATE")?;
+        state
+            .set(vip_id, ring_state(next_half, ring.len() as u32), 0)
+            .map_err(|source| DatapathError::Map {
+                map: "RING_STATE",
+                source,
+            })
+    }
+
+    /// Reads and sums every per-CPU counter.
+    pub fn stats(&self, vip_count: usize, backend_count: usize) -> Result<Stats> {
+        let reasons = Reason::ALL
+            .iter()
+            .map(|r| Ok((r.name(), self.counter("REASONS", *r as u32)?)))
+            .collect::<Result<_>>()?;
+        let vips = (0..vip_count as u32)
+            .map(|id| self.counter("VIP_STATS", id))
+            .collect::<Result<_>>()?;
+        let backends = (0..backend_count as u32)
+            .map(|id| self.counter("BACKEND_STATS", id))
+            .collect::<Result<_>>()?;
+        Ok(Stats {
+            reasons,
+            vips,
+            backends,
+        })
+    }
+
+    fn counter(&self, map: &'static str, index: u32) -> Result<Counters> {
+        let array: PerCpuArray<&MapData, Counter> = self.map(map)?;
+        let per_cpu = array
+            .get(&index, 0)
+            .map_err(|source| DatapathError::Map { map, source })?;
+        Ok(per_cpu.iter().fold(Counters::default(), |acc, c| Counters {
+            packets: acc.packets + c.packets,
+            bytes: acc.bytes + c.bytes,
+        }))
+    }
+
+    /// Runs the load balancer once on `frame` with BPF_PROG_TEST_RUN and
+    /// returns the XDP action and the frame as the program left it.
+    pub fn test_run(&mut self, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+        let prog = xdp_program(&mut self.ebpf, LB_PROGRAM)?;
+        // Room for growth: later forwarding modes encapsulate.
+        let mut out = vec![0u8; frame.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        let result = prog.test_run(opts).map_err(|source| DatapathError::Program {
+            program: LB_PROGRAM,
+            source,
+        })?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, out))
+    }
+
+    fn map<'a, T>(&'a self, name: &'static str) -> Result<T>
+    where
+        T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self.ebpf.map(name).ok_or(DatapathError::Missing {
+            what: "map",
+            name,
+        })?;
+        T::try_from(map).map_err(|source| DatapathError::Map { map: name, source })
+    }
+
+    fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T>
+    where
+        T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self.ebpf.map_mut(name).ok_or(DatapathError::Missing {
+            what: "map",
+            name,
+        })?;
+        T::try_from(map).map_err(|source| DatapathError::Map { map: name, source })
+    }
+}
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        if let Err(err) = self.detach() {
+            tracing::error!(%err, "detaching the XDP program failed");
+        }
+    }
+}
+
+/// The `foobar_pass` program of a loaded object, attached on its own: the
+/// lab puts it on the peer of the LB's veth. Dropping it detaches it.
+pub struct PassProgram {
+    _ebpf: Ebpf,
+}
+
+impl PassProgram {
+    pub fn attach(iface: &str, mode: AttachMode) -> Result<Self> {
+        let mut ebpf = EbpfLoader::new()
+            // The pass program uses no map; keep the flow table tiny.
+            .map_max_entries("FLOWS", 1)
+            .load(OBJECT)?;
+        xdp_program(&mut ebpf, PASS_PROGRAM)?
+            .load()
+            .map_err(|source| DatapathError::Program {
+                program: PASS_PROGRAM,
+                source,
+            })?;
+        attach_program(&mut ebpf, PASS_PROGRAM, iface, mode)?;
+        Ok(PassProgram { _ebpf: ebpf })
+    }
+}
+
+fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp> {
+    let prog = ebpf.program_mut(name).ok_or(DatapathError::Missing {
+        what: "program",
+        name,
+    })?;
+    prog.try_into().map_err(|source| DatapathError::Program {
+        program: name,
+        source,
+    })
+}
+
+fn attach_program(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    iface: &str,
+    mode: AttachMode,
+) -> Result<XdpLinkId> {
+    let prog = xdp_program(ebpf, name)?;
+    prog.attach(iface, mode.xdp_mode())
+        .map_err(|source| classify_attach_error(iface, mode, source))
+}
+
+fn classify_attach_error(iface: &str, mode: AttachMode, source: ProgramError) -> DatapathError {
+    let errno = match &source {
+        ProgramError::UnknownInterface { .. } => {
+            return DatapathError::UnknownInterface {
+                iface: iface.to_owned(),
+            }
+        }
+        ProgramError::SyscallError(e) => e.io_error.raw_os_error(),
+        other => io_errno_in(&other.to_string()),
+    };
+    match errno {
+        Some(libc::EOPNOTSUPP) => DatapathError::ModeUnsupported {
+            iface: iface.to_owned(),
+            mode: mode.name(),
+        },
+        Some(libc::EBUSY) | Some(libc::EEXIST) => DatapathError::Busy {
+            iface: iface.to_owned(),
+        },
+        _ => DatapathError::Attach {
+            iface: iface.to_owned(),
+            mode: mode.name(),
+            source,
+        },
+    }
+}
+
+/// The netlink fallback reports errors as text ("... (os error 95)").
+fn io_errno_in(text: &str) -> Option<i32> {
+    let start = text.rfind("os error ")? + "os error ".len();
+    text[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::io_errno_in;
+
+    #[test]
+    fn errno_is_read_from_netlink_error_text() {
+        assert_eq!(
+            io_errno_in("netlink error: Operation not supported (os error 95)"),
+            Some(95)
+        );
+        assert_eq!(io_errno_in("no number here"), None);
+    }
+}

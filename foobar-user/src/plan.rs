@@ -1,0 +1,146 @@
+//! Turns a validated config and the backends' next-hop MACs into exactly what
+//! the maps must hold: VIP keys and services, backend entries, rings. Ids are
+//! assigned here: VIPs in config order, backends in config order across VIPs
+//! (a server behind two VIPs gets two ids, so its counters stay per VIP).
+//! Pure; the `datapath` module writes the result.
+use std::{collections::HashMap, net::Ipv4Addr};
+
+use foobar_common::{Backend, Service, VipKey, AF_INET, BACKEND_UP, FWD_DSR, SCHED_RR};
+
+use crate::{
+    config::{Config, Forwarding, Scheduler},
+    ring,
+};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedVip {
+    pub name: String,
+    pub key: VipKey,
+    pub service: Service,
+    /// Backend ids of this VIP, in config order.
+    pub backend_ids: Vec<u32>,
+    pub ring: Vec<u32>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub vips: Vec<PlannedVip>,
+    /// Indexed by backend id.
+    pub backends: Vec<Backend>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("no MAC address is known for backend {address} of VIP {vip}")]
+pub struct MissingMac {
+    pub vip: String,
+    pub address: Ipv4Addr,
+}
+
+pub fn build(config: &Config, macs: &HashMap<Ipv4Addr, [u8; 6]>) -> Result<Plan, MissingMac> {
+    let mut plan = Plan::default();
+    for (vip_id, vip) in config.vips.iter().enumerate() {
+        let mut members = Vec::with_capacity(vip.backends.len());
+        for b in &vip.backends {
+            let mac = *macs.get(&b.address).ok_or_else(|| MissingMac {
+                vip: vip.name.clone(),
+                address: b.address,
+            })?;
+            let id = plan.backends.len() as u32;
+            plan.backends.push(Backend {
+                addr_be: [u32::from(b.address).to_be(), 0, 0, 0],
+                mac,
+                family: AF_INET,
+                flags: BACKEND_UP,
+            });
+            members.push((id, b.weight));
+        }
+        plan.vips.push(PlannedVip {
+            name: vip.name.clone(),
+            key: VipKey {
+                addr_be: [u32::from(vip.address).to_be(), 0, 0, 0],
+                port_be: vip.port.to_be(),
+                proto: vip.protocol.number(),
+                family: AF_INET,
+            },
+            service: Service {
+                vip_id: vip_id as u32,
+                scheduler: match vip.scheduler {
+                    Scheduler::RoundRobin => SCHED_RR,
+                },
+                forward_mode: match vip.forwarding {
+                    Forwarding::Dsr => FWD_DSR,
+                },
+                flags: 0,
+            },
+            backend_ids: members.iter().map(|&(id, _)| id).collect(),
+            ring: ring::round_robin(&members),
+        });
+    }
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+
+    const TEXT: &str = r#"
+        [[vip]]
+        name = "web"
+        address = "192.0.2.10"
+        port = 80
+        [[vip.backend]]
+        address = "10.0.0.11"
+        weight = 2
+        [[vip.backend]]
+        address = "10.0.0.12"
+
+        [[vip]]
+        name = "all-udp"
+        address = "192.0.2.10"
+        port = 0
+        protocol = "udp"
+        [[vip.backend]]
+        address = "10.0.0.12"
+    "#;
+
+    fn macs() -> HashMap<Ipv4Addr, [u8; 6]> {
+        HashMap::from([
+            ("10.0.0.11".parse().unwrap(), [2, 0, 0, 0, 0, 11]),
+            ("10.0.0.12".parse().unwrap(), [2, 0, 0, 0, 0, 12]),
+        ])
+    }
+
+    #[test]
+    fn keys_are_in_network_byte_order_and_ids_follow_config_order() {
+        let plan = build(&config::parse(TEXT).unwrap(), &macs()).unwrap();
+        assert_eq!(plan.vips.len(), 2);
+        let web = &plan.vips[0];
+        assert_eq!(web.key.addr_be[0].to_ne_bytes(), [192, 0, 2, 10]);
+        assert_eq!(web.key.port_be.to_ne_bytes(), [0, 80]);
+        assert_eq!(web.key.proto, 6);
+        assert_eq!(web.service.vip_id, 0);
+        assert_eq!(web.backend_ids, vec![0, 1]);
+        assert_eq!(web.ring, vec![0, 1, 0]);
+
+        let udp = &plan.vips[1];
+        assert_eq!(udp.key.port_be, 0);
+        assert_eq!(udp.key.proto, 17);
+        assert_eq!(udp.service.vip_id, 1);
+        assert_eq!(udp.backend_ids, vec![2], "same server, its own id per VIP");
+
+        assert_eq!(plan.backends.len(), 3);
+        assert_eq!(plan.backends[2].addr_be[0].to_ne_bytes(), [10, 0, 0, 12]);
+        assert_eq!(plan.backends[2].mac, [2, 0, 0, 0, 0, 12]);
+        assert!(plan.backends.iter().all(|b| b.flags == BACKEND_UP));
+    }
+
+    #[test]
+    fn a_backend_without_a_mac_is_an_error_naming_it() {
+        let mut m = macs();
+        m.remove(&"10.0.0.11".parse().unwrap());
+        let err = build(&config::parse(TEXT).unwrap(), &m).unwrap_err();
+        assert_eq!(err.address, Ipv4Addr::new(10, 0, 0, 11));
+        assert_eq!(err.vip, "web");
+    }
+}
