@@ -1,7 +1,9 @@
 //! Step 4: pick a backend from the VIP's ring. The ring state word selects
 //! the live half and its length in one read, so a ring being rewritten by
 //! userspace (in the other half) is never seen half-written.
-use foobar_common::{Backend, Reason, Service, BACKEND_UP, RING_CAPACITY, RING_LEN_MASK, RING_STRIDE};
+use foobar_common::{
+    Backend, Reason, Service, BACKEND_UP, RING_CAPACITY, RING_LEN_MASK, RING_STRIDE,
+};
 
 use crate::{
     maps::{BACKENDS, RINGS, RING_STATE, RR_CURSOR},

@@ -207,7 +207,10 @@ fn validate(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
     if raw.vips.len() > MAX_VIPS as usize {
         p.add(
             "vip",
-            format!("{} VIPs; the datapath holds at most {MAX_VIPS}", raw.vips.len()),
+            format!(
+                "{} VIPs; the datapath holds at most {MAX_VIPS}",
+                raw.vips.len()
+            ),
         );
     }
     let backend_total: usize = raw.vips.iter().map(|v| v.backends.len()).sum();
@@ -227,7 +230,10 @@ fn validate(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
             if !names.insert(vip.name.clone()) {
                 p.add(
                     format!("{key}.name"),
-                    format!("\"{}\" is used by an earlier VIP; names must be unique", vip.name),
+                    format!(
+                        "\"{}\" is used by an earlier VIP; names must be unique",
+                        vip.name
+                    ),
                 );
             }
             if !services.insert((vip.address, vip.port, vip.protocol)) {
@@ -317,7 +323,10 @@ fn validate_vip(key: &str, raw: &RawVip, p: &mut Problems) -> Option<Vip> {
         }
         Some(n) if (0..=65535).contains(&n) => Some(n as u16),
         Some(n) => {
-            p.add(format!("{key}.port"), format!("{n} is not a port (0..=65535)"));
+            p.add(
+                format!("{key}.port"),
+                format!("{n} is not a port (0..=65535)"),
+            );
             None
         }
     };
@@ -357,7 +366,11 @@ fn validate_vip(key: &str, raw: &RawVip, p: &mut Problems) -> Option<Vip> {
     let mut seen = HashSet::new();
     for (j, raw_backend) in raw.backends.iter().enumerate() {
         let bkey = format!("{key}.backend[{j}]");
-        let address = ipv4(&format!("{bkey}.address"), raw_backend.address.as_deref(), p);
+        let address = ipv4(
+            &format!("{bkey}.address"),
+            raw_backend.address.as_deref(),
+            p,
+        );
         if let Some(a) = address {
             if !seen.insert(a) {
                 p.add(
@@ -545,7 +558,11 @@ mod tests {
         assert_eq!(p.len(), 2, "{p:?}");
         assert_eq!(p[0].key, "vip[1].name");
         assert_eq!(p[1].key, "vip[1]");
-        assert!(p[1].message.contains("192.0.2.1:80/tcp"), "{}", p[1].message);
+        assert!(
+            p[1].message.contains("192.0.2.1:80/tcp"),
+            "{}",
+            p[1].message
+        );
     }
 
     #[test]
@@ -553,7 +570,11 @@ mod tests {
         let p = problems("[datapath]\ninterface = \"eth0\"\nspeed = 10\n");
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].key, "line 3, column 1");
-        assert!(p[0].message.contains("unknown field `speed`"), "{}", p[0].message);
+        assert!(
+            p[0].message.contains("unknown field `speed`"),
+            "{}",
+            p[0].message
+        );
 
         let p = problems("[[vip]\n");
         assert!(p[0].key.starts_with("line 1"), "{:?}", p[0]);
@@ -579,7 +600,8 @@ mod tests {
     #[test]
     fn rings_larger_than_the_datapath_are_rejected() {
         // 256 backends of co-prime weights 256 and 255 need > 65537 slots.
-        let mut text = String::from("[[vip]]\nname = \"big\"\naddress = \"192.0.2.1\"\nport = 80\n");
+        let mut text =
+            String::from("[[vip]]\nname = \"big\"\naddress = \"192.0.2.1\"\nport = 80\n");
         for i in 0..300u32 {
             let w = if i % 2 == 0 { 256 } else { 255 };
             text.push_str(&format!(
@@ -602,7 +624,9 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("1 problem; nothing was applied"), "{text}");
         assert!(
-            text.contains("/etc/foobar/foobar.toml: vip[0].address: \"nope\" is not an IPv4 address"),
+            text.contains(
+                "/etc/foobar/foobar.toml: vip[0].address: \"nope\" is not an IPv4 address"
+            ),
             "{text}"
         );
     }

@@ -31,7 +31,10 @@ pub enum DatapathError {
     #[error("loading the XDP object failed: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("the XDP object has no {what} named {name}")]
-    Missing { what: &'static str, name: &'static str },
+    Missing {
+        what: &'static str,
+        name: &'static str,
+    },
     #[error("map {map}: {source}")]
     Map {
         map: &'static str,
@@ -209,17 +212,22 @@ impl Datapath {
         let mut vips: HashMap<&mut MapData, VipKey, Service> = self.map_mut("VIPS")?;
         for vip in &plan.vips {
             vips.insert(vip.key, vip.service, 0)
-                .map_err(|source| DatapathError::Map { map: "VIPS", source })?;
+                .map_err(|source| DatapathError::Map {
+                    map: "VIPS",
+                    source,
+                })?;
         }
         Ok(())
     }
 
     pub fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
         let mut backends: Array<&mut MapData, Backend> = self.map_mut("BACKENDS")?;
-        backends.set(id, backend, 0).map_err(|source| DatapathError::Map {
-            map: "BACKENDS",
-            source,
-        })
+        backends
+            .set(id, backend, 0)
+            .map_err(|source| DatapathError::Map {
+                map: "BACKENDS",
+                source,
+            })
     }
 
     /// Replaces a VIP's ring: fills the half the datapath is not reading,
@@ -243,7 +251,10 @@ impl Datapath {
         for (pos, backend_id) in ring.iter().enumerate() {
             rings
                 .set(base + pos as u32, backend_id, 0)
-                .map_err(|source| DatapathError::Map { map: "RINGS", source })?;
+                .map_err(|source| DatapathError::Map {
+                    map: "RINGS",
+                    source,
+                })?;
         }
         let mut state: Array<&mut MapData, u32> = self.map_mut("RING_STATE")?;
         state
@@ -293,10 +304,12 @@ impl Datapath {
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.data_out = Some(&mut out);
-        let result = prog.test_run(opts).map_err(|source| DatapathError::Program {
-            program: LB_PROGRAM,
-            source,
-        })?;
+        let result = prog
+            .test_run(opts)
+            .map_err(|source| DatapathError::Program {
+                program: LB_PROGRAM,
+                source,
+            })?;
         out.truncate(result.data_size_out as usize);
         Ok((result.return_value, out))
     }
@@ -305,10 +318,10 @@ impl Datapath {
     where
         T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
     {
-        let map = self.ebpf.map(name).ok_or(DatapathError::Missing {
-            what: "map",
-            name,
-        })?;
+        let map = self
+            .ebpf
+            .map(name)
+            .ok_or(DatapathError::Missing { what: "map", name })?;
         T::try_from(map).map_err(|source| DatapathError::Map { map: name, source })
     }
 
@@ -316,10 +329,10 @@ impl Datapath {
     where
         T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
     {
-        let map = self.ebpf.map_mut(name).ok_or(DatapathError::Missing {
-            what: "map",
-            name,
-        })?;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DatapathError::Missing { what: "map", name })?;
         T::try_from(map).map_err(|source| DatapathError::Map { map: name, source })
     }
 }

@@ -108,7 +108,9 @@ fn usable_entry(msg: &NeighbourMessage, ifindex: u32) -> Option<(Ipv4Addr, [u8; 
     for attr in &msg.attributes {
         match attr {
             NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => addr = Some(*a),
-            NeighbourAttribute::LinkLayerAddress(bytes) => mac = <[u8; 6]>::try_from(&bytes[..]).ok(),
+            NeighbourAttribute::LinkLayerAddress(bytes) => {
+                mac = <[u8; 6]>::try_from(&bytes[..]).ok()
+            }
             _ => {}
         }
     }

@@ -57,7 +57,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     runtime.block_on(serve(config, iface, ifindex, mode))
 }
 
-async fn serve(config: Config, iface: String, ifindex: u32, mode: AttachMode) -> anyhow::Result<()> {
+async fn serve(
+    config: Config,
+    iface: String,
+    ifindex: u32,
+    mode: AttachMode,
+) -> anyhow::Result<()> {
     let mut addrs: Vec<_> = config
         .vips
         .iter()

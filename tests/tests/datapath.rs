@@ -1,0 +1,433 @@
+//! The XDP program under BPF_PROG_TEST_RUN: crafted frames in, the action
+//! and the exact output frame out. Expected frames are built independently
+//! with etherparse (`foobar_tests::frames`), never by foobar's code, and
+//! forwarded frames have their checksums verified by etherparse too.
+//! Needs root (loading BPF); `cargo xtask test` runs it so.
+use std::{collections::HashMap, net::Ipv4Addr};
+
+use foobar::{
+    config,
+    datapath::{Datapath, LoadOptions},
+    plan::{self, Plan},
+};
+use foobar_common::{Reason, BACKEND_UP};
+use foobar_tests::frames::{self, check_checksums, dst_mac, Spec, L4};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+/// VIP 192.0.2.10:80/tcp with three backends, a UDP every-port VIP on
+/// 192.0.2.20, and a VIP with no backend on 192.0.2.30.
+const CONFIG: &str = r#"
+    [[vip]]
+    name = "web"
+    address = "192.0.2.10"
+    port = 80
+    [[vip.backend]]
+    address = "10.0.0.11"
+    [[vip.backend]]
+    address = "10.0.0.12"
+    [[vip.backend]]
+    address = "10.0.0.13"
+
+    [[vip]]
+    name = "udp-any"
+    address = "192.0.2.20"
+    port = 0
+    protocol = "udp"
+    [[vip.backend]]
+    address = "10.0.0.21"
+
+    [[vip]]
+    name = "empty"
+    address = "192.0.2.30"
+    port = 80
+"#;
+
+fn backend_mac(last: u8) -> [u8; 6] {
+    [0x02, 0xbe, 0, 0, 0, last]
+}
+
+fn macs() -> HashMap<Ipv4Addr, [u8; 6]> {
+    [11, 12, 13, 21]
+        .into_iter()
+        .map(|n| (Ipv4Addr::new(10, 0, 0, n), backend_mac(n)))
+        .collect()
+}
+
+/// Loads the datapath and programs it; the test thread is pinned to one CPU
+/// so the per-CPU round-robin cursor is the same for every run.
+fn datapath(config_text: &str) -> (Datapath, Plan) {
+    pin_to_one_cpu();
+    let config = config::parse(config_text).expect("test config is valid");
+    let plan = plan::build(&config, &macs()).expect("every backend has a MAC");
+    let mut dp = Datapath::load(&LoadOptions::default())
+        .expect("loading the XDP program (are you root? run `cargo xtask test`)");
+    dp.apply(&plan).expect("programming the maps");
+    (dp, plan)
+}
+
+fn pin_to_one_cpu() {
+    let mut set = nix::sched::CpuSet::new();
+    let cpu = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
+        .ok()
+        .and_then(|s| (0..nix::sched::CpuSet::count()).find(|&c| s.is_set(c).unwrap_or(false)))
+        .unwrap_or(0);
+    set.set(cpu).expect("cpu index in range");
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).expect("pinning to one CPU");
+}
+
+/// The frame the client sent, as DSR must forward it to `backend`: only the
+/// Ethernet addresses differ (LB's MAC as source).
+fn forwarded(spec: &Spec, backend: [u8; 6]) -> Vec<u8> {
+    Spec {
+        src_mac: spec.dst_mac,
+        dst_mac: backend,
+        ..spec.clone()
+    }
+    .build()
+}
+
+struct Case {
+    name: &'static str,
+    input: Vec<u8>,
+    action: u32,
+    /// None: the output must equal the input, byte for byte.
+    output: Option<Vec<u8>>,
+    reason: Reason,
+}
+
+fn cases() -> Vec<Case> {
+    let web = Spec::default();
+    let web_udp = Spec {
+        l4: L4::Udp,
+        ..Spec::default()
+    };
+    let udp_any = Spec {
+        l4: L4::Udp,
+        dst: [192, 0, 2, 20],
+        dport: 5353,
+        ..Spec::default()
+    };
+    let with_options = Spec {
+        // Record Route with room for one address: IHL 7, so the TCP header
+        // starts at 28 bytes, not 20.
+        ip_options: vec![7, 7, 4, 0, 0, 0, 0, 1],
+        sport: 40001,
+        ..Spec::default()
+    };
+    let tagged = Spec {
+        vlan: Some(100),
+        sport: 40002,
+        ..Spec::default()
+    };
+    let mut truncated = web.build();
+    truncated.truncate(14 + 20 + 10);
+    let mut short_total_len = Spec {
+        sport: 40003,
+        ..Spec::default()
+    }
+    .build();
+    // Claim a total length longer than the frame.
+    short_total_len[16..18].copy_from_slice(&2000u16.to_be_bytes());
+    let mut bad_ihl = Spec {
+        sport: 40004,
+        ..Spec::default()
+    }
+    .build();
+    bad_ihl[14] = 0x44; // IHL 4 (16 bytes): less than the minimum header
+
+    // Round-robin over the three web backends: the ring is 11, 12, 13 and
+    // each row below is a new flow, so they go 11, 12, 13, 11 in order.
+    vec![
+        Case {
+            name: "tcp to the VIP goes to the first backend",
+            output: Some(forwarded(&web, backend_mac(11))),
+            input: web.build(),
+            action: XDP_TX,
+            reason: Reason::Forwarded,
+        },
+        Case {
+            name: "IPv4 options: ports read at IHL*4, frame forwarded untouched",
+            output: Some(forwarded(&with_options, backend_mac(12))),
+            input: with_options.build(),
+            action: XDP_TX,
+            reason: Reason::Forwarded,
+        },
+        Case {
+            name: "802.1Q tag kept, forwarded",
+            output: Some(forwarded(&tagged, backend_mac(13))),
+            input: tagged.build(),
+            action: XDP_TX,
+            reason: Reason::Forwarded,
+        },
+        Case {
+            name: "the first flow again: flow table keeps it on backend 11",
+            output: Some(forwarded(&web, backend_mac(11))),
+            input: web.build(),
+            action: XDP_TX,
+            reason: Reason::Forwarded,
+        },
+        Case {
+            name: "port-0 UDP VIP matches any port",
+            output: Some(forwarded(&udp_any, backend_mac(21))),
+            input: udp_any.build(),
+            action: XDP_TX,
+            reason: Reason::Forwarded,
+        },
+        Case {
+            name: "UDP to a TCP-only VIP is not ours",
+            input: web_udp.build(),
+            action: XDP_PASS,
+            output: None,
+            reason: Reason::NotVip,
+        },
+        Case {
+            name: "another port of the VIP address is not ours",
+            input: Spec {
+                dport: 22,
+                ..Spec::default()
+            }
+            .build(),
+            action: XDP_PASS,
+            output: None,
+            reason: Reason::NotVip,
+        },
+        Case {
+            name: "the LB's own address is not ours",
+            input: Spec {
+                dst: [192, 0, 2, 2],
+                ..Spec::default()
+            }
+            .build(),
+            action: XDP_PASS,
+            output: None,
+            reason: Reason::NotVip,
+        },
+        Case {
+            name: "ICMP to the VIP goes to the kernel",
+            input: Spec {
+                l4: L4::Icmp,
+                ..Spec::default()
+            }
+            .build(),
+            action: XDP_PASS,
+            output: None,
+            reason: Reason::OtherL4,
+        },
+        Case {
+            name: "ARP goes to the kernel",
+            input: frames::arp_request(),
+            action: XDP_PASS,
+            output: None,
+            reason: Reason::NotIp,
+        },
+        Case {
+            name: "IPv6 goes to the kernel",
+            input: frames::ipv6_tcp(),
+            action: XDP_PASS,
+            output: None,
+            reason: Reason::Ipv6,
+        },
+        Case {
+            name: "a fragment of a VIP flow goes to the kernel",
+            input: Spec {
+                more_fragments: true,
+                sport: 40005,
+                ..Spec::default()
+            }
+            .build(),
+            action: XDP_PASS,
+            output: None,
+            reason: Reason::Fragment,
+        },
+        Case {
+            name: "truncated TCP header",
+            input: truncated,
+            action: XDP_PASS,
+            output: None,
+            reason: Reason::Malformed,
+        },
+        Case {
+            name: "total length beyond the frame",
+            input: short_total_len,
+            action: XDP_PASS,
+            output: None,
+            reason: Reason::Malformed,
+        },
+        Case {
+            name: "IHL below 5",
+            input: bad_ihl,
+            action: XDP_PASS,
+            output: None,
+            reason: Reason::Malformed,
+        },
+        Case {
+            name: "a VIP without backends drops",
+            input: Spec {
+                dst: [192, 0, 2, 30],
+                ..Spec::default()
+            }
+            .build(),
+            action: XDP_DROP,
+            output: None,
+            reason: Reason::NoBackend,
+        },
+    ]
+}
+
+#[test]
+fn fixtures_give_exact_frames_verdicts_and_reasons() {
+    let (mut dp, plan) = datapath(CONFIG);
+    let cases = cases();
+    let mut expected_reasons = [0u64; Reason::ALL.len()];
+    for case in &cases {
+        let (action, out) = dp.test_run(&case.input).expect("BPF_PROG_TEST_RUN");
+        assert_eq!(action, case.action, "{}: action", case.name);
+        let want = case.output.as_ref().unwrap_or(&case.input);
+        assert_eq!(&out, want, "{}: output frame", case.name);
+        if action == XDP_TX {
+            check_checksums(&out).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        }
+        expected_reasons[case.reason as usize] += 1;
+    }
+    let stats = dp.stats(plan.vips.len(), plan.backends.len()).unwrap();
+    for reason in Reason::ALL {
+        assert_eq!(
+            stats.reason(reason).packets,
+            expected_reasons[reason as usize],
+            "reason {}",
+            reason.name()
+        );
+    }
+    // Per-VIP and per-backend counters: web got 4 packets (11 twice).
+    let forwarded_len = |c: &Case| c.input.len() as u64;
+    assert_eq!(stats.vips[0].packets, 4);
+    assert_eq!(stats.backends[0].packets, 2);
+    assert_eq!(stats.backends[1].packets, 1);
+    assert_eq!(stats.backends[2].packets, 1);
+    assert_eq!(stats.backends[0].bytes, 2 * forwarded_len(&cases[0]));
+    assert_eq!(stats.vips[1].packets, 1);
+    assert_eq!(stats.backends[3].packets, 1);
+}
+
+#[test]
+fn every_truncation_of_a_vip_frame_is_passed_untouched() {
+    let (mut dp, _) = datapath(CONFIG);
+    let full = Spec::default().build();
+    // 14 bytes is the least BPF_PROG_TEST_RUN accepts for XDP. The IPv4
+    // total length covers the whole frame, so every shorter frame is
+    // malformed and must reach the kernel as it came.
+    for len in 14..full.len() {
+        let input = &full[..len];
+        let (action, out) = dp.test_run(input).expect("BPF_PROG_TEST_RUN");
+        assert_eq!(action, XDP_PASS, "truncated to {len} bytes");
+        assert_eq!(out, input, "truncated to {len} bytes: output changed");
+    }
+}
+
+#[test]
+fn weighted_round_robin_interleaves_new_flows() {
+    let (mut dp, _) = datapath(
+        r#"
+        [[vip]]
+        name = "web"
+        address = "192.0.2.10"
+        port = 80
+        [[vip.backend]]
+        address = "10.0.0.11"
+        weight = 3
+        [[vip.backend]]
+        address = "10.0.0.12"
+        weight = 1
+        "#,
+    );
+    let mut seen = Vec::new();
+    for i in 0..40u16 {
+        let spec = Spec {
+            sport: 20000 + i,
+            ..Spec::default()
+        };
+        let (action, out) = dp.test_run(&spec.build()).unwrap();
+        assert_eq!(action, XDP_TX);
+        seen.push(dst_mac(&out)[5]);
+    }
+    let heavy = seen.iter().filter(|&&b| b == 11).count();
+    assert_eq!(heavy, 30, "weights 3:1 over 40 flows: {seen:?}");
+    // Smooth, not blocks: the light backend is never more than 4 flows away.
+    for window in seen.windows(4) {
+        assert!(
+            window.contains(&12),
+            "a block of the heavy backend: {seen:?}"
+        );
+    }
+}
+
+#[test]
+fn established_flows_keep_their_backend_until_it_goes_down() {
+    let (mut dp, plan) = datapath(CONFIG);
+    let flows: Vec<Spec> = (0..6u16)
+        .map(|i| Spec {
+            sport: 30000 + i,
+            ..Spec::default()
+        })
+        .collect();
+    let first: Vec<[u8; 6]> = flows
+        .iter()
+        .map(|f| dst_mac(&dp.test_run(&f.build()).unwrap().1))
+        .collect();
+    assert_eq!(first.iter().filter(|m| **m == backend_mac(11)).count(), 2);
+
+    // New ring without backend 11 (ids: 0 = .11, 1 = .12, 2 = .13); backend
+    // 11 stays up, so its established flows stay on it.
+    let web = plan.vips[0].service.vip_id;
+    dp.set_ring(web, &[1, 2]).unwrap();
+    for (f, mac) in flows.iter().zip(&first) {
+        let (action, out) = dp.test_run(&f.build()).unwrap();
+        assert_eq!(action, XDP_TX);
+        assert_eq!(dst_mac(&out), *mac, "flow {} moved", f.sport);
+    }
+    // A new flow never lands on 11 any more.
+    for i in 0..6u16 {
+        let spec = Spec {
+            sport: 31000 + i,
+            ..Spec::default()
+        };
+        assert_ne!(
+            dst_mac(&dp.test_run(&spec.build()).unwrap().1),
+            backend_mac(11)
+        );
+    }
+
+    // Backend 11 goes down: its flows are rescheduled, the others stay.
+    let mut down = plan.backends[0];
+    down.flags &= !BACKEND_UP;
+    dp.set_backend(0, &down).unwrap();
+    for (f, mac) in flows.iter().zip(&first) {
+        let out = dp.test_run(&f.build()).unwrap().1;
+        if *mac == backend_mac(11) {
+            assert_ne!(
+                dst_mac(&out),
+                backend_mac(11),
+                "flow {} still on a down backend",
+                f.sport
+            );
+        } else {
+            assert_eq!(dst_mac(&out), *mac, "flow {} moved", f.sport);
+        }
+        assert_eq!(out, forwarded(f, dst_mac(&out)), "flow {}: frame", f.sport);
+    }
+}
+
+#[test]
+fn emptied_ring_drops_new_flows() {
+    let (mut dp, plan) = datapath(CONFIG);
+    dp.set_ring(plan.vips[0].service.vip_id, &[]).unwrap();
+    let (action, out) = dp.test_run(&Spec::default().build()).unwrap();
+    assert_eq!(action, XDP_DROP);
+    assert_eq!(out, Spec::default().build());
+    let stats = dp.stats(plan.vips.len(), plan.backends.len()).unwrap();
+    assert_eq!(stats.reason(Reason::NoBackend).packets, 1);
+    assert_eq!(stats.reason(Reason::Forwarded).packets, 0);
+}
