@@ -1,1 +1,572 @@
+//! The network-namespace lab: a client, one LB node and N nginx backends on
+//! one bridge (in a "switch" namespace), with private addresses that exist
+//! only inside the lab. Used by the integration tests, `cargo xtask demo`
+//! and the benchmarks.
+//!
+//! It never touches the root namespace. Names are unique per process and
+//! lab (`foobarlab-<pid>-<n>-<role>`), every namespace is registered before
+//! it is created, and cleanup runs on drop (so also on panic), from
+//! [`cleanup_all`] (the demo's Ctrl-C handler), and for labs of dead
+//! processes at the next start ([`sweep_stale`]).
+//!
+//! What makes a veth lab forward at all (DESIGN.md, "veth facts"): the
+//! client's veth sends wire-like frames (checksum offload, TSO, GSO off), and
+//! the LB's bridge-side peer runs an XDP_PASS program so XDP_TX frames are
+//! delivered.
+use std::{
+    fs,
+    io::Read as _,
+    net::Ipv4Addr,
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Mutex,
+    },
+    time::{Duration, Instant},
+};
 
+use anyhow::{anyhow, bail, Context as _, Result};
+use foobar::datapath::{AttachMode, PassProgram};
+
+const PREFIX: &str = "foobarlab-";
+/// The lab's subnet: only inside the lab's namespaces.
+const NET: [u8; 3] = [10, 201, 0];
+pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 100);
+/// The LB node's NIC inside its namespace.
+pub const LB_IFACE: &str = "eth0";
+
+static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
+/// Namespaces of live labs in this process, for the signal handler.
+static REGISTRY: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// One host of the lab: a namespace with one veth `eth0` on the bridge.
+#[derive(Clone, Debug)]
+pub struct Host {
+    pub name: String,
+    pub ns: String,
+    pub addr: Ipv4Addr,
+}
+
+#[derive(Clone, Debug)]
+pub struct LabOptions {
+    pub backends: usize,
+}
+
+impl Default for LabOptions {
+    fn default() -> Self {
+        LabOptions { backends: 3 }
+    }
+}
+
+pub struct Lab {
+    pub id: String,
+    pub dir: PathBuf,
+    pub client: Host,
+    pub lb: Host,
+    pub backends: Vec<Host>,
+    switch_ns: String,
+    namespaces: Vec<String>,
+    servers: Vec<Child>,
+    foobar: Option<Child>,
+    pass: Option<PassProgram>,
+}
+
+impl Lab {
+    /// Builds the lab and starts nginx on every backend and on the LB node
+    /// (the LB's own web server answers on its address and on port 8080 of
+    /// the VIP: traffic foobar must leave alone).
+    pub fn start(opts: &LabOptions) -> Result<Lab> {
+        sweep_stale();
+        let id = format!(
+            "{PREFIX}{}-{}",
+            std::process::id(),
+            NEXT_LAB.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = std::env::temp_dir().join(&id);
+        fs::create_dir_all(dir.join("www"))
+            .with_context(|| format!("creating {}", dir.display()))?;
+        let host = |name: &str, last: u8| Host {
+            name: name.to_owned(),
+            ns: format!("{id}-{name}"),
+            addr: Ipv4Addr::new(NET[0], NET[1], NET[2], last),
+        };
+        let mut lab = Lab {
+            switch_ns: format!("{id}-sw"),
+            client: host("client", 10),
+            lb: host("lb", 2),
+            backends: (1..=opts.backends)
+                .map(|i| host(&format!("be{i}"), 10 + i as u8))
+                .collect(),
+            namespaces: Vec::new(),
+            servers: Vec::new(),
+            foobar: None,
+            pass: None,
+            id,
+            dir,
+        };
+        lab.build()
+            .with_context(|| format!("building lab {}", lab.id))?;
+        Ok(lab)
+    }
+
+    fn hosts(&self) -> Vec<Host> {
+        let mut all = vec![self.client.clone(), self.lb.clone()];
+        all.extend(self.backends.iter().cloned());
+        all
+    }
+
+    fn add_namespace(&mut self, ns: &str) -> Result<()> {
+        // Registered first, so a failure half-way still gets cleaned up.
+        REGISTRY.lock().unwrap().push(ns.to_owned());
+        self.namespaces.push(ns.to_owned());
+        run(&["ip", "netns", "add", ns])?;
+        run(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
+    fn build(&mut self) -> Result<()> {
+        let sw = self.switch_ns.clone();
+        self.add_namespace(&sw)?;
+        run(&["ip", "-n", &sw, "link", "add", "br0", "type", "bridge"])?;
+        run(&["ip", "-n", &sw, "link", "set", "br0", "up"])?;
+        for h in self.hosts() {
+            self.add_namespace(&h.ns)?;
+            let port = format!("p-{}", h.name);
+            run(&[
+                "ip", "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
+                "netns", &h.ns,
+            ])?;
+            run(&["ip", "-n", &sw, "link", "set", &port, "master", "br0", "up"])?;
+            run(&[
+                "ip",
+                "-n",
+                &h.ns,
+                "addr",
+                "add",
+                &format!("{}/24", h.addr),
+                "dev",
+                "eth0",
+            ])?;
+            run(&["ip", "-n", &h.ns, "link", "set", "eth0", "up"])?;
+        }
+        // Wire-like frames from the client: full checksums, at most MTU-sized.
+        self.exec(
+            &self.client.ns,
+            &[
+                "ethtool", "-K", "eth0", "tx", "off", "tso", "off", "gso", "off",
+            ],
+        )?;
+        // The LB node holds the VIP (as a VRRP master would) and answers ARP.
+        run(&[
+            "ip",
+            "-n",
+            &self.lb.ns,
+            "addr",
+            "add",
+            &format!("{VIP}/32"),
+            "dev",
+            LB_IFACE,
+        ])?;
+        for b in self.backends.clone() {
+            // DSR backends: the VIP on loopback, never answered for in ARP.
+            run(&[
+                "ip",
+                "-n",
+                &b.ns,
+                "addr",
+                "add",
+                &format!("{VIP}/32"),
+                "dev",
+                "lo",
+            ])?;
+            for key in ["all", "eth0"] {
+                self.exec(
+                    &b.ns,
+                    &[
+                        "sysctl",
+                        "-qw",
+                        &format!("net.ipv4.conf.{key}.arp_ignore=1"),
+                    ],
+                )?;
+                self.exec(
+                    &b.ns,
+                    &[
+                        "sysctl",
+                        "-qw",
+                        &format!("net.ipv4.conf.{key}.arp_announce=2"),
+                    ],
+                )?;
+            }
+        }
+        self.pass = Some(attach_pass_in(&sw, &format!("p-{}", self.lb.name))?);
+
+        for b in self.backends.clone() {
+            self.start_nginx(&b, &[80])?;
+        }
+        let lb = self.lb.clone();
+        self.start_nginx(&lb, &[80, 8080])?;
+        for h in self.backends.clone().iter().chain([&lb]) {
+            let url = format!("http://{}/", h.addr);
+            wait_for(
+                &format!("nginx on {}", h.name),
+                Duration::from_secs(10),
+                || Ok(self.curl(&url)?.trim() == h.name),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn start_nginx(&mut self, host: &Host, ports: &[u16]) -> Result<()> {
+        let d = self.dir.display();
+        let n = &host.name;
+        let listens: String = ports
+            .iter()
+            .map(|p| format!("listen {p} reuseport; "))
+            .collect();
+        let conf = format!(
+            "worker_processes 1;\n\
+             daemon off;\n\
+             master_process on;\n\
+             user root;\n\
+             pid {d}/{n}.pid;\n\
+             error_log {d}/{n}.error.log warn;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n\
+               access_log off;\n\
+               client_body_temp_path {d}/{n}.tmp/body;\n\
+               proxy_temp_path {d}/{n}.tmp/proxy;\n\
+               fastcgi_temp_path {d}/{n}.tmp/fastcgi;\n\
+               uwsgi_temp_path {d}/{n}.tmp/uwsgi;\n\
+               scgi_temp_path {d}/{n}.tmp/scgi;\n\
+               default_type application/octet-stream;\n\
+               sendfile on;\n\
+               keepalive_requests 100000;\n\
+               server {{\n\
+                 {listens}\n\
+                 root {d}/www;\n\
+                 location = / {{ return 200 \"{n}\\n\"; }}\n\
+               }}\n\
+             }}\n"
+        );
+        fs::create_dir_all(self.dir.join(format!("{n}.tmp")))?;
+        let path = self.dir.join(format!("{n}.nginx.conf"));
+        fs::write(&path, conf)?;
+        let path = path.to_str().context("lab path is UTF-8")?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &host.ns, "nginx", "-c", path])
+            .args(["-e", &format!("{d}/{n}.error.log")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nginx (is it installed? `cargo xtask setup`)")?;
+        self.servers.push(child);
+        Ok(())
+    }
+
+    /// Runs a command in a namespace; fails with its stderr if it fails.
+    pub fn exec(&self, ns: &str, args: &[&str]) -> Result<String> {
+        let mut full = vec!["ip", "netns", "exec", ns];
+        full.extend_from_slice(args);
+        run(&full)
+    }
+
+    /// Runs a command in a namespace and returns its whole output, whatever
+    /// its exit status.
+    pub fn output(&self, ns: &str, args: &[&str]) -> Result<Output> {
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {args:?} in {ns}"))
+    }
+
+    /// GET `url` from the client (2 s limit); the body.
+    pub fn curl(&self, url: &str) -> Result<String> {
+        self.exec(&self.client.ns, &["curl", "-sS", "--max-time", "2", url])
+    }
+
+    /// A config for this lab: one VIP on port 80 over every backend.
+    pub fn config(&self) -> String {
+        let mut text = format!(
+            "[datapath]\ninterface = \"{LB_IFACE}\"\nxdp_mode = \"native\"\n\n\
+             [[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\n\
+             scheduler = \"rr\"\nforwarding = \"dsr\"\n"
+        );
+        for b in &self.backends {
+            text.push_str(&format!("\n[[vip.backend]]\naddress = \"{}\"\n", b.addr));
+        }
+        text
+    }
+
+    /// Starts `foobar run` on the LB node with `config` and waits until its
+    /// program is attached. Its stdout and log go to the lab directory.
+    pub fn start_foobar(&mut self, foobar: &Path, config: &str) -> Result<()> {
+        if self.foobar.is_some() {
+            bail!("foobar is already running in lab {}", self.id);
+        }
+        let conf = self.dir.join("foobar.toml");
+        fs::write(&conf, config)?;
+        let out = fs::File::create(self.dir.join("foobar.out"))?;
+        let log = fs::File::create(self.dir.join("foobar.log"))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.lb.ns])
+            .arg(foobar)
+            .args(["run", "--config"])
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", foobar.display()))?;
+        let mut child = child;
+        let mut exited = None;
+        let mut started = wait_for("foobar run", Duration::from_secs(20), || {
+            exited = child.try_wait()?;
+            // An exited foobar ends the wait at once; it is reported below.
+            Ok(exited.is_some()
+                || (self.xdp_attached()? && self.foobar_log().contains("attached; forwarding")))
+        });
+        if let Some(status) = exited {
+            started = Err(anyhow!("foobar exited with {status}"));
+        }
+        match started {
+            Ok(()) => {
+                self.foobar = Some(child);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = terminate(&mut child, Duration::from_secs(10));
+                Err(e.context(format!("foobar log:\n{}", self.foobar_log())))
+            }
+        }
+    }
+
+    /// Sends SIGTERM to foobar and waits for it (10 s, then SIGKILL).
+    /// Returns whether it exited successfully and what it printed.
+    pub fn stop_foobar(&mut self) -> Result<(bool, String)> {
+        let mut child = self.foobar.take().context("foobar is not running")?;
+        let ok = terminate(&mut child, Duration::from_secs(10))?;
+        let out = fs::read_to_string(self.dir.join("foobar.out")).unwrap_or_default();
+        Ok((ok, out))
+    }
+
+    pub fn foobar_log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = fs::File::open(self.dir.join("foobar.log")) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Is any XDP program attached to the LB node's NIC?
+    pub fn xdp_attached(&self) -> Result<bool> {
+        let link = run(&[
+            "ip",
+            "-n",
+            &self.lb.ns,
+            "-d",
+            "link",
+            "show",
+            "dev",
+            LB_IFACE,
+        ])?;
+        Ok(link.contains("prog/xdp") || link.contains(" xdp"))
+    }
+
+    /// Writes `size` pseudo-random bytes to `www/NAME` (served by every
+    /// backend) and returns its path.
+    pub fn make_file(&self, name: &str, size: usize) -> Result<PathBuf> {
+        let path = self.dir.join("www").join(name);
+        let mut data = vec![0u8; size];
+        // xorshift64*: fast, and incompressible enough for a transfer test.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ size as u64;
+        for chunk in data.chunks_mut(8) {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            let v = x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+        fs::write(&path, data)?;
+        Ok(path)
+    }
+
+    fn cleanup(&mut self) {
+        if let Some(mut child) = self.foobar.take() {
+            let _ = terminate(&mut child, Duration::from_secs(10));
+        }
+        // nginx masters stop their workers and reap them on SIGTERM.
+        for child in &mut self.servers {
+            let _ = terminate(child, Duration::from_secs(3));
+        }
+        self.servers.clear();
+        self.pass = None;
+        for ns in self.namespaces.drain(..).rev() {
+            remove_namespace(&ns);
+            REGISTRY.lock().unwrap().retain(|n| n != &ns);
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+/// Removes every namespace of every lab of this process (for a signal
+/// handler: the labs' own drops will not run).
+pub fn cleanup_all() {
+    let names: Vec<String> = REGISTRY.lock().map(|r| r.clone()).unwrap_or_default();
+    for ns in names.iter().rev() {
+        remove_namespace(ns);
+    }
+    if let Ok(entries) = fs::read_dir(std::env::temp_dir()) {
+        let mine = format!("{PREFIX}{}-", std::process::id());
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&mine) {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// Removes labs left behind by processes that no longer exist (a test run
+/// killed with SIGKILL cannot clean up after itself).
+pub fn sweep_stale() {
+    let Ok(list) = run(&["ip", "netns", "list"]) else {
+        return;
+    };
+    for line in list.lines() {
+        let ns = line.split_whitespace().next().unwrap_or("");
+        let Some(rest) = ns.strip_prefix(PREFIX) else {
+            continue;
+        };
+        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                remove_namespace(ns);
+                let _ = fs::remove_dir_all(std::env::temp_dir().join(format!(
+                    "{PREFIX}{}",
+                    rest.rsplitn(2, '-').nth(1).unwrap_or(rest)
+                )));
+            }
+        }
+    }
+}
+
+/// Kills what still runs in a namespace, then deletes it.
+fn remove_namespace(ns: &str) {
+    if let Ok(pids) = run(&["ip", "netns", "pids", ns]) {
+        for pid in pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    let _ = Command::new("ip")
+        .args(["netns", "del", ns])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// SIGTERM, wait up to `grace`, then SIGKILL; always reaps the child.
+fn terminate(child: &mut Child, grace: Duration) -> Result<bool> {
+    if let Some(status) = child.try_wait()? {
+        return Ok(status.success());
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    // `ip netns exec` execs the command, so the child is the program itself.
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let start = Instant::now();
+    while start.elapsed() < grace {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status.success());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    child.wait()?;
+    Ok(false)
+}
+
+/// Attaches `foobar_pass` to `iface` inside namespace `ns`, from a thread
+/// that enters the namespace (the rest of the process stays where it is).
+fn attach_pass_in(ns: &str, iface: &str) -> Result<PassProgram> {
+    let path = format!("/var/run/netns/{ns}");
+    let iface = iface.to_owned();
+    std::thread::spawn(move || -> Result<PassProgram> {
+        let file = fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("entering {path}"))?;
+        PassProgram::attach(&iface, AttachMode::Native)
+            .with_context(|| format!("attaching the XDP_PASS program to {iface}"))
+    })
+    .join()
+    .map_err(|_| anyhow!("the thread attaching the XDP_PASS program panicked"))?
+}
+
+/// Polls `ready` every 100 ms until it says true or `limit` passes.
+pub fn wait_for(
+    what: &str,
+    limit: Duration,
+    mut ready: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let start = Instant::now();
+    let mut last = None;
+    while start.elapsed() < limit {
+        match ready() {
+            Ok(true) => return Ok(()),
+            Ok(false) => last = None,
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    match last {
+        Some(e) => Err(e.context(format!("{what}: not ready after {limit:?}"))),
+        None => bail!("{what}: not ready after {limit:?}"),
+    }
+}
+
+/// Runs a command; its stdout, or an error with its stderr.
+pub fn run(args: &[&str]) -> Result<String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The `foobar` binary to test: $FOOBAR_BIN, or `foobar` next to the
+/// running executable's target directory (`cargo xtask test` builds it).
+pub fn foobar_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("FOOBAR_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1).take(3) {
+        let candidate = dir.join("foobar");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!("no foobar binary found: build it (`cargo build -p foobar-user`) or set FOOBAR_BIN")
+}

@@ -1,0 +1,121 @@
+//! `foobar run` refuses clearly, and attaches nothing, when it cannot do
+//! its job: a bad config, not root, an unknown interface, an XDP mode the
+//! driver lacks. Runs inside a lab's LB namespace; needs root.
+use foobar_tests::lab::{self, Lab, LabOptions, LB_IFACE};
+
+fn lab() -> Lab {
+    Lab::start(&LabOptions { backends: 1 }).expect("lab starts")
+}
+
+/// Runs `foobar ARGS` in the LB namespace: (exit ok, stderr).
+fn foobar(lab: &Lab, prefix: &[&str], args: &[&str]) -> (bool, String) {
+    let bin = lab::foobar_bin().unwrap();
+    let mut full: Vec<&str> = prefix.to_vec();
+    full.push(bin.to_str().unwrap());
+    full.extend_from_slice(args);
+    let out = lab.output(&lab.lb.ns, &full).unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn refusals_name_the_problem_and_attach_nothing() {
+    let lab = lab();
+    let good = lab.dir.join("good.toml");
+    std::fs::write(&good, lab.config()).unwrap();
+    let bad = lab.dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[datapath]\nxdp_mode = \"turbo\"\n[[vip]]\nname = \"web\"\naddress = \"10.201.0.300\"\nport = 80\n",
+    )
+    .unwrap();
+    let (good, bad) = (good.to_str().unwrap(), bad.to_str().unwrap());
+
+    let (ok, err) = foobar(&lab, &[], &["run", "--config", bad]);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!(
+            "{bad}: datapath.xdp_mode: \"turbo\" is not a mode"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{bad}: vip[0].address: \"10.201.0.300\" is not an IPv4 address"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("nothing was applied"), "{err}");
+
+    let (ok, err) = foobar(&lab, &[], &["run", "--config", good, "--iface", "nosuch0"]);
+    assert!(!ok);
+    assert!(err.contains("interface nosuch0 does not exist"), "{err}");
+
+    let (ok, err) = foobar(
+        &lab,
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ],
+        &["run", "--config", good],
+    );
+    assert!(!ok);
+    assert!(err.contains("needs root"), "{err}");
+
+    // A bridge device has no native XDP support (and this kernel has no
+    // dummy module).
+    lab.exec(
+        &lab.lb.ns,
+        &["ip", "link", "add", "dummy0", "type", "bridge"],
+    )
+    .unwrap();
+    lab.exec(&lab.lb.ns, &["ip", "link", "set", "dummy0", "up"])
+        .unwrap();
+    let empty = lab.dir.join("empty.toml");
+    std::fs::write(&empty, "").unwrap();
+    let (ok, err) = foobar(
+        &lab,
+        &[],
+        &[
+            "run",
+            "--config",
+            empty.to_str().unwrap(),
+            "--iface",
+            "dummy0",
+        ],
+    );
+    assert!(!ok);
+    assert!(err.contains("does not support XDP in native mode"), "{err}");
+    assert!(err.contains("--xdp-mode skb"), "{err}");
+
+    assert!(
+        !lab.xdp_attached().unwrap(),
+        "nothing attached to {LB_IFACE}"
+    );
+    let dummy = lab
+        .exec(&lab.lb.ns, &["ip", "-d", "link", "show", "dummy0"])
+        .unwrap();
+    assert!(!dummy.contains("xdp"), "{dummy}");
+}
+
+#[test]
+fn check_validates_without_root() {
+    let lab = lab();
+    let good = lab.dir.join("good.toml");
+    std::fs::write(&good, lab.config()).unwrap();
+    let (ok, err) = foobar(
+        &lab,
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ],
+        &["check", "--config", good.to_str().unwrap()],
+    );
+    assert!(ok, "{err}");
+}
