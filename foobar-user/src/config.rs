@@ -491,6 +491,14 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_is_valid() {
+        let c = parse(include_str!("../../examples/foobar.toml")).unwrap();
+        assert_eq!(c.datapath.interface.as_deref(), Some("eth0"));
+        assert_eq!(c.vips.len(), 1);
+        assert_eq!(c.vips[0].backends.len(), 2);
+    }
+
+    #[test]
     fn empty_config_is_valid_and_defaults_to_native() {
         let c = parse("").unwrap();
         assert_eq!(c.datapath.xdp_mode, AttachMode::Native);

@@ -449,14 +449,26 @@ pub fn sweep_stale() {
         };
         let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
         if let Some(pid) = pid {
-            if !Path::new(&format!("/proc/{pid}")).exists() {
+            if !process_alive(pid) {
                 remove_namespace(ns);
-                let _ = fs::remove_dir_all(std::env::temp_dir().join(format!(
-                    "{PREFIX}{}",
-                    rest.rsplitn(2, '-').nth(1).unwrap_or(rest)
-                )));
+                // The lab's directory is the namespace name without `-<role>`.
+                if let Some((lab, _role)) = ns.rsplit_once('-') {
+                    let _ = fs::remove_dir_all(std::env::temp_dir().join(lab));
+                }
             }
         }
+    }
+}
+
+/// Whether `pid` runs; a zombie does not (an unreaped killed test run
+/// stays one when the container's init does not reap).
+fn process_alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
     }
 }
 

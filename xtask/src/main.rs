@@ -1,1 +1,205 @@
-fn main() {}
+//! `cargo xtask`: the project's own commands. `setup` installs what the
+//! build, the demo and the tests need, idempotently; the others run it first.
+mod setup;
+
+use std::{
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "foobar's development commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing need (nightly rust-src, bpf-linker,
+    /// Debian packages); a second run changes nothing.
+    Setup,
+    /// Setup, then build everything.
+    Build,
+    /// Setup, then run every test: unit, datapath (BPF_PROG_TEST_RUN) and
+    /// netns integration tests. Needs root.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Setup, build, and run foobar in the netns lab: HTTP requests through
+    /// the VIP, who served them, foobar's counters. Needs root.
+    Demo {
+        #[arg(long, default_value_t = 300)]
+        requests: usize,
+    },
+    /// Setup, build, and keep a lab with foobar running until Ctrl-C.
+    Lab,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Setup => setup::run(),
+        Cmd::Build => {
+            setup::run()?;
+            cargo(&[
+                "build",
+                "--workspace",
+                "--exclude",
+                "foobar-ebpf",
+                "--bins",
+                "--tests",
+            ])
+        }
+        Cmd::Test { args } => test(&args),
+        Cmd::Demo { requests } => lab(&["demo", "--requests", &requests.to_string()]),
+        Cmd::Lab => lab(&["up"]),
+    }
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    setup::run()?;
+    require_root("cargo xtask test")?;
+    cargo(&["build", "-p", "foobar-user", "--bin", "foobar"])?;
+    // No doc tests: the crates have none, and their empty result blocks
+    // would be the last lines a reader sees.
+    let mut args = vec![
+        "test",
+        "--workspace",
+        "--exclude",
+        "foobar-ebpf",
+        "--lib",
+        "--bins",
+        "--tests",
+    ];
+    args.extend(extra.iter().map(String::as_str));
+    // Each lab test runs its own namespaces and nginx; two at a time suits
+    // these 2-core machines.
+    args.extend(["--", "--test-threads=2"]);
+    let (passed, failed, ok) = cargo_test(&args)?;
+    // One closing line for the whole run, whatever order cargo ran in.
+    println!("\nall tests: {passed} passed, {failed} failed");
+    if !ok || failed > 0 {
+        bail!("tests failed");
+    }
+    if passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
+}
+
+/// Runs `cargo test`, echoing its output, and adds up its
+/// `test result: ... N passed; M failed` lines.
+fn cargo_test(args: &[&str]) -> Result<(u64, u64, bool)> {
+    use std::io::BufRead as _;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut child = Command::new(cargo)
+        .args(args)
+        .current_dir(workspace_root())
+        .env("PATH", setup::path_with_cargo_bin())
+        .env("FOOBAR_BIN", target_dir().join("debug").join("foobar"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    let (mut passed, mut failed) = (0, 0);
+    let stdout = child.stdout.take().context("cargo test's stdout")?;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            passed += count_before(rest, " passed");
+            failed += count_before(rest, " failed");
+        }
+    }
+    Ok((passed, failed, child.wait()?.success()))
+}
+
+/// In "ok. 5 passed; 0 failed; ...", the number before `word`.
+fn count_before(text: &str, word: &str) -> u64 {
+    text.find(word)
+        .and_then(|end| text[..end].rsplit([' ', '.']).next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn lab(args: &[&str]) -> Result<()> {
+    setup::run()?;
+    require_root("the lab")?;
+    cargo(&[
+        "build",
+        "-p",
+        "foobar-user",
+        "--bin",
+        "foobar",
+        "-p",
+        "foobar-tests",
+        "--bin",
+        "foobar-lab",
+    ])?;
+    let bin = target_dir().join("debug");
+    // exec: the lab program owns Ctrl-C (it removes the lab on the way out).
+    let err = Command::new(bin.join("foobar-lab"))
+        .arg("--foobar")
+        .arg(bin.join("foobar"))
+        .args(args)
+        .exec();
+    Err(err).context("starting foobar-lab")
+}
+
+fn require_root(what: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "{what} needs root: it loads XDP programs and creates network namespaces.\n\
+             Run: sudo -E env \"PATH=$PATH\" cargo xtask ..."
+        );
+    }
+    Ok(())
+}
+
+fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace root")
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// Runs cargo in the workspace root with cargo's bin directory on PATH (so
+/// the eBPF build finds bpf-linker), failing if it fails.
+fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(args)
+        .current_dir(workspace_root())
+        .env("PATH", setup::path_with_cargo_bin())
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count_before;
+
+    #[test]
+    fn test_result_lines_are_added_up() {
+        let line =
+            "ok. 16 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.01s";
+        assert_eq!(count_before(line, " passed"), 16);
+        assert_eq!(count_before(line, " failed"), 2);
+        assert_eq!(count_before("FAILED. 0 passed; 1 failed;", " failed"), 1);
+        assert_eq!(count_before("no numbers", " passed"), 0);
+    }
+}
