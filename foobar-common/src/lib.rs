@@ -98,8 +98,11 @@ const _: () = assert!(size_of::<FlowKey>() == 40);
 pub struct Flow {
     pub backend_id: u32,
     pub vip_id: u32,
+    /// CLOCK_MONOTONIC (bpf_ktime_get_ns) of the flow's latest packet: lets
+    /// userspace tell live flows of a removed backend from idle ones.
+    pub last_seen_ns: u64,
 }
-const _: () = assert!(size_of::<Flow>() == 8);
+const _: () = assert!(size_of::<Flow>() == 16);
 
 /// Packets and bytes (per CPU in the maps; userspace sums the CPUs).
 #[repr(C)]

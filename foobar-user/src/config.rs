@@ -5,7 +5,7 @@
 use std::{
     collections::HashSet,
     fmt,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
 };
 
@@ -25,8 +25,88 @@ pub const FLOW_TABLE_MAX: u32 = 1 << 24;
 struct RawConfig {
     #[serde(default)]
     datapath: RawDatapath,
+    #[serde(default)]
+    api: RawApi,
+    #[serde(default)]
+    metrics: RawMetrics,
     #[serde(default, rename = "vip")]
     vips: Vec<RawVip>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    socket: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
+}
+
+/// Health-check keys; at VIP level they are the defaults of its backends,
+/// at backend level they override them key by key.
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    check: Option<String>,
+    port: Option<i64>,
+    interval_ms: Option<i64>,
+    timeout_ms: Option<i64>,
+    rise: Option<i64>,
+    fall: Option<i64>,
+    http_path: Option<String>,
+    http_host: Option<String>,
+    http_status: Option<Vec<i64>>,
+}
+
+impl RawHealth {
+    fn is_empty(&self) -> bool {
+        self.check.is_none()
+            && self.port.is_none()
+            && self.interval_ms.is_none()
+            && self.timeout_ms.is_none()
+            && self.rise.is_none()
+            && self.fall.is_none()
+            && self.http_path.is_none()
+            && self.http_host.is_none()
+            && self.http_status.is_none()
+    }
+
+    /// These keys over `defaults`. A backend that names its own check does
+    /// not inherit the VIP's HTTP keys unless its check is HTTP too.
+    fn or(&self, defaults: &RawHealth) -> RawHealth {
+        let defaults = match self.check.as_deref() {
+            Some(check) if check != "http" => RawHealth {
+                http_path: None,
+                http_host: None,
+                http_status: None,
+                ..defaults.clone()
+            },
+            _ => defaults.clone(),
+        };
+        RawHealth {
+            check: self.check.clone().or_else(|| defaults.check.clone()),
+            port: self.port.or(defaults.port),
+            interval_ms: self.interval_ms.or(defaults.interval_ms),
+            timeout_ms: self.timeout_ms.or(defaults.timeout_ms),
+            rise: self.rise.or(defaults.rise),
+            fall: self.fall.or(defaults.fall),
+            http_path: self
+                .http_path
+                .clone()
+                .or_else(|| defaults.http_path.clone()),
+            http_host: self
+                .http_host
+                .clone()
+                .or_else(|| defaults.http_host.clone()),
+            http_status: self
+                .http_status
+                .clone()
+                .or_else(|| defaults.http_status.clone()),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -46,6 +126,8 @@ struct RawVip {
     protocol: Option<String>,
     scheduler: Option<String>,
     forwarding: Option<String>,
+    #[serde(default)]
+    health: RawHealth,
     #[serde(default, rename = "backend")]
     backends: Vec<RawBackend>,
 }
@@ -55,13 +137,74 @@ struct RawVip {
 struct RawBackend {
     address: Option<String>,
     weight: Option<i64>,
+    #[serde(default)]
+    health: RawHealth,
 }
 
 /// A validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub datapath: DatapathConfig,
+    /// The control socket `foobar` CLI commands talk to.
+    pub socket: PathBuf,
+    /// Where the Prometheus endpoint listens; None when "off".
+    pub metrics_listen: Option<SocketAddr>,
     pub vips: Vec<Vip>,
+}
+
+pub const DEFAULT_SOCKET: &str = "/run/foobar/foobar.sock";
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9183";
+
+/// How a backend's health is checked (HAProxy's semantics: `fall`
+/// consecutive failures take an up backend down, `rise` consecutive
+/// successes bring a down one up).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HealthSpec {
+    pub check: Check,
+    /// Port to check; None = the VIP's port (80 for a port-0 VIP).
+    pub port: Option<u16>,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Check {
+    /// Always up.
+    None,
+    /// A TCP connect succeeds.
+    Tcp,
+    /// `GET path` with `Host: host` answers a status in `status_min..=status_max`.
+    Http {
+        path: String,
+        /// None = the backend's address.
+        host: Option<String>,
+        status_min: u16,
+        status_max: u16,
+    },
+}
+
+impl HealthSpec {
+    /// The port checked on a backend of a VIP with `vip_port`.
+    pub fn port_for(&self, vip_port: u16) -> u16 {
+        self.port
+            .unwrap_or(if vip_port == 0 { 80 } else { vip_port })
+    }
+}
+
+impl Default for HealthSpec {
+    fn default() -> Self {
+        HealthSpec {
+            check: Check::Tcp,
+            port: None,
+            interval_ms: 2000,
+            timeout_ms: 1000,
+            rise: 2,
+            fall: 3,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,7 +215,8 @@ pub struct DatapathConfig {
     pub flow_table_size: u32,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
     Udp,
@@ -94,14 +238,62 @@ impl Protocol {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Scheduler {
+    #[serde(rename = "rr")]
     RoundRobin,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+impl Scheduler {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheduler::RoundRobin => "rr",
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "rr" => Ok(Scheduler::RoundRobin),
+            other => Err(format!(
+                "\"{other}\" is not available in this version; use \"rr\""
+            )),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Forwarding {
     Dsr,
+}
+
+impl Forwarding {
+    pub fn name(self) -> &'static str {
+        match self {
+            Forwarding::Dsr => "dsr",
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "dsr" => Ok(Forwarding::Dsr),
+            other => Err(format!(
+                "\"{other}\" is not available in this version; use \"dsr\""
+            )),
+        }
+    }
+}
+
+impl Protocol {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "tcp" => Ok(Protocol::Tcp),
+            "udp" => Ok(Protocol::Udp),
+            other => Err(format!(
+                "\"{other}\" is not supported; use \"tcp\" or \"udp\""
+            )),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,6 +305,8 @@ pub struct Vip {
     pub protocol: Protocol,
     pub scheduler: Scheduler,
     pub forwarding: Forwarding,
+    /// Health check of backends added at run time (`foobar backend add`).
+    pub health: HealthSpec,
     pub backends: Vec<BackendConfig>,
 }
 
@@ -120,6 +314,7 @@ pub struct Vip {
 pub struct BackendConfig {
     pub address: Ipv4Addr,
     pub weight: u32,
+    pub health: HealthSpec,
 }
 
 /// One thing wrong with a config, at one key (`vip[1].backend[0].address`).
@@ -198,11 +393,42 @@ impl Problems {
             message: message.into(),
         });
     }
+
+    /// The value, or None with the error recorded at `key`.
+    fn field<T>(&mut self, key: &str, result: Result<T, String>) -> Option<T> {
+        result.map_err(|e| self.add(key, e)).ok()
+    }
 }
 
 fn validate(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
     let mut p = Problems(Vec::new());
     let datapath = validate_datapath(&raw.datapath, &mut p);
+    let socket = PathBuf::from(raw.api.socket.as_deref().unwrap_or(DEFAULT_SOCKET));
+    if !socket.is_absolute() {
+        p.add(
+            "api.socket",
+            format!("\"{}\" is not an absolute path", socket.display()),
+        );
+    }
+    let metrics_listen = match raw.metrics.listen.as_deref() {
+        Some("off") => None,
+        other => match other
+            .unwrap_or(DEFAULT_METRICS_LISTEN)
+            .parse::<SocketAddr>()
+        {
+            Ok(a) => Some(a),
+            Err(_) => {
+                p.add(
+                    "metrics.listen",
+                    format!(
+                        "\"{}\" is not ADDRESS:PORT or \"off\"",
+                        other.unwrap_or_default()
+                    ),
+                );
+                None
+            }
+        },
+    };
 
     if raw.vips.len() > MAX_VIPS as usize {
         p.add(
@@ -251,7 +477,12 @@ fn validate(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
         }
     }
     match (datapath, p.0.is_empty()) {
-        (Some(datapath), true) => Ok(Config { datapath, vips }),
+        (Some(datapath), true) => Ok(Config {
+            datapath,
+            socket,
+            metrics_listen,
+            vips,
+        }),
         _ => Err(p.0),
     }
 }
@@ -330,37 +561,19 @@ fn validate_vip(key: &str, raw: &RawVip, p: &mut Problems) -> Option<Vip> {
             None
         }
     };
-    let protocol = match raw.protocol.as_deref() {
-        None | Some("tcp") => Some(Protocol::Tcp),
-        Some("udp") => Some(Protocol::Udp),
-        Some(other) => {
-            p.add(
-                format!("{key}.protocol"),
-                format!("\"{other}\" is not supported; use \"tcp\" or \"udp\""),
-            );
-            None
-        }
-    };
-    let scheduler = match raw.scheduler.as_deref() {
-        None | Some("rr") => Some(Scheduler::RoundRobin),
-        Some(other) => {
-            p.add(
-                format!("{key}.scheduler"),
-                format!("\"{other}\" is not available in this version; use \"rr\""),
-            );
-            None
-        }
-    };
-    let forwarding = match raw.forwarding.as_deref() {
-        None | Some("dsr") => Some(Forwarding::Dsr),
-        Some(other) => {
-            p.add(
-                format!("{key}.forwarding"),
-                format!("\"{other}\" is not available in this version; use \"dsr\""),
-            );
-            None
-        }
-    };
+    let protocol = p.field(
+        &format!("{key}.protocol"),
+        Protocol::parse(raw.protocol.as_deref().unwrap_or("tcp")),
+    );
+    let scheduler = p.field(
+        &format!("{key}.scheduler"),
+        Scheduler::parse(raw.scheduler.as_deref().unwrap_or("rr")),
+    );
+    let forwarding = p.field(
+        &format!("{key}.forwarding"),
+        Forwarding::parse(raw.forwarding.as_deref().unwrap_or("dsr")),
+    );
+    let health = validate_health(&format!("{key}.health"), &raw.health, p);
 
     let mut backends = Vec::new();
     let mut seen = HashSet::new();
@@ -390,8 +603,23 @@ fn validate_vip(key: &str, raw: &RawVip, p: &mut Problems) -> Option<Vip> {
                 None
             }
         };
-        if let (Some(address), Some(weight)) = (address, weight) {
-            backends.push(BackendConfig { address, weight });
+        // A backend without health keys of its own takes the VIP's check as
+        // validated above (its problems are reported there, once).
+        let health = if raw_backend.health.is_empty() {
+            health.clone()
+        } else {
+            validate_health(
+                &format!("{bkey}.health"),
+                &raw_backend.health.or(&raw.health),
+                p,
+            )
+        };
+        if let (Some(address), Some(weight), Some(health)) = (address, weight, health) {
+            backends.push(BackendConfig {
+                address,
+                weight,
+                health,
+            });
         }
     }
     let slots = ring::round_robin_len(backends.iter().map(|b| b.weight));
@@ -411,7 +639,103 @@ fn validate_vip(key: &str, raw: &RawVip, p: &mut Problems) -> Option<Vip> {
         protocol: protocol?,
         scheduler: scheduler?,
         forwarding: forwarding?,
+        health: health?,
         backends,
+    })
+}
+
+/// Validates merged health keys; `key` is where they were written.
+fn validate_health(key: &str, raw: &RawHealth, p: &mut Problems) -> Option<HealthSpec> {
+    let d = HealthSpec::default();
+    let before = p.0.len();
+    let mut int = |name: &str, v: Option<i64>, lo: i64, hi: i64, default: u64| match v {
+        None => default,
+        Some(n) if (lo..=hi).contains(&n) => n as u64,
+        Some(n) => {
+            p.add(
+                format!("{key}.{name}"),
+                format!("{n} is out of range {lo}..={hi}"),
+            );
+            default
+        }
+    };
+    let interval_ms = int(
+        "interval_ms",
+        raw.interval_ms,
+        100,
+        3_600_000,
+        d.interval_ms,
+    );
+    // Unset, the timeout is the default one, but never longer than the
+    // interval (HAProxy's `timeout check` defaults to `inter`).
+    let timeout_ms = int(
+        "timeout_ms",
+        raw.timeout_ms,
+        10,
+        3_600_000,
+        d.timeout_ms.min(interval_ms),
+    );
+    let rise = int("rise", raw.rise, 1, 100, u64::from(d.rise)) as u32;
+    let fall = int("fall", raw.fall, 1, 100, u64::from(d.fall)) as u32;
+    let port = raw.port.map(|n| int("port", Some(n), 1, 65535, 80) as u16);
+    if timeout_ms > interval_ms {
+        p.add(
+            format!("{key}.timeout_ms"),
+            format!("{timeout_ms} is longer than interval_ms {interval_ms}"),
+        );
+    }
+    let check = match raw.check.as_deref() {
+        None | Some("tcp") => Check::Tcp,
+        Some("none") => Check::None,
+        Some("http") => {
+            let path = raw.http_path.clone().unwrap_or_else(|| "/".into());
+            if !path.starts_with('/') {
+                p.add(
+                    format!("{key}.http_path"),
+                    format!("\"{path}\" must start with /"),
+                );
+            }
+            let (status_min, status_max) = match raw.http_status.as_deref() {
+                None => (200, 399),
+                Some([lo, hi]) if 100 <= *lo && lo <= hi && *hi <= 599 => (*lo as u16, *hi as u16),
+                Some(other) => {
+                    p.add(
+                        format!("{key}.http_status"),
+                        format!("{other:?} is not [LOW, HIGH] within 100..=599"),
+                    );
+                    (200, 399)
+                }
+            };
+            Check::Http {
+                path,
+                host: raw.http_host.clone(),
+                status_min,
+                status_max,
+            }
+        }
+        Some(other) => {
+            p.add(
+                format!("{key}.check"),
+                format!("\"{other}\" is not a check; use \"tcp\", \"http\" or \"none\""),
+            );
+            Check::Tcp
+        }
+    };
+    if !matches!(check, Check::Http { .. })
+        && (raw.http_path.is_some() || raw.http_host.is_some() || raw.http_status.is_some())
+    {
+        p.add(
+            key,
+            "http_path, http_host and http_status need check = \"http\"",
+        );
+    }
+    (p.0.len() == before).then_some(HealthSpec {
+        check,
+        port,
+        interval_ms,
+        timeout_ms,
+        rise,
+        fall,
     })
 }
 
@@ -488,6 +812,102 @@ mod tests {
         assert_eq!(web.backends[1].weight, 3);
         assert_eq!(c.vips[1].port, 0);
         assert_eq!(c.vips[1].protocol, Protocol::Udp);
+    }
+
+    #[test]
+    fn backend_health_keys_override_the_vip_defaults_one_by_one() {
+        let c = parse(
+            r#"
+            [api]
+            socket = "/tmp/x.sock"
+            [metrics]
+            listen = "off"
+            [[vip]]
+            name = "web"
+            address = "192.0.2.10"
+            port = 8080
+            [vip.health]
+            check = "http"
+            http_path = "/healthz"
+            interval_ms = 500
+            fall = 2
+            [[vip.backend]]
+            address = "10.0.0.11"
+            [[vip.backend]]
+            address = "10.0.0.12"
+            [vip.backend.health]
+            check = "tcp"
+            port = 9000
+        "#,
+        )
+        .unwrap();
+        assert_eq!(c.socket, PathBuf::from("/tmp/x.sock"));
+        assert_eq!(c.metrics_listen, None);
+        let web = &c.vips[0];
+        assert_eq!(web.health.interval_ms, 500);
+        let first = &web.backends[0].health;
+        assert_eq!(
+            first.check,
+            Check::Http {
+                path: "/healthz".into(),
+                host: None,
+                status_min: 200,
+                status_max: 399
+            }
+        );
+        assert_eq!(
+            (first.interval_ms, first.timeout_ms, first.rise, first.fall),
+            (500, 500, 2, 2),
+            "an unset timeout is capped by the interval"
+        );
+        assert_eq!(first.port_for(web.port), 8080);
+        let second = &web.backends[1].health;
+        assert_eq!(second.check, Check::Tcp, "the backend's own check wins");
+        assert_eq!(second.port_for(web.port), 9000);
+        assert_eq!(
+            second.interval_ms, 500,
+            "other keys still come from the VIP"
+        );
+    }
+
+    #[test]
+    fn health_api_and_metrics_problems_name_their_keys() {
+        let mut got = keys(
+            r#"
+            [api]
+            socket = "relative.sock"
+            [metrics]
+            listen = "everywhere"
+            [[vip]]
+            name = "web"
+            address = "192.0.2.10"
+            port = 80
+            [vip.health]
+            check = "ping"
+            rise = 0
+            timeout_ms = 5000
+            [[vip.backend]]
+            address = "10.0.0.11"
+            [vip.backend.health]
+            check = "tcp"
+            http_status = [200, 299]
+        "#,
+        );
+        got.sort();
+        got.dedup();
+        assert_eq!(
+            got,
+            vec![
+                "api.socket",
+                "metrics.listen",
+                "vip[0].backend[0].health",
+                "vip[0].backend[0].health.rise",
+                "vip[0].backend[0].health.timeout_ms",
+                "vip[0].health.check",
+                "vip[0].health.rise",
+                "vip[0].health.timeout_ms",
+            ]
+        );
     }
 
     #[test]

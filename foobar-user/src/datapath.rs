@@ -10,9 +10,11 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
+use std::collections::HashSet;
+
 use foobar_common::{
-    ring_state, Backend, Counter, Reason, Service, VipKey, MAX_BACKENDS, MAX_VIPS, RING_CAPACITY,
-    RING_HALF_BIT, RING_STRIDE,
+    ring_state, Backend, Counter, Flow, FlowKey, Reason, Service, VipKey, BACKEND_UP, MAX_BACKENDS,
+    MAX_VIPS, RING_CAPACITY, RING_HALF_BIT, RING_STRIDE,
 };
 
 use crate::plan::Plan;
@@ -140,6 +142,16 @@ impl Stats {
 pub struct Datapath {
     ebpf: Ebpf,
     attached: Option<(String, XdpLinkId)>,
+    flow_table_size: u32,
+    /// What the maps hold, as last written: `apply` writes differences only.
+    written: Written,
+}
+
+#[derive(Default)]
+struct Written {
+    backends: std::collections::HashMap<u32, Backend>,
+    rings: std::collections::HashMap<u32, Vec<u32>>,
+    vips: std::collections::HashMap<VipKey, Service>,
 }
 
 impl Datapath {
@@ -160,6 +172,8 @@ impl Datapath {
         Ok(Datapath {
             ebpf,
             attached: None,
+            flow_table_size: opts.flow_table_size,
+            written: Written::default(),
         })
     }
 
@@ -185,9 +199,11 @@ impl Datapath {
         Ok(())
     }
 
-    /// Writes everything the plan holds: backends first, then each VIP's
-    /// ring and ring state, then the VIP itself, so that a packet that
-    /// finds a VIP always finds its ring and backends filled in.
+    /// Makes the maps hold `plan`, writing only what differs from the last
+    /// plan written. The order keeps every packet consistent: entries of
+    /// backends that may take traffic first, then rings, then VIP keys (new
+    /// and removed), and last the entries of backends that went down or
+    /// were freed, which no ring names any more.
     pub fn apply(&mut self, plan: &Plan) -> Result<()> {
         if plan.vips.len() > MAX_VIPS as usize {
             return Err(DatapathError::TooMany {
@@ -196,26 +212,64 @@ impl Datapath {
                 limit: MAX_VIPS,
             });
         }
-        if plan.backends.len() > MAX_BACKENDS as usize {
+        if let Some((&id, _)) = plan.backends.iter().find(|(&id, _)| id >= MAX_BACKENDS) {
             return Err(DatapathError::TooMany {
-                what: "backends",
-                got: plan.backends.len(),
-                limit: MAX_BACKENDS,
+                what: "backend id",
+                got: id as usize,
+                limit: MAX_BACKENDS - 1,
             });
         }
-        for (id, backend) in plan.backends.iter().enumerate() {
-            self.set_backend(id as u32, backend)?;
+        for (&id, backend) in &plan.backends {
+            if backend.flags & BACKEND_UP != 0 && self.written.backends.get(&id) != Some(backend) {
+                self.set_backend(id, backend)?;
+            }
         }
         for vip in &plan.vips {
-            self.set_ring(vip.service.vip_id, &vip.ring)?;
+            let id = vip.service.vip_id;
+            if self.written.rings.get(&id) != Some(&vip.ring) {
+                self.set_ring(id, &vip.ring)?;
+            }
         }
-        let mut vips: HashMap<&mut MapData, VipKey, Service> = self.map_mut("VIPS")?;
+        let mut vips: HashMap<&mut MapData, VipKey, Service> = map_mut(&mut self.ebpf, "VIPS")?;
         for vip in &plan.vips {
-            vips.insert(vip.key, vip.service, 0)
-                .map_err(|source| DatapathError::Map {
-                    map: "VIPS",
-                    source,
-                })?;
+            if self.written.vips.get(&vip.key) != Some(&vip.service) {
+                vips.insert(vip.key, vip.service, 0)
+                    .map_err(|source| DatapathError::Map {
+                        map: "VIPS",
+                        source,
+                    })?;
+                self.written.vips.insert(vip.key, vip.service);
+            }
+        }
+        let gone: Vec<VipKey> = self
+            .written
+            .vips
+            .keys()
+            .filter(|k| !plan.vips.iter().any(|v| v.key == **k))
+            .copied()
+            .collect();
+        for key in gone {
+            vips.remove(&key).map_err(|source| DatapathError::Map {
+                map: "VIPS",
+                source,
+            })?;
+            self.written.vips.remove(&key);
+        }
+        for (&id, backend) in &plan.backends {
+            if backend.flags & BACKEND_UP == 0 && self.written.backends.get(&id) != Some(backend) {
+                self.set_backend(id, backend)?;
+            }
+        }
+        let freed: Vec<u32> = self
+            .written
+            .backends
+            .keys()
+            .filter(|id| !plan.backends.contains_key(id))
+            .copied()
+            .collect();
+        for id in freed {
+            self.set_backend(id, &Backend::default())?;
+            self.written.backends.remove(&id);
         }
         Ok(())
     }
@@ -262,10 +316,34 @@ impl Datapath {
             .map_err(|source| DatapathError::Map {
                 map: "RING_STATE",
                 source,
-            })
+            })?;
+        self.written.rings.insert(vip_id, ring.to_vec());
+        Ok(())
     }
 
-    /// Reads and sums every per-CPU counter.
+    /// Backend ids that flows seen at or after `since_ns` (CLOCK_MONOTONIC)
+    /// still use, and the number of entries in the flow table.
+    pub fn flow_usage(&self, since_ns: u64) -> Result<(HashSet<u32>, usize)> {
+        let flows: HashMap<&MapData, FlowKey, Flow> = self.map("FLOWS")?;
+        let mut in_use = HashSet::new();
+        let mut entries = 0;
+        for item in flows.iter() {
+            // An entry evicted while we walk is simply not seen.
+            let Ok((_, flow)) = item else { continue };
+            entries += 1;
+            if flow.last_seen_ns >= since_ns {
+                in_use.insert(flow.backend_id);
+            }
+        }
+        Ok((in_use, entries))
+    }
+
+    pub fn flow_table_size(&self) -> u32 {
+        self.flow_table_size
+    }
+
+    /// Reads and sums every per-CPU counter of VIP ids below `vip_count` and
+    /// backend ids below `backend_count`.
     pub fn stats(&self, vip_count: usize, backend_count: usize) -> Result<Stats> {
         let reasons = Reason::ALL
             .iter()
@@ -329,12 +407,20 @@ impl Datapath {
     where
         T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
     {
-        let map = self
-            .ebpf
-            .map_mut(name)
-            .ok_or(DatapathError::Missing { what: "map", name })?;
-        T::try_from(map).map_err(|source| DatapathError::Map { map: name, source })
+        map_mut(&mut self.ebpf, name)
     }
+}
+
+/// A typed view of a map, borrowing only the `Ebpf` (so the caller may
+/// update its other fields while it holds the view).
+fn map_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T>
+where
+    T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .map_mut(name)
+        .ok_or(DatapathError::Missing { what: "map", name })?;
+    T::try_from(map).map_err(|source| DatapathError::Map { map: name, source })
 }
 
 impl Drop for Datapath {

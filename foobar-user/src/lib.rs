@@ -1,8 +1,13 @@
 //! foobar's control plane as a library: the `foobar` binary is a thin CLI
 //! over it, and the tests and the lab drive the same code.
+pub mod api;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod datapath;
+pub mod health;
+pub mod metrics;
 pub mod neigh;
 pub mod plan;
 pub mod ring;
+pub mod state;

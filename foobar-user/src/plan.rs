@@ -1,15 +1,12 @@
-//! Turns a validated config and the backends' next-hop MACs into exactly what
-//! the maps must hold: VIP keys and services, backend entries, rings. Ids are
-//! assigned here: VIPs in config order, backends in config order across VIPs
-//! (a server behind two VIPs gets two ids, so its counters stay per VIP).
-//! Pure; the `datapath` module writes the result.
-use std::{collections::HashMap, net::Ipv4Addr};
+//! What the maps must hold: VIP keys and services, backend entries by id,
+//! rings. `State::plan` derives it; the `datapath` module writes it. Pure.
+use std::{collections::BTreeMap, collections::HashMap, net::Ipv4Addr};
 
-use foobar_common::{Backend, Service, VipKey, AF_INET, BACKEND_UP, FWD_DSR, SCHED_RR};
+use foobar_common::{Backend, Service, VipKey};
 
 use crate::{
-    config::{Config, Forwarding, Scheduler},
-    ring,
+    config::Config,
+    state::{self, BuildError, State},
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,8 +22,8 @@ pub struct PlannedVip {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     pub vips: Vec<PlannedVip>,
-    /// Indexed by backend id.
-    pub backends: Vec<Backend>,
+    /// Every backend entry the datapath must hold, by id.
+    pub backends: BTreeMap<u32, Backend>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -36,53 +33,18 @@ pub struct MissingMac {
     pub address: Ipv4Addr,
 }
 
-pub fn build(config: &Config, macs: &HashMap<Ipv4Addr, [u8; 6]>) -> Result<Plan, MissingMac> {
-    let mut plan = Plan::default();
-    for (vip_id, vip) in config.vips.iter().enumerate() {
-        let mut members = Vec::with_capacity(vip.backends.len());
-        for b in &vip.backends {
-            let mac = *macs.get(&b.address).ok_or_else(|| MissingMac {
-                vip: vip.name.clone(),
-                address: b.address,
-            })?;
-            let id = plan.backends.len() as u32;
-            plan.backends.push(Backend {
-                addr_be: [u32::from(b.address).to_be(), 0, 0, 0],
-                mac,
-                family: AF_INET,
-                flags: BACKEND_UP,
-            });
-            members.push((id, b.weight));
-        }
-        plan.vips.push(PlannedVip {
-            name: vip.name.clone(),
-            key: VipKey {
-                addr_be: [u32::from(vip.address).to_be(), 0, 0, 0],
-                port_be: vip.port.to_be(),
-                proto: vip.protocol.number(),
-                family: AF_INET,
-            },
-            service: Service {
-                vip_id: vip_id as u32,
-                scheduler: match vip.scheduler {
-                    Scheduler::RoundRobin => SCHED_RR,
-                },
-                forward_mode: match vip.forwarding {
-                    Forwarding::Dsr => FWD_DSR,
-                },
-                flags: 0,
-            },
-            backend_ids: members.iter().map(|&(id, _)| id).collect(),
-            ring: ring::round_robin(&members),
-        });
-    }
-    Ok(plan)
+/// The plan of a config as it starts: ids in config order (VIPs from 0,
+/// backends from 0 across VIPs; a server behind two VIPs gets two ids, so
+/// its counters stay per VIP).
+pub fn build(config: &Config, macs: &HashMap<Ipv4Addr, [u8; 6]>) -> Result<Plan, BuildError> {
+    Ok(State::build(&state::saved_from_config(config), macs)?.plan())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config;
+    use foobar_common::BACKEND_UP;
 
     const TEXT: &str = r#"
         [[vip]]
@@ -130,9 +92,9 @@ mod tests {
         assert_eq!(udp.backend_ids, vec![2], "same server, its own id per VIP");
 
         assert_eq!(plan.backends.len(), 3);
-        assert_eq!(plan.backends[2].addr_be[0].to_ne_bytes(), [10, 0, 0, 12]);
-        assert_eq!(plan.backends[2].mac, [2, 0, 0, 0, 0, 12]);
-        assert!(plan.backends.iter().all(|b| b.flags == BACKEND_UP));
+        assert_eq!(plan.backends[&2].addr_be[0].to_ne_bytes(), [10, 0, 0, 12]);
+        assert_eq!(plan.backends[&2].mac, [2, 0, 0, 0, 0, 12]);
+        assert!(plan.backends.values().all(|b| b.flags == BACKEND_UP));
     }
 
     #[test]
@@ -140,7 +102,12 @@ mod tests {
         let mut m = macs();
         m.remove(&"10.0.0.11".parse().unwrap());
         let err = build(&config::parse(TEXT).unwrap(), &m).unwrap_err();
-        assert_eq!(err.address, Ipv4Addr::new(10, 0, 0, 11));
-        assert_eq!(err.vip, "web");
+        assert_eq!(
+            err,
+            BuildError::MissingMac(MissingMac {
+                vip: "web".into(),
+                address: "10.0.0.11".parse().unwrap()
+            })
+        );
     }
 }

@@ -36,6 +36,8 @@ const NET: [u8; 3] = [10, 201, 0];
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 100);
 /// The LB node's NIC inside its namespace.
 pub const LB_IFACE: &str = "eth0";
+/// Health-check interval of the lab's config.
+pub const HEALTH_INTERVAL_MS: u64 = 300;
 
 static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 /// Namespaces of live labs in this process, for the signal handler.
@@ -289,12 +291,23 @@ impl Lab {
         self.exec(&self.client.ns, &["curl", "-sS", "--max-time", "2", url])
     }
 
-    /// A config for this lab: one VIP on port 80 over every backend.
+    /// The control socket of this lab's foobar.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("foobar.sock")
+    }
+
+    /// A config for this lab: one VIP on port 80 over every backend, HTTP
+    /// health checks every 300 ms (fall 2, rise 2), the control socket in
+    /// the lab directory and metrics on the LB node's 127.0.0.1:9183.
     pub fn config(&self) -> String {
         let mut text = format!(
             "[datapath]\ninterface = \"{LB_IFACE}\"\nxdp_mode = \"native\"\n\n\
+             [api]\nsocket = \"{}\"\n\n[metrics]\nlisten = \"127.0.0.1:9183\"\n\n\
              [[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\n\
-             scheduler = \"rr\"\nforwarding = \"dsr\"\n"
+             scheduler = \"rr\"\nforwarding = \"dsr\"\n\
+             [vip.health]\ncheck = \"http\"\nhttp_path = \"/\"\ninterval_ms = {HEALTH_INTERVAL_MS}\n\
+             timeout_ms = 250\nrise = 2\nfall = 2\n",
+            self.socket().display()
         );
         for b in &self.backends {
             text.push_str(&format!("\n[[vip.backend]]\naddress = \"{}\"\n", b.addr));

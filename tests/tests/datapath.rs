@@ -401,7 +401,7 @@ fn established_flows_keep_their_backend_until_it_goes_down() {
     }
 
     // Backend 11 goes down: its flows are rescheduled, the others stay.
-    let mut down = plan.backends[0];
+    let mut down = plan.backends[&0];
     down.flags &= !BACKEND_UP;
     dp.set_backend(0, &down).unwrap();
     for (f, mac) in flows.iter().zip(&first) {

@@ -76,7 +76,11 @@ fn refusals_name_the_problem_and_attach_nothing() {
     lab.exec(&lab.lb.ns, &["ip", "link", "set", "dummy0", "up"])
         .unwrap();
     let empty = lab.dir.join("empty.toml");
-    std::fs::write(&empty, "").unwrap();
+    std::fs::write(
+        &empty,
+        format!("[api]\nsocket = \"{}\"\n", lab.socket().display()),
+    )
+    .unwrap();
     let (ok, err) = foobar(
         &lab,
         &[],

@@ -1,30 +1,77 @@
-//! The `foobar` command line: one file per subcommand.
+//! The `foobar` command line: one file per subcommand. `run` is the daemon;
+//! the others but `check` and `completions` talk to it over the control
+//! socket.
+mod backend;
 mod check;
+mod completions;
 mod run;
+mod stats;
+mod status;
+mod vip;
+
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+
+use crate::api::{self, Request};
 
 #[derive(Debug, Parser)]
 #[command(name = "foobar", version, about = "XDP layer-4 load balancer")]
 pub struct Cli {
+    /// The daemon's control socket.
+    #[arg(long, global = true, env = "FOOBAR_SOCKET", default_value = crate::config::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Attach the load balancer to the NIC and forward until SIGINT/SIGTERM.
+    /// Attach the load balancer to the NIC and serve until SIGINT/SIGTERM.
     Run(run::RunArgs),
     /// Validate a config file and print what it would serve (no root needed).
     Check(check::CheckArgs),
+    /// VIPs and backends: weight, admin state, health, traffic rates.
+    Status(status::StatusArgs),
+    /// The datapath's counters: per verdict reason, VIP and backend.
+    Stats(stats::StatsArgs),
+    /// Add or remove a VIP at run time.
+    #[command(subcommand)]
+    Vip(vip::VipCmd),
+    /// Add, remove, drain, enable or re-weight a backend at run time.
+    #[command(subcommand)]
+    Backend(backend::BackendCmd),
+    /// Print a shell completion script (bash, zsh, fish, ...).
+    Completions(completions::CompletionsArgs),
 }
 
 pub fn main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run::run(args),
         Command::Check(args) => check::check(args),
+        Command::Status(args) => status::status(&cli.socket, args),
+        Command::Stats(args) => stats::stats(&cli.socket, args),
+        Command::Vip(cmd) => vip::vip(&cli.socket, cmd),
+        Command::Backend(cmd) => backend::backend(&cli.socket, cmd),
+        Command::Completions(args) => completions::completions(args),
     }
 }
 
 /// Default config location (the systemd unit and the docs use it).
 pub const DEFAULT_CONFIG: &str = "/etc/foobar/foobar.toml";
+
+/// Sends a change request; prints the result as JSON or as `line`.
+fn change(
+    socket: &std::path::Path,
+    request: Request,
+    json: bool,
+    line: String,
+) -> anyhow::Result<()> {
+    let result = api::call(socket, &request)?;
+    if json {
+        println!("{result}");
+    } else {
+        println!("{line}");
+    }
+    Ok(())
+}

@@ -1,25 +1,27 @@
-//! `foobar run`: validate the config, resolve backend MACs, load and attach
-//! the datapath, program it, forward until SIGINT/SIGTERM, then detach and
-//! print the final counters. Every refusal happens before anything is
-//! attached.
-use std::{path::PathBuf, time::Duration};
+//! `foobar run`: validate the config, restore runtime changes from the
+//! state file, resolve backend MACs, load, program and attach the datapath,
+//! then serve the control API, metrics and health checks until SIGINT or
+//! SIGTERM; then detach and print the final counters. Every refusal happens
+//! before anything is attached.
+use std::{net::Ipv4Addr, path::PathBuf};
 
 use anyhow::{bail, Context as _};
-use tracing::info;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
 
 use crate::{
+    api,
     config::{self, Config},
+    daemon::{self, Owner, StateFile, NEIGH_TIMEOUT},
     datapath::{AttachMode, Datapath, LoadOptions, Stats},
-    neigh,
-    plan::{self, Plan},
+    metrics, neigh,
+    state::{self, SavedVip, State},
 };
-
-/// How long to wait for the backends' MACs at start.
-const NEIGH_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Config file (TOML; see examples/foobar.toml).
+    /// Config file (TOML; see examples/foobar.toml). Runtime changes are
+    /// kept next to it, in NAME.state.json.
     #[arg(long, short, default_value = super::DEFAULT_CONFIG)]
     pub config: PathBuf,
     /// Interface to attach to; overrides `datapath.interface`.
@@ -33,7 +35,12 @@ pub struct RunArgs {
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logging();
-    let config = config::load(&args.config)?;
+    let text = std::fs::read_to_string(&args.config)
+        .with_context(|| format!("cannot read the config file {}", args.config.display()))?;
+    let config = config::parse(&text).map_err(|problems| config::ConfigError {
+        file: args.config.clone(),
+        problems,
+    })?;
     let iface = args
         .iface
         .clone()
@@ -49,56 +56,142 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let ifindex = nix::net::if_::if_nametoindex(iface.as_str())
         .map_err(|_| anyhow::anyhow!("interface {iface} does not exist (see `ip link`)"))?;
+    let state_file = daemon::state_file_for(&args.config);
+    let digest = daemon::config_digest(&text);
+    let saved = saved_vips(&config, &state_file, &digest)?;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(config, iface, ifindex, mode))
+    runtime.block_on(serve(
+        config, saved, iface, ifindex, mode, state_file, digest,
+    ))
+}
+
+/// The VIPs to start with: the state file's, if it was written on top of
+/// this very config text; the config's otherwise (a state file made on an
+/// older config is kept aside as NAME.state.json.stale, never dropped).
+fn saved_vips(
+    config: &Config,
+    state_file: &std::path::Path,
+    digest: &str,
+) -> anyhow::Result<Vec<SavedVip>> {
+    let text = match std::fs::read_to_string(state_file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(state::saved_from_config(config))
+        }
+        Err(e) => bail!("cannot read the state file {}: {e}", state_file.display()),
+    };
+    let file: StateFile = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "the state file {} is not readable; move it away to start from the config alone",
+            state_file.display()
+        )
+    })?;
+    if file.config_sha256 == digest {
+        info!(file = %state_file.display(), "restoring runtime changes");
+        return Ok(file.vips);
+    }
+    let stale = state_file.with_extension("json.stale");
+    std::fs::rename(state_file, &stale)
+        .with_context(|| format!("moving the outdated state file to {}", stale.display()))?;
+    warn!(
+        kept = %stale.display(),
+        "the config changed since the runtime changes were saved: starting from the config; \
+         the earlier runtime state is kept aside"
+    );
+    Ok(state::saved_from_config(config))
 }
 
 async fn serve(
     config: Config,
+    saved: Vec<SavedVip>,
     iface: String,
     ifindex: u32,
     mode: AttachMode,
+    state_file: PathBuf,
+    digest: String,
 ) -> anyhow::Result<()> {
-    let mut addrs: Vec<_> = config
-        .vips
+    let mut addrs: Vec<Ipv4Addr> = saved
         .iter()
         .flat_map(|v| v.backends.iter().map(|b| b.address))
         .collect();
     addrs.sort();
     addrs.dedup();
     let macs = neigh::resolve(&iface, ifindex, &addrs, NEIGH_TIMEOUT).await?;
-    let plan = plan::build(&config, &macs)?;
+    let state = State::build(&saved, &macs).with_context(|| {
+        format!(
+            "the saved runtime state in {} does not apply",
+            state_file.display()
+        )
+    })?;
 
-    let mut datapath = Datapath::load(&LoadOptions {
+    // Sockets first: a second daemon is refused before it touches the NIC.
+    let api_listener = api::bind(&config.socket)?;
+    let _socket = RemoveOnDrop(config.socket.clone());
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
+
+    let datapath = Datapath::load(&LoadOptions {
         flow_table_size: config.datapath.flow_table_size,
     })
     .context("loading the XDP programs")?;
-    datapath.apply(&plan).context("programming the BPF maps")?;
-    datapath.attach(&iface, mode)?;
-    info!(iface = %iface, mode = mode.name(), vips = plan.vips.len(), "attached; forwarding");
-    for (vip, planned) in config.vips.iter().zip(&plan.vips) {
+    let mut owner = Owner::new(state, datapath, iface.clone(), ifindex, state_file, digest);
+    owner.start()?;
+    owner.datapath.attach(&iface, mode)?;
+    info!(iface = %iface, mode = mode.name(), vips = owner.state.vips().len(), "attached; forwarding");
+    for v in owner.state.vips() {
         info!(
-            vip = %vip.name,
-            address = %vip.address,
-            port = vip.port,
-            protocol = vip.protocol.name(),
-            backends = planned.backend_ids.len(),
-            ring = planned.ring.len(),
+            vip = %v.spec.name,
+            address = %v.spec.address,
+            port = v.spec.port,
+            protocol = v.spec.protocol.name(),
+            backends = v.backends.len(),
             "serving"
         );
     }
 
-    let signal = wait_for_shutdown().await?;
+    let (api_tx, api_rx) = mpsc::channel(16);
+    let (metrics_tx, metrics_rx) = mpsc::channel(4);
+    let api_task = tokio::spawn(api::serve(api_listener, api_tx));
+    info!(socket = %config.socket.display(), "control API listening");
+    let metrics_task = metrics_listener.map(|l| {
+        info!(listen = ?config.metrics_listen, "metrics listening on /metrics");
+        tokio::spawn(metrics::serve(l, metrics_tx))
+    });
+
+    let signal = owner
+        .run(api_rx, metrics_rx, async {
+            wait_for_shutdown().await.unwrap_or("signal handler failed")
+        })
+        .await;
     info!(signal, "shutting down");
-    datapath.detach().context("detaching the XDP program")?;
+    api_task.abort();
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
+    owner.stop();
+    owner
+        .datapath
+        .detach()
+        .context("detaching the XDP program")?;
     info!(iface = %iface, "detached");
-    let stats = datapath.stats(plan.vips.len(), plan.backends.len())?;
-    print!("{}", render_stats(&config, &plan, &stats));
+    let stats = owner.read_stats().map_err(anyhow::Error::msg)?;
+    print!("{}", render_stats(&owner.state, &stats));
     Ok(())
+}
+
+/// Removes the control socket however `serve` ends, errors included.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 async fn wait_for_shutdown() -> anyhow::Result<&'static str> {
@@ -124,19 +217,23 @@ fn init_logging() {
 /// The counters as a plain table (the line formats are parsed by the demo
 /// and the tests: `reason NAME PACKETS BYTES`, `vip NAME ...`,
 /// `backend VIP ADDRESS ...`).
-pub fn render_stats(config: &Config, plan: &Plan, stats: &Stats) -> String {
+pub fn render_stats(state: &State, stats: &Stats) -> String {
     let mut out = String::from("final counters (packets bytes):\n");
     for (name, c) in &stats.reasons {
         out.push_str(&format!("reason {name} {} {}\n", c.packets, c.bytes));
     }
-    for (vip, planned) in config.vips.iter().zip(&plan.vips) {
-        let c = &stats.vips[planned.service.vip_id as usize];
-        out.push_str(&format!("vip {} {} {}\n", vip.name, c.packets, c.bytes));
-        for (b, id) in vip.backends.iter().zip(&planned.backend_ids) {
-            let c = &stats.backends[*id as usize];
+    for v in state.vips() {
+        let c = stats.vips.get(v.id as usize).cloned().unwrap_or_default();
+        out.push_str(&format!("vip {} {} {}\n", v.spec.name, c.packets, c.bytes));
+        for b in &v.backends {
+            let c = stats
+                .backends
+                .get(b.id as usize)
+                .cloned()
+                .unwrap_or_default();
             out.push_str(&format!(
                 "backend {} {} {} {}\n",
-                vip.name, b.address, c.packets, c.bytes
+                v.spec.name, b.spec.address, c.packets, c.bytes
             ));
         }
     }

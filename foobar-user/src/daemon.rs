@@ -1,0 +1,612 @@
+//! The daemon: one task owns the desired state and the datapath; the API
+//! server, the metrics server and the health checkers send it events. Every
+//! change goes through `transact`: the new state is saved to the state file,
+//! then written to the maps; if either fails, the old state is restored in
+//! both and the request is refused, so a refused request changes nothing.
+use std::{
+    collections::HashMap,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::Digest as _;
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
+use tracing::{info, warn};
+
+use crate::{
+    api::{self, Request, Response},
+    config::{Forwarding, Protocol, Scheduler},
+    datapath::{Datapath, Stats},
+    health::{self, Transition},
+    metrics, neigh,
+    state::{Admin, BackendSpec, SavedVip, State, StateError, VipSpec},
+};
+
+/// How long a removed backend's flows may stay idle before its entry is
+/// freed (a flow idle longer than this is rescheduled if it sends again).
+pub const RETIRE_IDLE: Duration = Duration::from_secs(60);
+/// How long to wait for a new backend's MAC.
+pub const NEIGH_TIMEOUT: Duration = Duration::from_secs(3);
+const RATE_PERIOD: Duration = Duration::from_secs(1);
+const GC_PERIOD: Duration = Duration::from_secs(5);
+
+/// The state file: runtime changes, tied to the config text they apply to.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StateFile {
+    /// SHA-256 of the config file the changes were made on top of.
+    pub config_sha256: String,
+    pub vips: Vec<SavedVip>,
+}
+
+/// `/etc/foobar/foobar.toml` keeps its runtime changes in
+/// `/etc/foobar/foobar.state.json`.
+pub fn state_file_for(config: &Path) -> PathBuf {
+    config.with_extension("state.json")
+}
+
+pub fn config_digest(text: &str) -> String {
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Writes the state file atomically (temporary file, fsync, rename).
+pub fn save_state_file(path: &Path, file: &StateFile) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(serde_json::to_string_pretty(file)?.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+pub struct Owner {
+    pub state: State,
+    pub datapath: Datapath,
+    pub iface: String,
+    pub ifindex: u32,
+    pub state_file: PathBuf,
+    pub config_sha256: String,
+    checkers: HashMap<u32, (u64, JoinHandle<()>)>,
+    next_epoch: u64,
+    health_tx: mpsc::Sender<Transition>,
+    health_rx: mpsc::Receiver<Transition>,
+    rates: Rates,
+    flow_entries: usize,
+}
+
+#[derive(Default)]
+struct Rates {
+    last: Option<(Instant, Stats)>,
+    /// (packets/s, bytes/s) by VIP id and by backend id.
+    vips: HashMap<u32, (f64, f64)>,
+    backends: HashMap<u32, (f64, f64)>,
+}
+
+impl Owner {
+    pub fn new(
+        state: State,
+        datapath: Datapath,
+        iface: String,
+        ifindex: u32,
+        state_file: PathBuf,
+        config_sha256: String,
+    ) -> Self {
+        let (health_tx, health_rx) = mpsc::channel(256);
+        Owner {
+            state,
+            datapath,
+            iface,
+            ifindex,
+            state_file,
+            config_sha256,
+            checkers: HashMap::new(),
+            next_epoch: 0,
+            health_tx,
+            health_rx,
+            rates: Rates::default(),
+            flow_entries: 0,
+        }
+    }
+
+    /// Writes the state to the maps and the state file, and starts a health
+    /// checker per backend. Called once, before attaching.
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        self.datapath
+            .apply(&self.state.plan())
+            .context("programming the BPF maps")?;
+        self.save().with_context(|| {
+            format!(
+                "cannot write the state file {} (runtime changes must survive a restart); \
+                 make its directory writable",
+                self.state_file.display()
+            )
+        })?;
+        let ids: Vec<u32> = self
+            .state
+            .vips()
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|b| b.id))
+            .collect();
+        for id in ids {
+            self.start_checker(id);
+        }
+        Ok(())
+    }
+
+    fn save(&self) -> std::io::Result<()> {
+        save_state_file(
+            &self.state_file,
+            &StateFile {
+                config_sha256: self.config_sha256.clone(),
+                vips: self.state.saved(),
+            },
+        )
+    }
+
+    /// Serves events until `shutdown` resolves.
+    pub async fn run(
+        &mut self,
+        mut api_rx: mpsc::Receiver<api::Call>,
+        mut metrics_rx: mpsc::Receiver<oneshot::Sender<String>>,
+        shutdown: impl std::future::Future<Output = &'static str>,
+    ) -> &'static str {
+        tokio::pin!(shutdown);
+        let mut rate_tick = tokio::time::interval(RATE_PERIOD);
+        let mut gc_tick = tokio::time::interval(GC_PERIOD);
+        loop {
+            tokio::select! {
+                signal = &mut shutdown => return signal,
+                Some((request, reply)) = api_rx.recv() => {
+                    let response = self.handle(request).await;
+                    let _ = reply.send(response);
+                }
+                Some(t) = self.health_rx.recv() => self.on_health(t),
+                Some(reply) = metrics_rx.recv() => {
+                    let _ = reply.send(metrics::render(&self.metrics_snapshot()));
+                }
+                _ = rate_tick.tick() => self.sample_rates(),
+                _ = gc_tick.tick() => self.collect_retired(),
+            }
+        }
+    }
+
+    fn start_checker(&mut self, id: u32) {
+        let Some((vip, b)) = self.state.backend(id) else {
+            return;
+        };
+        let port = b.spec.health.port_for(vip.spec.port);
+        self.next_epoch += 1;
+        let task = tokio::spawn(health::run_checker(
+            id,
+            self.next_epoch,
+            b.spec.address,
+            port,
+            b.spec.health.clone(),
+            self.health_tx.clone(),
+        ));
+        if let Some((_, old)) = self.checkers.insert(id, (self.next_epoch, task)) {
+            old.abort();
+        }
+    }
+
+    fn stop_checker(&mut self, id: u32) {
+        if let Some((_, task)) = self.checkers.remove(&id) {
+            task.abort();
+        }
+    }
+
+    fn on_health(&mut self, t: Transition) {
+        if self.checkers.get(&t.backend_id).map(|(e, _)| *e) != Some(t.epoch) {
+            return; // from a checker that has been replaced
+        }
+        let (vip, address) = match self.state.backend(t.backend_id) {
+            Some((v, b)) => (v.spec.name.clone(), b.spec.address),
+            None => return,
+        };
+        let before = self.state.clone();
+        if !self.state.set_health(t.backend_id, t.up, &t.reason) {
+            return;
+        }
+        let to = if t.up { "up" } else { "down" };
+        match self.datapath.apply(&self.state.plan()) {
+            Ok(()) => {
+                info!(vip = %vip, backend = %address, state = to, reason = %t.reason, "health changed")
+            }
+            Err(err) => {
+                warn!(vip = %vip, backend = %address, %err, "health change not applied to the datapath");
+                self.state = before;
+            }
+        }
+    }
+
+    /// Applies `change` to a copy of the state, saves it, writes the maps;
+    /// on any failure puts everything back and returns the error.
+    fn transact<T>(
+        &mut self,
+        change: impl FnOnce(&mut State) -> Result<T, StateError>,
+    ) -> Result<T, String> {
+        let before = self.state.clone();
+        let result = change(&mut self.state).map_err(|e| e.to_string())?;
+        if let Err(e) = self.save() {
+            self.state = before;
+            return Err(format!(
+                "not applied: cannot write the state file {}: {e}",
+                self.state_file.display()
+            ));
+        }
+        if let Err(e) = self.datapath.apply(&self.state.plan()) {
+            self.state = before;
+            let _ = self.save();
+            let _ = self.datapath.apply(&self.state.plan());
+            return Err(format!("not applied: writing the BPF maps failed: {e}"));
+        }
+        Ok(result)
+    }
+
+    async fn handle(&mut self, request: Request) -> Response {
+        let op = request_name(&request);
+        let result = self.dispatch(request).await;
+        match result {
+            Ok(value) => {
+                if op != "status" && op != "stats" {
+                    info!(op, result = %value, "control request applied");
+                }
+                Response::ok(value)
+            }
+            Err(message) => {
+                if op != "status" && op != "stats" {
+                    warn!(op, error = %message, "control request refused");
+                }
+                Response::error(message)
+            }
+        }
+    }
+
+    async fn dispatch(&mut self, request: Request) -> Result<serde_json::Value, String> {
+        match request {
+            Request::Status => Ok(self.status()),
+            Request::Stats => self.stats_json(),
+            Request::VipAdd {
+                name,
+                address,
+                port,
+                protocol,
+                scheduler,
+                forwarding,
+            } => {
+                let spec = VipSpec {
+                    name: name.clone(),
+                    address: parse_ipv4(&address)?,
+                    port,
+                    protocol: Protocol::parse(protocol.as_deref().unwrap_or("tcp"))
+                        .map_err(|e| format!("protocol: {e}"))?,
+                    scheduler: Scheduler::parse(scheduler.as_deref().unwrap_or("rr"))
+                        .map_err(|e| format!("scheduler: {e}"))?,
+                    forwarding: Forwarding::parse(forwarding.as_deref().unwrap_or("dsr"))
+                        .map_err(|e| format!("forwarding: {e}"))?,
+                    health: Default::default(),
+                };
+                let id = self.transact(|s| s.add_vip(spec))?;
+                Ok(json!({ "vip": name, "id": id }))
+            }
+            Request::VipRemove { name } => {
+                let vip = self.transact(|s| s.remove_vip(&name))?;
+                for b in &vip.backends {
+                    self.stop_checker(b.id);
+                }
+                Ok(json!({ "vip": name, "removed_backends": vip.backends.len() }))
+            }
+            Request::BackendAdd {
+                vip,
+                address,
+                weight,
+            } => {
+                let address = parse_ipv4(&address)?;
+                let spec = BackendSpec {
+                    address,
+                    weight: weight.unwrap_or(1),
+                    admin: Admin::Enabled,
+                    health: self
+                        .state
+                        .vip(&vip)
+                        .map_err(|e| e.to_string())?
+                        .spec
+                        .health
+                        .clone(),
+                };
+                self.state
+                    .check_add_backend(&vip, &spec)
+                    .map_err(|e| e.to_string())?;
+                let macs = neigh::resolve(&self.iface, self.ifindex, &[address], NEIGH_TIMEOUT)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mac = macs[&address];
+                let id = self.transact(|s| s.add_backend(&vip, spec, mac))?;
+                self.start_checker(id);
+                Ok(json!({ "vip": vip, "backend": address, "id": id }))
+            }
+            Request::BackendRemove { vip, address } => {
+                let address = parse_ipv4(&address)?;
+                let b = self.transact(|s| s.remove_backend(&vip, address))?;
+                self.stop_checker(b.id);
+                Ok(json!({ "vip": vip, "backend": address, "state": "removed" }))
+            }
+            Request::BackendDrain { vip, address } => {
+                let address = parse_ipv4(&address)?;
+                self.transact(|s| s.set_admin(&vip, address, Admin::Drained))?;
+                Ok(json!({ "vip": vip, "backend": address, "admin": "drained" }))
+            }
+            Request::BackendEnable { vip, address } => {
+                let address = parse_ipv4(&address)?;
+                self.transact(|s| s.set_admin(&vip, address, Admin::Enabled))?;
+                Ok(json!({ "vip": vip, "backend": address, "admin": "enabled" }))
+            }
+            Request::BackendWeight {
+                vip,
+                address,
+                weight,
+            } => {
+                let address = parse_ipv4(&address)?;
+                self.transact(|s| s.set_weight(&vip, address, weight))?;
+                Ok(json!({ "vip": vip, "backend": address, "weight": weight }))
+            }
+        }
+    }
+
+    fn max_ids(&self) -> (usize, usize) {
+        let vips = self
+            .state
+            .vips()
+            .iter()
+            .map(|v| v.id + 1)
+            .max()
+            .unwrap_or(0);
+        let backends = self
+            .state
+            .vips()
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|b| b.id + 1))
+            .max()
+            .unwrap_or(0);
+        (vips as usize, backends as usize)
+    }
+
+    pub fn read_stats(&self) -> Result<Stats, String> {
+        let (vips, backends) = self.max_ids();
+        self.datapath
+            .stats(vips, backends)
+            .map_err(|e| format!("reading counters: {e}"))
+    }
+
+    fn sample_rates(&mut self) {
+        let Ok(now_stats) = self.read_stats() else {
+            return;
+        };
+        let now = Instant::now();
+        if let Some((then, prev)) = &self.rates.last {
+            let dt = now.duration_since(*then).as_secs_f64().max(1e-3);
+            let rate = |new: &crate::datapath::Counters,
+                        old: Option<&crate::datapath::Counters>| {
+                let old = old.cloned().unwrap_or_default();
+                (
+                    new.packets.saturating_sub(old.packets) as f64 / dt,
+                    new.bytes.saturating_sub(old.bytes) as f64 / dt,
+                )
+            };
+            self.rates.vips = now_stats
+                .vips
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (i as u32, rate(c, prev.vips.get(i))))
+                .collect();
+            self.rates.backends = now_stats
+                .backends
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (i as u32, rate(c, prev.backends.get(i))))
+                .collect();
+        }
+        self.rates.last = Some((now, now_stats));
+    }
+
+    fn collect_retired(&mut self) {
+        let since = monotonic_ns().saturating_sub(RETIRE_IDLE.as_nanos() as u64);
+        let (in_use, entries) = match self.datapath.flow_usage(since) {
+            Ok(u) => u,
+            Err(err) => {
+                warn!(%err, "reading the flow table failed");
+                return;
+            }
+        };
+        self.flow_entries = entries;
+        if self.state.retired().is_empty() {
+            return;
+        }
+        let before = self.state.clone();
+        let freed = self.state.free_retired(&in_use);
+        if freed.is_empty() {
+            return;
+        }
+        match self.datapath.apply(&self.state.plan()) {
+            Ok(()) => {
+                for r in freed {
+                    info!(vip = %r.vip, backend = %r.address, id = r.id, "removed backend has no active flow left; entry freed");
+                }
+            }
+            Err(err) => {
+                warn!(%err, "freeing removed backends failed");
+                self.state = before;
+            }
+        }
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let rate =
+            |m: &HashMap<u32, (f64, f64)>, id: u32| m.get(&id).copied().unwrap_or((0.0, 0.0));
+        let stats = self.read_stats().ok();
+        let vips: Vec<_> = self
+            .state
+            .vips()
+            .iter()
+            .map(|v| {
+                let (pps, bps) = rate(&self.rates.vips, v.id);
+                let backends: Vec<_> = v
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        let (bpps, bbps) = rate(&self.rates.backends, b.id);
+                        let c = stats
+                            .as_ref()
+                            .and_then(|s| s.backends.get(b.id as usize).cloned())
+                            .unwrap_or_default();
+                        json!({
+                            "address": b.spec.address,
+                            "id": b.id,
+                            "weight": b.spec.weight,
+                            "admin": b.spec.admin.name(),
+                            "health": if b.up { "up" } else { "down" },
+                            "last_check": b.last_check,
+                            "packets": c.packets,
+                            "bytes": c.bytes,
+                            "packets_per_s": bpps,
+                            "bytes_per_s": bbps,
+                        })
+                    })
+                    .collect();
+                json!({
+                    "name": v.spec.name,
+                    "address": v.spec.address,
+                    "port": v.spec.port,
+                    "protocol": v.spec.protocol.name(),
+                    "scheduler": v.spec.scheduler.name(),
+                    "forwarding": v.spec.forwarding.name(),
+                    "packets_per_s": pps,
+                    "bytes_per_s": bps,
+                    "backends": backends,
+                })
+            })
+            .collect();
+        let removed: Vec<_> = self
+            .state
+            .retired()
+            .iter()
+            .map(|r| json!({ "vip": r.vip, "address": r.address, "id": r.id }))
+            .collect();
+        json!({
+            "interface": self.iface,
+            "flow_table": { "entries": self.flow_entries, "capacity": self.datapath.flow_table_size() },
+            "vips": vips,
+            "removed_backends": removed,
+        })
+    }
+
+    fn stats_json(&self) -> Result<serde_json::Value, String> {
+        let stats = self.read_stats()?;
+        let reasons: serde_json::Map<String, serde_json::Value> = stats
+            .reasons
+            .iter()
+            .map(|(name, c)| {
+                (
+                    (*name).to_owned(),
+                    json!({ "packets": c.packets, "bytes": c.bytes }),
+                )
+            })
+            .collect();
+        let vips: Vec<_> = self
+            .state
+            .vips()
+            .iter()
+            .map(|v| {
+                let c = stats.vips.get(v.id as usize).cloned().unwrap_or_default();
+                let backends: Vec<_> = v
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        let c = stats.backends.get(b.id as usize).cloned().unwrap_or_default();
+                        json!({ "address": b.spec.address, "packets": c.packets, "bytes": c.bytes })
+                    })
+                    .collect();
+                json!({ "name": v.spec.name, "packets": c.packets, "bytes": c.bytes, "backends": backends })
+            })
+            .collect();
+        Ok(json!({ "reasons": reasons, "vips": vips }))
+    }
+
+    fn metrics_snapshot(&self) -> metrics::Snapshot {
+        let stats = self.read_stats().unwrap_or_default();
+        let mut s = metrics::Snapshot {
+            reasons: stats
+                .reasons
+                .iter()
+                .map(|(name, c)| (*name, c.packets, c.bytes))
+                .collect(),
+            flow_entries: self.flow_entries as u64,
+            flow_capacity: u64::from(self.datapath.flow_table_size()),
+            ..Default::default()
+        };
+        for v in self.state.vips() {
+            let c = stats.vips.get(v.id as usize).cloned().unwrap_or_default();
+            s.vips.push((v.spec.name.clone(), c.packets, c.bytes));
+            for b in &v.backends {
+                let c = stats
+                    .backends
+                    .get(b.id as usize)
+                    .cloned()
+                    .unwrap_or_default();
+                s.backends.push(metrics::BackendSample {
+                    vip: v.spec.name.clone(),
+                    backend: b.spec.address.to_string(),
+                    packets: c.packets,
+                    bytes: c.bytes,
+                    up: b.up,
+                    enabled: b.spec.admin == Admin::Enabled,
+                });
+            }
+        }
+        s
+    }
+
+    /// Stops the checkers (they hold nothing but a channel).
+    pub fn stop(&mut self) {
+        for (_, (_, task)) in self.checkers.drain() {
+            task.abort();
+        }
+    }
+}
+
+fn request_name(r: &Request) -> &'static str {
+    match r {
+        Request::Status => "status",
+        Request::Stats => "stats",
+        Request::VipAdd { .. } => "vip add",
+        Request::VipRemove { .. } => "vip remove",
+        Request::BackendAdd { .. } => "backend add",
+        Request::BackendRemove { .. } => "backend remove",
+        Request::BackendDrain { .. } => "backend drain",
+        Request::BackendEnable { .. } => "backend enable",
+        Request::BackendWeight { .. } => "backend weight",
+    }
+}
+
+/// An IPv4 address, or an error that says what was expected.
+pub fn parse_ipv4(text: &str) -> Result<Ipv4Addr, String> {
+    text.parse()
+        .map_err(|_| format!("\"{text}\" is not an IPv4 address (for example 10.0.0.11)"))
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of bpf_ktime_get_ns.
+pub fn monotonic_ns() -> u64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always available");
+    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+}

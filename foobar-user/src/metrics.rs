@@ -1,0 +1,252 @@
+//! Prometheus text exposition (prometheus-client) of the datapath counters,
+//! backend health and flow-table occupancy, served over HTTP (hyper) at
+//! `/metrics`. Each scrape asks the state owner for a fresh snapshot; this
+//! module only formats and serves it.
+use std::{convert::Infallible, net::SocketAddr};
+
+use http_body_util::Full;
+use hyper::{body::Bytes, server::conn::http1, service::service_fn, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::{
+    encoding::{text::encode, EncodeLabelSet},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, oneshot},
+};
+
+/// Everything one scrape reports, as read by the state owner.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// (reason, packets, bytes)
+    pub reasons: Vec<(&'static str, u64, u64)>,
+    /// (vip, packets, bytes)
+    pub vips: Vec<(String, u64, u64)>,
+    pub backends: Vec<BackendSample>,
+    pub flow_entries: u64,
+    pub flow_capacity: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct BackendSample {
+    pub vip: String,
+    pub backend: String,
+    pub packets: u64,
+    pub bytes: u64,
+    pub up: bool,
+    pub enabled: bool,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VipLabels {
+    vip: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    vip: String,
+    backend: String,
+}
+
+/// The snapshot in Prometheus text format.
+pub fn render(s: &Snapshot) -> String {
+    let mut registry = Registry::with_prefix("foobar");
+    let counter_family = |registry: &mut Registry, name: &str, help: &str| {
+        let f = Family::<BackendLabels, Counter>::default();
+        registry.register(name, help, f.clone());
+        f
+    };
+
+    let reason_packets = Family::<ReasonLabels, Counter>::default();
+    let reason_bytes = Family::<ReasonLabels, Counter>::default();
+    registry.register(
+        "datapath_packets",
+        "Packets the XDP program saw, by the reason of its verdict",
+        reason_packets.clone(),
+    );
+    registry.register(
+        "datapath_bytes",
+        "Bytes the XDP program saw, by the reason of its verdict",
+        reason_bytes.clone(),
+    );
+    for (reason, packets, bytes) in &s.reasons {
+        let l = ReasonLabels {
+            reason: (*reason).to_owned(),
+        };
+        reason_packets.get_or_create(&l).inc_by(*packets);
+        reason_bytes.get_or_create(&l).inc_by(*bytes);
+    }
+
+    let vip_packets = Family::<VipLabels, Counter>::default();
+    let vip_bytes = Family::<VipLabels, Counter>::default();
+    registry.register(
+        "vip_packets",
+        "Packets forwarded for the VIP",
+        vip_packets.clone(),
+    );
+    registry.register(
+        "vip_bytes",
+        "Bytes forwarded for the VIP",
+        vip_bytes.clone(),
+    );
+    for (vip, packets, bytes) in &s.vips {
+        let l = VipLabels { vip: vip.clone() };
+        vip_packets.get_or_create(&l).inc_by(*packets);
+        vip_bytes.get_or_create(&l).inc_by(*bytes);
+    }
+
+    let backend_packets = counter_family(
+        &mut registry,
+        "backend_packets",
+        "Packets forwarded to the backend",
+    );
+    let backend_bytes = counter_family(
+        &mut registry,
+        "backend_bytes",
+        "Bytes forwarded to the backend",
+    );
+    let backend_up = Family::<BackendLabels, Gauge>::default();
+    let backend_enabled = Family::<BackendLabels, Gauge>::default();
+    registry.register(
+        "backend_up",
+        "1 if the backend's health checks pass",
+        backend_up.clone(),
+    );
+    registry.register(
+        "backend_enabled",
+        "1 if the backend takes new flows (0: drained)",
+        backend_enabled.clone(),
+    );
+    for b in &s.backends {
+        let l = BackendLabels {
+            vip: b.vip.clone(),
+            backend: b.backend.clone(),
+        };
+        backend_packets.get_or_create(&l).inc_by(b.packets);
+        backend_bytes.get_or_create(&l).inc_by(b.bytes);
+        backend_up.get_or_create(&l).set(i64::from(b.up));
+        backend_enabled.get_or_create(&l).set(i64::from(b.enabled));
+    }
+
+    let entries = Gauge::<i64>::default();
+    let capacity = Gauge::<i64>::default();
+    registry.register(
+        "flow_table_entries",
+        "Entries in the flow table",
+        entries.clone(),
+    );
+    registry.register(
+        "flow_table_capacity",
+        "Size of the flow table (LRU)",
+        capacity.clone(),
+    );
+    entries.set(s.flow_entries as i64);
+    capacity.set(s.flow_capacity as i64);
+
+    let mut text = String::new();
+    encode(&mut text, &registry).expect("writing to a String cannot fail");
+    text
+}
+
+/// Serves `/metrics` on `listener`; `owner` answers each scrape.
+pub async fn serve(listener: TcpListener, owner: mpsc::Sender<oneshot::Sender<String>>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let owner = owner.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let owner = owner.clone();
+                async move { Ok::<_, Infallible>(answer(req.uri().path(), &owner).await) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn answer(
+    path: &str,
+    owner: &mpsc::Sender<oneshot::Sender<String>>,
+) -> Response<Full<Bytes>> {
+    let reply = |status: StatusCode, body: String| {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        r
+    };
+    if path != "/metrics" {
+        return reply(
+            StatusCode::NOT_FOUND,
+            "foobar serves /metrics only\n".into(),
+        );
+    }
+    let (tx, rx) = oneshot::channel();
+    if owner.send(tx).await.is_err() {
+        return reply(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into());
+    }
+    match rx.await {
+        Ok(text) => reply(StatusCode::OK, text),
+        Err(_) => reply(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into()),
+    }
+}
+
+/// Binds the metrics listener, with an error that names the config key.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    use anyhow::Context as _;
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("metrics.listen {addr}: cannot listen; pick another address or set it to \"off\"")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_every_family_with_labels() {
+        let s = Snapshot {
+            reasons: vec![("forwarded", 10, 1000), ("pass_not_vip", 3, 300)],
+            vips: vec![("web".into(), 10, 1000)],
+            backends: vec![BackendSample {
+                vip: "web".into(),
+                backend: "10.0.0.11".into(),
+                packets: 10,
+                bytes: 1000,
+                up: true,
+                enabled: false,
+            }],
+            flow_entries: 4,
+            flow_capacity: 65536,
+        };
+        let text = render(&s);
+        for line in [
+            "foobar_datapath_packets_total{reason=\"forwarded\"} 10",
+            "foobar_datapath_bytes_total{reason=\"pass_not_vip\"} 300",
+            "foobar_vip_packets_total{vip=\"web\"} 10",
+            "foobar_backend_bytes_total{vip=\"web\",backend=\"10.0.0.11\"} 1000",
+            "foobar_backend_up{vip=\"web\",backend=\"10.0.0.11\"} 1",
+            "foobar_backend_enabled{vip=\"web\",backend=\"10.0.0.11\"} 0",
+            "foobar_flow_table_entries 4",
+            "foobar_flow_table_capacity 65536",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

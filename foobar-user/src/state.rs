@@ -1,0 +1,653 @@
+//! The desired state of the load balancer: VIPs, their backends with admin
+//! state (enabled/drained), weight, health, and the ids they hold in the
+//! datapath. The daemon's state owner is its only mutator; every operation
+//! here either applies completely or returns an error and changes nothing.
+//! `plan()` derives what the maps must hold. Pure: no I/O, no clock.
+//!
+//! A removed backend is *retired*, not forgotten: it leaves the ring at once
+//! (no new flows) but keeps its datapath entry, so established flows finish
+//! on it, until the owner sees no recent flow using it and frees its id.
+use std::{
+    collections::{HashMap, HashSet},
+    net::Ipv4Addr,
+};
+
+use foobar_common::{
+    Backend, Service, VipKey, AF_INET, BACKEND_UP, FWD_DSR, MAX_BACKENDS, MAX_VIPS, RING_CAPACITY,
+    SCHED_RR,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    config::{self, Forwarding, HealthSpec, Protocol, Scheduler, MAX_WEIGHT},
+    plan::{MissingMac, Plan, PlannedVip},
+    ring,
+};
+
+/// A VIP as configured or added at run time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipSpec {
+    pub name: String,
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub scheduler: Scheduler,
+    pub forwarding: Forwarding,
+    /// Health check of backends added at run time.
+    pub health: HealthSpec,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Admin {
+    /// Takes new flows while healthy.
+    Enabled,
+    /// No new flows; established flows continue.
+    Drained,
+}
+
+impl Admin {
+    pub fn name(self) -> &'static str {
+        match self {
+            Admin::Enabled => "enabled",
+            Admin::Drained => "drained",
+        }
+    }
+}
+
+/// A backend as configured or added at run time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendSpec {
+    pub address: Ipv4Addr,
+    pub weight: u32,
+    pub admin: Admin,
+    pub health: HealthSpec,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendState {
+    pub id: u32,
+    pub spec: BackendSpec,
+    pub mac: [u8; 6],
+    /// Health as the checks last decided (backends start up, as HAProxy's).
+    pub up: bool,
+    /// The result that set `up`, for `foobar status`.
+    pub last_check: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VipState {
+    pub id: u32,
+    pub spec: VipSpec,
+    pub backends: Vec<BackendState>,
+}
+
+/// A removed backend whose entry stays in the datapath for its flows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retired {
+    pub id: u32,
+    pub vip: String,
+    pub address: Ipv4Addr,
+    pub mac: [u8; 6],
+}
+
+/// VIPs and backends as the state file keeps them (no ids, MACs or health:
+/// those are found again at start).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedVip {
+    #[serde(flatten)]
+    pub spec: VipSpec,
+    pub backends: Vec<BackendSpec>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StateError {
+    #[error("no VIP named \"{0}\" (`foobar status` lists the VIPs)")]
+    UnknownVip(String),
+    #[error("VIP {vip} has no backend {address} (`foobar status` lists its backends)")]
+    UnknownBackend { vip: String, address: Ipv4Addr },
+    #[error("a VIP named \"{0}\" exists already; pick another name or remove it first")]
+    DuplicateVip(String),
+    #[error("{0} is already served by VIP \"{1}\"")]
+    DuplicateService(String, String),
+    #[error(
+        "VIP {vip} already has backend {address}; use `foobar backend weight|enable` to change it"
+    )]
+    DuplicateBackend { vip: String, address: Ipv4Addr },
+    #[error("{what}: the datapath holds at most {limit}")]
+    Full { what: &'static str, limit: u32 },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct State {
+    vips: Vec<VipState>,
+    retired: Vec<Retired>,
+}
+
+impl VipSpec {
+    pub fn from_config(v: &config::Vip) -> Self {
+        VipSpec {
+            name: v.name.clone(),
+            address: v.address,
+            port: v.port,
+            protocol: v.protocol,
+            scheduler: v.scheduler,
+            forwarding: v.forwarding,
+            health: v.health.clone(),
+        }
+    }
+
+    fn service_text(&self) -> String {
+        format!("{}:{}/{}", self.address, self.port, self.protocol.name())
+    }
+}
+
+/// The VIPs and backends a config describes, as the state file would.
+pub fn saved_from_config(config: &config::Config) -> Vec<SavedVip> {
+    config
+        .vips
+        .iter()
+        .map(|v| SavedVip {
+            spec: VipSpec::from_config(v),
+            backends: v
+                .backends
+                .iter()
+                .map(|b| BackendSpec {
+                    address: b.address,
+                    weight: b.weight,
+                    admin: Admin::Enabled,
+                    health: b.health.clone(),
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+impl State {
+    /// Builds the state from saved VIPs (from the config or the state file),
+    /// checking them as the run-time operations would.
+    pub fn build(
+        saved: &[SavedVip],
+        macs: &HashMap<Ipv4Addr, [u8; 6]>,
+    ) -> Result<State, BuildError> {
+        let mut state = State::default();
+        for vip in saved {
+            state.add_vip(vip.spec.clone())?;
+            for b in &vip.backends {
+                let mac = *macs.get(&b.address).ok_or_else(|| MissingMac {
+                    vip: vip.spec.name.clone(),
+                    address: b.address,
+                })?;
+                state.add_backend(&vip.spec.name, b.clone(), mac)?;
+            }
+        }
+        Ok(state)
+    }
+
+    pub fn vips(&self) -> &[VipState] {
+        &self.vips
+    }
+
+    pub fn retired(&self) -> &[Retired] {
+        &self.retired
+    }
+
+    pub fn vip(&self, name: &str) -> Result<&VipState, StateError> {
+        self.vips
+            .iter()
+            .find(|v| v.spec.name == name)
+            .ok_or_else(|| StateError::UnknownVip(name.to_owned()))
+    }
+
+    fn vip_mut(&mut self, name: &str) -> Result<&mut VipState, StateError> {
+        self.vips
+            .iter_mut()
+            .find(|v| v.spec.name == name)
+            .ok_or_else(|| StateError::UnknownVip(name.to_owned()))
+    }
+
+    /// The backend with datapath id `id`, and its VIP.
+    pub fn backend(&self, id: u32) -> Option<(&VipState, &BackendState)> {
+        self.vips
+            .iter()
+            .find_map(|v| v.backends.iter().find(|b| b.id == id).map(|b| (v, b)))
+    }
+
+    pub fn add_vip(&mut self, spec: VipSpec) -> Result<u32, StateError> {
+        if spec.name.is_empty() || spec.name.chars().any(char::is_whitespace) {
+            return Err(StateError::Invalid(format!(
+                "\"{}\" is not a VIP name (non-empty, no spaces)",
+                spec.name
+            )));
+        }
+        let a = spec.address;
+        if a.is_unspecified() || a.is_multicast() || a.is_broadcast() {
+            return Err(StateError::Invalid(format!(
+                "{a} cannot be a VIP (unspecified, multicast or broadcast)"
+            )));
+        }
+        if self.vips.iter().any(|v| v.spec.name == spec.name) {
+            return Err(StateError::DuplicateVip(spec.name));
+        }
+        if let Some(v) = self.vips.iter().find(|v| {
+            (v.spec.address, v.spec.port, v.spec.protocol)
+                == (spec.address, spec.port, spec.protocol)
+        }) {
+            return Err(StateError::DuplicateService(
+                spec.service_text(),
+                v.spec.name.clone(),
+            ));
+        }
+        let used: HashSet<u32> = self.vips.iter().map(|v| v.id).collect();
+        let id = (0..MAX_VIPS)
+            .find(|i| !used.contains(i))
+            .ok_or(StateError::Full {
+                what: "VIPs",
+                limit: MAX_VIPS,
+            })?;
+        self.vips.push(VipState {
+            id,
+            spec,
+            backends: Vec::new(),
+        });
+        Ok(id)
+    }
+
+    /// Removes a VIP; its backends are retired (their flows may finish).
+    pub fn remove_vip(&mut self, name: &str) -> Result<VipState, StateError> {
+        let index = self
+            .vips
+            .iter()
+            .position(|v| v.spec.name == name)
+            .ok_or_else(|| StateError::UnknownVip(name.to_owned()))?;
+        let vip = self.vips.remove(index);
+        for b in &vip.backends {
+            self.retire(&vip.spec.name, b);
+        }
+        Ok(vip)
+    }
+
+    /// Everything `add_backend` checks except the MAC, so a request that
+    /// will be refused is refused before the MAC is looked for.
+    pub fn check_add_backend(&self, vip: &str, spec: &BackendSpec) -> Result<(), StateError> {
+        let v = self.vip(vip)?;
+        check_weight(spec.weight)?;
+        if v.backends.iter().any(|b| b.spec.address == spec.address) {
+            return Err(StateError::DuplicateBackend {
+                vip: vip.to_owned(),
+                address: spec.address,
+            });
+        }
+        if self.ids_in_use().len() >= MAX_BACKENDS as usize {
+            return Err(StateError::Full {
+                what: "backends (removed ones count until their flows end)",
+                limit: MAX_BACKENDS,
+            });
+        }
+        let weights = v
+            .backends
+            .iter()
+            .map(|b| b.spec.weight)
+            .chain([spec.weight]);
+        check_ring(weights)
+    }
+
+    pub fn add_backend(
+        &mut self,
+        vip: &str,
+        spec: BackendSpec,
+        mac: [u8; 6],
+    ) -> Result<u32, StateError> {
+        self.check_add_backend(vip, &spec)?;
+        let used = self.ids_in_use();
+        let id = (0..MAX_BACKENDS)
+            .find(|i| !used.contains(i))
+            .expect("check_add_backend saw a free id");
+        self.vip_mut(vip)?.backends.push(BackendState {
+            id,
+            spec,
+            mac,
+            up: true,
+            last_check: "not checked yet".into(),
+        });
+        Ok(id)
+    }
+
+    /// Takes a backend out of its VIP: no new flows at once; its id stays
+    /// reserved (and its flows forwarded) until `free_retired` releases it.
+    pub fn remove_backend(
+        &mut self,
+        vip: &str,
+        address: Ipv4Addr,
+    ) -> Result<BackendState, StateError> {
+        let v = self.vip_mut(vip)?;
+        let index = v
+            .backends
+            .iter()
+            .position(|b| b.spec.address == address)
+            .ok_or_else(|| StateError::UnknownBackend {
+                vip: vip.to_owned(),
+                address,
+            })?;
+        let b = v.backends.remove(index);
+        self.retire(vip, &b);
+        Ok(b)
+    }
+
+    fn retire(&mut self, vip: &str, b: &BackendState) {
+        self.retired.push(Retired {
+            id: b.id,
+            vip: vip.to_owned(),
+            address: b.spec.address,
+            mac: b.mac,
+        });
+    }
+
+    fn backend_mut(
+        &mut self,
+        vip: &str,
+        address: Ipv4Addr,
+    ) -> Result<&mut BackendState, StateError> {
+        self.vip_mut(vip)?
+            .backends
+            .iter_mut()
+            .find(|b| b.spec.address == address)
+            .ok_or_else(|| StateError::UnknownBackend {
+                vip: vip.to_owned(),
+                address,
+            })
+    }
+
+    pub fn set_admin(
+        &mut self,
+        vip: &str,
+        address: Ipv4Addr,
+        admin: Admin,
+    ) -> Result<u32, StateError> {
+        let b = self.backend_mut(vip, address)?;
+        b.spec.admin = admin;
+        Ok(b.id)
+    }
+
+    pub fn set_weight(
+        &mut self,
+        vip: &str,
+        address: Ipv4Addr,
+        weight: u32,
+    ) -> Result<u32, StateError> {
+        check_weight(weight)?;
+        let v = self.vip(vip)?;
+        if !v.backends.iter().any(|b| b.spec.address == address) {
+            return Err(StateError::UnknownBackend {
+                vip: vip.to_owned(),
+                address,
+            });
+        }
+        check_ring(v.backends.iter().map(|b| {
+            if b.spec.address == address {
+                weight
+            } else {
+                b.spec.weight
+            }
+        }))?;
+        let b = self.backend_mut(vip, address)?;
+        b.spec.weight = weight;
+        Ok(b.id)
+    }
+
+    /// Applies a health result; true if the backend's state changed.
+    pub fn set_health(&mut self, id: u32, up: bool, reason: &str) -> bool {
+        for v in &mut self.vips {
+            if let Some(b) = v.backends.iter_mut().find(|b| b.id == id) {
+                b.last_check = reason.to_owned();
+                let changed = b.up != up;
+                b.up = up;
+                return changed;
+            }
+        }
+        false
+    }
+
+    /// Frees retired backends no flow in `in_use` needs any more.
+    pub fn free_retired(&mut self, in_use: &HashSet<u32>) -> Vec<Retired> {
+        let (keep, freed) = std::mem::take(&mut self.retired)
+            .into_iter()
+            .partition(|r| in_use.contains(&r.id));
+        self.retired = keep;
+        freed
+    }
+
+    fn ids_in_use(&self) -> HashSet<u32> {
+        self.vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|b| b.id))
+            .chain(self.retired.iter().map(|r| r.id))
+            .collect()
+    }
+
+    /// What the state file keeps.
+    pub fn saved(&self) -> Vec<SavedVip> {
+        self.vips
+            .iter()
+            .map(|v| SavedVip {
+                spec: v.spec.clone(),
+                backends: v.backends.iter().map(|b| b.spec.clone()).collect(),
+            })
+            .collect()
+    }
+
+    /// What the maps must hold. A backend is in its VIP's ring while it is
+    /// enabled and up; its entry is marked up (flows keep it) while it is
+    /// healthy, drained or retired.
+    pub fn plan(&self) -> Plan {
+        let mut plan = Plan::default();
+        for v in &self.vips {
+            let members: Vec<(u32, u32)> = v
+                .backends
+                .iter()
+                .filter(|b| b.up && b.spec.admin == Admin::Enabled)
+                .map(|b| (b.id, b.spec.weight))
+                .collect();
+            plan.vips.push(PlannedVip {
+                name: v.spec.name.clone(),
+                key: VipKey {
+                    addr_be: [u32::from(v.spec.address).to_be(), 0, 0, 0],
+                    port_be: v.spec.port.to_be(),
+                    proto: v.spec.protocol.number(),
+                    family: AF_INET,
+                },
+                service: Service {
+                    vip_id: v.id,
+                    scheduler: match v.spec.scheduler {
+                        Scheduler::RoundRobin => SCHED_RR,
+                    },
+                    forward_mode: match v.spec.forwarding {
+                        Forwarding::Dsr => FWD_DSR,
+                    },
+                    flags: 0,
+                },
+                backend_ids: v.backends.iter().map(|b| b.id).collect(),
+                ring: ring::round_robin(&members),
+            });
+            for b in &v.backends {
+                plan.backends
+                    .insert(b.id, entry(b.spec.address, b.mac, b.up));
+            }
+        }
+        for r in &self.retired {
+            plan.backends.insert(r.id, entry(r.address, r.mac, true));
+        }
+        plan
+    }
+}
+
+fn entry(address: Ipv4Addr, mac: [u8; 6], up: bool) -> Backend {
+    Backend {
+        addr_be: [u32::from(address).to_be(), 0, 0, 0],
+        mac,
+        family: AF_INET,
+        flags: if up { BACKEND_UP } else { 0 },
+    }
+}
+
+fn check_weight(weight: u32) -> Result<(), StateError> {
+    if weight > MAX_WEIGHT {
+        return Err(StateError::Invalid(format!(
+            "weight {weight} is out of range 0..={MAX_WEIGHT}"
+        )));
+    }
+    Ok(())
+}
+
+fn check_ring(weights: impl IntoIterator<Item = u32>) -> Result<(), StateError> {
+    let slots = ring::round_robin_len(weights);
+    if slots > u64::from(RING_CAPACITY) {
+        return Err(StateError::Invalid(format!(
+            "these weights need {slots} ring slots, more than {RING_CAPACITY}; lower them (only ratios matter)"
+        )));
+    }
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BuildError {
+    #[error(transparent)]
+    MissingMac(#[from] MissingMac),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vip(name: &str, last: u8, port: u16) -> VipSpec {
+        VipSpec {
+            name: name.into(),
+            address: Ipv4Addr::new(192, 0, 2, last),
+            port,
+            protocol: Protocol::Tcp,
+            scheduler: Scheduler::RoundRobin,
+            forwarding: Forwarding::Dsr,
+            health: HealthSpec::default(),
+        }
+    }
+
+    fn backend(last: u8, weight: u32) -> BackendSpec {
+        BackendSpec {
+            address: Ipv4Addr::new(10, 0, 0, last),
+            weight,
+            admin: Admin::Enabled,
+            health: HealthSpec::default(),
+        }
+    }
+
+    fn mac(last: u8) -> [u8; 6] {
+        [2, 0, 0, 0, 0, last]
+    }
+
+    fn web() -> State {
+        let mut s = State::default();
+        s.add_vip(vip("web", 10, 80)).unwrap();
+        for n in [11, 12, 13] {
+            s.add_backend("web", backend(n, 1), mac(n)).unwrap();
+        }
+        s
+    }
+
+    fn ip(last: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 0, 0, last)
+    }
+
+    #[test]
+    fn ring_holds_enabled_healthy_backends_only() {
+        let mut s = web();
+        assert_eq!(s.plan().vips[0].ring, vec![0, 1, 2]);
+        s.set_admin("web", ip(12), Admin::Drained).unwrap();
+        assert_eq!(s.plan().vips[0].ring, vec![0, 2]);
+        // Drained: out of the ring, but its entry stays up for its flows.
+        assert_eq!(s.plan().backends[&1].flags, BACKEND_UP);
+        assert!(s.set_health(2, false, "connect: refused"));
+        let plan = s.plan();
+        assert_eq!(plan.vips[0].ring, vec![0]);
+        assert_eq!(plan.backends[&2].flags, 0, "a down backend's flows move");
+        assert!(!s.set_health(2, false, "again"), "no change, no transition");
+        s.set_admin("web", ip(12), Admin::Enabled).unwrap();
+        s.set_health(2, true, "ok");
+        assert_eq!(s.plan().vips[0].ring, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn removed_backends_stay_for_their_flows_until_freed() {
+        let mut s = web();
+        let removed = s.remove_backend("web", ip(11)).unwrap();
+        assert_eq!(removed.id, 0);
+        let plan = s.plan();
+        assert_eq!(plan.vips[0].ring, vec![1, 2]);
+        assert_eq!(
+            plan.backends[&0].flags, BACKEND_UP,
+            "kept for established flows"
+        );
+        // Its id is not reused while retired.
+        assert_eq!(s.add_backend("web", backend(14, 1), mac(14)).unwrap(), 3);
+        assert!(
+            s.free_retired(&HashSet::from([0])).is_empty(),
+            "a flow still uses it"
+        );
+        assert_eq!(s.free_retired(&HashSet::new()).len(), 1);
+        assert!(!s.plan().backends.contains_key(&0));
+        assert_eq!(s.add_backend("web", backend(15, 1), mac(15)).unwrap(), 0);
+    }
+
+    #[test]
+    fn refused_operations_change_nothing() {
+        let mut s = web();
+        let before = s.clone();
+        let errors = [
+            s.add_vip(vip("web", 99, 80)).unwrap_err(),
+            s.add_vip(vip("other", 10, 80)).unwrap_err(),
+            s.add_vip(vip("", 20, 80)).unwrap_err(),
+            s.add_backend("web", backend(11, 1), mac(11)).unwrap_err(),
+            s.add_backend("nope", backend(19, 1), mac(19)).unwrap_err(),
+            s.add_backend("web", backend(19, 999), mac(19)).unwrap_err(),
+            s.remove_backend("web", ip(99)).unwrap_err(),
+            s.set_weight("web", ip(11), 257).unwrap_err(),
+            s.set_admin("nope", ip(11), Admin::Drained).unwrap_err(),
+            s.remove_vip("nope").map(|_| ()).unwrap_err(),
+        ];
+        assert_eq!(s, before);
+        assert_eq!(errors[0], StateError::DuplicateVip("web".into()));
+        assert_eq!(
+            errors[1].to_string(),
+            "192.0.2.10:80/tcp is already served by VIP \"web\""
+        );
+        assert!(errors[4]
+            .to_string()
+            .contains("`foobar status` lists the VIPs"));
+    }
+
+    #[test]
+    fn removing_a_vip_retires_its_backends_and_frees_its_id() {
+        let mut s = web();
+        s.add_vip(vip("api", 20, 443)).unwrap();
+        s.remove_vip("web").unwrap();
+        assert_eq!(s.retired().len(), 3);
+        assert_eq!(s.plan().vips.len(), 1);
+        assert_eq!(s.add_vip(vip("web2", 10, 80)).unwrap(), 0, "VIP id reused");
+    }
+
+    #[test]
+    fn saved_state_round_trips_through_build() {
+        let mut s = web();
+        s.set_admin("web", ip(13), Admin::Drained).unwrap();
+        s.set_weight("web", ip(12), 5).unwrap();
+        let saved = s.saved();
+        let json = serde_json::to_string(&saved).unwrap();
+        let back: Vec<SavedVip> = serde_json::from_str(&json).unwrap();
+        let macs = [11, 12, 13].map(|n| (ip(n), mac(n))).into();
+        let rebuilt = State::build(&back, &macs).unwrap();
+        assert_eq!(rebuilt.plan(), s.plan());
+    }
+}
