@@ -70,7 +70,8 @@ pub struct Lab {
     pub backends: Vec<Host>,
     switch_ns: String,
     namespaces: Vec<String>,
-    servers: Vec<Child>,
+    /// nginx masters by host name.
+    servers: Vec<(String, Child)>,
     foobar: Option<Child>,
     pass: Option<PassProgram>,
 }
@@ -264,8 +265,77 @@ impl Lab {
             .stderr(Stdio::null())
             .spawn()
             .context("starting nginx (is it installed? `cargo xtask setup`)")?;
-        self.servers.push(child);
+        self.servers.push((host.name.clone(), child));
         Ok(())
+    }
+
+    fn backend(&self, name: &str) -> Result<Host> {
+        self.backends
+            .iter()
+            .find(|b| b.name == name)
+            .cloned()
+            .with_context(|| format!("no backend {name} in lab {}", self.id))
+    }
+
+    /// Kills backend `name`'s nginx with SIGKILL (master and workers), as a
+    /// crash would, and reaps it.
+    pub fn kill_backend(&mut self, name: &str) -> Result<()> {
+        let host = self.backend(name)?;
+        let pids = run(&["ip", "netns", "pids", &host.ns])?;
+        for pid in pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        if let Some(i) = self.servers.iter().position(|(n, _)| n == name) {
+            let (_, mut child) = self.servers.remove(i);
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts backend `name`'s nginx again and waits until it answers.
+    pub fn start_backend(&mut self, name: &str) -> Result<()> {
+        let host = self.backend(name)?;
+        self.start_nginx(&host, &[80])?;
+        let url = format!("http://{}/", host.addr);
+        wait_for(&format!("nginx on {name}"), Duration::from_secs(10), || {
+            Ok(self.curl(&url)?.trim() == name)
+        })
+    }
+
+    /// Runs the `foobar` CLI on the LB node against this lab's daemon.
+    pub fn foobar_cli(&self, foobar: &Path, args: &[&str]) -> Result<Output> {
+        let socket = self.socket();
+        let mut full = vec![
+            foobar.to_str().context("foobar path is UTF-8")?,
+            "--socket",
+            socket.to_str().context("lab path is UTF-8")?,
+        ];
+        full.extend_from_slice(args);
+        self.output(&self.lb.ns, &full)
+    }
+
+    /// Starts wrk on the client against `url` in the background.
+    pub fn start_wrk(&self, url: &str, connections: u32, seconds: u32) -> Result<Child> {
+        Command::new("ip")
+            .args(["netns", "exec", &self.client.ns, "wrk", "-t", "2"])
+            .args([
+                "-c",
+                &connections.to_string(),
+                "-d",
+                &format!("{seconds}s"),
+                url,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting wrk (is it installed? `cargo xtask setup`)")
     }
 
     /// Runs a command in a namespace; fails with its stderr if it fails.
@@ -311,6 +381,18 @@ impl Lab {
         );
         for b in &self.backends {
             text.push_str(&format!("\n[[vip.backend]]\naddress = \"{}\"\n", b.addr));
+        }
+        text
+    }
+
+    /// `config()` with only the first `n` backends configured.
+    pub fn config_with_backends(&self, n: usize) -> String {
+        let mut text = self.config();
+        for b in self.backends.iter().skip(n) {
+            text = text.replace(
+                &format!("\n[[vip.backend]]\naddress = \"{}\"\n", b.addr),
+                "",
+            );
         }
         text
     }
@@ -413,7 +495,7 @@ impl Lab {
             let _ = terminate(&mut child, Duration::from_secs(10));
         }
         // nginx masters stop their workers and reap them on SIGTERM.
-        for child in &mut self.servers {
+        for (_, child) in &mut self.servers {
             let _ = terminate(child, Duration::from_secs(3));
         }
         self.servers.clear();
@@ -562,6 +644,55 @@ pub fn wait_for(
     }
 }
 
+/// What wrk reported.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WrkResult {
+    pub requests: u64,
+    /// connect + read + write + timeout errors.
+    pub socket_errors: u64,
+    pub non_2xx_3xx: u64,
+    pub text: String,
+}
+
+/// Waits for a wrk started with `Lab::start_wrk` and parses its summary.
+pub fn finish_wrk(child: Child) -> Result<WrkResult> {
+    let out = child.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!(
+            "wrk failed: {}{}",
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(parse_wrk(&text))
+}
+
+/// Parses wrk's text summary.
+pub fn parse_wrk(text: &str) -> WrkResult {
+    let mut r = WrkResult {
+        text: text.to_owned(),
+        ..Default::default()
+    };
+    for line in text.lines().map(str::trim) {
+        if line.contains("requests in") {
+            r.requests = line
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+        } else if let Some(rest) = line.strip_prefix("Socket errors:") {
+            r.socket_errors = rest
+                .split(',')
+                .filter_map(|part| part.split_whitespace().last()?.parse::<u64>().ok())
+                .sum();
+        } else if let Some(rest) = line.strip_prefix("Non-2xx or 3xx responses:") {
+            r.non_2xx_3xx = rest.trim().parse().unwrap_or(0);
+        }
+    }
+    r
+}
+
 /// Runs a command; its stdout, or an error with its stderr.
 pub fn run(args: &[&str]) -> Result<String> {
     let out = Command::new(args[0])
@@ -578,6 +709,26 @@ pub fn run(args: &[&str]) -> Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_wrk;
+
+    #[test]
+    fn wrk_summary_is_parsed() {
+        let text = "Running 5s test @ http://10.201.0.100/\n  2 threads and 16 connections\n\
+                    \x20 12345 requests in 5.00s, 2.00MB read\n\
+                    \x20 Socket errors: connect 1, read 2, write 0, timeout 3\n\
+                    \x20 Non-2xx or 3xx responses: 7\nRequests/sec:   2469.00\n";
+        let r = parse_wrk(text);
+        assert_eq!((r.requests, r.socket_errors, r.non_2xx_3xx), (12345, 6, 7));
+        let clean = parse_wrk("  99 requests in 1.00s, 1KB read\n");
+        assert_eq!(
+            (clean.requests, clean.socket_errors, clean.non_2xx_3xx),
+            (99, 0, 0)
+        );
+    }
 }
 
 /// The `foobar` binary to test: $FOOBAR_BIN, or `foobar` next to the

@@ -1,0 +1,447 @@
+//! The control plane in the netns lab, as an operator lives it: health
+//! checks under wrk load, drain / add / remove through the CLI, refusals of
+//! bad input, runtime changes across a restart, the metrics endpoint.
+//! Health checks in the lab run every 300 ms with fall 2 and rise 2.
+//! Needs root; `cargo xtask test` runs it so.
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use foobar_tests::lab::{self, Lab, LabOptions, HEALTH_INTERVAL_MS, VIP};
+use serde_json::Value;
+
+fn foobar() -> PathBuf {
+    lab::foobar_bin().unwrap()
+}
+
+fn lab_running(backends_in_config: usize) -> Lab {
+    let mut lab = Lab::start(&LabOptions::default()).expect("lab starts");
+    let config = lab.config_with_backends(backends_in_config);
+    lab.start_foobar(&foobar(), &config)
+        .expect("foobar run attaches");
+    lab
+}
+
+/// `foobar ARGS` against the lab's daemon: (success, stdout, stderr).
+fn cli(lab: &Lab, args: &[&str]) -> (bool, String, String) {
+    let out = lab.foobar_cli(&foobar(), args).unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn status(lab: &Lab) -> Value {
+    let (ok, out, err) = cli(lab, &["status", "--json"]);
+    assert!(ok, "foobar status: {err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+/// The web VIP's backend with `address` in a status document.
+fn backend<'a>(status: &'a Value, address: &str) -> Option<&'a Value> {
+    status["vips"][0]["backends"]
+        .as_array()?
+        .iter()
+        .find(|b| b["address"] == address)
+}
+
+/// One new connection to the VIP: the backend's name, or why it failed.
+fn request(client_ns: &str) -> Result<String, String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", client_ns, "curl", "-sS", "--max-time", "1"])
+        .args(["-H", "Connection: close", &format!("http://{VIP}/")])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+/// `n` new connections; who served each.
+fn requests(lab: &Lab, n: usize) -> Vec<Result<String, String>> {
+    (0..n).map(|_| request(&lab.client.ns)).collect()
+}
+
+/// One probe: when it started and ended (since the test's start), and
+/// who served it.
+type Probe = (Duration, Duration, Result<String, String>);
+
+/// Probes the VIP with new connections from a thread until stopped.
+struct Prober {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Probe>>,
+}
+
+impl Prober {
+    fn start(client_ns: &str, start: Instant) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ns = client_ns.to_owned();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            // Bounded: at most 10 minutes of probes, whatever the test does.
+            while !flag.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(600) {
+                let began = start.elapsed();
+                let result = request(&ns);
+                seen.push((began, start.elapsed(), result));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            seen
+        });
+        Prober { stop, thread }
+    }
+
+    fn finish(self) -> Vec<Probe> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("prober thread")
+    }
+}
+
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if done() {
+            return start.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("{what}: not within {limit:?}");
+}
+
+#[test]
+fn a_killed_backend_leaves_within_fall_intervals_and_returns_after_rise() {
+    let mut lab = lab_running(3);
+    let be2 = lab.backends[1].addr.to_string();
+    let wrk = lab.start_wrk(&format!("http://{VIP}/"), 8, 8).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+
+    let t0 = Instant::now();
+    let prober = Prober::start(&lab.client.ns, t0);
+    std::thread::sleep(Duration::from_millis(300));
+    let killed_at = t0.elapsed();
+    lab.kill_backend("be2").unwrap();
+
+    // Out of rotation: `fall` failed checks, then at most one interval more.
+    let interval = Duration::from_millis(HEALTH_INTERVAL_MS);
+    let detected = wait_until("be2 marked down", Duration::from_secs(10), || {
+        backend(&status(&lab), &be2).is_some_and(|b| b["health"] == "down")
+    });
+    let bound = interval * 2 + interval;
+    // Slack for the status polling and for two busy cores.
+    assert!(
+        detected <= bound + Duration::from_millis(700),
+        "down after {detected:?}, bound {bound:?}"
+    );
+    let s = status(&lab);
+    let reason = backend(&s, &be2).unwrap()["last_check"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        reason.contains("connect to"),
+        "the transition's reason is shown: {reason}"
+    );
+    let down_at = t0.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+
+    lab.start_backend("be2").unwrap();
+    let restarted_at = t0.elapsed();
+    let back = wait_until("be2 back up", Duration::from_secs(10), || {
+        backend(&status(&lab), &be2).is_some_and(|b| b["health"] == "up")
+    });
+    assert!(
+        back <= interval * 3 + Duration::from_millis(700),
+        "up after {back:?}"
+    );
+    eprintln!("be2 marked down {detected:?} after the kill, up {back:?} after the restart");
+    std::thread::sleep(Duration::from_secs(1));
+    let seen = prober.finish();
+    let wrk = lab::finish_wrk(wrk).unwrap();
+    assert!(wrk.requests > 0, "{}", wrk.text);
+
+    // Failures only between the kill and the detection: none ends before
+    // the kill, none starts after be2 was marked down.
+    assert!(
+        seen.iter().any(|(_, _, r)| r.is_err()),
+        "the kill was noticed by clients"
+    );
+    for (began, ended, r) in seen.iter().filter(|(_, _, r)| r.is_err()) {
+        assert!(
+            *ended >= killed_at && *began <= down_at,
+            "a request failed during {began:?}..{ended:?} (killed {killed_at:?}, down by {down_at:?}): {r:?}"
+        );
+    }
+    let served_after = |from: Duration| {
+        seen.iter()
+            .filter(|(began, _, r)| *began > from && r.as_deref() == Ok("be2"))
+            .count()
+    };
+    assert_eq!(
+        seen.iter()
+            .filter(|(began, _, r)| *began > down_at
+                && *began < restarted_at
+                && r.as_deref() == Ok("be2"))
+            .count(),
+        0,
+        "no request reaches be2 while it is down"
+    );
+    assert!(
+        served_after(restarted_at + back) > 0,
+        "be2 serves again after rise"
+    );
+    let log = lab.foobar_log();
+    assert!(
+        log.contains("health changed") && log.contains("state=\"down\""),
+        "{log}"
+    );
+}
+
+#[test]
+fn drain_under_load_fails_no_request_and_opens_no_new_connection() {
+    let lab = lab_running(3);
+    let be1 = lab.backends[0].addr.to_string();
+    let wrk = lab.start_wrk(&format!("http://{VIP}/"), 12, 5).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let (ok, out, err) = cli(&lab, &["backend", "drain", "web", &be1]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.trim(),
+        format!("backend {be1} of VIP web drained: no new flows")
+    );
+
+    let after = requests(&lab, 60);
+    assert!(after.iter().all(|r| r.is_ok()), "{after:?}");
+    assert!(
+        !after.iter().any(|r| r.as_deref() == Ok("be1")),
+        "a new connection reached the drained backend: {after:?}"
+    );
+    let wrk = lab::finish_wrk(wrk).unwrap();
+    assert!(wrk.requests > 100, "{}", wrk.text);
+    assert_eq!((wrk.socket_errors, wrk.non_2xx_3xx), (0, 0), "{}", wrk.text);
+
+    let s = status(&lab);
+    assert_eq!(backend(&s, &be1).unwrap()["admin"], "drained");
+    let (ok, table, _) = cli(&lab, &["status"]);
+    assert!(ok);
+    assert!(
+        table.contains("BACKEND") && table.contains(&be1) && table.contains("drained"),
+        "{table}"
+    );
+
+    // Enabled again, it takes new connections.
+    assert!(cli(&lab, &["backend", "enable", "web", &be1]).0);
+    let again = requests(&lab, 9);
+    assert!(again.iter().any(|r| r.as_deref() == Ok("be1")), "{again:?}");
+}
+
+#[test]
+fn an_added_backend_takes_traffic_and_a_removed_one_gets_no_new_connection() {
+    let lab = lab_running(2);
+    let (be1, be3) = (
+        lab.backends[0].addr.to_string(),
+        lab.backends[2].addr.to_string(),
+    );
+    let before = requests(&lab, 12);
+    assert!(
+        !before.iter().any(|r| r.as_deref() == Ok("be3")),
+        "{before:?}"
+    );
+
+    let (ok, out, err) = cli(&lab, &["backend", "add", "web", &be3, "--json"]);
+    assert!(ok, "{err}");
+    let added: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(added["backend"], be3.as_str());
+    let after = requests(&lab, 12);
+    // Each CPU walks the ring on its own, so the split is near, not exactly,
+    // a third; the new backend clearly takes its share.
+    let to_be3 = after.iter().filter(|r| r.as_deref() == Ok("be3")).count();
+    assert!(
+        (2..=6).contains(&to_be3),
+        "be3 served {to_be3} of 12: {after:?}"
+    );
+
+    assert!(cli(&lab, &["backend", "remove", "web", &be1]).0);
+    let later = requests(&lab, 12);
+    assert!(later.iter().all(|r| r.is_ok()), "{later:?}");
+    assert!(
+        !later.iter().any(|r| r.as_deref() == Ok("be1")),
+        "{later:?}"
+    );
+    let s = status(&lab);
+    assert!(backend(&s, &be1).is_none());
+    assert_eq!(
+        s["removed_backends"][0]["address"],
+        be1.as_str(),
+        "kept for its flows: {s}"
+    );
+
+    // The metrics endpoint, on the LB node's loopback.
+    let metrics = lab
+        .exec(
+            &lab.lb.ns,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "2",
+                "http://127.0.0.1:9183/metrics",
+            ],
+        )
+        .unwrap();
+    for want in [
+        format!("foobar_backend_up{{vip=\"web\",backend=\"{be3}\"}} 1"),
+        format!("foobar_backend_enabled{{vip=\"web\",backend=\"{be3}\"}} 1"),
+        "foobar_flow_table_capacity 65536".to_owned(),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == want),
+            "missing {want}:\n{metrics}"
+        );
+    }
+    let forwarded = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("foobar_datapath_packets_total{reason=\"forwarded\"} "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(
+        forwarded >= 36 * 4,
+        "forwarded packets in metrics: {forwarded}"
+    );
+}
+
+#[test]
+fn bad_cli_input_fails_with_one_line_and_changes_nothing() {
+    let lab = lab_running(2);
+    let be1 = lab.backends[0].addr.to_string();
+    let before = status(&lab);
+    let one_line = |args: &[&str], want: &str| {
+        let (ok, out, err) = cli(&lab, args);
+        assert!(!ok, "{args:?} succeeded: {out}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: not one line: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    };
+    one_line(&["backend", "drain", "nope", &be1], "no VIP named \"nope\"");
+    one_line(
+        &["backend", "add", "web", "10.201.0.300"],
+        "\"10.201.0.300\" is not an IPv4 address",
+    );
+    one_line(&["backend", "add", "web", &be1], "already has backend");
+    one_line(
+        &["backend", "weight", "web", &be1, "300"],
+        "weight 300 is out of range",
+    );
+    one_line(
+        &["backend", "remove", "web", "10.201.0.99"],
+        "has no backend 10.201.0.99",
+    );
+    one_line(
+        &["vip", "add", "web", "10.201.0.101", "80"],
+        "exists already",
+    );
+    one_line(
+        &["vip", "add", "web2", &VIP.to_string(), "80"],
+        "already served by VIP \"web\"",
+    );
+    // An address nobody answers ARP for: refused after the 3 s limit.
+    one_line(
+        &["backend", "add", "web", "10.201.0.77"],
+        "no MAC address for 10.201.0.77",
+    );
+    // Health checks and rates move between two reads; compare the rest.
+    let strip = |mut s: Value| {
+        for b in s["vips"][0]["backends"].as_array_mut().unwrap() {
+            for k in [
+                "last_check",
+                "packets",
+                "bytes",
+                "packets_per_s",
+                "bytes_per_s",
+            ] {
+                b[k] = Value::Null;
+            }
+        }
+        for k in ["packets_per_s", "bytes_per_s"] {
+            s["vips"][0][k] = Value::Null;
+        }
+        s["flow_table"]["entries"] = Value::Null;
+        s
+    };
+    assert_eq!(
+        strip(status(&lab)),
+        strip(before),
+        "a refused request changed the state"
+    );
+
+    let out = Command::new(foobar())
+        .args(["--socket", "/nonexistent/foobar.sock", "status"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("cannot reach the foobar daemon") && err.contains("foobar run"),
+        "{err}"
+    );
+}
+
+#[test]
+fn runtime_changes_survive_a_restart_until_the_config_changes() {
+    let mut lab = lab_running(2);
+    let (be1, be2, be3) = (
+        lab.backends[0].addr.to_string(),
+        lab.backends[1].addr.to_string(),
+        lab.backends[2].addr.to_string(),
+    );
+    assert!(cli(&lab, &["backend", "add", "web", &be3]).0);
+    assert!(cli(&lab, &["backend", "drain", "web", &be1]).0);
+    assert!(cli(&lab, &["backend", "weight", "web", &be2, "3"]).0);
+    // With no client traffic, the health checks alone forward nothing.
+    let (ok, stats, _) = cli(&lab, &["stats", "--json"]);
+    assert!(ok);
+    let stats: Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(
+        stats["reasons"]["forwarded"]["packets"], 0,
+        "health checks took the VIP path: {stats}"
+    );
+    assert!(
+        stats["reasons"]["pass_not_vip"]["packets"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{stats}"
+    );
+
+    let (ok, _) = lab.stop_foobar().unwrap();
+    assert!(ok);
+    let config = lab.config_with_backends(2);
+    lab.start_foobar(&foobar(), &config).unwrap();
+    let s = status(&lab);
+    assert_eq!(backend(&s, &be1).unwrap()["admin"], "drained");
+    assert_eq!(backend(&s, &be2).unwrap()["weight"], 3);
+    assert!(
+        backend(&s, &be3).is_some(),
+        "the added backend is back: {s}"
+    );
+    assert!(lab.foobar_log().contains("restoring runtime changes"));
+
+    // An edited config wins; the earlier runtime state is kept aside.
+    let (ok, _) = lab.stop_foobar().unwrap();
+    assert!(ok);
+    lab.start_foobar(&foobar(), &format!("{config}\n# edited\n"))
+        .unwrap();
+    let s = status(&lab);
+    assert_eq!(backend(&s, &be1).unwrap()["admin"], "enabled");
+    assert!(backend(&s, &be3).is_none());
+    assert!(lab.dir.join("foobar.state.json.stale").exists());
+}
