@@ -711,6 +711,22 @@ pub fn run(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The `foobar` binary to test: $FOOBAR_BIN, or `foobar` next to the
+/// running executable's target directory (`cargo xtask test` builds it).
+pub fn foobar_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("FOOBAR_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    for dir in exe.ancestors().skip(1).take(3) {
+        let candidate = dir.join("foobar");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!("no foobar binary found: build it (`cargo build -p foobar-user`) or set FOOBAR_BIN")
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_wrk;
@@ -729,20 +745,4 @@ mod tests {
             (99, 0, 0)
         );
     }
-}
-
-/// The `foobar` binary to test: $FOOBAR_BIN, or `foobar` next to the
-/// running executable's target directory (`cargo xtask test` builds it).
-pub fn foobar_bin() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("FOOBAR_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe()?;
-    for dir in exe.ancestors().skip(1).take(3) {
-        let candidate = dir.join("foobar");
-        if candidate.is_file() {
-            return Ok(candidate);
-        }
-    }
-    bail!("no foobar binary found: build it (`cargo build -p foobar-user`) or set FOOBAR_BIN")
 }
