@@ -3,7 +3,7 @@
 //! assertion, so a layout change fails the build instead of the kernel.
 //! Multi-byte fields that hold packet data are in network byte order and are
 //! named `*_be`.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 use core::mem::size_of;
 
@@ -56,10 +56,20 @@ pub struct Service {
     pub scheduler: u8,
     pub forward_mode: u8,
     pub flags: u16,
+    /// With SERVICE_AFFINITY: how long a client stays with its backend
+    /// after its latest new connection.
+    pub affinity_timeout_s: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<Service>() == 8);
+const _: () = assert!(size_of::<Service>() == 16);
+
+/// Source affinity: new connections of a client go to the backend its
+/// previous connection got (IPVS persistence, HAProxy `balance source`).
+pub const SERVICE_AFFINITY: u16 = 1;
 
 pub const SCHED_RR: u8 = 0;
+/// Consistent hashing: the ring is a Maglev table indexed by `flow_hash`.
+pub const SCHED_MAGLEV: u8 = 1;
 pub const FWD_DSR: u8 = 0;
 
 /// One backend, indexed by its backend id.
@@ -77,6 +87,9 @@ const _: () = assert!(size_of::<Backend>() == 24);
 /// The backend may take traffic. A flow whose backend lost this flag is
 /// rescheduled on its next packet.
 pub const BACKEND_UP: u8 = 1;
+/// The backend takes new flows (up and not drained: it is in the ring).
+/// Source affinity only sends new connections to such a backend.
+pub const BACKEND_NEW_FLOWS: u8 = 2;
 
 /// Key of the flow table: the packet's 5-tuple as it arrives from the client.
 #[repr(C)]
@@ -92,6 +105,15 @@ pub struct FlowKey {
 }
 const _: () = assert!(size_of::<FlowKey>() == 40);
 
+/// Key of the source-affinity table: one client address per VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub client_be: [u32; 4],
+    pub vip_id: u32,
+}
+const _: () = assert!(size_of::<AffinityKey>() == 20);
+
 /// Value of the flow table.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -101,8 +123,15 @@ pub struct Flow {
     /// CLOCK_MONOTONIC (bpf_ktime_get_ns) of the flow's latest packet: lets
     /// userspace tell live flows of a removed backend from idle ones.
     pub last_seen_ns: u64,
+    /// FLOW_CLOSED once the client sent FIN or RST.
+    pub flags: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<Flow>() == 16);
+const _: () = assert!(size_of::<Flow>() == 24);
+
+/// The client closed the flow (FIN or RST seen): it no longer counts as an
+/// active connection, and a new SYN on its 5-tuple is a new flow.
+pub const FLOW_CLOSED: u32 = 1;
 
 /// Packets and bytes (per CPU in the maps; userspace sums the CPUs).
 #[repr(C)]
@@ -171,6 +200,45 @@ impl Reason {
     }
 }
 
+/// The flow hash of consistent hashing: MurmurHash3 (x86, 32-bit) over ten
+/// little-endian 32-bit words — the four words of `src_be`, the four of
+/// `dst_be`, `sport_be | dport_be << 16` and `proto` — as they lie in
+/// memory, with `seed` (`datapath.hash_seed`, the same on every LB node).
+/// The XDP program and userspace both compile this one function, so they
+/// cannot disagree.
+#[inline(always)]
+pub fn flow_hash(key: &FlowKey, seed: u32) -> u32 {
+    let words = [
+        key.src_be[0],
+        key.src_be[1],
+        key.src_be[2],
+        key.src_be[3],
+        key.dst_be[0],
+        key.dst_be[1],
+        key.dst_be[2],
+        key.dst_be[3],
+        u32::from(key.sport_be) | (u32::from(key.dport_be) << 16),
+        u32::from(key.proto),
+    ];
+    let mut h = seed;
+    // A constant bound: the verifier sees a fixed, unrollable loop.
+    let mut i = 0;
+    while i < 10 {
+        let mut k = words[i].wrapping_mul(0xcc9e_2d51);
+        k = k.rotate_left(15).wrapping_mul(0x1b87_3593);
+        h ^= k;
+        h = h.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
+        i += 1;
+    }
+    h ^= 40; // length in bytes
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -182,4 +250,58 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for Flow {}
     unsafe impl aya::Pod for Counter {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// MurmurHash3_x86_32 reference vectors (from the public SMHasher
+    /// suite): key = 40 bytes of the words, seed as given.
+    fn murmur3_bytes(data: &[u8], seed: u32) -> u32 {
+        let mut h = seed;
+        for chunk in data.chunks(4) {
+            let mut k = u32::from_le_bytes(chunk.try_into().unwrap());
+            k = k
+                .wrapping_mul(0xcc9e_2d51)
+                .rotate_left(15)
+                .wrapping_mul(0x1b87_3593);
+            h ^= k;
+            h = h.rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64);
+        }
+        h ^= data.len() as u32;
+        h ^= h >> 16;
+        h = h.wrapping_mul(0x85eb_ca6b);
+        h ^= h >> 13;
+        h = h.wrapping_mul(0xc2b2_ae35);
+        h ^ (h >> 16)
+    }
+
+    #[test]
+    fn flow_hash_is_murmur3_over_the_documented_words() {
+        let key = FlowKey {
+            src_be: [u32::from_ne_bytes([198, 51, 100, 7]), 0, 0, 0],
+            dst_be: [u32::from_ne_bytes([192, 0, 2, 10]), 0, 0, 0],
+            sport_be: 40000u16.to_be(),
+            dport_be: 80u16.to_be(),
+            proto: IPPROTO_TCP,
+            family: AF_INET,
+            _pad: [0; 2],
+        };
+        let mut bytes = Vec::new();
+        for w in key.src_be.iter().chain(&key.dst_be) {
+            bytes.extend_from_slice(&w.to_le_bytes());
+        }
+        bytes.extend_from_slice(
+            &(u32::from(key.sport_be) | u32::from(key.dport_be) << 16).to_le_bytes(),
+        );
+        bytes.extend_from_slice(&u32::from(key.proto).to_le_bytes());
+        for seed in [0, 1, 0xdead_beef] {
+            assert_eq!(flow_hash(&key, seed), murmur3_bytes(&bytes, seed));
+        }
+        // Known MurmurHash3_x86_32 values keep the byte-level reference honest.
+        assert_eq!(murmur3_bytes(b"", 0), 0);
+        assert_eq!(murmur3_bytes(b"", 1), 0x514e_28b7);
+        assert_eq!(murmur3_bytes(&[0, 0, 0, 0], 0), 0x2362_f9de);
+    }
 }

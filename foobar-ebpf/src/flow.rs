@@ -1,12 +1,13 @@
 //! Step 3: the flow table. A hit keeps an established flow on its backend
-//! (whatever the ring now says) while that backend is up; a miss, or a
-//! backend that went down, schedules anew and records the choice.
+//! (whatever the ring now says) while that backend is up; a miss, a backend
+//! that went down, or a new SYN on the 5-tuple of a closed flow schedules
+//! anew and records the choice. A client FIN or RST marks the flow closed.
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use foobar_common::{Backend, Flow, Service, BACKEND_UP};
+use foobar_common::{Backend, Flow, Service, BACKEND_UP, FLOW_CLOSED};
 
 use crate::{
     maps::{BACKENDS, FLOWS},
-    parse::Packet,
+    parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     schedule,
     verdict::Verdict,
 };
@@ -15,25 +16,36 @@ use crate::{
 pub fn backend_for(pkt: &Packet, service: &Service) -> Result<(u32, Backend), Verdict> {
     // SAFETY: bpf_ktime_get_ns has no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
+    let closing = pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0;
+    let new_syn = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     if let Some(flow) = FLOWS.get_ptr_mut(&pkt.flow) {
-        // SAFETY: LRU entries may be recycled under us; we copy the ids out at
-        // once and at worst reschedule a flow, never touch out of bounds.
-        let (backend_id, vip_id) = unsafe { ((*flow).backend_id, (*flow).vip_id) };
-        if vip_id == service.vip_id {
+        // SAFETY: LRU entries may be recycled under us; we copy the fields out
+        // at once and at worst reschedule a flow, never touch out of bounds.
+        let (backend_id, vip_id, flags) =
+            unsafe { ((*flow).backend_id, (*flow).vip_id, (*flow).flags) };
+        let reopened = new_syn && flags & FLOW_CLOSED != 0;
+        if vip_id == service.vip_id && !reopened {
             if let Some(backend) = BACKENDS.get(backend_id) {
                 if backend.flags & BACKEND_UP != 0 {
-                    // SAFETY: as above; a plain 8-byte store into the value.
-                    unsafe { (*flow).last_seen_ns = now };
+                    // SAFETY: as above; plain stores into the value.
+                    unsafe {
+                        (*flow).last_seen_ns = now;
+                        if closing {
+                            (*flow).flags = flags | FLOW_CLOSED;
+                        }
+                    }
                     return Ok((backend_id, *backend));
                 }
             }
         }
     }
-    let (backend_id, backend) = schedule::pick(service)?;
+    let (backend_id, backend) = schedule::pick(pkt, service, now)?;
     let flow = Flow {
         backend_id,
         vip_id: service.vip_id,
         last_seen_ns: now,
+        flags: if closing { FLOW_CLOSED } else { 0 },
+        _pad: 0,
     };
     // A full LRU evicts its oldest entry; an insert can only fail on memory
     // pressure, and then the packet is still forwarded (the next one

@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use foobar_common::{
-    Backend, Counter, Flow, FlowKey, Service, VipKey, FLOW_TABLE_DEFAULT, MAX_BACKENDS, MAX_VIPS,
-    REASON_COUNT, RING_STRIDE,
+    AffinityKey, Backend, Counter, Flow, FlowKey, Service, VipKey, FLOW_TABLE_DEFAULT,
+    MAX_BACKENDS, MAX_VIPS, REASON_COUNT, RING_STRIDE,
 };
 
 /// (address, port, protocol) -> service. Port 0 is the every-port VIP.
@@ -34,6 +34,12 @@ pub static RR_CURSOR: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_VIPS,
 /// 5-tuple -> backend of an established flow. Size set at load time.
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(FLOW_TABLE_DEFAULT, 0);
+
+/// (VIP, client address) -> the backend of the client's latest new
+/// connection, for VIPs with source affinity. Size set at load time.
+#[map]
+pub static AFFINITY: LruHashMap<AffinityKey, Flow> =
+    LruHashMap::with_max_entries(FLOW_TABLE_DEFAULT, 0);
 
 #[map]
 pub static VIP_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_VIPS, 0);

@@ -56,8 +56,13 @@ struct TcpHdr {
     _seq: [u8; 4],
     _ack: [u8; 4],
     doff_res: u8,
-    _flags: u8,
+    flags: u8,
 }
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
 
 #[repr(C)]
 struct UdpHdr {
@@ -70,6 +75,8 @@ struct UdpHdr {
 /// What the later steps need to know about a packet.
 pub struct Packet {
     pub flow: FlowKey,
+    /// TCP flags (0 for UDP).
+    pub tcp_flags: u8,
 }
 
 /// The one bounds-checked accessor: a pointer to a `T` at `offset`, or
@@ -132,16 +139,17 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Result<Packet, Verdict> {
     }
     let l4 = l3 + ihl;
     let l4_len = tot_len - ihl;
-    let (sport_be, dport_be) = match proto {
+    let (sport_be, dport_be, tcp_flags) = match proto {
         IPPROTO_TCP => {
             let tcp: *const TcpHdr = ptr_at(ctx, l4)?;
             // SAFETY: bounds checked by ptr_at.
-            let (sport, dport, doff_res) = unsafe { ((*tcp).sport, (*tcp).dport, (*tcp).doff_res) };
+            let (sport, dport, doff_res, flags) =
+                unsafe { ((*tcp).sport, (*tcp).dport, (*tcp).doff_res, (*tcp).flags) };
             let doff = ((doff_res >> 4) as usize) * 4;
             if doff < TCP_MIN_HDR_LEN || doff > l4_len {
                 return Err(Verdict::pass(Reason::Malformed));
             }
-            (u16::from_ne_bytes(sport), u16::from_ne_bytes(dport))
+            (u16::from_ne_bytes(sport), u16::from_ne_bytes(dport), flags)
         }
         IPPROTO_UDP => {
             let udp: *const UdpHdr = ptr_at(ctx, l4)?;
@@ -151,7 +159,7 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Result<Packet, Verdict> {
             if udp_len < size_of::<UdpHdr>() || udp_len > l4_len {
                 return Err(Verdict::pass(Reason::Malformed));
             }
-            (u16::from_ne_bytes(sport), u16::from_ne_bytes(dport))
+            (u16::from_ne_bytes(sport), u16::from_ne_bytes(dport), 0)
         }
         _ => return Err(Verdict::pass(Reason::OtherL4)),
     };
@@ -165,5 +173,6 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Result<Packet, Verdict> {
             family: AF_INET,
             _pad: [0; 2],
         },
+        tcp_flags,
     })
 }

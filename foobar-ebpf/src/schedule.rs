@@ -1,17 +1,63 @@
-//! Step 4: pick a backend from the VIP's ring. The ring state word selects
-//! the live half and its length in one read, so a ring being rewritten by
-//! userspace (in the other half) is never seen half-written.
+//! Step 4: pick a backend for a new flow. Source affinity first (if the VIP
+//! has it and the client's backend still takes new flows), else the VIP's
+//! ring: round-robin walks it with a per-CPU cursor, Maglev indexes it by
+//! the flow hash. The ring state word selects the live half and its length
+//! in one read, so a ring being rewritten by userspace (in the other half)
+//! is never seen half-written.
+use aya_ebpf::Global;
 use foobar_common::{
-    Backend, Reason, Service, BACKEND_UP, RING_CAPACITY, RING_LEN_MASK, RING_STRIDE,
+    flow_hash, AffinityKey, Backend, Flow, Reason, Service, BACKEND_NEW_FLOWS, BACKEND_UP,
+    RING_CAPACITY, RING_LEN_MASK, RING_STRIDE, SCHED_MAGLEV, SERVICE_AFFINITY,
 };
 
 use crate::{
-    maps::{BACKENDS, RINGS, RING_STATE, RR_CURSOR},
+    maps::{AFFINITY, BACKENDS, RINGS, RING_STATE, RR_CURSOR},
+    parse::Packet,
     verdict::Verdict,
 };
 
+/// Seed of the flow hash (`datapath.hash_seed`), set at load time; the same
+/// on every LB node so they agree on Maglev choices.
+#[unsafe(no_mangle)]
+static HASH_SEED: Global<u32> = Global::new(0);
+
 #[inline(always)]
-pub fn pick(service: &Service) -> Result<(u32, Backend), Verdict> {
+pub fn pick(pkt: &Packet, service: &Service, now: u64) -> Result<(u32, Backend), Verdict> {
+    if service.flags & SERVICE_AFFINITY == 0 {
+        return from_ring(pkt, service);
+    }
+    let key = AffinityKey {
+        client_be: pkt.flow.src_be,
+        vip_id: service.vip_id,
+    };
+    let timeout_ns = u64::from(service.affinity_timeout_s) * 1_000_000_000;
+    if let Some(a) = AFFINITY.get_ptr_mut(&key) {
+        // SAFETY: an LRU value, copied out at once (see flow.rs).
+        let (backend_id, seen) = unsafe { ((*a).backend_id, (*a).last_seen_ns) };
+        if now.saturating_sub(seen) <= timeout_ns {
+            if let Some(backend) = BACKENDS.get(backend_id) {
+                if backend.flags & BACKEND_NEW_FLOWS != 0 {
+                    // SAFETY: as above; a plain store into the value.
+                    unsafe { (*a).last_seen_ns = now };
+                    return Ok((backend_id, *backend));
+                }
+            }
+        }
+    }
+    let (backend_id, backend) = from_ring(pkt, service)?;
+    let choice = Flow {
+        backend_id,
+        vip_id: service.vip_id,
+        last_seen_ns: now,
+        flags: 0,
+        _pad: 0,
+    };
+    let _ = AFFINITY.insert(&key, &choice, 0);
+    Ok((backend_id, backend))
+}
+
+#[inline(always)]
+fn from_ring(pkt: &Packet, service: &Service) -> Result<(u32, Backend), Verdict> {
     let vip_id = service.vip_id;
     let state = *RING_STATE
         .get(vip_id)
@@ -20,7 +66,14 @@ pub fn pick(service: &Service) -> Result<(u32, Backend), Verdict> {
     if len == 0 || len > RING_CAPACITY {
         return Err(Verdict::drop(Reason::NoBackend));
     }
-    let pos = round_robin(vip_id, len)?;
+    let pos = if service.scheduler == SCHED_MAGLEV {
+        // checked_rem, not `%`: see round_robin.
+        flow_hash(&pkt.flow, HASH_SEED.load())
+            .checked_rem(len)
+            .ok_or(Verdict::drop(Reason::NoBackend))?
+    } else {
+        round_robin(vip_id, len)?
+    };
     let half = state >> 31;
     let slot = vip_id * RING_STRIDE + half * RING_CAPACITY + pos;
     let backend_id = *RINGS.get(slot).ok_or(Verdict::drop(Reason::BadBackend))?;

@@ -115,6 +115,8 @@ struct RawDatapath {
     interface: Option<String>,
     xdp_mode: Option<String>,
     flow_table_size: Option<i64>,
+    hash_seed: Option<i64>,
+    wlc_period_ms: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -125,11 +127,19 @@ struct RawVip {
     port: Option<i64>,
     protocol: Option<String>,
     scheduler: Option<String>,
+    maglev_table_size: Option<i64>,
+    persistence: Option<RawPersistence>,
     forwarding: Option<String>,
     #[serde(default)]
     health: RawHealth,
     #[serde(default, rename = "backend")]
     backends: Vec<RawBackend>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPersistence {
+    timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -213,6 +223,10 @@ pub struct DatapathConfig {
     pub interface: Option<String>,
     pub xdp_mode: AttachMode,
     pub flow_table_size: u32,
+    /// Seed of the Maglev flow hash: the same on every node of a fleet.
+    pub hash_seed: u32,
+    /// How often "wlc" VIPs are re-weighted from active connection counts.
+    pub wlc_period_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -240,25 +254,57 @@ impl Protocol {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Scheduler {
+    /// Weighted round-robin over new flows.
     #[serde(rename = "rr")]
     RoundRobin,
+    /// Consistent hashing of the 5-tuple over a Maglev table.
+    #[serde(rename = "maglev")]
+    Maglev,
+    /// Weighted least-connections: round-robin over weights divided by
+    /// each backend's active connections, re-computed periodically.
+    #[serde(rename = "wlc")]
+    LeastConn,
 }
 
 impl Scheduler {
     pub fn name(self) -> &'static str {
         match self {
             Scheduler::RoundRobin => "rr",
+            Scheduler::Maglev => "maglev",
+            Scheduler::LeastConn => "wlc",
         }
     }
 
     pub fn parse(text: &str) -> Result<Self, String> {
         match text {
             "rr" => Ok(Scheduler::RoundRobin),
+            "maglev" => Ok(Scheduler::Maglev),
+            "wlc" => Ok(Scheduler::LeastConn),
             other => Err(format!(
-                "\"{other}\" is not available in this version; use \"rr\""
+                "\"{other}\" is not a scheduler; use \"rr\", \"maglev\" or \"wlc\""
             )),
         }
     }
+}
+
+/// Parses "300s", "5m", "2h" or a bare number of seconds.
+pub fn parse_duration_s(text: &str) -> Result<u32, String> {
+    let text = text.trim();
+    let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u32 = digits
+        .parse()
+        .map_err(|_| format!("\"{text}\" is not a duration such as \"300s\", \"5m\" or \"1h\""))?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return Err(format!("\"{text}\": the unit must be s, m or h")),
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("\"{text}\" is too long"))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -304,6 +350,11 @@ pub struct Vip {
     pub port: u16,
     pub protocol: Protocol,
     pub scheduler: Scheduler,
+    /// Slots of the Maglev table (prime), for `scheduler = "maglev"`.
+    pub maglev_table_size: u32,
+    /// Source affinity: seconds a client stays with its backend after its
+    /// latest new connection; None without `persistence`.
+    pub affinity_timeout_s: Option<u32>,
     pub forwarding: Forwarding,
     /// Health check of backends added at run time (`foobar backend add`).
     pub health: HealthSpec,
@@ -520,10 +571,34 @@ fn validate_datapath(raw: &RawDatapath, p: &mut Problems) -> Option<DatapathConf
             );
         }
     }
+    let hash_seed = match raw.hash_seed {
+        None => Some(0),
+        Some(n) if (0..=i64::from(u32::MAX)).contains(&n) => Some(n as u32),
+        Some(n) => {
+            p.add(
+                "datapath.hash_seed",
+                format!("{n} is out of range 0..={}", u32::MAX),
+            );
+            None
+        }
+    };
+    let wlc_period_ms = match raw.wlc_period_ms {
+        None => Some(500),
+        Some(n) if (100..=60_000).contains(&n) => Some(n as u64),
+        Some(n) => {
+            p.add(
+                "datapath.wlc_period_ms",
+                format!("{n} is out of range 100..=60000"),
+            );
+            None
+        }
+    };
     Some(DatapathConfig {
         interface: raw.interface.clone(),
         xdp_mode: xdp_mode?,
         flow_table_size: flow_table_size?,
+        hash_seed: hash_seed?,
+        wlc_period_ms: wlc_period_ms?,
     })
 }
 
@@ -574,6 +649,47 @@ fn validate_vip(key: &str, raw: &RawVip, p: &mut Problems) -> Option<Vip> {
         Forwarding::parse(raw.forwarding.as_deref().unwrap_or("dsr")),
     );
     let health = validate_health(&format!("{key}.health"), &raw.health, p);
+    let maglev_table_size = match raw.maglev_table_size {
+        None => Some(crate::maglev::DEFAULT_TABLE_SIZE),
+        Some(n) if scheduler != Some(Scheduler::Maglev) => {
+            p.add(
+                format!("{key}.maglev_table_size"),
+                format!("{n}: only a VIP with scheduler = \"maglev\" has a table"),
+            );
+            None
+        }
+        Some(n)
+            if (2..=i64::from(RING_CAPACITY)).contains(&n) && crate::maglev::is_prime(n as u32) =>
+        {
+            Some(n as u32)
+        }
+        Some(n) => {
+            p.add(
+                format!("{key}.maglev_table_size"),
+                format!("{n} is not a prime in 2..={RING_CAPACITY} (e.g. 65537, 32771, 16411)"),
+            );
+            None
+        }
+    };
+    let affinity_timeout_s = match &raw.persistence {
+        None => Some(None),
+        Some(RawPersistence { timeout }) => {
+            match parse_duration_s(timeout.as_deref().unwrap_or("300s")) {
+                Ok(0) => {
+                    p.add(
+                        format!("{key}.persistence.timeout"),
+                        "must be longer than 0s",
+                    );
+                    None
+                }
+                Ok(s) => Some(Some(s)),
+                Err(e) => {
+                    p.add(format!("{key}.persistence.timeout"), e);
+                    None
+                }
+            }
+        }
+    };
 
     let mut backends = Vec::new();
     let mut seen = HashSet::new();
@@ -638,6 +754,8 @@ fn validate_vip(key: &str, raw: &RawVip, p: &mut Problems) -> Option<Vip> {
         port: port?,
         protocol: protocol?,
         scheduler: scheduler?,
+        maglev_table_size: maglev_table_size?,
+        affinity_timeout_s: affinity_timeout_s?,
         forwarding: forwarding?,
         health: health?,
         backends,

@@ -30,7 +30,9 @@ use crate::{
 };
 
 /// How long a removed backend's flows may stay idle before its entry is
-/// freed (a flow idle longer than this is rescheduled if it sends again).
+/// freed (a flow idle longer than this is rescheduled if it sends again);
+/// also how recently an open flow must have been seen to count as an
+/// active connection for "wlc".
 pub const RETIRE_IDLE: Duration = Duration::from_secs(60);
 /// How long to wait for a new backend's MAC.
 pub const NEIGH_TIMEOUT: Duration = Duration::from_secs(3);
@@ -82,6 +84,8 @@ pub struct Owner {
     health_rx: mpsc::Receiver<Transition>,
     rates: Rates,
     flow_entries: usize,
+    wlc_period: Duration,
+    last_scan: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -100,6 +104,7 @@ impl Owner {
         ifindex: u32,
         state_file: PathBuf,
         config_sha256: String,
+        wlc_period: Duration,
     ) -> Self {
         let (health_tx, health_rx) = mpsc::channel(256);
         Owner {
@@ -115,6 +120,8 @@ impl Owner {
             health_rx,
             rates: Rates::default(),
             flow_entries: 0,
+            wlc_period,
+            last_scan: None,
         }
     }
 
@@ -162,7 +169,7 @@ impl Owner {
     ) -> &'static str {
         tokio::pin!(shutdown);
         let mut rate_tick = tokio::time::interval(RATE_PERIOD);
-        let mut gc_tick = tokio::time::interval(GC_PERIOD);
+        let mut scan_tick = tokio::time::interval(self.wlc_period.min(GC_PERIOD));
         loop {
             tokio::select! {
                 signal = &mut shutdown => return signal,
@@ -175,7 +182,7 @@ impl Owner {
                     let _ = reply.send(metrics::render(&self.metrics_snapshot()));
                 }
                 _ = rate_tick.tick() => self.sample_rates(),
-                _ = gc_tick.tick() => self.collect_retired(),
+                _ = scan_tick.tick() => self.scan_flows(),
             }
         }
     }
@@ -292,6 +299,8 @@ impl Owner {
                         .map_err(|e| format!("protocol: {e}"))?,
                     scheduler: Scheduler::parse(scheduler.as_deref().unwrap_or("rr"))
                         .map_err(|e| format!("scheduler: {e}"))?,
+                    maglev_table_size: crate::maglev::DEFAULT_TABLE_SIZE,
+                    affinity_timeout_s: None,
                     forwarding: Forwarding::parse(forwarding.as_deref().unwrap_or("dsr"))
                         .map_err(|e| format!("forwarding: {e}"))?,
                     health: Default::default(),
@@ -419,22 +428,37 @@ impl Owner {
         self.rates.last = Some((now, now_stats));
     }
 
-    fn collect_retired(&mut self) {
+    /// Walks the flow table: re-weights "wlc" VIPs from the active flows
+    /// (every tick while one exists), frees retired backends no recent flow
+    /// uses, and refreshes the occupancy figure (every GC_PERIOD).
+    fn scan_flows(&mut self) {
+        let has_wlc = self
+            .state
+            .vips()
+            .iter()
+            .any(|v| v.spec.scheduler == Scheduler::LeastConn);
+        let due = self.last_scan.is_none_or(|t| t.elapsed() >= GC_PERIOD);
+        if !has_wlc && !due {
+            return;
+        }
         let since = monotonic_ns().saturating_sub(RETIRE_IDLE.as_nanos() as u64);
-        let (in_use, entries) = match self.datapath.flow_usage(since) {
+        let usage = match self.datapath.flow_usage(since) {
             Ok(u) => u,
             Err(err) => {
                 warn!(%err, "reading the flow table failed");
                 return;
             }
         };
-        self.flow_entries = entries;
-        if self.state.retired().is_empty() {
-            return;
-        }
+        self.last_scan = Some(Instant::now());
+        self.flow_entries = usage.entries;
         let before = self.state.clone();
-        let freed = self.state.free_retired(&in_use);
-        if freed.is_empty() {
+        let reweighted = self.state.set_active(usage.active);
+        let freed = if due {
+            self.state.free_retired(&usage.in_use)
+        } else {
+            Vec::new()
+        };
+        if !reweighted && freed.is_empty() {
             return;
         }
         match self.datapath.apply(&self.state.plan()) {
@@ -444,7 +468,7 @@ impl Owner {
                 }
             }
             Err(err) => {
-                warn!(%err, "freeing removed backends failed");
+                warn!(%err, "applying the flow-table scan failed");
                 self.state = before;
             }
         }
@@ -472,6 +496,7 @@ impl Owner {
                         json!({
                             "address": b.spec.address,
                             "id": b.id,
+                            "active_flows": self.state.active(b.id),
                             "weight": b.spec.weight,
                             "admin": b.spec.admin.name(),
                             "health": if b.up { "up" } else { "down" },

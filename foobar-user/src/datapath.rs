@@ -13,8 +13,8 @@ use aya::{
 use std::collections::HashSet;
 
 use foobar_common::{
-    ring_state, Backend, Counter, Flow, FlowKey, Reason, Service, VipKey, BACKEND_UP, MAX_BACKENDS,
-    MAX_VIPS, RING_CAPACITY, RING_HALF_BIT, RING_STRIDE,
+    ring_state, Backend, Counter, Flow, FlowKey, Reason, Service, VipKey, BACKEND_UP, FLOW_CLOSED,
+    MAX_BACKENDS, MAX_VIPS, RING_CAPACITY, RING_HALF_BIT, RING_STRIDE,
 };
 
 use crate::plan::Plan;
@@ -104,15 +104,27 @@ impl AttachMode {
 /// Load-time settings of the datapath.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
+    /// Entries of the flow table, and of the source-affinity table.
     pub flow_table_size: u32,
+    /// Seed of the Maglev flow hash (a global of the program).
+    pub hash_seed: u32,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
             flow_table_size: foobar_common::FLOW_TABLE_DEFAULT,
+            hash_seed: 0,
         }
     }
+}
+
+/// What one walk of the flow table found (see `Datapath::flow_usage`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlowUsage {
+    pub in_use: HashSet<u32>,
+    pub active: std::collections::HashMap<u32, u32>,
+    pub entries: usize,
 }
 
 /// Summed per-CPU counters, as the datapath sees them.
@@ -150,8 +162,21 @@ pub struct Datapath {
 #[derive(Default)]
 struct Written {
     backends: std::collections::HashMap<u32, Backend>,
-    rings: std::collections::HashMap<u32, Vec<u32>>,
+    /// Per VIP id: the live half, and what each half holds (None: unknown).
+    rings: std::collections::HashMap<u32, RingHalves>,
     vips: std::collections::HashMap<VipKey, Service>,
+}
+
+#[derive(Clone, Default)]
+struct RingHalves {
+    live: usize,
+    halves: [Option<Vec<u32>>; 2],
+}
+
+impl RingHalves {
+    fn live_ring(&self) -> Option<&Vec<u32>> {
+        self.halves[self.live].as_ref()
+    }
 }
 
 impl Datapath {
@@ -160,6 +185,8 @@ impl Datapath {
     pub fn load(opts: &LoadOptions) -> Result<Self> {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("FLOWS", opts.flow_table_size)
+            .map_max_entries("AFFINITY", opts.flow_table_size)
+            .override_global("HASH_SEED", &opts.hash_seed, true)
             .load(OBJECT)?;
         for name in [LB_PROGRAM, PASS_PROGRAM] {
             xdp_program(&mut ebpf, name)?
@@ -226,7 +253,7 @@ impl Datapath {
         }
         for vip in &plan.vips {
             let id = vip.service.vip_id;
-            if self.written.rings.get(&id) != Some(&vip.ring) {
+            if self.written.rings.get(&id).and_then(RingHalves::live_ring) != Some(&vip.ring) {
                 self.set_ring(id, &vip.ring)?;
             }
         }
@@ -285,7 +312,9 @@ impl Datapath {
     }
 
     /// Replaces a VIP's ring: fills the half the datapath is not reading,
-    /// then switches half and length with one 32-bit store.
+    /// then switches half and length with one 32-bit store. Only slots that
+    /// differ from what that half already holds are written (consecutive
+    /// Maglev tables differ in few slots).
     pub fn set_ring(&mut self, vip_id: u32, ring: &[u32]) -> Result<()> {
         if ring.len() > RING_CAPACITY as usize {
             return Err(DatapathError::TooMany {
@@ -295,14 +324,19 @@ impl Datapath {
             });
         }
         let state: Array<&MapData, u32> = self.map("RING_STATE")?;
-        let live = state.get(&vip_id, 0).map_err(|source| DatapathError::Map {
+        let live_word = state.get(&vip_id, 0).map_err(|source| DatapathError::Map {
             map: "RING_STATE",
             source,
         })?;
-        let next_half = u32::from(live & RING_HALF_BIT == 0);
-        let base = vip_id * RING_STRIDE + next_half * RING_CAPACITY;
+        let next = usize::from(live_word & RING_HALF_BIT == 0);
+        let mut halves = self.written.rings.remove(&vip_id).unwrap_or_default();
+        let known = halves.halves[next].take();
+        let base = vip_id * RING_STRIDE + next as u32 * RING_CAPACITY;
         let mut rings: Array<&mut MapData, u32> = self.map_mut("RINGS")?;
         for (pos, backend_id) in ring.iter().enumerate() {
+            if known.as_ref().and_then(|k| k.get(pos)) == Some(backend_id) {
+                continue;
+            }
             rings
                 .set(base + pos as u32, backend_id, 0)
                 .map_err(|source| DatapathError::Map {
@@ -312,30 +346,36 @@ impl Datapath {
         }
         let mut state: Array<&mut MapData, u32> = self.map_mut("RING_STATE")?;
         state
-            .set(vip_id, ring_state(next_half, ring.len() as u32), 0)
+            .set(vip_id, ring_state(next as u32, ring.len() as u32), 0)
             .map_err(|source| DatapathError::Map {
                 map: "RING_STATE",
                 source,
             })?;
-        self.written.rings.insert(vip_id, ring.to_vec());
+        halves.halves[next] = Some(ring.to_vec());
+        halves.live = next;
+        self.written.rings.insert(vip_id, halves);
         Ok(())
     }
 
-    /// Backend ids that flows seen at or after `since_ns` (CLOCK_MONOTONIC)
-    /// still use, and the number of entries in the flow table.
-    pub fn flow_usage(&self, since_ns: u64) -> Result<(HashSet<u32>, usize)> {
+    /// Walks the flow table once: which backends flows seen at or after
+    /// `since_ns` (CLOCK_MONOTONIC) still use, how many of those flows are
+    /// open (not closed by the client) per backend, and how many entries
+    /// the table holds.
+    pub fn flow_usage(&self, since_ns: u64) -> Result<FlowUsage> {
         let flows: HashMap<&MapData, FlowKey, Flow> = self.map("FLOWS")?;
-        let mut in_use = HashSet::new();
-        let mut entries = 0;
+        let mut usage = FlowUsage::default();
         for item in flows.iter() {
             // An entry evicted while we walk is simply not seen.
             let Ok((_, flow)) = item else { continue };
-            entries += 1;
+            usage.entries += 1;
             if flow.last_seen_ns >= since_ns {
-                in_use.insert(flow.backend_id);
+                usage.in_use.insert(flow.backend_id);
+                if flow.flags & FLOW_CLOSED == 0 {
+                    *usage.active.entry(flow.backend_id).or_default() += 1;
+                }
             }
         }
-        Ok((in_use, entries))
+        Ok(usage)
     }
 
     pub fn flow_table_size(&self) -> u32 {
@@ -440,8 +480,9 @@ pub struct PassProgram {
 impl PassProgram {
     pub fn attach(iface: &str, mode: AttachMode) -> Result<Self> {
         let mut ebpf = EbpfLoader::new()
-            // The pass program uses no map; keep the flow table tiny.
+            // The pass program uses no map; keep the big tables tiny.
             .map_max_entries("FLOWS", 1)
+            .map_max_entries("AFFINITY", 1)
             .load(OBJECT)?;
         xdp_program(&mut ebpf, PASS_PROGRAM)?
             .load()

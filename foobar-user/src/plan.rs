@@ -44,7 +44,7 @@ pub fn build(config: &Config, macs: &HashMap<Ipv4Addr, [u8; 6]>) -> Result<Plan,
 mod tests {
     use super::*;
     use crate::config;
-    use foobar_common::BACKEND_UP;
+    use foobar_common::{BACKEND_NEW_FLOWS, BACKEND_UP};
 
     const TEXT: &str = r#"
         [[vip]]
@@ -94,7 +94,10 @@ mod tests {
         assert_eq!(plan.backends.len(), 3);
         assert_eq!(plan.backends[&2].addr_be[0].to_ne_bytes(), [10, 0, 0, 12]);
         assert_eq!(plan.backends[&2].mac, [2, 0, 0, 0, 0, 12]);
-        assert!(plan.backends.values().all(|b| b.flags == BACKEND_UP));
+        assert!(plan
+            .backends
+            .values()
+            .all(|b| b.flags == BACKEND_UP | BACKEND_NEW_FLOWS));
     }
 
     #[test]

@@ -46,6 +46,34 @@ pub fn round_robin_len(weights: impl IntoIterator<Item = u32>) -> u64 {
     weights.iter().map(|&w| u64::from(w / divisor)).sum()
 }
 
+/// Weighted least-connections as ring weights: each backend's weight
+/// divided by its active connections + 1, scaled so the best backend gets
+/// 64 slots (fewer when many backends would overflow the ring) and every
+/// member at least one. `members` are (backend id, weight, active flows).
+pub fn least_conn_weights(members: &[(u32, u32, u32)]) -> Vec<(u32, u32)> {
+    let share = |w: u32, active: u32| f64::from(w) / (f64::from(active) + 1.0);
+    let best = members
+        .iter()
+        .map(|&(_, w, a)| share(w, a))
+        .fold(0.0, f64::max);
+    if best == 0.0 {
+        return members.iter().map(|&(id, _, _)| (id, 0)).collect();
+    }
+    let n = members.iter().filter(|m| m.1 > 0).count().max(1) as u32;
+    let top = (foobar_common::RING_CAPACITY / n).clamp(1, 64);
+    members
+        .iter()
+        .map(|&(id, w, a)| {
+            let eff = if w == 0 {
+                0
+            } else {
+                ((f64::from(top) * share(w, a) / best).round() as u32).max(1)
+            };
+            (id, eff)
+        })
+        .collect()
+}
+
 fn gcd(a: u32, b: u32) -> u32 {
     if b == 0 {
         a
@@ -99,6 +127,23 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn least_connections_favours_the_idle_backend() {
+        let w = least_conn_weights(&[(0, 1, 0), (1, 1, 9), (2, 2, 9)]);
+        assert_eq!(w, vec![(0, 64), (1, 6), (2, 13)]);
+        let ring = round_robin(&w);
+        assert!(count(&ring, 0) > 4 * count(&ring, 1), "{w:?}");
+        // Equal load: plain weights.
+        let even = least_conn_weights(&[(0, 1, 3), (1, 1, 3)]);
+        assert_eq!(round_robin(&even), vec![0, 1]);
+        // Weight 0 stays out; everything at 0 is an empty ring.
+        assert_eq!(
+            least_conn_weights(&[(0, 0, 0), (1, 1, 0)]),
+            vec![(0, 0), (1, 64)]
+        );
+        assert!(round_robin(&least_conn_weights(&[(0, 0, 5)])).is_empty());
     }
 
     #[test]

@@ -13,13 +13,14 @@ use std::{
 };
 
 use foobar_common::{
-    Backend, Service, VipKey, AF_INET, BACKEND_UP, FWD_DSR, MAX_BACKENDS, MAX_VIPS, RING_CAPACITY,
-    SCHED_RR,
+    Backend, Service, VipKey, AF_INET, BACKEND_NEW_FLOWS, BACKEND_UP, FWD_DSR, MAX_BACKENDS,
+    MAX_VIPS, RING_CAPACITY, SCHED_MAGLEV, SCHED_RR, SERVICE_AFFINITY,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{self, Forwarding, HealthSpec, Protocol, Scheduler, MAX_WEIGHT},
+    maglev,
     plan::{MissingMac, Plan, PlannedVip},
     ring,
 };
@@ -32,9 +33,19 @@ pub struct VipSpec {
     pub port: u16,
     pub protocol: Protocol,
     pub scheduler: Scheduler,
+    /// Slots of the Maglev table (prime), for the Maglev scheduler.
+    #[serde(default = "default_table_size")]
+    pub maglev_table_size: u32,
+    /// Source affinity timeout (seconds), if the VIP has it.
+    #[serde(default)]
+    pub affinity_timeout_s: Option<u32>,
     pub forwarding: Forwarding,
     /// Health check of backends added at run time.
     pub health: HealthSpec,
+}
+
+fn default_table_size() -> u32 {
+    crate::maglev::DEFAULT_TABLE_SIZE
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,6 +135,9 @@ pub enum StateError {
 pub struct State {
     vips: Vec<VipState>,
     retired: Vec<Retired>,
+    /// Active (open, recently seen) flows per backend id, as last counted
+    /// in the flow table: what "wlc" VIPs weigh their rings by.
+    active: HashMap<u32, u32>,
 }
 
 impl VipSpec {
@@ -134,6 +148,8 @@ impl VipSpec {
             port: v.port,
             protocol: v.protocol,
             scheduler: v.scheduler,
+            maglev_table_size: v.maglev_table_size,
+            affinity_timeout_s: v.affinity_timeout_s,
             forwarding: v.forwarding,
             health: v.health.clone(),
         }
@@ -410,6 +426,24 @@ impl State {
         false
     }
 
+    /// Records active-flow counts per backend id; true if any backend of a
+    /// "wlc" VIP changed (its ring must be rebuilt).
+    pub fn set_active(&mut self, active: HashMap<u32, u32>) -> bool {
+        let changed = self.vips.iter().any(|v| {
+            v.spec.scheduler == Scheduler::LeastConn
+                && v.backends
+                    .iter()
+                    .any(|b| self.active.get(&b.id) != active.get(&b.id))
+        });
+        self.active = active;
+        changed
+    }
+
+    /// Active flows of backend `id` at the last count.
+    pub fn active(&self, id: u32) -> u32 {
+        self.active.get(&id).copied().unwrap_or(0)
+    }
+
     /// Frees retired backends no flow in `in_use` needs any more.
     pub fn free_retired(&mut self, in_use: &HashSet<u32>) -> Vec<Retired> {
         let (keep, freed) = std::mem::take(&mut self.retired)
@@ -444,12 +478,40 @@ impl State {
     pub fn plan(&self) -> Plan {
         let mut plan = Plan::default();
         for v in &self.vips {
-            let members: Vec<(u32, u32)> = v
-                .backends
-                .iter()
-                .filter(|b| b.up && b.spec.admin == Admin::Enabled)
-                .map(|b| (b.id, b.spec.weight))
-                .collect();
+            let takes_new = |b: &&BackendState| b.up && b.spec.admin == Admin::Enabled;
+            let ring = match v.spec.scheduler {
+                Scheduler::RoundRobin => {
+                    let members: Vec<(u32, u32)> = v
+                        .backends
+                        .iter()
+                        .filter(takes_new)
+                        .map(|b| (b.id, b.spec.weight))
+                        .collect();
+                    ring::round_robin(&members)
+                }
+                Scheduler::LeastConn => {
+                    let members: Vec<(u32, u32, u32)> = v
+                        .backends
+                        .iter()
+                        .filter(takes_new)
+                        .map(|b| (b.id, b.spec.weight, self.active(b.id)))
+                        .collect();
+                    ring::round_robin(&ring::least_conn_weights(&members))
+                }
+                Scheduler::Maglev => {
+                    let members: Vec<maglev::Member> = v
+                        .backends
+                        .iter()
+                        .filter(takes_new)
+                        .map(|b| maglev::Member {
+                            id: b.id,
+                            weight: b.spec.weight,
+                            address: b.spec.address,
+                        })
+                        .collect();
+                    maglev::table(&members, v.spec.maglev_table_size)
+                }
+            };
             plan.vips.push(PlannedVip {
                 name: v.spec.name.clone(),
                 key: VipKey {
@@ -461,34 +523,49 @@ impl State {
                 service: Service {
                     vip_id: v.id,
                     scheduler: match v.spec.scheduler {
-                        Scheduler::RoundRobin => SCHED_RR,
+                        Scheduler::RoundRobin | Scheduler::LeastConn => SCHED_RR,
+                        Scheduler::Maglev => SCHED_MAGLEV,
                     },
                     forward_mode: match v.spec.forwarding {
                         Forwarding::Dsr => FWD_DSR,
                     },
-                    flags: 0,
+                    flags: if v.spec.affinity_timeout_s.is_some() {
+                        SERVICE_AFFINITY
+                    } else {
+                        0
+                    },
+                    affinity_timeout_s: v.spec.affinity_timeout_s.unwrap_or(0),
+                    _pad: 0,
                 },
                 backend_ids: v.backends.iter().map(|b| b.id).collect(),
-                ring: ring::round_robin(&members),
+                ring,
             });
             for b in &v.backends {
+                let mut flags = 0;
+                if b.up {
+                    flags |= BACKEND_UP;
+                    if b.spec.admin == Admin::Enabled && b.spec.weight > 0 {
+                        flags |= BACKEND_NEW_FLOWS;
+                    }
+                }
                 plan.backends
-                    .insert(b.id, entry(b.spec.address, b.mac, b.up));
+                    .insert(b.id, entry(b.spec.address, b.mac, flags));
             }
         }
         for r in &self.retired {
-            plan.backends.insert(r.id, entry(r.address, r.mac, true));
+            plan.backends
+                .insert(r.id, entry(r.address, r.mac, BACKEND_UP));
         }
         plan
     }
 }
 
-fn entry(address: Ipv4Addr, mac: [u8; 6], up: bool) -> Backend {
+fn entry(address: Ipv4Addr, mac: [u8; 6], flags: u8) -> Backend {
     Backend {
         addr_be: [u32::from(address).to_be(), 0, 0, 0],
         mac,
         family: AF_INET,
-        flags: if up { BACKEND_UP } else { 0 },
+        flags,
     }
 }
 
@@ -530,6 +607,8 @@ mod tests {
             port,
             protocol: Protocol::Tcp,
             scheduler: Scheduler::RoundRobin,
+            maglev_table_size: maglev::DEFAULT_TABLE_SIZE,
+            affinity_timeout_s: None,
             forwarding: Forwarding::Dsr,
             health: HealthSpec::default(),
         }
@@ -567,8 +646,10 @@ mod tests {
         assert_eq!(s.plan().vips[0].ring, vec![0, 1, 2]);
         s.set_admin("web", ip(12), Admin::Drained).unwrap();
         assert_eq!(s.plan().vips[0].ring, vec![0, 2]);
-        // Drained: out of the ring, but its entry stays up for its flows.
+        // Drained: out of the ring, but its entry stays up for its flows
+        // (and no longer takes new ones, affinity included).
         assert_eq!(s.plan().backends[&1].flags, BACKEND_UP);
+        assert_eq!(s.plan().backends[&0].flags, BACKEND_UP | BACKEND_NEW_FLOWS);
         assert!(s.set_health(2, false, "connect: refused"));
         let plan = s.plan();
         assert_eq!(plan.vips[0].ring, vec![0]);

@@ -138,9 +138,18 @@ async fn serve(
 
     let datapath = Datapath::load(&LoadOptions {
         flow_table_size: config.datapath.flow_table_size,
+        hash_seed: config.datapath.hash_seed,
     })
     .context("loading the XDP programs")?;
-    let mut owner = Owner::new(state, datapath, iface.clone(), ifindex, state_file, digest);
+    let mut owner = Owner::new(
+        state,
+        datapath,
+        iface.clone(),
+        ifindex,
+        state_file,
+        digest,
+        std::time::Duration::from_millis(config.datapath.wlc_period_ms),
+    );
     owner.start()?;
     owner.datapath.attach(&iface, mode)?;
     info!(iface = %iface, mode = mode.name(), vips = owner.state.vips().len(), "attached; forwarding");
