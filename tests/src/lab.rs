@@ -54,11 +54,17 @@ pub struct Host {
 #[derive(Clone, Debug)]
 pub struct LabOptions {
     pub backends: usize,
+    /// Backends (by name, e.g. "be1") whose responses are sent at 32 KB/s:
+    /// a slow server, for schedulers that should notice.
+    pub slow: Vec<String>,
 }
 
 impl Default for LabOptions {
     fn default() -> Self {
-        LabOptions { backends: 3 }
+        LabOptions {
+            backends: 3,
+            slow: Vec::new(),
+        }
     }
 }
 
@@ -70,6 +76,7 @@ pub struct Lab {
     pub backends: Vec<Host>,
     switch_ns: String,
     namespaces: Vec<String>,
+    slow: Vec<String>,
     /// nginx masters by host name.
     servers: Vec<(String, Child)>,
     foobar: Option<Child>,
@@ -103,6 +110,7 @@ impl Lab {
                 .map(|i| host(&format!("be{i}"), 10 + i as u8))
                 .collect(),
             namespaces: Vec::new(),
+            slow: opts.slow.clone(),
             servers: Vec::new(),
             foobar: None,
             pass: None,
@@ -228,6 +236,11 @@ impl Lab {
             .iter()
             .map(|p| format!("listen {p} reuseport; "))
             .collect();
+        let rate = if self.slow.contains(n) {
+            "limit_rate 32k;"
+        } else {
+            ""
+        };
         let conf = format!(
             "worker_processes 1;\n\
              daemon off;\n\
@@ -249,6 +262,8 @@ impl Lab {
                server {{\n\
                  {listens}\n\
                  root {d}/www;\n\
+                 add_header X-Backend {n} always;\n\
+                 {rate}\n\
                  location = / {{ return 200 \"{n}\\n\"; }}\n\
                }}\n\
              }}\n"

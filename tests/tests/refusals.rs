@@ -4,7 +4,11 @@
 use foobar_tests::lab::{self, Lab, LabOptions, LB_IFACE};
 
 fn lab() -> Lab {
-    Lab::start(&LabOptions { backends: 1 }).expect("lab starts")
+    Lab::start(&LabOptions {
+        backends: 1,
+        ..LabOptions::default()
+    })
+    .expect("lab starts")
 }
 
 /// Runs `foobar ARGS` in the LB namespace: (exit ok, stderr).

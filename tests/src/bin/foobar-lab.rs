@@ -56,7 +56,10 @@ fn main() -> Result<()> {
 }
 
 fn start(foobar: &std::path::Path, backends: usize) -> Result<Lab> {
-    let mut lab = Lab::start(&LabOptions { backends })?;
+    let mut lab = Lab::start(&LabOptions {
+        backends,
+        ..LabOptions::default()
+    })?;
     println!(
         "lab {}: client {}, LB node {} (holds VIP {VIP}), {} nginx backends {}",
         lab.id,
