@@ -1029,6 +1029,69 @@ mod tests {
     }
 
     #[test]
+    fn scheduler_keys_are_validated() {
+        let c = parse(
+            r#"
+            [datapath]
+            hash_seed = 7
+            [[vip]]
+            name = "a"
+            address = "192.0.2.1"
+            port = 80
+            scheduler = "maglev"
+            maglev_table_size = 4099
+            persistence = { timeout = "5m" }
+            [[vip]]
+            name = "b"
+            address = "192.0.2.2"
+            port = 80
+            scheduler = "wlc"
+        "#,
+        )
+        .unwrap();
+        assert_eq!(c.datapath.hash_seed, 7);
+        assert_eq!(c.vips[0].scheduler, Scheduler::Maglev);
+        assert_eq!(c.vips[0].maglev_table_size, 4099);
+        assert_eq!(c.vips[0].affinity_timeout_s, Some(300));
+        assert_eq!(c.vips[1].scheduler, Scheduler::LeastConn);
+        assert_eq!(c.vips[1].affinity_timeout_s, None);
+
+        let mut got = keys(
+            r#"
+            [datapath]
+            wlc_period_ms = 5
+            [[vip]]
+            name = "a"
+            address = "192.0.2.1"
+            port = 80
+            scheduler = "maglev"
+            maglev_table_size = 65536
+            persistence = { timeout = "forever" }
+            [[vip]]
+            name = "b"
+            address = "192.0.2.2"
+            port = 80
+            maglev_table_size = 4099
+            persistence = { timeout = "0s" }
+        "#,
+        );
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                "datapath.wlc_period_ms",
+                "vip[0].maglev_table_size",
+                "vip[0].persistence.timeout",
+                "vip[1].maglev_table_size",
+                "vip[1].persistence.timeout",
+            ]
+        );
+        assert_eq!(parse_duration_s("90"), Ok(90));
+        assert_eq!(parse_duration_s("2h"), Ok(7200));
+        assert!(parse_duration_s("5d").is_err());
+    }
+
+    #[test]
     fn the_documented_example_is_valid() {
         let c = parse(include_str!("../../examples/foobar.toml")).unwrap();
         assert_eq!(c.datapath.interface.as_deref(), Some("eth0"));
