@@ -40,6 +40,15 @@ enum Cmd {
     },
     /// Setup, build, and keep a lab with foobar running until Ctrl-C.
     Lab,
+    /// Setup, build (release), and measure: per-packet cost next to a
+    /// trivial XDP program, control-plane costs. Writes docs/BENCHMARKS.md.
+    /// Needs root.
+    Bench {
+        /// One short run of everything, checking only that each produced
+        /// numbers (CI).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -59,7 +68,42 @@ fn main() -> Result<()> {
         Cmd::Test { args } => test(&args),
         Cmd::Demo { requests } => lab(&["demo", "--requests", &requests.to_string()]),
         Cmd::Lab => lab(&["up"]),
+        Cmd::Bench { quick } => bench(quick),
     }
+}
+
+fn bench(quick: bool) -> Result<()> {
+    setup::run()?;
+    require_root("cargo xtask bench")?;
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "foobar-user",
+        "--bin",
+        "foobar",
+        "-p",
+        "foobar-tests",
+        "--bin",
+        "foobar-bench",
+    ])?;
+    let bin = target_dir().join("release");
+    let mut cmd = Command::new(bin.join("foobar-bench"));
+    if quick {
+        // The smoke test leaves the published figures alone.
+        cmd.args(["--quick", "--command", "cargo xtask bench --quick"]);
+    } else {
+        cmd.arg("--out")
+            .arg(workspace_root().join("docs").join("BENCHMARKS.md"));
+    }
+    let status = cmd
+        .env("FOOBAR_BIN", bin.join("foobar"))
+        .status()
+        .context("running foobar-bench")?;
+    if !status.success() {
+        bail!("foobar-bench failed ({status})");
+    }
+    Ok(())
 }
 
 fn test(extra: &[String]) -> Result<()> {

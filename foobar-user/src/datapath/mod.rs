@@ -2,6 +2,8 @@
 //! at build time, attaches it to an interface, writes the maps from a
 //! [`Plan`], and reads the counters back. It decides nothing: what to write
 //! comes from the plan, which comes from the validated config.
+pub mod bench;
+
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{
@@ -483,6 +485,20 @@ impl Datapath {
             packets: acc.packets + c.packets,
             bytes: acc.bytes + c.bytes,
         }))
+    }
+
+    /// The load balancer program's file descriptor (for the bench harness's
+    /// tail call).
+    pub fn program_fd(&mut self) -> Result<aya::programs::ProgramFd> {
+        let prog = xdp_program(&mut self.ebpf, LB_PROGRAM)?;
+        let fd = prog.fd().map_err(|source| DatapathError::Program {
+            program: LB_PROGRAM,
+            source,
+        })?;
+        fd.try_clone().map_err(|e| DatapathError::Program {
+            program: LB_PROGRAM,
+            source: ProgramError::IOError(e),
+        })
     }
 
     /// Runs the load balancer once on `frame` with BPF_PROG_TEST_RUN and

@@ -1,0 +1,313 @@
+//! `cargo xtask bench`: what foobar costs, measured side by side in one run
+//! and reported as ratios (these machines are shared and noisy: absolute
+//! figures drift, ratios of interleaved runs much less). Prints a report and
+//! writes it to docs/BENCHMARKS.md. `--quick` runs every measurement once,
+//! briefly, and checks that each produced numbers — the CI smoke test.
+use std::{fmt::Write as _, net::Ipv4Addr, path::PathBuf, time::Instant};
+
+use anyhow::{ensure, Context as _, Result};
+use clap::Parser;
+use foobar::{
+    config,
+    datapath::{
+        bench::{Harness, FRAME_LEN},
+        Datapath, LoadOptions,
+    },
+    maglev,
+    state::{self, State},
+};
+use foobar_common::Reason;
+use foobar_tests::frames::Spec;
+
+#[derive(Parser)]
+struct Args {
+    /// One short run of everything (CI).
+    #[arg(long)]
+    quick: bool,
+    /// Where to write the report (markdown).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The command line to print as "how to reproduce".
+    #[arg(long, default_value = "cargo xtask bench")]
+    command: String,
+}
+
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    ensure!(
+        nix::unistd::geteuid().is_root(),
+        "the benchmarks load XDP programs: run as root"
+    );
+    let mut report = String::new();
+    writeln!(report, "# foobar benchmarks\n")?;
+    writeln!(
+        report,
+        "Produced by `{}`{}.\n",
+        args.command,
+        if args.quick { " (quick)" } else { "" }
+    )?;
+    writeln!(report, "{}", machine())?;
+    report.push_str(&per_packet(args.quick)?);
+    report.push_str(&control_plane(args.quick)?);
+    print!("{report}");
+    if let Some(out) = &args.out {
+        std::fs::write(out, &report).with_context(|| format!("writing {}", out.display()))?;
+        println!("\nwritten to {}", out.display());
+    }
+    Ok(())
+}
+
+/// CPU, kernel, cores and load: the context every figure needs.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    format!(
+        "Machine: {cpu}, {} cores, kernel {}; load average at start: {}\n",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        kernel.trim(),
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    )
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn frame(dst: [u8; 4]) -> [u8; FRAME_LEN] {
+    let header = 14 + 20 + 20;
+    let f = Spec {
+        dst,
+        payload: vec![b'x'; FRAME_LEN - header],
+        ..Spec::default()
+    }
+    .build();
+    f.try_into().expect("a FRAME_LEN frame")
+}
+
+fn load(scheduler: &str) -> Result<Datapath> {
+    let text = format!(
+        "[[vip]]\nname = \"web\"\naddress = \"192.0.2.10\"\nport = 80\nscheduler = \"{scheduler}\"\n\
+         [[vip.backend]]\naddress = \"10.0.0.11\"\n[[vip.backend]]\naddress = \"10.0.0.12\"\n\
+         [[vip.backend]]\naddress = \"10.0.0.13\"\n"
+    );
+    let config = config::parse(&text).map_err(|p| anyhow::anyhow!("{p:?}"))?;
+    let saved = state::saved_from_config(&config);
+    let macs = saved[0]
+        .backends
+        .iter()
+        .map(|b| (b.address, [2, 0, 0, 0, 0, b.address.octets()[3]]))
+        .collect();
+    let st = State::build(&saved, &macs)?;
+    let mut dp = Datapath::load(&LoadOptions::default())?;
+    dp.apply(&st.plan())?;
+    Ok(dp)
+}
+
+struct Case {
+    name: String,
+    dp: Datapath,
+    frame: [u8; FRAME_LEN],
+    new_flows: bool,
+    action: u32,
+    samples: Vec<f64>,
+}
+
+/// Per-packet cost with BPF_PROG_TEST_RUN: the floor (a trivial XDP_TX
+/// program), the harness's own cost, and foobar's pass, new-flow and
+/// established paths for each scheduler, in interleaved rounds.
+fn per_packet(quick: bool) -> Result<String> {
+    let (rounds, repeat) = if quick { (1, 10_000) } else { (5, 1_000_000) };
+    let mut harness = Harness::load()?;
+    let floor_fd = harness.floor_fd()?;
+    let vip = frame([192, 0, 2, 10]);
+    let other = frame([192, 0, 2, 99]);
+    let mut cases = Vec::new();
+    for scheduler in ["rr", "maglev"] {
+        for (path, frame, new_flows, action) in [
+            ("pass (not a VIP)", other, false, XDP_PASS),
+            ("new flow (miss, schedule, insert)", vip, true, XDP_TX),
+            ("established (flow-table hit)", vip, false, XDP_TX),
+        ] {
+            if path.starts_with("pass") && scheduler != "rr" {
+                continue; // the pass path does not depend on the scheduler
+            }
+            let name = if path.starts_with("pass") {
+                path.to_owned()
+            } else {
+                format!("{scheduler}, dsr: {path}")
+            };
+            cases.push(Case {
+                name,
+                dp: load(scheduler)?,
+                frame,
+                new_flows,
+                action,
+                samples: Vec::new(),
+            });
+        }
+    }
+    let (mut floor, mut with_harness) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        floor.push(harness.floor(&vip, repeat)?.ns_per_packet);
+        with_harness.push(harness.run(&floor_fd, &vip, false, repeat)?.ns_per_packet);
+        for case in &mut cases {
+            let before = case.dp.stats(1, 3)?;
+            let fd = case.dp.program_fd()?;
+            let s = harness.run(&fd, &case.frame, case.new_flows, repeat)?;
+            ensure!(
+                s.action == case.action,
+                "{}: action {} (expected {})",
+                case.name,
+                s.action,
+                case.action
+            );
+            let after = case.dp.stats(1, 3)?;
+            check_path(case, &before, &after, repeat)?;
+            case.samples.push(s.ns_per_packet);
+        }
+    }
+    let floor = median(floor);
+    let harness_cost = median(with_harness) - floor;
+    let mut out = String::new();
+    writeln!(out, "\n## Per-packet cost (BPF_PROG_TEST_RUN)\n")?;
+    writeln!(
+        out,
+        "repeat {repeat}, median of {rounds} interleaved round(s); a {FRAME_LEN}-byte TCP frame. \
+         The harness restores the frame (and, for new flows, gives it a new source address and \
+         port) before tail-calling the program; its own cost, measured with the trivial target, \
+         is subtracted. Each figure's path is checked against foobar's counters.\n"
+    )?;
+    writeln!(out, "| path | ns/packet | × floor |\n|---|---:|---:|")?;
+    writeln!(out, "| floor: trivial XDP_TX program | {floor:.1} | 1.00 |")?;
+    writeln!(out, "| harness (subtracted below) | {harness_cost:.1} | |")?;
+    for case in &cases {
+        let cost = median(case.samples.clone()) - harness_cost;
+        writeln!(out, "| {} | {cost:.1} | {:.2} |", case.name, cost / floor)?;
+    }
+    Ok(out)
+}
+
+/// Did the run go down the path its name says?
+fn check_path(
+    case: &mut Case,
+    before: &foobar::datapath::Stats,
+    after: &foobar::datapath::Stats,
+    repeat: u32,
+) -> Result<()> {
+    let delta = |r: Reason| after.reason(r).packets - before.reason(r).packets;
+    let want = if case.action == XDP_PASS {
+        Reason::NotVip
+    } else {
+        Reason::Forwarded
+    };
+    ensure!(
+        delta(want) == u64::from(repeat),
+        "{}: {} packets counted as {}, expected {repeat}",
+        case.name,
+        delta(want),
+        want.name()
+    );
+    if case.action == XDP_TX {
+        let entries = case.dp.flow_usage(0)?.entries;
+        if case.new_flows {
+            ensure!(
+                entries > 1,
+                "{}: new-flow run left {entries} flow entries",
+                case.name
+            );
+        } else {
+            ensure!(
+                entries == 1,
+                "{}: established run left {entries} flow entries",
+                case.name
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Control-plane costs: Maglev table builds and ring updates.
+fn control_plane(quick: bool) -> Result<String> {
+    let rounds = if quick { 1 } else { 5 };
+    let mut out = String::new();
+    writeln!(out, "\n## Control plane\n")?;
+    writeln!(out, "| what | median | target |\n|---|---:|---|")?;
+    for n in [10u32, 100, 1000] {
+        let members: Vec<maglev::Member> = (0..n)
+            .map(|i| maglev::Member {
+                id: i,
+                weight: 1,
+                address: Ipv4Addr::from(0x0a00_0000 + i + 1),
+            })
+            .collect();
+        let times: Vec<f64> = (0..rounds)
+            .map(|_| {
+                let t = Instant::now();
+                let table = maglev::table(&members, maglev::DEFAULT_TABLE_SIZE);
+                let elapsed = t.elapsed();
+                assert_eq!(table.len(), maglev::DEFAULT_TABLE_SIZE as usize);
+                elapsed.as_secs_f64() * 1e3
+            })
+            .collect();
+        let target = if n == 1000 { "< 5 ms" } else { "" };
+        writeln!(
+            out,
+            "| Maglev table build, 65537 slots × {n} backends | {:.2} ms | {target} |",
+            median(times)
+        )?;
+    }
+    // Ring updates: a whole Maglev table, then one with one backend fewer
+    // (only the slots that differ from the half being written are written).
+    let mut dp = load("maglev")?;
+    let members: Vec<maglev::Member> = (0..100)
+        .map(|i| maglev::Member {
+            id: i % 3,
+            weight: 1,
+            address: Ipv4Addr::from(0x0a00_0000 + i + 1),
+        })
+        .collect();
+    let full = maglev::table(&members, maglev::DEFAULT_TABLE_SIZE);
+    let fewer = maglev::table(&members[1..], maglev::DEFAULT_TABLE_SIZE);
+    let mut first = Vec::new();
+    let mut changed = Vec::new();
+    for _ in 0..rounds {
+        let mut writer = dp.ring_writer()?;
+        let t = Instant::now();
+        writer.set(0, &full)?;
+        first.push(t.elapsed().as_secs_f64() * 1e3);
+        writer.set(0, &fewer)?;
+        writer.set(0, &full)?;
+        let t = Instant::now();
+        writer.set(0, &fewer)?;
+        changed.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    writeln!(
+        out,
+        "| ring update, whole 65537-slot table | {:.1} ms | |",
+        median(first)
+    )?;
+    writeln!(
+        out,
+        "| ring update, one of 100 backends removed | {:.2} ms | |",
+        median(changed)
+    )?;
+    Ok(out)
+}
