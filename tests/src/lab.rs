@@ -57,6 +57,10 @@ pub struct LabOptions {
     /// Backends (by name, e.g. "be1") whose responses are sent at 32 KB/s:
     /// a slow server, for schedulers that should notice.
     pub slow: Vec<String>,
+    /// Wire-like offload settings (checksum offload, TSO, GSO off) on every
+    /// host's veth, not only the client's: benchmarks compare paths with
+    /// the same settings.
+    pub wire_like_everywhere: bool,
 }
 
 impl Default for LabOptions {
@@ -64,6 +68,7 @@ impl Default for LabOptions {
         LabOptions {
             backends: 3,
             slow: Vec::new(),
+            wire_like_everywhere: false,
         }
     }
 }
@@ -77,6 +82,7 @@ pub struct Lab {
     switch_ns: String,
     namespaces: Vec<String>,
     slow: Vec<String>,
+    wire_like_everywhere: bool,
     /// nginx masters by host name.
     servers: Vec<(String, Child)>,
     foobar: Option<Child>,
@@ -111,6 +117,7 @@ impl Lab {
                 .collect(),
             namespaces: Vec::new(),
             slow: opts.slow.clone(),
+            wire_like_everywhere: opts.wire_like_everywhere,
             servers: Vec::new(),
             foobar: None,
             pass: None,
@@ -162,13 +169,21 @@ impl Lab {
             ])?;
             run(&["ip", "-n", &h.ns, "link", "set", "eth0", "up"])?;
         }
-        // Wire-like frames from the client: full checksums, at most MTU-sized.
-        self.exec(
-            &self.client.ns,
-            &[
-                "ethtool", "-K", "eth0", "tx", "off", "tso", "off", "gso", "off",
-            ],
-        )?;
+        // Wire-like frames from the client (from every host when asked): full
+        // checksums, at most MTU-sized.
+        let wire_like = if self.wire_like_everywhere {
+            self.hosts()
+        } else {
+            vec![self.client.clone()]
+        };
+        for h in wire_like {
+            self.exec(
+                &h.ns,
+                &[
+                    "ethtool", "-K", "eth0", "tx", "off", "tso", "off", "gso", "off",
+                ],
+            )?;
+        }
         // The LB node holds the VIP (as a VRRP master would) and answers ARP.
         run(&[
             "ip",
@@ -321,6 +336,30 @@ impl Lab {
         wait_for(&format!("nginx on {name}"), Duration::from_secs(10), || {
             Ok(self.curl(&url)?.trim() == name)
         })
+    }
+
+    /// Starts a long-running server in `ns`; the lab stops it on cleanup.
+    pub fn start_server(&mut self, ns: &str, name: &str, args: &[&str]) -> Result<()> {
+        let log = fs::File::create(self.dir.join(format!("{name}.log")))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {args:?}"))?;
+        self.servers.push((name.to_owned(), child));
+        Ok(())
+    }
+
+    /// Stops a server started with `start_server` (SIGTERM, then SIGKILL).
+    pub fn stop_server(&mut self, name: &str) -> Result<()> {
+        if let Some(i) = self.servers.iter().position(|(n, _)| n == name) {
+            let (_, mut child) = self.servers.remove(i);
+            terminate(&mut child, Duration::from_secs(5))?;
+        }
+        Ok(())
     }
 
     /// Runs the `foobar` CLI on the LB node against this lab's daemon.
@@ -660,9 +699,12 @@ pub fn wait_for(
 }
 
 /// What wrk reported.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct WrkResult {
     pub requests: u64,
+    pub requests_per_s: f64,
+    /// Bytes read per second.
+    pub transfer_per_s: f64,
     /// connect + read + write + timeout errors.
     pub socket_errors: u64,
     pub non_2xx_3xx: u64,
@@ -703,9 +745,28 @@ pub fn parse_wrk(text: &str) -> WrkResult {
                 .sum();
         } else if let Some(rest) = line.strip_prefix("Non-2xx or 3xx responses:") {
             r.non_2xx_3xx = rest.trim().parse().unwrap_or(0);
+        } else if let Some(rest) = line.strip_prefix("Requests/sec:") {
+            r.requests_per_s = rest.trim().parse().unwrap_or(0.0);
+        } else if let Some(rest) = line.strip_prefix("Transfer/sec:") {
+            r.transfer_per_s = parse_size(rest.trim());
         }
     }
     r
+}
+
+/// wrk's sizes: "123.45MB", "980.12KB", "12B" (binary units).
+fn parse_size(text: &str) -> f64 {
+    let split = text
+        .find(|c: char| c.is_ascii_alphabetic())
+        .unwrap_or(text.len());
+    let (n, unit) = text.split_at(split);
+    let scale = match unit {
+        "KB" => 1024.0,
+        "MB" => 1024.0 * 1024.0,
+        "GB" => 1024.0 * 1024.0 * 1024.0,
+        _ => 1.0,
+    };
+    n.parse::<f64>().unwrap_or(0.0) * scale
 }
 
 /// Runs a command; its stdout, or an error with its stderr.
@@ -751,9 +812,11 @@ mod tests {
         let text = "Running 5s test @ http://10.201.0.100/\n  2 threads and 16 connections\n\
                     \x20 12345 requests in 5.00s, 2.00MB read\n\
                     \x20 Socket errors: connect 1, read 2, write 0, timeout 3\n\
-                    \x20 Non-2xx or 3xx responses: 7\nRequests/sec:   2469.00\n";
+                    \x20 Non-2xx or 3xx responses: 7\nRequests/sec:   2469.00\nTransfer/sec:      1.50MB\n";
         let r = parse_wrk(text);
         assert_eq!((r.requests, r.socket_errors, r.non_2xx_3xx), (12345, 6, 7));
+        assert_eq!(r.requests_per_s, 2469.0);
+        assert_eq!(r.transfer_per_s, 1.5 * 1024.0 * 1024.0);
         let clean = parse_wrk("  99 requests in 1.00s, 1KB read\n");
         assert_eq!(
             (clean.requests, clean.socket_errors, clean.non_2xx_3xx),

@@ -2,3 +2,4 @@
 //! benchmarks: the network-namespace lab and packet fixtures.
 pub mod frames;
 pub mod lab;
+pub mod peers;

@@ -22,6 +22,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iputils-ping", "ping"),
     ("procps", "sysctl"),
     ("util-linux", "setpriv"),
+    // The benchmark's peers: an HAProxy and an nftables load balancer.
+    ("haproxy", "haproxy"),
+    ("nftables", "nft"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

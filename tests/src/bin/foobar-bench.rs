@@ -17,7 +17,11 @@ use foobar::{
     state::{self, State},
 };
 use foobar_common::Reason;
-use foobar_tests::frames::Spec;
+use foobar_tests::{
+    frames::Spec,
+    lab::{self, Lab, LabOptions, VIP},
+    peers,
+};
 
 #[derive(Parser)]
 struct Args {
@@ -52,6 +56,7 @@ fn main() -> Result<()> {
     writeln!(report, "{}", machine())?;
     report.push_str(&per_packet(args.quick)?);
     report.push_str(&control_plane(args.quick)?);
+    report.push_str(&end_to_end(args.quick)?);
     print!("{report}");
     if let Some(out) = &args.out {
         std::fs::write(out, &report).with_context(|| format!("writing {}", out.display()))?;
@@ -309,5 +314,255 @@ fn control_plane(quick: bool) -> Result<String> {
         "| ring update, one of 100 backends removed | {:.2} ms | |",
         median(changed)
     )?;
+    Ok(out)
+}
+
+/// The load-balancing paths compared end to end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    /// Client straight to one backend: the ceiling.
+    Direct,
+    /// foobar, native XDP, DSR, round-robin.
+    Foobar,
+    /// HAProxy in TCP mode, `balance roundrobin`.
+    Haproxy,
+    /// nftables DNAT with `numgen inc`, masquerade.
+    Nft,
+}
+
+const PATHS: [Path; 4] = [Path::Direct, Path::Foobar, Path::Haproxy, Path::Nft];
+
+impl Path {
+    fn name(self) -> &'static str {
+        match self {
+            Path::Direct => "direct",
+            Path::Foobar => "foobar",
+            Path::Haproxy => "HAProxy",
+            Path::Nft => "nftables",
+        }
+    }
+
+    fn host(self, lab: &Lab) -> String {
+        match self {
+            Path::Direct => lab.backends[0].addr.to_string(),
+            Path::Foobar => VIP.to_string(),
+            Path::Haproxy => peers::HAPROXY_ADDR.to_string(),
+            Path::Nft => peers::NFT_ADDR.to_string(),
+        }
+    }
+
+    fn start(self, lab: &mut Lab) -> Result<()> {
+        match self {
+            Path::Direct => Ok(()),
+            Path::Foobar => {
+                let config = peers::foobar_config(lab);
+                lab.start_foobar(&lab::foobar_bin()?, &config)
+            }
+            Path::Haproxy => peers::start_haproxy(lab),
+            Path::Nft => peers::start_nft(lab),
+        }
+    }
+
+    fn stop(self, lab: &mut Lab) -> Result<()> {
+        match self {
+            Path::Direct => Ok(()),
+            Path::Foobar => lab.stop_foobar().map(|_| ()),
+            Path::Haproxy => peers::stop_haproxy(lab),
+            Path::Nft => peers::stop_nft(lab),
+        }
+    }
+}
+
+/// The workloads, each a figure where more is better (except CPU).
+const WORKLOADS: [&str; 5] = [
+    "HTTP small responses (wrk, requests/s)",
+    "HTTP 1 MB responses (wrk, MB/s)",
+    "TCP stream (iperf3, Gbit/s)",
+    "UDP 64-byte datagrams (iperf3, received packets/s)",
+    "CPU, whole machine, per small HTTP request (µs, less is better)",
+];
+
+/// system + irq + softirq jiffies of the whole machine.
+fn kernel_jiffies() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq
+    f.get(2).copied().unwrap_or(0) + f.get(5).copied().unwrap_or(0) + f.get(6).copied().unwrap_or(0)
+}
+
+fn run_in(lab: &Lab, args: &[&str]) -> Result<String> {
+    let out = lab.output(&lab.client.ns, args)?;
+    ensure!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn iperf3(lab: &Lab, host: &str, secs: u64, udp: bool) -> Result<f64> {
+    let t = secs.to_string();
+    let port = peers::IPERF_PORT.to_string();
+    let mut args = vec!["iperf3", "-c", host, "-p", &port, "-t", &t, "-J"];
+    if udp {
+        args.extend(["-u", "-l", "64", "-b", "0"]);
+    }
+    let json: serde_json::Value = serde_json::from_str(&run_in(lab, &args)?)?;
+    let end = &json["end"];
+    if udp {
+        let sum = &end["sum"];
+        let received =
+            sum["packets"].as_f64().unwrap_or(0.0) - sum["lost_packets"].as_f64().unwrap_or(0.0);
+        Ok(received / sum["seconds"].as_f64().unwrap_or(1.0).max(1e-3))
+    } else {
+        Ok(end["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or(0.0)
+            / 1e9)
+    }
+}
+
+/// One path, every workload; None where the path cannot do it.
+fn measure(lab: &Lab, path: Path, secs: u64) -> Result<Vec<Option<f64>>> {
+    let host = path.host(lab);
+    let d = format!("{secs}s");
+    let jiffies = kernel_jiffies();
+    let small = lab::parse_wrk(&run_in(
+        lab,
+        &["wrk", "-t2", "-c32", "-d", &d, &format!("http://{host}/")],
+    )?);
+    let cpu_us = (kernel_jiffies() - jiffies) as f64 * 10_000.0 / small.requests.max(1) as f64;
+    ensure!(
+        small.socket_errors == 0 && small.non_2xx_3xx == 0,
+        "{}: wrk errors\n{}",
+        path.name(),
+        small.text
+    );
+    let big = lab::parse_wrk(&run_in(
+        lab,
+        &[
+            "wrk",
+            "-t2",
+            "-c8",
+            "-d",
+            &d,
+            &format!("http://{host}/1m.bin"),
+        ],
+    )?);
+    ensure!(
+        big.socket_errors == 0 && big.non_2xx_3xx == 0,
+        "{}: wrk errors\n{}",
+        path.name(),
+        big.text
+    );
+    let tcp = iperf3(lab, &host, secs, false)?;
+    let udp = if path == Path::Haproxy {
+        None
+    } else {
+        Some(iperf3(lab, &host, secs, true)?)
+    };
+    Ok(vec![
+        Some(small.requests_per_s),
+        Some(big.transfer_per_s / (1024.0 * 1024.0)),
+        Some(tcp),
+        udp,
+        Some(cpu_us),
+    ])
+}
+
+/// End to end in the netns lab, the paths interleaved in rounds.
+fn end_to_end(quick: bool) -> Result<String> {
+    let (rounds, secs) = if quick { (1, 1) } else { (3, 5) };
+    let mut lab = Lab::start(&LabOptions {
+        wire_like_everywhere: true,
+        ..LabOptions::default()
+    })?;
+    lab.make_file("1m.bin", 1024 * 1024)?;
+    peers::prepare(&mut lab)?;
+    // results[path][workload] = one value per round
+    let mut results = vec![vec![Vec::new(); WORKLOADS.len()]; PATHS.len()];
+    let mut loads = Vec::new();
+    for _ in 0..rounds {
+        loads.push(std::fs::read_to_string("/proc/loadavg").unwrap_or_default());
+        for (p, path) in PATHS.iter().enumerate() {
+            path.start(&mut lab)
+                .with_context(|| format!("starting {}", path.name()))?;
+            let values = measure(&lab, *path, secs);
+            path.stop(&mut lab)?;
+            for (w, v) in values?.into_iter().enumerate() {
+                if let Some(v) = v {
+                    ensure!(
+                        v > 0.0,
+                        "{} gave no figure for {}",
+                        path.name(),
+                        WORKLOADS[w]
+                    );
+                    results[p][w].push(v);
+                }
+            }
+        }
+    }
+    let mut out = String::new();
+    writeln!(out, "\n## End to end (netns lab)\n")?;
+    writeln!(
+        out,
+        "Client, LB node and 3 nginx backends in network namespaces on one bridge; every veth \
+         with wire-like offloads (tx checksum, TSO, GSO off), as XDP on veth needs. {rounds} \
+         round(s) of {secs} s per workload, paths interleaved in each round (direct, foobar, \
+         HAProxy, nftables); medians, and ratios as the median of per-round ratios. Direct is \
+         one backend; the balancers spread over three (iperf3 goes to be1 through each). \
+         foobar: native XDP, DSR, round-robin. HAProxy: TCP mode, roundrobin. nftables: DNAT \
+         numgen inc + masquerade. The CPU row counts system+irq+softirq time of the whole \
+         machine (the lab shares it) per request. Load average per round: {}.\n",
+        loads
+            .iter()
+            .map(|l| l.split_whitespace().next().unwrap_or("?").to_owned())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )?;
+    writeln!(
+        out,
+        "| workload | direct | foobar | HAProxy | nftables | foobar/direct | foobar/HAProxy | foobar/nftables |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|"
+    )?;
+    let fmt = |v: &[f64]| {
+        if v.is_empty() {
+            "n/a".to_owned()
+        } else {
+            format!("{:.2}", median(v.to_vec()))
+        }
+    };
+    let ratio = |a: &[f64], b: &[f64]| {
+        if a.is_empty() || b.is_empty() {
+            "n/a".to_owned()
+        } else {
+            format!(
+                "{:.2}",
+                median(a.iter().zip(b).map(|(x, y)| x / y).collect())
+            )
+        }
+    };
+    for (w, name) in WORKLOADS.iter().enumerate() {
+        let r = |p: usize| results[p][w].as_slice();
+        writeln!(
+            out,
+            "| {name} | {} | {} | {} | {} | {} | {} | {} |",
+            fmt(r(0)),
+            fmt(r(1)),
+            fmt(r(2)),
+            fmt(r(3)),
+            ratio(r(1), r(0)),
+            ratio(r(1), r(2)),
+            ratio(r(1), r(3)),
+        )?;
+    }
     Ok(out)
 }
