@@ -26,7 +26,8 @@ enum Cmd {
     /// Setup, then build everything.
     Build,
     /// Setup, then run every test: unit, datapath (BPF_PROG_TEST_RUN) and
-    /// netns integration tests. Needs root.
+    /// netns integration tests, then `bench --quick` as a smoke test (with
+    /// no test-name filter given). Needs root.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
@@ -125,7 +126,18 @@ fn test(extra: &[String]) -> Result<()> {
     // Each lab test runs its own namespaces and nginx; two at a time suits
     // these 2-core machines.
     args.extend(["--", "--test-threads=2"]);
-    let (passed, failed, ok) = cargo_test(&args)?;
+    let (mut passed, mut failed, ok) = cargo_test(&args)?;
+    // The benchmark harness's smoke run: every measurement must produce
+    // numbers (not any particular ones), so the bench cannot rot.
+    if extra.is_empty() {
+        match bench(true) {
+            Ok(()) => passed += 1,
+            Err(e) => {
+                eprintln!("cargo xtask bench --quick failed: {e:#}");
+                failed += 1;
+            }
+        }
+    }
     // One closing line for the whole run, whatever order cargo ran in.
     println!("\nall tests: {passed} passed, {failed} failed");
     if !ok || failed > 0 {
