@@ -76,9 +76,11 @@ fn main() -> Result<()> {
 fn bench(quick: bool) -> Result<()> {
     setup::run()?;
     require_root("cargo xtask bench")?;
-    cargo(&[
+    // The figures need a release build; the smoke run only checks that
+    // every measurement runs, and shares the tests' debug build.
+    let profile = if quick { "debug" } else { "release" };
+    let mut build = vec![
         "build",
-        "--release",
         "-p",
         "foobar-user",
         "--bin",
@@ -87,11 +89,15 @@ fn bench(quick: bool) -> Result<()> {
         "foobar-tests",
         "--bin",
         "foobar-bench",
-    ])?;
-    let bin = target_dir().join("release");
+    ];
+    if !quick {
+        build.push("--release");
+    }
+    cargo(&build)?;
+    let bin = target_dir().join(profile);
     let mut cmd = Command::new(bin.join("foobar-bench"));
     if quick {
-        // The smoke test leaves the published figures alone.
+        // The smoke run leaves the published figures alone.
         cmd.args(["--quick", "--command", "cargo xtask bench --quick"]);
     } else {
         cmd.arg("--out")
