@@ -150,8 +150,11 @@ fn ring_updates_never_show_traffic_a_backend_outside_old_or_new() {
     let stale = vec![5u32; 8];
     dp.set_ring(0, &stale).unwrap();
     dp.set_ring(0, &stale).unwrap();
-    let mut writer = dp.ring_writer().unwrap();
     let (old, new) = (vec![0u32, 1], vec![2u32, 3, 4]);
+    // A real ring is live before traffic starts; the sentinel stays only
+    // beyond its length.
+    dp.set_ring(0, &new).unwrap();
+    let mut writer = dp.ring_writer().unwrap();
     let updates = std::thread::spawn(move || {
         for i in 0..1000 {
             writer.set(0, if i % 2 == 0 { &old } else { &new }).unwrap();
