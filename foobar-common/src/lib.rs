@@ -120,8 +120,9 @@ const _: () = assert!(size_of::<AffinityKey>() == 20);
 pub struct Flow {
     pub backend_id: u32,
     pub vip_id: u32,
-    /// CLOCK_MONOTONIC (bpf_ktime_get_ns) of the flow's latest packet: lets
-    /// userspace tell live flows of a removed backend from idle ones.
+    /// CLOCK_MONOTONIC_COARSE (bpf_ktime_get_coarse_ns) of the flow's latest
+    /// packet: lets userspace tell live flows of a removed backend from idle
+    /// ones.
     pub last_seen_ns: u64,
     /// FLOW_CLOSED once the client sent FIN or RST.
     pub flags: u32,

@@ -10,6 +10,11 @@ use foobar_common::{
     MAX_BACKENDS, MAX_VIPS, REASON_COUNT, RING_STRIDE,
 };
 
+/// IPv4 addresses (network order) that have at least one VIP: one lookup
+/// on a 4-byte key sends all other traffic on its way (the pass path).
+#[map]
+pub static VIP_ADDRS4: HashMap<u32, u32> = HashMap::with_max_entries(MAX_VIPS, 0);
+
 /// (address, port, protocol) -> service. Port 0 is the every-port VIP.
 #[map]
 pub static VIPS: HashMap<VipKey, Service> = HashMap::with_max_entries(MAX_VIPS, 0);

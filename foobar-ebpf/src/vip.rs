@@ -1,11 +1,21 @@
 //! Step 2: find the service of a packet's (address, port, protocol); a VIP
 //! with port 0 serves every port. No match means the packet is not ours.
-use foobar_common::{Reason, Service, VipKey};
+use foobar_common::{Reason, Service, VipKey, AF_INET};
 
-use crate::{maps::VIPS, parse::Packet, verdict::Verdict};
+use crate::{
+    maps::{VIPS, VIP_ADDRS4},
+    parse::Packet,
+    verdict::Verdict,
+};
 
 #[inline(always)]
 pub fn lookup(pkt: &Packet) -> Result<Service, Verdict> {
+    // The prefilter: most packets that reach the node are not for a VIP
+    // address at all (the node's own traffic), and one small lookup says so.
+    // SAFETY: written only by userspace; a racing update gives old or new.
+    if pkt.flow.family == AF_INET && unsafe { VIP_ADDRS4.get(&pkt.flow.dst_be[0]) }.is_none() {
+        return Err(Verdict::pass(Reason::NotVip));
+    }
     let mut key = VipKey {
         addr_be: pkt.flow.dst_be,
         port_be: pkt.flow.dport_be,

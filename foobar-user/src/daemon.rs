@@ -629,7 +629,8 @@ pub fn parse_ipv4(text: &str) -> Result<Ipv4Addr, String> {
         .map_err(|_| format!("\"{text}\" is not an IPv4 address (for example 10.0.0.11)"))
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock of bpf_ktime_get_ns.
+/// CLOCK_MONOTONIC in nanoseconds: the clock of the datapath's last-seen
+/// times (bpf_ktime_get_coarse_ns, which lags it by at most one tick).
 pub fn monotonic_ns() -> u64 {
     let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .expect("CLOCK_MONOTONIC is always available");

@@ -431,3 +431,37 @@ fn emptied_ring_drops_new_flows() {
     assert_eq!(stats.reason(Reason::NoBackend).packets, 1);
     assert_eq!(stats.reason(Reason::Forwarded).packets, 0);
 }
+
+#[test]
+fn removing_a_vip_hands_its_address_back_to_the_kernel() {
+    let (mut dp, _) = datapath(CONFIG);
+    let config = config::parse(CONFIG).unwrap();
+    let saved = foobar::state::saved_from_config(&config);
+    let mut st = foobar::state::State::build(&saved, &macs()).unwrap();
+    let udp = Spec {
+        l4: L4::Udp,
+        dst: [192, 0, 2, 20],
+        dport: 53,
+        ..Spec::default()
+    };
+    assert_eq!(dp.test_run(&udp.build()).unwrap().0, XDP_TX);
+    // 192.0.2.20 has one VIP: removing it takes the address out of the
+    // prefilter, so its traffic is the kernel's again, untouched.
+    st.remove_vip("udp-any").unwrap();
+    dp.apply(&st.plan()).unwrap();
+    let (action, out) = dp.test_run(&udp.build()).unwrap();
+    assert_eq!((action, out), (XDP_PASS, udp.build()));
+    let web = Spec::default();
+    assert_eq!(
+        dp.test_run(&web.build()).unwrap().0,
+        XDP_TX,
+        "the other VIPs still serve"
+    );
+    // Added back, it is served again.
+    let spec = saved.iter().find(|v| v.spec.name == "udp-any").unwrap();
+    st.add_vip(spec.spec.clone()).unwrap();
+    st.add_backend("udp-any", spec.backends[0].clone(), backend_mac(21))
+        .unwrap();
+    dp.apply(&st.plan()).unwrap();
+    assert_eq!(dp.test_run(&udp.build()).unwrap().0, XDP_TX);
+}

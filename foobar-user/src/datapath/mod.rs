@@ -166,6 +166,8 @@ pub struct Datapath {
 struct Written {
     backends: std::collections::HashMap<u32, Backend>,
     vips: std::collections::HashMap<VipKey, Service>,
+    /// IPv4 VIP addresses in the prefilter map.
+    vip_addrs4: HashSet<u32>,
 }
 
 #[derive(Clone, Default)]
@@ -367,6 +369,23 @@ impl Datapath {
                 self.rings.set(id, &vip.ring)?;
             }
         }
+        // Prefilter addresses before the VIP keys that need them, and
+        // removed after the keys that used them are gone.
+        let addrs: HashSet<u32> = plan
+            .vips
+            .iter()
+            .filter(|v| v.key.family == foobar_common::AF_INET)
+            .map(|v| v.key.addr_be[0])
+            .collect();
+        let mut prefilter: HashMap<&mut MapData, u32, u32> = map_mut(&mut self.ebpf, "VIP_ADDRS4")?;
+        for addr in addrs.difference(&self.written.vip_addrs4) {
+            prefilter
+                .insert(addr, 1, 0)
+                .map_err(|source| DatapathError::Map {
+                    map: "VIP_ADDRS4",
+                    source,
+                })?;
+        }
         let mut vips: HashMap<&mut MapData, VipKey, Service> = map_mut(&mut self.ebpf, "VIPS")?;
         for vip in &plan.vips {
             if self.written.vips.get(&vip.key) != Some(&vip.service) {
@@ -392,6 +411,16 @@ impl Datapath {
             })?;
             self.written.vips.remove(&key);
         }
+        let mut prefilter: HashMap<&mut MapData, u32, u32> = map_mut(&mut self.ebpf, "VIP_ADDRS4")?;
+        for addr in self.written.vip_addrs4.difference(&addrs) {
+            prefilter
+                .remove(addr)
+                .map_err(|source| DatapathError::Map {
+                    map: "VIP_ADDRS4",
+                    source,
+                })?;
+        }
+        self.written.vip_addrs4 = addrs;
         for (&id, backend) in &plan.backends {
             if backend.flags & BACKEND_UP == 0 && self.written.backends.get(&id) != Some(backend) {
                 self.set_backend(id, backend)?;
