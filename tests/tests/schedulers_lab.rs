@@ -184,3 +184,51 @@ fn wlc_sends_a_slow_backend_fewer_new_connections_than_rr() {
         "wlc gave the slow backend {wlc_share:.3} of the requests, rr {rr_share:.3}"
     );
 }
+
+#[test]
+fn source_affinity_keeps_a_client_on_one_backend_until_it_is_drained() {
+    let mut lab = Lab::start(&LabOptions::default()).unwrap();
+    let config = lab.config().replace(
+        "scheduler = \"rr\"\n",
+        "scheduler = \"rr\"\npersistence = { timeout = \"300s\" }\n",
+    );
+    assert!(config.contains("persistence"), "{config}");
+    lab.start_foobar(&lab::foobar_bin().unwrap(), &config)
+        .unwrap();
+    let served: Vec<String> = (0..20)
+        .map(|_| {
+            lab.curl(&format!("http://{VIP}/"))
+                .unwrap()
+                .trim()
+                .to_owned()
+        })
+        .collect();
+    let first = served[0].clone();
+    assert!(
+        served.iter().all(|b| *b == first),
+        "one client, many backends: {served:?}"
+    );
+
+    // Drained, its backend takes no new connection, affinity or not.
+    let addr = lab
+        .backends
+        .iter()
+        .find(|b| b.name == first)
+        .unwrap()
+        .addr
+        .to_string();
+    cli(&lab, &["backend", "drain", "web", &addr]);
+    let after: Vec<String> = (0..10)
+        .map(|_| {
+            lab.curl(&format!("http://{VIP}/"))
+                .unwrap()
+                .trim()
+                .to_owned()
+        })
+        .collect();
+    assert!(!after.contains(&first), "{after:?}");
+    assert!(
+        after.iter().all(|b| *b == after[0]),
+        "sticks to its new backend: {after:?}"
+    );
+}

@@ -51,16 +51,17 @@ fn render(s: &Value) -> String {
             rate(&v["bytes_per_s"]),
         ));
         out.push_str(&format!(
-            "  {:<16} {:>6} {:<8} {:<6} {:>8} {:>8}  {}\n",
-            "BACKEND", "WEIGHT", "ADMIN", "HEALTH", "PKT/S", "B/S", "LAST CHECK"
+            "  {:<16} {:>6} {:<8} {:<6} {:>7} {:>8} {:>8}  {}\n",
+            "BACKEND", "WEIGHT", "ADMIN", "HEALTH", "ACTIVE", "PKT/S", "B/S", "LAST CHECK"
         ));
         for b in v["backends"].as_array().into_iter().flatten() {
             out.push_str(&format!(
-                "  {:<16} {:>6} {:<8} {:<6} {:>8} {:>8}  {}\n",
+                "  {:<16} {:>6} {:<8} {:<6} {:>7} {:>8} {:>8}  {}\n",
                 b["address"].as_str().unwrap_or("?"),
                 b["weight"],
                 b["admin"].as_str().unwrap_or("?"),
                 b["health"].as_str().unwrap_or("?"),
+                b["active_flows"],
                 rate(&b["packets_per_s"]),
                 rate(&b["bytes_per_s"]),
                 b["last_check"].as_str().unwrap_or(""),
