@@ -489,10 +489,7 @@ impl Owner {
                     .iter()
                     .map(|b| {
                         let (bpps, bbps) = rate(&self.rates.backends, b.id);
-                        let c = stats
-                            .as_ref()
-                            .and_then(|s| s.backends.get(b.id as usize).cloned())
-                            .unwrap_or_default();
+                        let c = stats.as_ref().map(|s| s.backend(b.id)).unwrap_or_default();
                         json!({
                             "address": b.spec.address,
                             "id": b.id,
@@ -552,12 +549,12 @@ impl Owner {
             .vips()
             .iter()
             .map(|v| {
-                let c = stats.vips.get(v.id as usize).cloned().unwrap_or_default();
+                let c = stats.vip(v.id);
                 let backends: Vec<_> = v
                     .backends
                     .iter()
                     .map(|b| {
-                        let c = stats.backends.get(b.id as usize).cloned().unwrap_or_default();
+                        let c = stats.backend(b.id);
                         json!({ "address": b.spec.address, "packets": c.packets, "bytes": c.bytes })
                     })
                     .collect();
@@ -580,14 +577,10 @@ impl Owner {
             ..Default::default()
         };
         for v in self.state.vips() {
-            let c = stats.vips.get(v.id as usize).cloned().unwrap_or_default();
+            let c = stats.vip(v.id);
             s.vips.push((v.spec.name.clone(), c.packets, c.bytes));
             for b in &v.backends {
-                let c = stats
-                    .backends
-                    .get(b.id as usize)
-                    .cloned()
-                    .unwrap_or_default();
+                let c = stats.backend(b.id);
                 s.backends.push(metrics::BackendSample {
                     vip: v.spec.name.clone(),
                     backend: b.spec.address.to_string(),

@@ -232,14 +232,10 @@ pub fn render_stats(state: &State, stats: &Stats) -> String {
         out.push_str(&format!("reason {name} {} {}\n", c.packets, c.bytes));
     }
     for v in state.vips() {
-        let c = stats.vips.get(v.id as usize).cloned().unwrap_or_default();
+        let c = stats.vip(v.id);
         out.push_str(&format!("vip {} {} {}\n", v.spec.name, c.packets, c.bytes));
         for b in &v.backends {
-            let c = stats
-                .backends
-                .get(b.id as usize)
-                .cloned()
-                .unwrap_or_default();
+            let c = stats.backend(b.id);
             out.push_str(&format!(
                 "backend {} {} {} {}\n",
                 v.spec.name, b.spec.address, c.packets, c.bytes

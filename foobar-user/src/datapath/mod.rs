@@ -150,6 +150,16 @@ impl Stats {
     pub fn reason(&self, reason: Reason) -> &Counters {
         &self.reasons[reason as usize].1
     }
+
+    /// The counters of VIP id `id` (zero if it was not read).
+    pub fn vip(&self, id: u32) -> Counters {
+        self.vips.get(id as usize).cloned().unwrap_or_default()
+    }
+
+    /// The counters of backend id `id` (zero if it was not read).
+    pub fn backend(&self, id: u32) -> Counters {
+        self.backends.get(id as usize).cloned().unwrap_or_default()
+    }
 }
 
 /// A loaded XDP object and, once attached, its link.
