@@ -130,8 +130,14 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServeError> {
 /// request and one response.
 pub async fn serve(listener: UnixListener, owner: mpsc::Sender<Call>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                // E.g. out of file descriptors: say so, and do not spin.
+                tracing::warn!(%err, "accepting on the control socket failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let owner = owner.clone();
         tokio::spawn(async move {

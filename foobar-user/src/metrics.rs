@@ -158,8 +158,14 @@ pub fn render(s: &Snapshot) -> String {
 /// Serves `/metrics` on `listener`; `owner` answers each scrape.
 pub async fn serve(listener: TcpListener, owner: mpsc::Sender<oneshot::Sender<String>>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                // E.g. out of file descriptors: say so, and do not spin.
+                tracing::warn!(%err, "accepting on the metrics listener failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
         };
         let owner = owner.clone();
         tokio::spawn(async move {
