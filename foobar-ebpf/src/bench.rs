@@ -6,6 +6,8 @@
 #![no_std]
 #![no_main]
 
+mod rt;
+
 use aya_ebpf::{
     bindings::xdp_action,
     helpers::bpf_xdp_store_bytes,
@@ -80,13 +82,3 @@ pub fn harness(ctx: XdpContext) -> u32 {
     unsafe { TARGET.tail_call(&ctx, 0) };
     xdp_action::XDP_ABORTED
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

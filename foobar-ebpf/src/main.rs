@@ -9,6 +9,7 @@ mod flow;
 mod forward;
 mod maps;
 mod parse;
+mod rt;
 mod schedule;
 mod stats;
 mod verdict;
@@ -51,13 +52,3 @@ fn frame_len(ctx: &XdpContext) -> u64 {
 pub fn foobar_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

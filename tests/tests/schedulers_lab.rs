@@ -18,6 +18,18 @@ fn cli(lab: &Lab, args: &[&str]) {
     );
 }
 
+/// `n` requests to the VIP, each on a new connection: who served each.
+fn who_served(lab: &Lab, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            lab.curl(&format!("http://{VIP}/"))
+                .unwrap()
+                .trim()
+                .to_owned()
+        })
+        .collect()
+}
+
 fn spawn_in(ns: &str, args: &[&str]) -> Child {
     Command::new("ip")
         .args(["netns", "exec", ns])
@@ -70,9 +82,8 @@ fn fifty_long_downloads_survive_adding_and_removing_backends() {
 
     // New connections after the removal never reach be1; be3 takes some.
     let mut new = BTreeMap::new();
-    for _ in 0..30 {
-        let body = lab.curl(&format!("http://{VIP}/")).unwrap();
-        *new.entry(body.trim().to_owned()).or_insert(0) += 1;
+    for backend in who_served(&lab, 30) {
+        *new.entry(backend).or_insert(0) += 1;
     }
     assert!(!new.contains_key("be1"), "{new:?}");
     assert!(new.contains_key("be3"), "{new:?}");
@@ -195,14 +206,7 @@ fn source_affinity_keeps_a_client_on_one_backend_until_it_is_drained() {
     assert!(config.contains("persistence"), "{config}");
     lab.start_foobar(&lab::foobar_bin().unwrap(), &config)
         .unwrap();
-    let served: Vec<String> = (0..20)
-        .map(|_| {
-            lab.curl(&format!("http://{VIP}/"))
-                .unwrap()
-                .trim()
-                .to_owned()
-        })
-        .collect();
+    let served: Vec<String> = who_served(&lab, 20);
     let first = served[0].clone();
     assert!(
         served.iter().all(|b| *b == first),
@@ -218,14 +222,7 @@ fn source_affinity_keeps_a_client_on_one_backend_until_it_is_drained() {
         .addr
         .to_string();
     cli(&lab, &["backend", "drain", "web", &addr]);
-    let after: Vec<String> = (0..10)
-        .map(|_| {
-            lab.curl(&format!("http://{VIP}/"))
-                .unwrap()
-                .trim()
-                .to_owned()
-        })
-        .collect();
+    let after: Vec<String> = who_served(&lab, 10);
     assert!(!after.contains(&first), "{after:?}");
     assert!(
         after.iter().all(|b| *b == after[0]),

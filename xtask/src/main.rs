@@ -79,21 +79,7 @@ fn bench(quick: bool) -> Result<()> {
     // The figures need a release build; the smoke run only checks that
     // every measurement runs, and shares the tests' debug build.
     let profile = if quick { "debug" } else { "release" };
-    let mut build = vec![
-        "build",
-        "-p",
-        "foobar-user",
-        "--bin",
-        "foobar",
-        "-p",
-        "foobar-tests",
-        "--bin",
-        "foobar-bench",
-    ];
-    if !quick {
-        build.push("--release");
-    }
-    cargo(&build)?;
+    build_with_foobar("foobar-bench", !quick)?;
     let bin = target_dir().join(profile);
     let mut cmd = Command::new(bin.join("foobar-bench"));
     if quick {
@@ -191,17 +177,7 @@ fn count_before(text: &str, word: &str) -> u64 {
 fn lab(args: &[&str]) -> Result<()> {
     setup::run()?;
     require_root("the lab")?;
-    cargo(&[
-        "build",
-        "-p",
-        "foobar-user",
-        "--bin",
-        "foobar",
-        "-p",
-        "foobar-tests",
-        "--bin",
-        "foobar-lab",
-    ])?;
+    build_with_foobar("foobar-lab", false)?;
     let bin = target_dir().join("debug");
     // exec: the lab program owns Ctrl-C (it removes the lab on the way out).
     let err = Command::new(bin.join("foobar-lab"))
@@ -210,6 +186,25 @@ fn lab(args: &[&str]) -> Result<()> {
         .args(args)
         .exec();
     Err(err).context("starting foobar-lab")
+}
+
+/// Builds the `foobar` binary and foobar-tests' binary `tool` together.
+fn build_with_foobar(tool: &str, release: bool) -> Result<()> {
+    let mut args = vec![
+        "build",
+        "-p",
+        "foobar-user",
+        "--bin",
+        "foobar",
+        "-p",
+        "foobar-tests",
+        "--bin",
+        tool,
+    ];
+    if release {
+        args.push("--release");
+    }
+    cargo(&args)
 }
 
 fn require_root(what: &str) -> Result<()> {
