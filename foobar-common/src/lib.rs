@@ -37,6 +37,8 @@ pub const IPPROTO_UDP: u8 = 17;
 
 /// Key of the VIP map. IPv4 addresses use `addr_be[0]`, the rest is zero.
 /// `port_be == 0` is a wildcard VIP that matches every port of the protocol.
+/// `vlan` is the 802.1Q VLAN id the VIP is served on (0: untagged frames),
+/// so a tagged frame only ever matches a VIP configured for its VLAN.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct VipKey {
@@ -44,8 +46,27 @@ pub struct VipKey {
     pub port_be: u16,
     pub proto: u8,
     pub family: u8,
+    pub vlan: u16,
+    pub _pad: u16,
 }
-const _: () = assert!(size_of::<VipKey>() == 20);
+const _: () = assert!(size_of::<VipKey>() == 24);
+
+/// Key of the VIP-address table: an IPv4 address that has at least one VIP,
+/// on one VLAN (0: untagged).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipAddrKey {
+    pub addr_be: u32,
+    pub vlan: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(size_of::<VipAddrKey>() == 8);
+
+/// VIP-address flag: TCP/UDP to a port of the address that no VIP serves is
+/// passed to the node's own stack. Without it (the default) such packets are
+/// dropped, so services bound to 0.0.0.0 on the LB node (sshd, exporters)
+/// are not exposed on every VIP address.
+pub const ADDR_PASS_CLOSED_PORTS: u32 = 1;
 
 /// Value of the VIP map: what the datapath needs to serve one VIP.
 #[repr(C)]
@@ -81,8 +102,15 @@ pub struct Backend {
     pub mac: [u8; 6],
     pub family: u8,
     pub flags: u8,
+    /// Generation of the id's current holder: userspace gives every backend
+    /// a new, never-zero generation when it takes an id. Flow and affinity
+    /// entries record the generation they were made with and count only
+    /// while it matches, so an id handed to another backend can never
+    /// inherit the flows of the one that held it before.
+    pub gen: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<Backend>() == 24);
+const _: () = assert!(size_of::<Backend>() == 32);
 
 /// The backend may take traffic. A flow whose backend lost this flag is
 /// rescheduled on its next packet.
@@ -126,7 +154,8 @@ pub struct Flow {
     pub last_seen_ns: u64,
     /// FLOW_CLOSED once the client sent FIN or RST.
     pub flags: u32,
-    pub _pad: u32,
+    /// `Backend::gen` of the backend when the entry was made.
+    pub backend_gen: u32,
 }
 const _: () = assert!(size_of::<Flow>() == 24);
 
@@ -158,7 +187,9 @@ pub enum Reason {
     Ipv6 = 3,
     /// XDP_PASS: neither TCP nor UDP (ICMP, VRRP, ...).
     OtherL4 = 4,
-    /// XDP_PASS: an IPv4 fragment; the kernel reassembles or rejects it.
+    /// XDP_DROP: an IPv4 fragment to a VIP address. Only the first fragment
+    /// has ports, so later ones cannot be matched to a flow; passing them
+    /// would let the node's own stack (which holds the VIP) answer.
     Fragment = 5,
     /// XDP_PASS: a header is truncated or claims lengths the frame does not
     /// have; the kernel drops it with its own counters.
@@ -168,9 +199,18 @@ pub enum Reason {
     /// XDP_DROP: a ring slot names a backend the backend table lacks
     /// (a control-plane bug; counted so it cannot hide).
     BadBackend = 8,
+    /// XDP_PASS: the destination MAC is not the interface's (broadcast,
+    /// multicast, or another host's frame seen in promiscuous mode).
+    NotForUs = 9,
+    /// XDP_DROP: TCP/UDP to a VIP address on a port no VIP serves (see
+    /// ADDR_PASS_CLOSED_PORTS).
+    ClosedPort = 10,
+    /// XDP_TX: an ICMP error (destination unreachable, time exceeded) about
+    /// a VIP flow, sent to the backend that owns the embedded flow.
+    ForwardedIcmp = 11,
 }
 
-pub const REASON_COUNT: u32 = 9;
+pub const REASON_COUNT: u32 = 12;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -183,6 +223,9 @@ impl Reason {
         Reason::Malformed,
         Reason::NoBackend,
         Reason::BadBackend,
+        Reason::NotForUs,
+        Reason::ClosedPort,
+        Reason::ForwardedIcmp,
     ];
 
     /// Stable name used in logs, `foobar stats` and metrics.
@@ -193,10 +236,37 @@ impl Reason {
             Reason::NotVip => "pass_not_vip",
             Reason::Ipv6 => "pass_ipv6",
             Reason::OtherL4 => "pass_other_l4",
-            Reason::Fragment => "pass_fragment",
+            Reason::Fragment => "drop_fragment",
             Reason::Malformed => "pass_malformed",
             Reason::NoBackend => "drop_no_backend",
             Reason::BadBackend => "drop_bad_backend",
+            Reason::NotForUs => "pass_not_for_us",
+            Reason::ClosedPort => "drop_closed_port",
+            Reason::ForwardedIcmp => "forwarded_icmp",
+        }
+    }
+}
+
+/// Things worth counting that are not the verdict of a packet (each packet
+/// still has exactly one `Reason`); indexes of the EVENTS counters.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A TCP segment without SYN found no usable flow entry and was
+    /// scheduled anew: its flow was evicted from a full table, the table
+    /// was lost, or it is a stray. Under round-robin such a flow usually
+    /// lands on another backend, which resets it.
+    MidflowMiss = 0,
+}
+
+pub const EVENT_COUNT: u32 = 1;
+
+impl Event {
+    pub const ALL: [Event; EVENT_COUNT as usize] = [Event::MidflowMiss];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Event::MidflowMiss => "midflow_miss",
         }
     }
 }
@@ -246,6 +316,8 @@ mod pod {
     // SAFETY: all of these are repr(C), Copy, with no implicit padding (the
     // size assertions above pin their layout) and valid for any bit pattern.
     unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for VipAddrKey {}
+    unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for Service {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}

@@ -1,14 +1,17 @@
 //! Step 3: the flow table. A hit keeps an established flow on its backend
-//! (whatever the ring now says) while that backend is up; a miss, a backend
-//! that went down, or a new SYN on the 5-tuple of a closed flow schedules
-//! anew and records the choice. A client FIN or RST marks the flow closed.
+//! (whatever the ring now says) while that backend is up and is still the
+//! backend the entry was made for (same generation); a miss, a backend that
+//! went down or was replaced, or a new SYN on the 5-tuple of a closed flow
+//! schedules anew and records the choice. A client FIN or RST marks the
+//! flow closed. An ICMP error only reads the table: it follows its flow, or
+//! where the flow would be scheduled, and creates nothing.
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
-use foobar_common::{Backend, Flow, Service, BACKEND_UP, FLOW_CLOSED};
+use foobar_common::{Backend, Event, Flow, Service, BACKEND_UP, FLOW_CLOSED, IPPROTO_TCP};
 
 use crate::{
     maps::{BACKENDS, FLOWS},
     parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    schedule,
+    schedule, stats,
     verdict::Verdict,
 };
 
@@ -24,17 +27,25 @@ pub fn backend_for(pkt: &Packet, service: &Service) -> Result<(u32, Backend), Ve
     if let Some(flow) = FLOWS.get_ptr_mut(&pkt.flow) {
         // SAFETY: LRU entries may be recycled under us; we copy the fields out
         // at once and at worst reschedule a flow, never touch out of bounds.
-        let (backend_id, vip_id, flags) =
-            unsafe { ((*flow).backend_id, (*flow).vip_id, (*flow).flags) };
+        let (backend_id, vip_id, flags, gen) = unsafe {
+            (
+                (*flow).backend_id,
+                (*flow).vip_id,
+                (*flow).flags,
+                (*flow).backend_gen,
+            )
+        };
         let reopened = new_syn && flags & FLOW_CLOSED != 0;
         if vip_id == service.vip_id && !reopened {
             if let Some(backend) = BACKENDS.get(backend_id) {
-                if backend.flags & BACKEND_UP != 0 {
-                    // SAFETY: as above; plain stores into the value.
-                    unsafe {
-                        (*flow).last_seen_ns = now;
-                        if closing {
-                            (*flow).flags = flags | FLOW_CLOSED;
+                if backend.gen == gen && backend.flags & BACKEND_UP != 0 {
+                    if !pkt.icmp_error {
+                        // SAFETY: as above; plain stores into the value.
+                        unsafe {
+                            (*flow).last_seen_ns = now;
+                            if closing {
+                                (*flow).flags = flags | FLOW_CLOSED;
+                            }
                         }
                     }
                     return Ok((backend_id, *backend));
@@ -42,13 +53,19 @@ pub fn backend_for(pkt: &Packet, service: &Service) -> Result<(u32, Backend), Ve
             }
         }
     }
+    if pkt.icmp_error {
+        return schedule::from_ring(pkt, service);
+    }
+    if pkt.flow.proto == IPPROTO_TCP && pkt.tcp_flags & TCP_SYN == 0 {
+        stats::count_event(Event::MidflowMiss);
+    }
     let (backend_id, backend) = schedule::pick(pkt, service, now)?;
     let flow = Flow {
         backend_id,
         vip_id: service.vip_id,
         last_seen_ns: now,
         flags: if closing { FLOW_CLOSED } else { 0 },
-        _pad: 0,
+        backend_gen: backend.gen,
     };
     // A full LRU evicts its oldest entry; an insert can only fail on memory
     // pressure, and then the packet is still forwarded (the next one

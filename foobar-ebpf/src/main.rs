@@ -33,13 +33,20 @@ pub fn foobar(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn pipeline(ctx: &XdpContext) -> Result<u32, Verdict> {
-    let pkt = parse::parse(ctx)?;
-    let service = vip::lookup(&pkt)?;
+    let ip = parse::l3(ctx)?;
+    let addr_flags = vip::address(&ip)?;
+    let pkt = parse::l4(ctx, &ip)?;
+    let service = vip::lookup(&pkt, addr_flags)?;
     let (backend_id, backend) = flow::backend_for(&pkt, &service)?;
     let action = forward::forward(ctx, &backend)?;
     let len = frame_len(ctx);
     stats::count_forward(service.vip_id, backend_id, len);
-    stats::count_reason(Reason::Forwarded, len);
+    let reason = if pkt.icmp_error {
+        Reason::ForwardedIcmp
+    } else {
+        Reason::Forwarded
+    };
+    stats::count_reason(reason, len);
     Ok(action)
 }
 

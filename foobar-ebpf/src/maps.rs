@@ -6,14 +6,15 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use foobar_common::{
-    AffinityKey, Backend, Counter, Flow, FlowKey, Service, VipKey, FLOW_TABLE_DEFAULT,
-    MAX_BACKENDS, MAX_VIPS, REASON_COUNT, RING_STRIDE,
+    AffinityKey, Backend, Counter, Flow, FlowKey, Service, VipAddrKey, VipKey, EVENT_COUNT,
+    FLOW_TABLE_DEFAULT, MAX_BACKENDS, MAX_VIPS, REASON_COUNT, RING_STRIDE,
 };
 
-/// IPv4 addresses (network order) that have at least one VIP: one lookup
-/// on a 4-byte key sends all other traffic on its way (the pass path).
+/// (IPv4 address, VLAN) pairs that have at least one VIP -> ADDR_* flags:
+/// one lookup on an 8-byte key sends all other traffic on its way (the
+/// pass path) and says what to do with ports no VIP serves.
 #[map]
-pub static VIP_ADDRS4: HashMap<u32, u32> = HashMap::with_max_entries(MAX_VIPS, 0);
+pub static VIP_ADDRS4: HashMap<VipAddrKey, u32> = HashMap::with_max_entries(MAX_VIPS, 0);
 
 /// (address, port, protocol) -> service. Port 0 is the every-port VIP.
 #[map]
@@ -41,7 +42,8 @@ pub static RR_CURSOR: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_VIPS,
 pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(FLOW_TABLE_DEFAULT, 0);
 
 /// (VIP, client address) -> the backend of the client's latest new
-/// connection, for VIPs with source affinity. Size set at load time.
+/// connection, for VIPs with source affinity. Size set at load time
+/// (`affinity_table_size`; 1 entry when no VIP uses persistence).
 #[map]
 pub static AFFINITY: LruHashMap<AffinityKey, Flow> =
     LruHashMap::with_max_entries(FLOW_TABLE_DEFAULT, 0);
@@ -55,3 +57,7 @@ pub static BACKEND_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(M
 /// Per reason (foobar_common::Reason): every packet lands in exactly one.
 #[map]
 pub static REASONS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
+
+/// Per event (foobar_common::Event): counted besides the packet's reason.
+#[map]
+pub static EVENTS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(EVENT_COUNT, 0);

@@ -1,10 +1,13 @@
-//! Step 1: parse Ethernet (+ one 802.1Q/802.1ad tag), IPv4 and TCP/UDP into
-//! the flow key. Every header read goes through `ptr_at`, and every length
-//! the packet claims (IHL, total length, TCP data offset, UDP length) is
-//! checked against the frame before it is used. Nothing here writes.
+//! Step 1: parse, in two halves around the VIP-address check. `l3` reads
+//! Ethernet (the frame must be addressed to this interface), one
+//! 802.1Q/802.1ad tag and the IPv4 header; `l4` reads TCP/UDP into the flow
+//! key, or the flow embedded in an ICMP error. Every header read goes through
+//! `ptr_at`, and every length the packet claims (IHL, total length, TCP data
+//! offset, UDP length, the embedded header's IHL) is checked against the
+//! frame before it is used. Nothing here writes.
 use core::mem::size_of;
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{programs::XdpContext, Global};
 use foobar_common::{FlowKey, Reason, AF_INET, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::verdict::Verdict;
@@ -18,6 +21,17 @@ const ETH_P_8021AD: u16 = 0x88a8;
 const IP_MF_OFFSET_MASK: u16 = 0x3fff;
 /// A TCP header without options; `TcpHdr` below holds only its first 14 bytes.
 const TCP_MIN_HDR_LEN: usize = 20;
+const IPPROTO_ICMP: u8 = 1;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+/// Type, code, checksum and the 4 bytes before the embedded IP header.
+const ICMP_HDR_LEN: usize = 8;
+
+/// The MAC address of the interface the program is attached to, set at load
+/// time: only frames addressed to it are ours, and it is the source of every
+/// frame the datapath sends.
+#[unsafe(no_mangle)]
+pub static LB_MAC: Global<[u8; 6]> = Global::new([0; 6]);
 
 // Header layouts with byte-array fields: alignment 1, so a pointer at any
 // packet offset is valid to read, and multi-byte fields stay in wire order.
@@ -30,7 +44,7 @@ pub struct EthHdr {
 
 #[repr(C)]
 struct VlanHdr {
-    _tci: [u8; 2],
+    tci: [u8; 2],
     inner_ethertype: [u8; 2],
 }
 
@@ -64,6 +78,21 @@ pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
+/// The first bytes of any TCP or UDP header: what an ICMP error quotes.
+#[repr(C)]
+struct Ports {
+    src: [u8; 2],
+    dst: [u8; 2],
+    _rest: [u8; 4],
+}
+
+#[repr(C)]
+struct IcmpHdr {
+    kind: u8,
+    _code: u8,
+    _rest: [u8; 6],
+}
+
 #[repr(C)]
 struct UdpHdr {
     sport: [u8; 2],
@@ -72,11 +101,29 @@ struct UdpHdr {
     _check: [u8; 2],
 }
 
+/// An IPv4 packet addressed to this interface, before its L4 header is read.
+pub struct L3 {
+    /// 802.1Q VLAN id of the frame (0: untagged).
+    pub vlan: u16,
+    pub src_be: u32,
+    pub dst_be: u32,
+    proto: u8,
+    fragment: bool,
+    /// Offset of the L4 header and its length as the IP header claims it.
+    l4: usize,
+    l4_len: usize,
+}
+
 /// What the later steps need to know about a packet.
 pub struct Packet {
+    /// The flow as the client sends it. For an ICMP error this is the
+    /// embedded flow turned around (the error quotes the VIP's reply).
     pub flow: FlowKey,
-    /// TCP flags (0 for UDP).
+    pub vlan: u16,
+    /// TCP flags (0 for UDP and ICMP errors).
     pub tcp_flags: u8,
+    /// An ICMP error about `flow`, not a packet of it.
+    pub icmp_error: bool,
 }
 
 /// The one bounds-checked accessor: a pointer to a `T` at `offset`, or
@@ -92,29 +139,36 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, Verdict> {
 }
 
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Packet, Verdict> {
+pub fn l3(ctx: &XdpContext) -> Result<L3, Verdict> {
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: ptr_at checked that the header lies inside the frame.
-    let mut ethertype = u16::from_be_bytes(unsafe { (*eth).ethertype });
+    let (dst, mut ethertype) = unsafe { ((*eth).dst, u16::from_be_bytes((*eth).ethertype)) };
+    if dst != LB_MAC.load() {
+        return Err(Verdict::pass(Reason::NotForUs));
+    }
     let mut l3 = ETH_HDR_LEN;
+    let mut vlan = 0;
     if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-        let vlan: *const VlanHdr = ptr_at(ctx, l3)?;
+        let tag: *const VlanHdr = ptr_at(ctx, l3)?;
         // SAFETY: bounds checked by ptr_at.
-        ethertype = u16::from_be_bytes(unsafe { (*vlan).inner_ethertype });
+        let (tci, inner) = unsafe { ((*tag).tci, (*tag).inner_ethertype) };
+        vlan = u16::from_be_bytes(tci) & 0x0fff;
+        // A second tag (QinQ) is not served: its inner ethertype is not IP.
+        ethertype = u16::from_be_bytes(inner);
         l3 += size_of::<VlanHdr>();
     }
     match ethertype {
-        ETH_P_IP => parse_ipv4(ctx, l3),
+        ETH_P_IP => ipv4(ctx, l3, vlan),
         ETH_P_IPV6 => Err(Verdict::pass(Reason::Ipv6)),
         _ => Err(Verdict::pass(Reason::NotIp)),
     }
 }
 
 #[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Result<Packet, Verdict> {
+fn ipv4(ctx: &XdpContext, l3: usize, vlan: u16) -> Result<L3, Verdict> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, l3)?;
     // SAFETY: bounds checked by ptr_at; every read below is of `*ip`.
-    let (ver_ihl, tot_len, frag, proto, saddr, daddr) = unsafe {
+    let (ver_ihl, tot_len, frag, proto, src_be, dst_be) = unsafe {
         (
             (*ip).ver_ihl,
             u16::from_be_bytes((*ip).tot_len) as usize,
@@ -134,45 +188,126 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Result<Packet, Verdict> {
     if ihl < size_of::<Ipv4Hdr>() || tot_len < ihl || l3 + tot_len > frame_len {
         return Err(Verdict::pass(Reason::Malformed));
     }
-    if frag & IP_MF_OFFSET_MASK != 0 {
-        return Err(Verdict::pass(Reason::Fragment));
+    Ok(L3 {
+        vlan,
+        src_be,
+        dst_be,
+        proto,
+        fragment: frag & IP_MF_OFFSET_MASK != 0,
+        l4: l3 + ihl,
+        l4_len: tot_len - ihl,
+    })
+}
+
+/// The L4 half, for a packet to a VIP address: its flow, or the flow an ICMP
+/// error is about. Fragments are dropped: only the first carries ports, and
+/// the node's own stack, which holds the VIP, must not answer the rest.
+#[inline(always)]
+pub fn l4(ctx: &XdpContext, ip: &L3) -> Result<Packet, Verdict> {
+    if ip.fragment {
+        return Err(Verdict::drop(Reason::Fragment));
     }
-    let l4 = l3 + ihl;
-    let l4_len = tot_len - ihl;
-    let (sport_be, dport_be, tcp_flags) = match proto {
-        IPPROTO_TCP => {
-            let tcp: *const TcpHdr = ptr_at(ctx, l4)?;
-            // SAFETY: bounds checked by ptr_at.
-            let (sport, dport, doff_res, flags) =
-                unsafe { ((*tcp).sport, (*tcp).dport, (*tcp).doff_res, (*tcp).flags) };
-            let doff = ((doff_res >> 4) as usize) * 4;
-            if doff < TCP_MIN_HDR_LEN || doff > l4_len {
-                return Err(Verdict::pass(Reason::Malformed));
-            }
-            (u16::from_ne_bytes(sport), u16::from_ne_bytes(dport), flags)
-        }
-        IPPROTO_UDP => {
-            let udp: *const UdpHdr = ptr_at(ctx, l4)?;
-            // SAFETY: bounds checked by ptr_at.
-            let (sport, dport, len) = unsafe { ((*udp).sport, (*udp).dport, (*udp).len) };
-            let udp_len = u16::from_be_bytes(len) as usize;
-            if udp_len < size_of::<UdpHdr>() || udp_len > l4_len {
-                return Err(Verdict::pass(Reason::Malformed));
-            }
-            (u16::from_ne_bytes(sport), u16::from_ne_bytes(dport), 0)
-        }
+    let (sport_be, dport_be, tcp_flags) = match ip.proto {
+        IPPROTO_TCP => tcp(ctx, ip.l4, ip.l4_len)?,
+        IPPROTO_UDP => udp(ctx, ip.l4, ip.l4_len)?,
+        IPPROTO_ICMP => return icmp_error(ctx, ip),
         _ => return Err(Verdict::pass(Reason::OtherL4)),
     };
     Ok(Packet {
-        flow: FlowKey {
-            src_be: [saddr, 0, 0, 0],
-            dst_be: [daddr, 0, 0, 0],
-            sport_be,
-            dport_be,
-            proto,
-            family: AF_INET,
-            _pad: [0; 2],
-        },
+        flow: flow_key(ip.src_be, ip.dst_be, sport_be, dport_be, ip.proto),
+        vlan: ip.vlan,
         tcp_flags,
+        icmp_error: false,
+    })
+}
+
+#[inline(always)]
+fn flow_key(src_be: u32, dst_be: u32, sport_be: u16, dport_be: u16, proto: u8) -> FlowKey {
+    FlowKey {
+        src_be: [src_be, 0, 0, 0],
+        dst_be: [dst_be, 0, 0, 0],
+        sport_be,
+        dport_be,
+        proto,
+        family: AF_INET,
+        _pad: [0; 2],
+    }
+}
+
+#[inline(always)]
+fn tcp(ctx: &XdpContext, l4: usize, l4_len: usize) -> Result<(u16, u16, u8), Verdict> {
+    let tcp: *const TcpHdr = ptr_at(ctx, l4)?;
+    // SAFETY: bounds checked by ptr_at.
+    let (sport, dport, doff_res, flags) =
+        unsafe { ((*tcp).sport, (*tcp).dport, (*tcp).doff_res, (*tcp).flags) };
+    let doff = ((doff_res >> 4) as usize) * 4;
+    if doff < TCP_MIN_HDR_LEN || doff > l4_len {
+        return Err(Verdict::pass(Reason::Malformed));
+    }
+    Ok((u16::from_ne_bytes(sport), u16::from_ne_bytes(dport), flags))
+}
+
+#[inline(always)]
+fn udp(ctx: &XdpContext, l4: usize, l4_len: usize) -> Result<(u16, u16, u8), Verdict> {
+    let udp: *const UdpHdr = ptr_at(ctx, l4)?;
+    // SAFETY: bounds checked by ptr_at.
+    let (sport, dport, len) = unsafe { ((*udp).sport, (*udp).dport, (*udp).len) };
+    let udp_len = u16::from_be_bytes(len) as usize;
+    if udp_len < size_of::<UdpHdr>() || udp_len > l4_len {
+        return Err(Verdict::pass(Reason::Malformed));
+    }
+    Ok((u16::from_ne_bytes(sport), u16::from_ne_bytes(dport), 0))
+}
+
+/// An ICMP destination-unreachable or time-exceeded message quotes the IP
+/// header and the first 8 bytes of the packet that caused it: a reply of a
+/// VIP flow (VIP -> client). Turned around, that is the client's flow, whose
+/// backend must get the error (path-MTU discovery of its replies depends on
+/// it). Other ICMP (echo, ...) is the node's own business.
+#[inline(always)]
+fn icmp_error(ctx: &XdpContext, ip: &L3) -> Result<Packet, Verdict> {
+    let icmp: *const IcmpHdr = ptr_at(ctx, ip.l4)?;
+    // SAFETY: bounds checked by ptr_at.
+    let kind = unsafe { (*icmp).kind };
+    if kind != ICMP_DEST_UNREACH && kind != ICMP_TIME_EXCEEDED {
+        return Err(Verdict::pass(Reason::OtherL4));
+    }
+    let inner_l3 = ip.l4 + ICMP_HDR_LEN;
+    let inner: *const Ipv4Hdr = ptr_at(ctx, inner_l3)?;
+    // SAFETY: bounds checked by ptr_at.
+    let (ver_ihl, proto, src_be, dst_be) = unsafe {
+        (
+            (*inner).ver_ihl,
+            (*inner).proto,
+            u32::from_ne_bytes((*inner).saddr),
+            u32::from_ne_bytes((*inner).daddr),
+        )
+    };
+    // The mask bounds the offset for the verifier as well as reading IHL.
+    let ihl = ((ver_ihl & 0x0f) as usize) * 4;
+    if ver_ihl >> 4 != 4 || ihl < size_of::<Ipv4Hdr>() {
+        return Err(Verdict::pass(Reason::Malformed));
+    }
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        return Err(Verdict::pass(Reason::Malformed));
+    }
+    let quoted = ICMP_HDR_LEN + ihl + size_of::<Ports>();
+    if quoted > ip.l4_len {
+        return Err(Verdict::pass(Reason::Malformed));
+    }
+    let ports: *const Ports = ptr_at(ctx, inner_l3 + ihl)?;
+    // SAFETY: bounds checked by ptr_at.
+    let (sport, dport) = unsafe { ((*ports).src, (*ports).dst) };
+    Ok(Packet {
+        flow: flow_key(
+            dst_be,
+            src_be,
+            u16::from_ne_bytes(dport),
+            u16::from_ne_bytes(sport),
+            proto,
+        ),
+        vlan: ip.vlan,
+        tcp_flags: 0,
+        icmp_error: true,
     })
 }

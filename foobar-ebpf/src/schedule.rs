@@ -33,10 +33,11 @@ pub fn pick(pkt: &Packet, service: &Service, now: u64) -> Result<(u32, Backend),
     let timeout_ns = u64::from(service.affinity_timeout_s) * 1_000_000_000;
     if let Some(a) = AFFINITY.get_ptr_mut(&key) {
         // SAFETY: an LRU value, copied out at once (see flow.rs).
-        let (backend_id, seen) = unsafe { ((*a).backend_id, (*a).last_seen_ns) };
+        let (backend_id, seen, gen) =
+            unsafe { ((*a).backend_id, (*a).last_seen_ns, (*a).backend_gen) };
         if now.saturating_sub(seen) <= timeout_ns {
             if let Some(backend) = BACKENDS.get(backend_id) {
-                if backend.flags & BACKEND_NEW_FLOWS != 0 {
+                if backend.gen == gen && backend.flags & BACKEND_NEW_FLOWS != 0 {
                     // SAFETY: as above; a plain store into the value.
                     unsafe { (*a).last_seen_ns = now };
                     return Ok((backend_id, *backend));
@@ -50,14 +51,16 @@ pub fn pick(pkt: &Packet, service: &Service, now: u64) -> Result<(u32, Backend),
         vip_id: service.vip_id,
         last_seen_ns: now,
         flags: 0,
-        _pad: 0,
+        backend_gen: backend.gen,
     };
     let _ = AFFINITY.insert(&key, &choice, 0);
     Ok((backend_id, backend))
 }
 
+/// The ring's choice for the packet's flow, without source affinity (an
+/// ICMP error's fallback, and the choice for a new flow).
 #[inline(always)]
-fn from_ring(pkt: &Packet, service: &Service) -> Result<(u32, Backend), Verdict> {
+pub fn from_ring(pkt: &Packet, service: &Service) -> Result<(u32, Backend), Verdict> {
     let vip_id = service.vip_id;
     let state = *RING_STATE
         .get(vip_id)

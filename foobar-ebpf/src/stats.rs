@@ -1,8 +1,9 @@
-//! Per-CPU counters: per VIP, per backend, per verdict reason. No locking is
-//! needed because each CPU owns its slot; userspace sums the CPUs.
-use foobar_common::{Counter, Reason};
+//! Per-CPU counters: per VIP, per backend, per verdict reason, per event.
+//! No locking is needed because each CPU owns its slot; userspace sums the
+//! CPUs.
+use foobar_common::{Counter, Event, Reason};
 
-use crate::maps::{BACKEND_STATS, REASONS, VIP_STATS};
+use crate::maps::{BACKEND_STATS, EVENTS, REASONS, VIP_STATS};
 
 #[inline(always)]
 fn add(counter: Option<*mut Counter>, bytes: u64) {
@@ -18,6 +19,11 @@ fn add(counter: Option<*mut Counter>, bytes: u64) {
 #[inline(always)]
 pub fn count_reason(reason: Reason, bytes: u64) {
     add(REASONS.get_ptr_mut(reason as u32), bytes);
+}
+
+#[inline(always)]
+pub fn count_event(event: Event) {
+    add(EVENTS.get_ptr_mut(event as u32), 0);
 }
 
 #[inline(always)]

@@ -1,36 +1,55 @@
-//! Step 2: find the service of a packet's (address, port, protocol); a VIP
-//! with port 0 serves every port. No match means the packet is not ours.
-use foobar_common::{Reason, Service, VipKey, AF_INET};
+//! Step 2: is the packet for a VIP? `address` checks the destination
+//! (address, VLAN) against the VIP-address table: everything else is the
+//! node's own traffic and passes untouched. `lookup` finds the service of
+//! the (address, port, protocol, VLAN); a VIP with port 0 serves every port.
+//! A port no VIP serves is dropped unless the address passes closed ports.
+use foobar_common::{Reason, Service, VipAddrKey, VipKey, ADDR_PASS_CLOSED_PORTS, AF_INET};
 
 use crate::{
     maps::{VIPS, VIP_ADDRS4},
-    parse::Packet,
+    parse::{Packet, L3},
     verdict::Verdict,
 };
 
+/// The flags of a VIP address (ADDR_*), or NotVip.
 #[inline(always)]
-pub fn lookup(pkt: &Packet) -> Result<Service, Verdict> {
+pub fn address(ip: &L3) -> Result<u32, Verdict> {
+    let key = VipAddrKey {
+        addr_be: ip.dst_be,
+        vlan: ip.vlan,
+        _pad: 0,
+    };
+    // SAFETY: written only by userspace; a racing update gives old or new.
+    match unsafe { VIP_ADDRS4.get(&key) } {
+        Some(flags) => Ok(*flags),
+        None => Err(Verdict::pass(Reason::NotVip)),
+    }
+}
+
+#[inline(always)]
+pub fn lookup(pkt: &Packet, addr_flags: u32) -> Result<Service, Verdict> {
+    // For an ICMP error the service is the one of the flow it is about,
+    // whose destination is the VIP.
     let mut key = VipKey {
         addr_be: pkt.flow.dst_be,
         port_be: pkt.flow.dport_be,
         proto: pkt.flow.proto,
-        family: pkt.flow.family,
+        family: AF_INET,
+        vlan: pkt.vlan,
+        _pad: 0,
     };
-    // VIP traffic, the bulk of an LB node's packets, hits here at once.
     // SAFETY: VIPS is only written by userspace; a racing update at worst
     // gives the old or the new service, both valid.
     if let Some(service) = unsafe { VIPS.get(&key) } {
         return Ok(*service);
     }
-    // The prefilter: the node's own traffic is not for a VIP address at
-    // all, and a lookup on a 4-byte key says so before the port-0 lookup.
-    // SAFETY: written only by userspace; a racing update gives old or new.
-    if pkt.flow.family == AF_INET && unsafe { VIP_ADDRS4.get(&pkt.flow.dst_be[0]) }.is_none() {
+    key.port_be = 0;
+    // SAFETY: as above.
+    if let Some(service) = unsafe { VIPS.get(&key) } {
+        return Ok(*service);
+    }
+    if pkt.icmp_error || addr_flags & ADDR_PASS_CLOSED_PORTS != 0 {
         return Err(Verdict::pass(Reason::NotVip));
     }
-    key.port_be = 0;
-    match unsafe { VIPS.get(&key) } {
-        Some(service) => Ok(*service),
-        None => Err(Verdict::pass(Reason::NotVip)),
-    }
+    Err(Verdict::drop(Reason::ClosedPort))
 }

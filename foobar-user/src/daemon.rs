@@ -303,6 +303,8 @@ impl Owner {
                     affinity_timeout_s: None,
                     forwarding: Forwarding::parse(forwarding.as_deref().unwrap_or("dsr"))
                         .map_err(|e| format!("forwarding: {e}"))?,
+                    vlan: None,
+                    pass_closed_ports: false,
                     health: Default::default(),
                 };
                 let id = self.transact(|s| s.add_vip(spec))?;

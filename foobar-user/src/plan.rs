@@ -2,7 +2,7 @@
 //! rings. `State::plan` derives it; the `datapath` module writes it. Pure.
 use std::{collections::BTreeMap, collections::HashMap, net::Ipv4Addr};
 
-use foobar_common::{Backend, Service, VipKey};
+use foobar_common::{Backend, Service, VipAddrKey, VipKey};
 
 use crate::{
     config::Config,
@@ -24,6 +24,8 @@ pub struct Plan {
     pub vips: Vec<PlannedVip>,
     /// Every backend entry the datapath must hold, by id.
     pub backends: BTreeMap<u32, Backend>,
+    /// Every (address, VLAN) that has a VIP, with its ADDR_* flags.
+    pub addresses: HashMap<VipAddrKey, u32>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

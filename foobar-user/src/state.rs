@@ -13,8 +13,9 @@ use std::{
 };
 
 use foobar_common::{
-    Backend, Service, VipKey, AF_INET, BACKEND_NEW_FLOWS, BACKEND_UP, FWD_DSR, MAX_BACKENDS,
-    MAX_VIPS, RING_CAPACITY, SCHED_MAGLEV, SCHED_RR, SERVICE_AFFINITY,
+    Backend, Service, VipAddrKey, VipKey, ADDR_PASS_CLOSED_PORTS, AF_INET, BACKEND_NEW_FLOWS,
+    BACKEND_UP, FWD_DSR, MAX_BACKENDS, MAX_VIPS, RING_CAPACITY, SCHED_MAGLEV, SCHED_RR,
+    SERVICE_AFFINITY,
 };
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +43,13 @@ pub struct VipSpec {
     pub forwarding: Forwarding,
     /// Health check of backends added at run time.
     pub health: HealthSpec,
+    /// 802.1Q VLAN the VIP is served on (None: untagged frames only).
+    #[serde(default)]
+    pub vlan: Option<u16>,
+    /// TCP/UDP to ports of the VIP's address that no VIP serves is passed
+    /// to the node's own stack instead of dropped.
+    #[serde(default)]
+    pub pass_closed_ports: bool,
 }
 
 fn default_table_size() -> u32 {
@@ -80,6 +88,8 @@ pub struct BackendState {
     pub id: u32,
     pub spec: BackendSpec,
     pub mac: [u8; 6],
+    /// Generation of this holder of `id` (see `foobar_common::Backend::gen`).
+    pub gen: u32,
     /// Health as the checks last decided (backends start up, as HAProxy's).
     pub up: bool,
     /// The result that set `up`, for `foobar status`.
@@ -100,6 +110,9 @@ pub struct Retired {
     pub vip: String,
     pub address: Ipv4Addr,
     pub mac: [u8; 6],
+    pub gen: u32,
+    /// Its health when it was removed (retired backends are not checked).
+    pub up: bool,
 }
 
 /// VIPs and backends as the state file keeps them (no ids, MACs or health:
@@ -135,6 +148,10 @@ pub enum StateError {
 pub struct State {
     vips: Vec<VipState>,
     retired: Vec<Retired>,
+    /// The generation the next backend gets: never 0, never reused while
+    /// the daemon runs, so an id's new holder never matches an entry made
+    /// for its old one.
+    next_gen: u32,
     /// Active (open, recently seen) flows per backend id, as last counted
     /// in the flow table: what "wlc" VIPs weigh their rings by.
     active: HashMap<u32, u32>,
@@ -152,6 +169,8 @@ impl VipSpec {
             affinity_timeout_s: v.affinity_timeout_s,
             forwarding: v.forwarding,
             health: v.health.clone(),
+            vlan: None,
+            pass_closed_ports: false,
         }
     }
 
@@ -321,13 +340,16 @@ impl State {
         let id = (0..MAX_BACKENDS)
             .find(|i| !used.contains(i))
             .expect("check_add_backend saw a free id");
+        let gen = self.next_gen.max(1);
         self.vip_mut(vip)?.backends.push(BackendState {
             id,
             spec,
             mac,
+            gen,
             up: true,
             last_check: "not checked yet".into(),
         });
+        self.next_gen = gen.checked_add(1).unwrap_or(1);
         Ok(id)
     }
 
@@ -358,6 +380,8 @@ impl State {
             vip: vip.to_owned(),
             address: b.spec.address,
             mac: b.mac,
+            gen: b.gen,
+            up: b.up,
         });
     }
 
@@ -512,6 +536,18 @@ impl State {
                     maglev::table(&members, v.spec.maglev_table_size)
                 }
             };
+            let vlan = v.spec.vlan.unwrap_or(0);
+            let addr_flags = plan
+                .addresses
+                .entry(VipAddrKey {
+                    addr_be: u32::from(v.spec.address).to_be(),
+                    vlan,
+                    _pad: 0,
+                })
+                .or_insert(0);
+            if v.spec.pass_closed_ports {
+                *addr_flags |= ADDR_PASS_CLOSED_PORTS;
+            }
             plan.vips.push(PlannedVip {
                 name: v.spec.name.clone(),
                 key: VipKey {
@@ -519,6 +555,8 @@ impl State {
                     port_be: v.spec.port.to_be(),
                     proto: v.spec.protocol.number(),
                     family: AF_INET,
+                    vlan,
+                    _pad: 0,
                 },
                 service: Service {
                     vip_id: v.id,
@@ -549,23 +587,28 @@ impl State {
                     }
                 }
                 plan.backends
-                    .insert(b.id, entry(b.spec.address, b.mac, flags));
+                    .insert(b.id, entry(b.spec.address, b.mac, b.gen, flags));
             }
         }
         for r in &self.retired {
+            // A retired backend keeps its flows only while it is up: one
+            // that was down when removed stays down.
+            let flags = if r.up { BACKEND_UP } else { 0 };
             plan.backends
-                .insert(r.id, entry(r.address, r.mac, BACKEND_UP));
+                .insert(r.id, entry(r.address, r.mac, r.gen, flags));
         }
         plan
     }
 }
 
-fn entry(address: Ipv4Addr, mac: [u8; 6], flags: u8) -> Backend {
+fn entry(address: Ipv4Addr, mac: [u8; 6], gen: u32, flags: u8) -> Backend {
     Backend {
         addr_be: [u32::from(address).to_be(), 0, 0, 0],
         mac,
         family: AF_INET,
         flags,
+        gen,
+        _pad: 0,
     }
 }
 
@@ -611,6 +654,8 @@ mod tests {
             affinity_timeout_s: None,
             forwarding: Forwarding::Dsr,
             health: HealthSpec::default(),
+            vlan: None,
+            pass_closed_ports: false,
         }
     }
 

@@ -2,8 +2,8 @@
 //! the expected output of the datapath is built here from a description,
 //! never by calling foobar's code.
 use etherparse::{
-    IpHeaders, IpNumber, Ipv4Extensions, Ipv4Header, PacketBuilder, SlicedPacket, TransportSlice,
-    VlanId,
+    icmpv4::DestUnreachableHeader, Icmpv4Type, IpHeaders, IpNumber, Ipv4Extensions, Ipv4Header,
+    PacketBuilder, SlicedPacket, TransportSlice, VlanId,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,6 +82,42 @@ impl Spec {
     }
 }
 
+/// The ICMP "fragmentation needed" error a router at `router` sends to the
+/// VIP when a backend's DSR reply of the flow `flow` (as the client sent
+/// it) is too big for its next hop: it quotes the reply's IP header and
+/// first 8 bytes. Addressed to the LB as the client's frames are.
+pub fn frag_needed(flow: &Spec, router: [u8; 4], mtu: u16) -> Vec<u8> {
+    let reply = Spec {
+        src: flow.dst,
+        dst: flow.src,
+        sport: flow.dport,
+        dport: flow.sport,
+        vlan: None,
+        payload: vec![0x55; 1400],
+        ..flow.clone()
+    }
+    .build();
+    // Ethernet header, then the reply's IP header and 8 bytes of its L4.
+    let ihl = usize::from(reply[14] & 0x0f) * 4;
+    let quoted = &reply[14..14 + ihl + 8];
+    let ip = Ipv4Header::new(0, 64, IpNumber::ICMP, router, flow.dst)
+        .expect("a payload length of 0 is valid");
+    let eth = PacketBuilder::ethernet2(flow.src_mac, flow.dst_mac);
+    let step = match flow.vlan {
+        Some(id) => eth
+            .single_vlan(VlanId::try_new(id).expect("VLAN id < 4096"))
+            .ip(IpHeaders::Ipv4(ip, Ipv4Extensions::default())),
+        None => eth.ip(IpHeaders::Ipv4(ip, Ipv4Extensions::default())),
+    };
+    let mut out = Vec::new();
+    step.icmpv4(Icmpv4Type::DestinationUnreachable(
+        DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu },
+    ))
+    .write(&mut out, quoted)
+    .expect("etherparse writes the frame");
+    out
+}
+
 /// An ARP request (not IP).
 pub fn arp_request() -> Vec<u8> {
     let mut f = vec![0xff; 6];
@@ -145,6 +181,15 @@ pub fn check_checksums(frame: &[u8]) -> Result<(), String> {
                 return Err(format!(
                     "UDP checksum {:#06x}, should be {want:#06x}",
                     h.checksum
+                ));
+            }
+        }
+        Some(TransportSlice::Icmpv4(icmp)) => {
+            let want = icmp.header().icmp_type.calc_checksum(icmp.payload());
+            if icmp.checksum() != want {
+                return Err(format!(
+                    "ICMP checksum {:#06x}, should be {want:#06x}",
+                    icmp.checksum()
                 ));
             }
         }

@@ -56,13 +56,26 @@ fn macs() -> HashMap<Ipv4Addr, [u8; 6]> {
         .collect()
 }
 
+/// The LB interface's MAC: where the fixtures' frames are addressed.
+fn lb_mac() -> [u8; 6] {
+    Spec::default().dst_mac
+}
+
+fn load_options() -> LoadOptions {
+    LoadOptions {
+        lb_mac: lb_mac(),
+        affinity_table_size: 1024,
+        ..LoadOptions::default()
+    }
+}
+
 /// Loads the datapath and programs it; the test thread is pinned to one CPU
 /// so the per-CPU round-robin cursor is the same for every run.
 fn datapath(config_text: &str) -> (Datapath, Plan) {
     pin_to_one_cpu();
     let config = config::parse(config_text).expect("test config is valid");
     let plan = plan::build(&config, &macs()).expect("every backend has a MAC");
-    let mut dp = Datapath::load(&LoadOptions::default())
+    let mut dp = Datapath::load(&load_options())
         .expect("loading the XDP program (are you root? run `cargo xtask test`)");
     dp.apply(&plan).expect("programming the maps");
     (dp, plan)
@@ -82,11 +95,19 @@ fn pin_to_one_cpu() {
 /// Ethernet addresses differ (LB's MAC as source).
 fn forwarded(spec: &Spec, backend: [u8; 6]) -> Vec<u8> {
     Spec {
-        src_mac: spec.dst_mac,
+        src_mac: lb_mac(),
         dst_mac: backend,
         ..spec.clone()
     }
     .build()
+}
+
+/// `frame` with its Ethernet addresses set as DSR forwards it to `backend`.
+fn with_macs(frame: &[u8], backend: [u8; 6]) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    out[..6].copy_from_slice(&backend);
+    out[6..12].copy_from_slice(&lb_mac());
+    out
 }
 
 struct Case {
@@ -122,6 +143,26 @@ fn cases() -> Vec<Case> {
         sport: 40002,
         ..Spec::default()
     };
+    // ARP requests are broadcast (not for us); a unicast ARP (a reply, a
+    // refresh) is addressed to the LB and is the kernel's.
+    let mut arp_to_lb = frames::arp_request();
+    arp_to_lb[..6].copy_from_slice(&lb_mac());
+    let udp_other = Spec {
+        sport: 40006,
+        ..udp_any.clone()
+    };
+    // A router's "fragmentation needed" about web's first flow (backend 11)
+    // and about a flow the table does not know (scheduled like one: the next
+    // round-robin slot, 11 again, but nothing is recorded).
+    let icmp_known = frames::frag_needed(&web, [203, 0, 113, 1], 1400);
+    let icmp_unknown = frames::frag_needed(
+        &Spec {
+            sport: 40007,
+            ..Spec::default()
+        },
+        [203, 0, 113, 1],
+        1400,
+    );
     let mut truncated = web.build();
     truncated.truncate(14 + 20 + 10);
     let mut short_total_len = Spec {
@@ -156,9 +197,26 @@ fn cases() -> Vec<Case> {
             reason: Reason::Forwarded,
         },
         Case {
-            name: "802.1Q tag kept, forwarded",
-            output: Some(forwarded(&tagged, backend_mac(13))),
+            name: "a tagged frame on a VLAN no VIP is configured for is not ours",
             input: tagged.build(),
+            action: XDP_PASS,
+            output: None,
+            reason: Reason::NotVip,
+        },
+        Case {
+            name: "the third flow: round-robin goes on to backend 13",
+            output: Some(forwarded(
+                &Spec {
+                    sport: 40008,
+                    ..Spec::default()
+                },
+                backend_mac(13),
+            )),
+            input: Spec {
+                sport: 40008,
+                ..Spec::default()
+            }
+            .build(),
             action: XDP_TX,
             reason: Reason::Forwarded,
         },
@@ -177,22 +235,75 @@ fn cases() -> Vec<Case> {
             reason: Reason::Forwarded,
         },
         Case {
-            name: "UDP to a TCP-only VIP is not ours",
-            input: web_udp.build(),
-            action: XDP_PASS,
-            output: None,
-            reason: Reason::NotVip,
+            name: "ICMP frag-needed about a known flow goes to the flow's backend",
+            output: Some(with_macs(&icmp_known, backend_mac(11))),
+            input: icmp_known,
+            action: XDP_TX,
+            reason: Reason::ForwardedIcmp,
         },
         Case {
-            name: "another port of the VIP address is not ours",
+            name: "ICMP frag-needed about an unknown flow goes where the ring says",
+            output: Some(with_macs(&icmp_unknown, backend_mac(11))),
+            input: icmp_unknown,
+            action: XDP_TX,
+            reason: Reason::ForwardedIcmp,
+        },
+        Case {
+            name: "the ICMP error recorded nothing: that flow's SYN takes the next slot",
+            output: Some(forwarded(
+                &Spec {
+                    sport: 40007,
+                    ..Spec::default()
+                },
+                backend_mac(12),
+            )),
+            input: Spec {
+                sport: 40007,
+                ..Spec::default()
+            }
+            .build(),
+            action: XDP_TX,
+            reason: Reason::Forwarded,
+        },
+        Case {
+            name: "UDP to a port no VIP of the address serves is dropped",
+            input: web_udp.build(),
+            action: XDP_DROP,
+            output: None,
+            reason: Reason::ClosedPort,
+        },
+        Case {
+            name: "another TCP port of a VIP address (sshd on 0.0.0.0) is dropped",
             input: Spec {
                 dport: 22,
                 ..Spec::default()
             }
             .build(),
+            action: XDP_DROP,
+            output: None,
+            reason: Reason::ClosedPort,
+        },
+        Case {
+            name: "broadcast is not addressed to the LB: untouched",
+            input: Spec {
+                dst_mac: [0xff; 6],
+                ..udp_other.clone()
+            }
+            .build(),
             action: XDP_PASS,
             output: None,
-            reason: Reason::NotVip,
+            reason: Reason::NotForUs,
+        },
+        Case {
+            name: "another host's unicast (promiscuous mode, flooding) is untouched",
+            input: Spec {
+                dst_mac: [0x02, 0, 0, 0, 0, 0x99],
+                ..udp_other.clone()
+            }
+            .build(),
+            action: XDP_PASS,
+            output: None,
+            reason: Reason::NotForUs,
         },
         Case {
             name: "the LB's own address is not ours",
@@ -217,8 +328,8 @@ fn cases() -> Vec<Case> {
             reason: Reason::OtherL4,
         },
         Case {
-            name: "ARP goes to the kernel",
-            input: frames::arp_request(),
+            name: "unicast ARP goes to the kernel",
+            input: arp_to_lb,
             action: XDP_PASS,
             output: None,
             reason: Reason::NotIp,
@@ -231,16 +342,28 @@ fn cases() -> Vec<Case> {
             reason: Reason::Ipv6,
         },
         Case {
-            name: "a fragment of a VIP flow goes to the kernel",
+            name: "a fragment to a VIP address is dropped, not answered by the node",
             input: Spec {
                 more_fragments: true,
                 sport: 40005,
                 ..Spec::default()
             }
             .build(),
-            action: XDP_PASS,
+            action: XDP_DROP,
             output: None,
             reason: Reason::Fragment,
+        },
+        Case {
+            name: "a fragment to another address is the node's",
+            input: Spec {
+                more_fragments: true,
+                dst: [192, 0, 2, 2],
+                ..Spec::default()
+            }
+            .build(),
+            action: XDP_PASS,
+            output: None,
+            reason: Reason::NotVip,
         },
         Case {
             name: "truncated TCP header",
@@ -301,13 +424,21 @@ fn fixtures_give_exact_frames_verdicts_and_reasons() {
             reason.name()
         );
     }
-    // Per-VIP and per-backend counters: web got 4 packets (11 twice).
+    // Per-VIP and per-backend counters: web got 7 packets: 11 twice and
+    // both ICMP errors, 12 twice, 13 once.
     let forwarded_len = |c: &Case| c.input.len() as u64;
-    assert_eq!(stats.vips[0].packets, 4);
-    assert_eq!(stats.backends[0].packets, 2);
-    assert_eq!(stats.backends[1].packets, 1);
+    assert_eq!(stats.vips[0].packets, 7);
+    assert_eq!(stats.backends[0].packets, 4);
+    assert_eq!(stats.backends[1].packets, 2);
     assert_eq!(stats.backends[2].packets, 1);
-    assert_eq!(stats.backends[0].bytes, 2 * forwarded_len(&cases[0]));
+    let icmp = cases
+        .iter()
+        .find(|c| c.name.starts_with("ICMP frag-needed about a known"))
+        .unwrap();
+    assert_eq!(
+        stats.backends[0].bytes,
+        2 * forwarded_len(&cases[0]) + 2 * forwarded_len(icmp)
+    );
     assert_eq!(stats.vips[1].packets, 1);
     assert_eq!(stats.backends[3].packets, 1);
 }
@@ -464,4 +595,137 @@ fn removing_a_vip_hands_its_address_back_to_the_kernel() {
         .unwrap();
     dp.apply(&st.plan()).unwrap();
     assert_eq!(dp.test_run(&udp.build()).unwrap().0, XDP_TX);
+}
+
+/// An id freed by a removed backend and taken by another must never carry
+/// the old backend's flows or affinity choices to the new one: the new
+/// holder has a new generation, so the old entries no longer match.
+#[test]
+fn a_reused_backend_id_never_inherits_old_flows() {
+    let (mut dp, _) = datapath(CONFIG);
+    let config = config::parse(CONFIG).unwrap();
+    let mut st =
+        foobar::state::State::build(&foobar::state::saved_from_config(&config), &macs()).unwrap();
+    dp.apply(&st.plan()).unwrap();
+    let flow = Spec::default();
+    let (_, out) = dp.test_run(&flow.build()).unwrap();
+    assert_eq!(
+        dst_mac(&out),
+        backend_mac(11),
+        "the flow starts on .11 (id 0)"
+    );
+
+    st.remove_backend("web", Ipv4Addr::new(10, 0, 0, 11))
+        .unwrap();
+    dp.apply(&st.plan()).unwrap();
+    assert_eq!(st.free_retired(&Default::default()).len(), 1);
+    dp.apply(&st.plan()).unwrap();
+    let spec = foobar::state::BackendSpec {
+        address: Ipv4Addr::new(10, 0, 0, 14),
+        ..foobar::state::saved_from_config(&config)[0].backends[0].clone()
+    };
+    let id = st.add_backend("web", spec, backend_mac(14)).unwrap();
+    assert_eq!(id, 0, "the new backend takes the freed id");
+    let plan = st.plan();
+    dp.apply(&plan).unwrap();
+    // Only the remaining old backends in the ring: a rescheduled flow can
+    // land on .12 or .13; the old entry alone could send it to .14.
+    dp.set_ring(plan.vips[0].service.vip_id, &[1, 2]).unwrap();
+    for _ in 0..3 {
+        let (action, out) = dp.test_run(&flow.build()).unwrap();
+        assert_eq!(action, XDP_TX);
+        assert_ne!(
+            dst_mac(&out),
+            backend_mac(14),
+            "an old flow reached the id's new holder"
+        );
+        assert_ne!(
+            dst_mac(&out),
+            backend_mac(11),
+            "a freed backend still gets traffic"
+        );
+    }
+}
+
+#[test]
+fn a_reused_backend_id_never_inherits_affinity() {
+    let text = CONFIG.replacen(
+        "port = 80\n",
+        "port = 80\n    persistence = { timeout = \"600s\" }\n",
+        1,
+    );
+    let (mut dp, _) = datapath(&text);
+    let config = config::parse(&text).unwrap();
+    let mut st =
+        foobar::state::State::build(&foobar::state::saved_from_config(&config), &macs()).unwrap();
+    dp.apply(&st.plan()).unwrap();
+    let (_, out) = dp.test_run(&Spec::default().build()).unwrap();
+    assert_eq!(
+        dst_mac(&out),
+        backend_mac(11),
+        "the client's choice is .11 (id 0)"
+    );
+
+    st.remove_backend("web", Ipv4Addr::new(10, 0, 0, 11))
+        .unwrap();
+    assert_eq!(st.free_retired(&Default::default()).len(), 1);
+    let spec = foobar::state::BackendSpec {
+        address: Ipv4Addr::new(10, 0, 0, 14),
+        ..foobar::state::saved_from_config(&config)[0].backends[0].clone()
+    };
+    assert_eq!(st.add_backend("web", spec, backend_mac(14)).unwrap(), 0);
+    let plan = st.plan();
+    dp.apply(&plan).unwrap();
+    // The ring names only .12: the client's next connection goes there; the
+    // stale affinity entry (id 0) alone could send it to .14.
+    dp.set_ring(plan.vips[0].service.vip_id, &[1]).unwrap();
+    let next = Spec {
+        sport: 41000,
+        ..Spec::default()
+    };
+    let (_, out) = dp.test_run(&next.build()).unwrap();
+    assert_eq!(dst_mac(&out), backend_mac(12));
+}
+
+/// A backend that was down when it was removed stays down while retired:
+/// its flows are rescheduled, not sent to a dead server.
+#[test]
+fn a_backend_removed_while_down_stays_down() {
+    let config = config::parse(CONFIG).unwrap();
+    let mut st =
+        foobar::state::State::build(&foobar::state::saved_from_config(&config), &macs()).unwrap();
+    assert!(st.set_health(0, false, "test: connect refused"));
+    st.remove_backend("web", Ipv4Addr::new(10, 0, 0, 11))
+        .unwrap();
+    let plan = st.plan();
+    assert_eq!(
+        plan.backends[&0].flags & BACKEND_UP,
+        0,
+        "retired while down: still down"
+    );
+}
+
+/// TCP segments without SYN that find no flow (an evicted or lost flow)
+/// are counted: that is how a too-small flow table shows.
+#[test]
+fn a_midflow_miss_is_counted() {
+    let (mut dp, plan) = datapath(CONFIG);
+    let mut ack = Spec::default().build();
+    // Clear SYN, set ACK: a segment of an established connection.
+    let tcp = 14 + 20;
+    ack[tcp + 13] = 0x10;
+    let sum = etherparse::TcpHeader::from_slice(&ack[tcp..]).unwrap().0;
+    let ip = etherparse::Ipv4Header::from_slice(&ack[14..]).unwrap().0;
+    let check = sum.calc_checksum_ipv4(&ip, &ack[tcp + 20..]).unwrap();
+    ack[tcp + 16..tcp + 18].copy_from_slice(&check.to_be_bytes());
+    assert_eq!(dp.test_run(&ack).unwrap().0, XDP_TX);
+    assert_eq!(dp.test_run(&ack).unwrap().0, XDP_TX);
+    let syn = Spec {
+        sport: 40100,
+        ..Spec::default()
+    }
+    .build();
+    assert_eq!(dp.test_run(&syn).unwrap().0, XDP_TX);
+    let stats = dp.stats(plan.vips.len(), plan.backends.len()).unwrap();
+    assert_eq!(stats.event(foobar_common::Event::MidflowMiss), 1);
 }

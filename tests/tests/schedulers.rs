@@ -51,6 +51,8 @@ fn node(text: &str, seed: u32) -> (Datapath, State) {
         .collect();
     let st = State::build(&saved, &macs).expect("state builds");
     let mut dp = Datapath::load(&LoadOptions {
+        lb_mac: Spec::default().dst_mac,
+        affinity_table_size: 4096,
         hash_seed: seed,
         ..LoadOptions::default()
     })

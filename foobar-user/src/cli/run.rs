@@ -136,9 +136,18 @@ async fn serve(
         None => None,
     };
 
+    let lb_mac = interface_mac(&iface)?;
+    // Source affinity needs its own table only if a VIP uses it.
+    let affinity_table_size = if config.vips.iter().any(|v| v.affinity_timeout_s.is_some()) {
+        config.datapath.flow_table_size
+    } else {
+        1
+    };
     let datapath = Datapath::load(&LoadOptions {
         flow_table_size: config.datapath.flow_table_size,
+        affinity_table_size,
         hash_seed: config.datapath.hash_seed,
+        lb_mac,
     })
     .context("loading the XDP programs")?;
     let mut owner = Owner::new(
@@ -195,6 +204,23 @@ async fn serve(
 }
 
 /// Removes the control socket however `serve` ends, errors included.
+/// The interface's own MAC: the only destination the datapath serves and
+/// the source of every frame it sends.
+fn interface_mac(iface: &str) -> anyhow::Result<[u8; 6]> {
+    let path = format!("/sys/class/net/{iface}/address");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading the MAC address of {iface} from {path}"))?;
+    let bytes: Vec<u8> = text
+        .trim()
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16))
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("{path}: \"{}\" is not a MAC address", text.trim()))?;
+    bytes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("{path}: \"{}\" is not an Ethernet MAC address", text.trim()))
+}
+
 struct RemoveOnDrop(PathBuf);
 
 impl Drop for RemoveOnDrop {

@@ -15,8 +15,9 @@ use aya::{
 use std::collections::HashSet;
 
 use foobar_common::{
-    ring_state, Backend, Counter, Flow, FlowKey, Reason, Service, VipKey, BACKEND_UP, FLOW_CLOSED,
-    MAX_BACKENDS, MAX_VIPS, RING_CAPACITY, RING_HALF_BIT, RING_STRIDE,
+    ring_state, AffinityKey, Backend, Counter, Event, Flow, FlowKey, Reason, Service, VipAddrKey,
+    VipKey, BACKEND_UP, FLOW_CLOSED, MAX_BACKENDS, MAX_VIPS, RING_CAPACITY, RING_HALF_BIT,
+    RING_STRIDE,
 };
 
 use crate::plan::Plan;
@@ -106,17 +107,25 @@ impl AttachMode {
 /// Load-time settings of the datapath.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
-    /// Entries of the flow table, and of the source-affinity table.
+    /// Entries of the flow table.
     pub flow_table_size: u32,
+    /// Entries of the source-affinity table (1 when no VIP uses it: a map
+    /// cannot have 0).
+    pub affinity_table_size: u32,
     /// Seed of the Maglev flow hash (a global of the program).
     pub hash_seed: u32,
+    /// MAC of the interface the program serves: only frames addressed to it
+    /// are handled, and it is the source MAC of every frame sent.
+    pub lb_mac: [u8; 6],
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
             flow_table_size: foobar_common::FLOW_TABLE_DEFAULT,
+            affinity_table_size: 1,
             hash_seed: 0,
+            lb_mac: [0; 6],
         }
     }
 }
@@ -140,6 +149,8 @@ pub struct Counters {
 pub struct Stats {
     /// Indexed by `Reason as usize`.
     pub reasons: Vec<(&'static str, Counters)>,
+    /// Indexed by `Event as usize` (packets only).
+    pub events: Vec<(&'static str, u64)>,
     /// Indexed by VIP id.
     pub vips: Vec<Counters>,
     /// Indexed by backend id.
@@ -149,6 +160,10 @@ pub struct Stats {
 impl Stats {
     pub fn reason(&self, reason: Reason) -> &Counters {
         &self.reasons[reason as usize].1
+    }
+
+    pub fn event(&self, event: Event) -> u64 {
+        self.events.get(event as usize).map_or(0, |e| e.1)
     }
 
     /// The counters of VIP id `id` (zero if it was not read).
@@ -176,8 +191,8 @@ pub struct Datapath {
 struct Written {
     backends: std::collections::HashMap<u32, Backend>,
     vips: std::collections::HashMap<VipKey, Service>,
-    /// IPv4 VIP addresses in the prefilter map.
-    vip_addrs4: HashSet<u32>,
+    /// (IPv4 VIP address, VLAN) -> flags, as in the prefilter map.
+    vip_addrs4: std::collections::HashMap<VipAddrKey, u32>,
 }
 
 #[derive(Clone, Default)]
@@ -305,8 +320,9 @@ impl Datapath {
     pub fn load(opts: &LoadOptions) -> Result<Self> {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("FLOWS", opts.flow_table_size)
-            .map_max_entries("AFFINITY", opts.flow_table_size)
+            .map_max_entries("AFFINITY", opts.affinity_table_size.max(1))
             .override_global("HASH_SEED", &opts.hash_seed, true)
+            .override_global("LB_MAC", &opts.lb_mac, true)
             .load(OBJECT)?;
         for name in [LB_PROGRAM, PASS_PROGRAM] {
             xdp_program(&mut ebpf, name)?
@@ -370,7 +386,7 @@ impl Datapath {
         }
         for (&id, backend) in &plan.backends {
             if backend.flags & BACKEND_UP != 0 && self.written.backends.get(&id) != Some(backend) {
-                self.set_backend(id, backend)?;
+                self.write_backend(id, backend)?;
             }
         }
         for vip in &plan.vips {
@@ -381,20 +397,19 @@ impl Datapath {
         }
         // Prefilter addresses before the VIP keys that need them, and
         // removed after the keys that used them are gone.
-        let addrs: HashSet<u32> = plan
-            .vips
-            .iter()
-            .filter(|v| v.key.family == foobar_common::AF_INET)
-            .map(|v| v.key.addr_be[0])
-            .collect();
-        let mut prefilter: HashMap<&mut MapData, u32, u32> = map_mut(&mut self.ebpf, "VIP_ADDRS4")?;
-        for addr in addrs.difference(&self.written.vip_addrs4) {
-            prefilter
-                .insert(addr, 1, 0)
-                .map_err(|source| DatapathError::Map {
-                    map: "VIP_ADDRS4",
-                    source,
-                })?;
+        let addrs = &plan.addresses;
+        let mut prefilter: HashMap<&mut MapData, VipAddrKey, u32> =
+            map_mut(&mut self.ebpf, "VIP_ADDRS4")?;
+        for (key, flags) in addrs {
+            if self.written.vip_addrs4.get(key) != Some(flags) {
+                prefilter
+                    .insert(key, flags, 0)
+                    .map_err(|source| DatapathError::Map {
+                        map: "VIP_ADDRS4",
+                        source,
+                    })?;
+                self.written.vip_addrs4.insert(*key, *flags);
+            }
         }
         let mut vips: HashMap<&mut MapData, VipKey, Service> = map_mut(&mut self.ebpf, "VIPS")?;
         for vip in &plan.vips {
@@ -421,19 +436,27 @@ impl Datapath {
             })?;
             self.written.vips.remove(&key);
         }
-        let mut prefilter: HashMap<&mut MapData, u32, u32> = map_mut(&mut self.ebpf, "VIP_ADDRS4")?;
-        for addr in self.written.vip_addrs4.difference(&addrs) {
+        let mut prefilter: HashMap<&mut MapData, VipAddrKey, u32> =
+            map_mut(&mut self.ebpf, "VIP_ADDRS4")?;
+        let stale: Vec<VipAddrKey> = self
+            .written
+            .vip_addrs4
+            .keys()
+            .filter(|k| !addrs.contains_key(k))
+            .copied()
+            .collect();
+        for key in stale {
             prefilter
-                .remove(addr)
+                .remove(&key)
                 .map_err(|source| DatapathError::Map {
                     map: "VIP_ADDRS4",
                     source,
                 })?;
+            self.written.vip_addrs4.remove(&key);
         }
-        self.written.vip_addrs4 = addrs;
         for (&id, backend) in &plan.backends {
             if backend.flags & BACKEND_UP == 0 && self.written.backends.get(&id) != Some(backend) {
-                self.set_backend(id, backend)?;
+                self.write_backend(id, backend)?;
             }
         }
         let freed: Vec<u32> = self
@@ -444,12 +467,24 @@ impl Datapath {
             .copied()
             .collect();
         for id in freed {
+            // Generation 0 and no flags: no flow or affinity entry matches.
             self.set_backend(id, &Backend::default())?;
             self.written.backends.remove(&id);
         }
         Ok(())
     }
 
+    /// Writes one backend entry and remembers it, so the next `apply`
+    /// knows what the map holds.
+    fn write_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
+        self.set_backend(id, backend)?;
+        self.written.backends.insert(id, *backend);
+        Ok(())
+    }
+
+    /// Writes one backend entry behind `apply`'s back (tests and the bench);
+    /// the next `apply` rewrites it only if its plan differs from what it
+    /// last wrote.
     pub fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<()> {
         let mut backends: Array<&mut MapData, Backend> = self.map_mut("BACKENDS")?;
         backends
@@ -458,6 +493,33 @@ impl Datapath {
                 map: "BACKENDS",
                 source,
             })
+    }
+
+    /// Forgets the source-affinity choices of `vip_id`, or of every VIP:
+    /// the clients' next new connections are scheduled afresh.
+    pub fn purge_affinity(&mut self, vip_id: Option<u32>) -> Result<usize> {
+        let mut map: HashMap<&mut MapData, AffinityKey, Flow> = self.map_mut("AFFINITY")?;
+        // Collect first: deleting while walking restarts the kernel's walk.
+        let keys: Vec<AffinityKey> = map
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| vip_id.is_none_or(|id| k.vip_id == id))
+            .collect();
+        let mut purged = 0;
+        for key in keys {
+            match map.remove(&key) {
+                Ok(()) => purged += 1,
+                // Evicted meanwhile: already gone.
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(source) => {
+                    return Err(DatapathError::Map {
+                        map: "AFFINITY",
+                        source,
+                    })
+                }
+            }
+        }
+        Ok(purged)
     }
 
     /// Replaces a VIP's ring (see `RingWriter`).
@@ -502,6 +564,10 @@ impl Datapath {
             .iter()
             .map(|r| Ok((r.name(), self.counter("REASONS", *r as u32)?)))
             .collect::<Result<_>>()?;
+        let events = Event::ALL
+            .iter()
+            .map(|e| Ok((e.name(), self.counter("EVENTS", *e as u32)?.packets)))
+            .collect::<Result<_>>()?;
         let vips = (0..vip_count as u32)
             .map(|id| self.counter("VIP_STATS", id))
             .collect::<Result<_>>()?;
@@ -510,6 +576,7 @@ impl Datapath {
             .collect::<Result<_>>()?;
         Ok(Stats {
             reasons,
+            events,
             vips,
             backends,
         })

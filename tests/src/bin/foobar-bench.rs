@@ -122,6 +122,11 @@ fn load(scheduler: &str) -> Result<Datapath> {
 }
 
 fn load_with(scheduler: &str, opts: LoadOptions) -> Result<Datapath> {
+    // The bench's frames are addressed to the fixtures' LB MAC.
+    let opts = LoadOptions {
+        lb_mac: Spec::default().dst_mac,
+        ..opts
+    };
     let text = format!(
         "[[vip]]\nname = \"web\"\naddress = \"192.0.2.10\"\nport = 80\nscheduler = \"{scheduler}\"\n\
          [[vip.backend]]\naddress = \"10.0.0.11\"\n[[vip.backend]]\naddress = \"10.0.0.12\"\n\
