@@ -396,43 +396,151 @@ impl fmt::Display for ConfigError {
     }
 }
 
-/// Reads, parses and validates `path`.
+/// Largest config file foobar reads (a real one is a few KiB).
+pub const MAX_FILE_SIZE: u64 = 1 << 20;
+
+/// Reads, parses and validates `path`. `foobar check` and `foobar run` both
+/// come through here (run through `load_with_text`), so they accept exactly
+/// the same files.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        file: path.to_owned(),
-        problems: vec![Problem {
-            key: "(file)".into(),
-            message: format!("cannot read: {e}"),
-        }],
-    })?;
-    parse(&text).map_err(|problems| ConfigError {
+    load_with_text(path).map(|(config, _)| config)
+}
+
+/// `load`, also returning the text it validated (`foobar run` keys its
+/// state file to it).
+pub fn load_with_text(path: &Path) -> Result<(Config, String), ConfigError> {
+    let error = |problems| ConfigError {
         file: path.to_owned(),
         problems,
+    };
+    let text = read_bounded(path).map_err(|message| {
+        error(vec![Problem {
+            key: "(file)".into(),
+            message,
+        }])
+    })?;
+    let config = parse(&text).map_err(error)?;
+    Ok((config, text))
+}
+
+/// Reads a regular file of at most `MAX_FILE_SIZE` bytes. Opened without
+/// blocking, so a FIFO is refused instead of waiting for a writer, and a
+/// device such as /dev/zero is refused instead of read until memory runs out.
+fn read_bounded(path: &Path) -> Result<String, String> {
+    use std::{
+        io::Read as _,
+        os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _},
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| format!("cannot open: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("cannot stat: {e}"))?;
+    let kind = meta.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_dir() {
+            "a directory"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_socket() {
+            "a socket"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "a device"
+        } else {
+            "not a regular file"
+        };
+        return Err(format!(
+            "is {what}; give the path of a TOML file (at most {MAX_FILE_SIZE} bytes)"
+        ));
+    }
+    let too_big = || format!("larger than {MAX_FILE_SIZE} bytes; a config file is a few KiB");
+    if meta.len() > MAX_FILE_SIZE {
+        return Err(too_big());
+    }
+    // The file may grow after the stat: never read more than the cap + 1.
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_SIZE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > MAX_FILE_SIZE {
+        return Err(too_big());
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        )
     })
 }
 
 /// Parses and validates a config text; on error, every problem found.
 pub fn parse(text: &str) -> Result<Config, Vec<Problem>> {
-    let raw: RawConfig = toml::from_str(text).map_err(|e| vec![toml_problem(text, &e)])?;
+    let raw: RawConfig = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+        .map_err(|e| vec![toml_problem(text, &e)])?;
     validate::validate(&raw)
 }
 
-fn toml_problem(text: &str, err: &toml::de::Error) -> Problem {
-    let key = match err.span() {
-        Some(span) => {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            format!("line {line}, column {col}")
-        }
-        None => "(syntax)".into(),
-    };
-    Problem {
-        key,
-        message: err.message().trim().replace('\n', " "),
+/// A TOML or type error at its key path (`vip[1].backend[0].weight`), with
+/// its line and column; at the line and column alone when no key was read
+/// yet (a syntax error).
+fn toml_problem(text: &str, err: &serde_path_to_error::Error<toml::de::Error>) -> Problem {
+    let inner = err.inner();
+    let at = inner.span().map(|span| {
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        format!("line {line}, column {col}")
+    });
+    let message = plain_serde_message(inner.message().trim()).replace('\n', " ");
+    let path = err.path().to_string();
+    match (path.as_str(), at) {
+        ("." | "", Some(at)) => Problem { key: at, message },
+        ("." | "", None) => Problem {
+            key: "(syntax)".into(),
+            message,
+        },
+        (_, Some(at)) => Problem {
+            key: path,
+            message: format!("{message} (at {at})"),
+        },
+        (_, None) => Problem { key: path, message },
     }
 }
 
+/// serde's "invalid type: string \"x\", expected i64" in an operator's
+/// words: "expected an integer, found a string \"x\"".
+fn plain_serde_message(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("invalid type: ") else {
+        return message.to_owned();
+    };
+    let Some((found, expected)) = rest.split_once(", expected ") else {
+        return message.to_owned();
+    };
+    let expected = match expected {
+        "i64" | "u64" | "i32" | "u32" | "u16" => "an integer",
+        "a sequence" => "an array",
+        "a boolean" => "true or false",
+        e if e.starts_with("struct ") || e == "a map" => "a table",
+        e => e,
+    };
+    let found = found
+        .replace("sequence", "an array")
+        .replace("map", "a table");
+    let found = match found.split_once(' ') {
+        Some(("string", v)) => format!("a string {v}"),
+        Some(("integer", v)) => format!("an integer {}", v.trim_matches('`')),
+        Some(("floating", v)) => format!(
+            "a float {}",
+            v.trim_start_matches("point ").trim_matches('`')
+        ),
+        Some(("boolean", v)) => format!("a boolean {}", v.trim_matches('`')),
+        _ => found,
+    };
+    format!("expected {expected}, found {found}")
+}
+
+pub mod rules;
 mod validate;
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::{
 
 use foobar_common::{FLOW_TABLE_DEFAULT, MAX_BACKENDS, MAX_VIPS, RING_CAPACITY};
 
-use super::*;
+use super::{rules, *};
 use crate::{datapath::AttachMode, ring};
 
 pub(super) struct Problems(Vec<Problem>);
@@ -34,7 +34,15 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
     if !socket.is_absolute() {
         p.add(
             "api.socket",
-            format!("\"{}\" is not an absolute path", socket.display()),
+            format!("{:?} is not an absolute path", socket.display().to_string()),
+        );
+    } else if socket.to_string_lossy().chars().any(char::is_control) {
+        p.add(
+            "api.socket",
+            format!(
+                "{:?} contains a control character",
+                socket.display().to_string()
+            ),
         );
     }
     let metrics_listen = match raw.metrics.listen.as_deref() {
@@ -140,12 +148,7 @@ fn validate_datapath(raw: &RawDatapath, p: &mut Problems) -> Option<DatapathConf
         }
     };
     if let Some(iface) = &raw.interface {
-        if iface.is_empty() || iface.len() > 15 || iface.contains(['/', ' ']) {
-            p.add(
-                "datapath.interface",
-                format!("\"{iface}\" is not a valid interface name"),
-            );
-        }
+        p.field("datapath.interface", rules::interface(iface));
     }
     let hash_seed = match raw.hash_seed {
         None => Some(0),
@@ -184,17 +187,12 @@ fn validate_vip(key: &str, raw: &RawVip, p: &mut Problems) -> Option<Vip> {
             p.add(format!("{key}.name"), "missing; every VIP needs a name");
             None
         }
-        Some(n) => Some(n.to_owned()),
+        Some(n) => p
+            .field(&format!("{key}.name"), rules::name(n))
+            .map(|()| n.to_owned()),
     };
-    let address = ipv4(&format!("{key}.address"), raw.address.as_deref(), p);
-    if let Some(a) = address {
-        if a.is_unspecified() || a.is_multicast() || a.is_broadcast() {
-            p.add(
-                format!("{key}.address"),
-                format!("{a} cannot be a VIP (unspecified, multicast or broadcast)"),
-            );
-        }
-    }
+    let address = ipv4(&format!("{key}.address"), raw.address.as_deref(), p)
+        .and_then(|a| p.field(&format!("{key}.address"), rules::vip_address(a).map(|()| a)));
     let port = match raw.port {
         None => {
             p.add(
@@ -267,6 +265,14 @@ fn validate_vip(key: &str, raw: &RawVip, p: &mut Problems) -> Option<Vip> {
         }
     };
 
+    if raw.backends.is_empty() {
+        p.add(
+            format!("{key}.backend"),
+            "none; a VIP without backends drops all its traffic: \
+             add at least one [[vip.backend]] (more can be added at run time)",
+        );
+    }
+    let raw_vip_address = address;
     let mut backends = Vec::new();
     let mut seen = HashSet::new();
     for (j, raw_backend) in raw.backends.iter().enumerate() {
@@ -276,6 +282,13 @@ fn validate_vip(key: &str, raw: &RawVip, p: &mut Problems) -> Option<Vip> {
             raw_backend.address.as_deref(),
             p,
         );
+        let address = match (address, raw_vip_address) {
+            (Some(a), Some(vip)) => p.field(
+                &format!("{bkey}.address"),
+                rules::backend_address(a, vip).map(|()| a),
+            ),
+            (a, _) => a,
+        };
         if let Some(a) = address {
             if !seen.insert(a) {
                 p.add(
@@ -323,6 +336,14 @@ fn validate_vip(key: &str, raw: &RawVip, p: &mut Problems) -> Option<Vip> {
                  lower them (only their ratios matter)"
             ),
         );
+    }
+    if let (Some(Scheduler::Maglev), Some(size)) = (scheduler, maglev_table_size) {
+        if backends.len() == raw.backends.len() {
+            p.field(
+                &format!("{key}.maglev_table_size"),
+                rules::maglev_table(size, backends.iter().map(|b| b.weight)),
+            );
+        }
     }
     Some(Vip {
         name: name?,
@@ -383,11 +404,9 @@ fn validate_health(key: &str, raw: &RawHealth, p: &mut Problems) -> Option<Healt
         Some("none") => Check::None,
         Some("http") => {
             let path = raw.http_path.clone().unwrap_or_else(|| "/".into());
-            if !path.starts_with('/') {
-                p.add(
-                    format!("{key}.http_path"),
-                    format!("\"{path}\" must start with /"),
-                );
+            p.field(&format!("{key}.http_path"), rules::http_path(&path));
+            if let Some(host) = &raw.http_host {
+                p.field(&format!("{key}.http_host"), rules::http_host(host));
             }
             let (status_min, status_max) = match raw.http_status.as_deref() {
                 None => (200, 399),
