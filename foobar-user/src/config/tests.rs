@@ -399,7 +399,8 @@ fn bad_configs_are_rejected_at_their_key() {
         )
     };
     let backend = |address: &str| one_vip("", &format!("address = \"{address}\""));
-    let cases: Vec<(&str, String, &str, &str)> = vec![
+    let cases: Vec<(&str, String, &str, &str)> =
+        vec![
         (
             "http_path with a space",
             http("http_path", r#""/a b""#),
@@ -525,6 +526,13 @@ fn bad_configs_are_rejected_at_their_key() {
             one_vip("", ""),
             "vip[0].backend",
             "drops all its traffic",
+        ),
+        (
+            "VIP whose backends all have weight 0",
+            one_vip("", "address = \"10.0.0.11\"\nweight = 0")
+                .replace("address = \"10.0.0.12\"", "address = \"10.0.0.12\"\nweight = 0"),
+            "vip[0].backend",
+            "every backend has weight 0",
         ),
         (
             "Maglev table smaller than its backends",

@@ -327,6 +327,16 @@ fn validate_vip(key: &str, raw: &RawVip, p: &mut Problems) -> Option<Vip> {
             });
         }
     }
+    if !backends.is_empty()
+        && backends.len() == raw.backends.len()
+        && backends.iter().all(|b| b.weight == 0)
+    {
+        p.add(
+            format!("{key}.backend"),
+            "every backend has weight 0, so the VIP would drop all new flows: \
+             give at least one a weight of 1 or more (drain backends at run time instead)",
+        );
+    }
     let slots = ring::round_robin_len(backends.iter().map(|b| b.weight));
     if slots > u64::from(RING_CAPACITY) {
         p.add(
