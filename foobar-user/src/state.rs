@@ -251,18 +251,10 @@ impl State {
     }
 
     pub fn add_vip(&mut self, spec: VipSpec) -> Result<u32, StateError> {
-        if spec.name.is_empty() || spec.name.chars().any(char::is_whitespace) {
-            return Err(StateError::Invalid(format!(
-                "\"{}\" is not a VIP name (non-empty, no spaces)",
-                spec.name
-            )));
-        }
-        let a = spec.address;
-        if a.is_unspecified() || a.is_multicast() || a.is_broadcast() {
-            return Err(StateError::Invalid(format!(
-                "{a} cannot be a VIP (unspecified, multicast or broadcast)"
-            )));
-        }
+        // The config's rules, so `vip add` and the file agree.
+        config::rules::name(&spec.name)
+            .map_err(|e| StateError::Invalid(format!("VIP name {e}")))?;
+        config::rules::vip_address(spec.address).map_err(StateError::Invalid)?;
         if self.vips.iter().any(|v| v.spec.name == spec.name) {
             return Err(StateError::DuplicateVip(spec.name));
         }
@@ -309,6 +301,8 @@ impl State {
     pub fn check_add_backend(&self, vip: &str, spec: &BackendSpec) -> Result<(), StateError> {
         let v = self.vip(vip)?;
         check_weight(spec.weight)?;
+        config::rules::backend_address(spec.address, v.spec.address)
+            .map_err(StateError::Invalid)?;
         if v.backends.iter().any(|b| b.spec.address == spec.address) {
             return Err(StateError::DuplicateBackend {
                 vip: vip.to_owned(),
@@ -326,6 +320,10 @@ impl State {
             .iter()
             .map(|b| b.spec.weight)
             .chain([spec.weight]);
+        if v.spec.scheduler == Scheduler::Maglev {
+            config::rules::maglev_table(v.spec.maglev_table_size, weights.clone())
+                .map_err(|e| StateError::Invalid(format!("maglev_table_size: {e}")))?;
+        }
         check_ring(weights)
     }
 

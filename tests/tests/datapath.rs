@@ -8,7 +8,8 @@ use std::{collections::HashMap, net::Ipv4Addr};
 use foobar::{
     config,
     datapath::{Datapath, LoadOptions},
-    plan::{self, Plan},
+    plan::Plan,
+    state::{self, State},
 };
 use foobar_common::{Reason, BACKEND_UP};
 use foobar_tests::frames::{self, check_checksums, dst_mac, Spec, L4};
@@ -18,7 +19,9 @@ const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 
 /// VIP 192.0.2.10:80/tcp with three backends, a UDP every-port VIP on
-/// 192.0.2.20, and a VIP with no backend on 192.0.2.30.
+/// 192.0.2.20, and a VIP on 192.0.2.30 whose only backend `datapath()`
+/// marks down, so it has no backend to take a flow (a config cannot list a
+/// VIP without backends).
 const CONFIG: &str = r#"
     [[vip]]
     name = "web"
@@ -43,6 +46,8 @@ const CONFIG: &str = r#"
     name = "empty"
     address = "192.0.2.30"
     port = 80
+    [[vip.backend]]
+    address = "10.0.0.31"
 "#;
 
 fn backend_mac(last: u8) -> [u8; 6] {
@@ -50,7 +55,7 @@ fn backend_mac(last: u8) -> [u8; 6] {
 }
 
 fn macs() -> HashMap<Ipv4Addr, [u8; 6]> {
-    [11, 12, 13, 21]
+    [11, 12, 13, 21, 31]
         .into_iter()
         .map(|n| (Ipv4Addr::new(10, 0, 0, n), backend_mac(n)))
         .collect()
@@ -74,7 +79,15 @@ fn load_options() -> LoadOptions {
 fn datapath(config_text: &str) -> (Datapath, Plan) {
     pin_to_one_cpu();
     let config = config::parse(config_text).expect("test config is valid");
-    let plan = plan::build(&config, &macs()).expect("every backend has a MAC");
+    let mut st =
+        State::build(&state::saved_from_config(&config), &macs()).expect("every backend has a MAC");
+    if let Ok(empty) = st.vip("empty") {
+        let ids: Vec<u32> = empty.backends.iter().map(|b| b.id).collect();
+        for id in ids {
+            st.set_health(id, false, "down for the test");
+        }
+    }
+    let plan = st.plan();
     let mut dp = Datapath::load(&load_options())
         .expect("loading the XDP program (are you root? run `cargo xtask test`)");
     dp.apply(&plan).expect("programming the maps");

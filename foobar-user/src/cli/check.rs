@@ -1,4 +1,7 @@
 //! `foobar check`: validate a config and summarise it, without root.
+//! It reads and validates through `config::load`, the entry point `foobar
+//! run` uses too, so both accept exactly the same files; `run` then also
+//! needs what only the host can tell (root, the interface, backend MACs).
 use std::path::PathBuf;
 
 use crate::config;

@@ -35,12 +35,8 @@ pub struct RunArgs {
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logging();
-    let text = std::fs::read_to_string(&args.config)
-        .with_context(|| format!("cannot read the config file {}", args.config.display()))?;
-    let config = config::parse(&text).map_err(|problems| config::ConfigError {
-        file: args.config.clone(),
-        problems,
-    })?;
+    // The same entry point as `foobar check`: what one accepts, so does the other.
+    let (config, text) = config::load_with_text(&args.config)?;
     let iface = args
         .iface
         .clone()

@@ -1,0 +1,786 @@
+use super::*;
+use foobar_common::FLOW_TABLE_DEFAULT;
+
+const GOOD: &str = r#"
+    [datapath]
+    interface = "eth0"
+    xdp_mode = "skb"
+    flow_table_size = 4096
+
+    [[vip]]
+    name = "web"
+    address = "192.0.2.10"
+    port = 80
+
+    [[vip.backend]]
+    address = "10.0.0.11"
+
+    [[vip.backend]]
+    address = "10.0.0.12"
+    weight = 3
+
+    [[vip]]
+    name = "dns"
+    address = "192.0.2.10"
+    port = 0
+    protocol = "udp"
+
+    [[vip.backend]]
+    address = "10.0.0.21"
+"#;
+
+fn problems(text: &str) -> Vec<Problem> {
+    parse(text).expect_err("config should be rejected")
+}
+
+fn keys(text: &str) -> Vec<String> {
+    problems(text).into_iter().map(|p| p.key).collect()
+}
+
+#[test]
+fn good_config_parses_with_defaults() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.datapath.interface.as_deref(), Some("eth0"));
+    assert_eq!(c.datapath.xdp_mode, AttachMode::Skb);
+    assert_eq!(c.datapath.flow_table_size, 4096);
+    assert_eq!(c.vips.len(), 2);
+    let web = &c.vips[0];
+    assert_eq!(web.address, Ipv4Addr::new(192, 0, 2, 10));
+    assert_eq!(web.protocol, Protocol::Tcp);
+    assert_eq!(web.scheduler, Scheduler::RoundRobin);
+    assert_eq!(web.forwarding, Forwarding::Dsr);
+    assert_eq!(web.backends[0].weight, 1);
+    assert_eq!(web.backends[1].weight, 3);
+    assert_eq!(c.vips[1].port, 0);
+    assert_eq!(c.vips[1].protocol, Protocol::Udp);
+}
+
+#[test]
+fn backend_health_keys_override_the_vip_defaults_one_by_one() {
+    let c = parse(
+        r#"
+        [api]
+        socket = "/tmp/x.sock"
+        [metrics]
+        listen = "off"
+        [[vip]]
+        name = "web"
+        address = "192.0.2.10"
+        port = 8080
+        [vip.health]
+        check = "http"
+        http_path = "/healthz"
+        interval_ms = 500
+        fall = 2
+        [[vip.backend]]
+        address = "10.0.0.11"
+        [[vip.backend]]
+        address = "10.0.0.12"
+        [vip.backend.health]
+        check = "tcp"
+        port = 9000
+    "#,
+    )
+    .unwrap();
+    assert_eq!(c.socket, PathBuf::from("/tmp/x.sock"));
+    assert_eq!(c.metrics_listen, None);
+    let web = &c.vips[0];
+    assert_eq!(web.health.interval_ms, 500);
+    let first = &web.backends[0].health;
+    assert_eq!(
+        first.check,
+        Check::Http {
+            path: "/healthz".into(),
+            host: None,
+            status_min: 200,
+            status_max: 399
+        }
+    );
+    assert_eq!(
+        (first.interval_ms, first.timeout_ms, first.rise, first.fall),
+        (500, 500, 2, 2),
+        "an unset timeout is capped by the interval"
+    );
+    assert_eq!(first.port_for(web.port), 8080);
+    let second = &web.backends[1].health;
+    assert_eq!(second.check, Check::Tcp, "the backend's own check wins");
+    assert_eq!(second.port_for(web.port), 9000);
+    assert_eq!(
+        second.interval_ms, 500,
+        "other keys still come from the VIP"
+    );
+}
+
+#[test]
+fn health_api_and_metrics_problems_name_their_keys() {
+    let mut got = keys(
+        r#"
+        [api]
+        socket = "relative.sock"
+        [metrics]
+        listen = "everywhere"
+        [[vip]]
+        name = "web"
+        address = "192.0.2.10"
+        port = 80
+        [vip.health]
+        check = "ping"
+        rise = 0
+        timeout_ms = 5000
+        [[vip.backend]]
+        address = "10.0.0.11"
+        [vip.backend.health]
+        check = "tcp"
+        http_status = [200, 299]
+    "#,
+    );
+    got.sort();
+    got.dedup();
+    assert_eq!(
+        got,
+        vec![
+            "api.socket",
+            "metrics.listen",
+            "vip[0].backend[0].health",
+            "vip[0].backend[0].health.rise",
+            "vip[0].backend[0].health.timeout_ms",
+            "vip[0].health.check",
+            "vip[0].health.rise",
+            "vip[0].health.timeout_ms",
+        ]
+    );
+}
+
+#[test]
+fn scheduler_keys_are_validated() {
+    let c = parse(
+        r#"
+        [datapath]
+        hash_seed = 7
+        [[vip]]
+        name = "a"
+        address = "192.0.2.1"
+        port = 80
+        scheduler = "maglev"
+        maglev_table_size = 4099
+        persistence = { timeout = "5m" }
+        [[vip.backend]]
+        address = "10.0.0.1"
+        [[vip]]
+        name = "b"
+        address = "192.0.2.2"
+        port = 80
+        scheduler = "wlc"
+        [[vip.backend]]
+        address = "10.0.0.1"
+    "#,
+    )
+    .unwrap();
+    assert_eq!(c.datapath.hash_seed, 7);
+    assert_eq!(c.vips[0].scheduler, Scheduler::Maglev);
+    assert_eq!(c.vips[0].maglev_table_size, 4099);
+    assert_eq!(c.vips[0].affinity_timeout_s, Some(300));
+    assert_eq!(c.vips[1].scheduler, Scheduler::LeastConn);
+    assert_eq!(c.vips[1].affinity_timeout_s, None);
+
+    let mut got = keys(
+        r#"
+        [datapath]
+        wlc_period_ms = 5
+        [[vip]]
+        name = "a"
+        address = "192.0.2.1"
+        port = 80
+        scheduler = "maglev"
+        maglev_table_size = 65536
+        persistence = { timeout = "forever" }
+        [[vip.backend]]
+        address = "10.0.0.1"
+        [[vip]]
+        name = "b"
+        address = "192.0.2.2"
+        port = 80
+        maglev_table_size = 4099
+        persistence = { timeout = "0s" }
+        [[vip.backend]]
+        address = "10.0.0.1"
+    "#,
+    );
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            "datapath.wlc_period_ms",
+            "vip[0].maglev_table_size",
+            "vip[0].persistence.timeout",
+            "vip[1].maglev_table_size",
+            "vip[1].persistence.timeout",
+        ]
+    );
+    assert_eq!(parse_duration_s("90"), Ok(90));
+    assert_eq!(parse_duration_s("2h"), Ok(7200));
+    assert!(parse_duration_s("5d").is_err());
+}
+
+#[test]
+fn the_documented_example_is_valid() {
+    let c = parse(include_str!("../../../examples/foobar.toml")).unwrap();
+    assert_eq!(c.datapath.interface.as_deref(), Some("eth0"));
+    assert_eq!(c.vips.len(), 1);
+    assert_eq!(c.vips[0].backends.len(), 2);
+}
+
+#[test]
+fn empty_config_is_valid_and_defaults_to_native() {
+    let c = parse("").unwrap();
+    assert_eq!(c.datapath.xdp_mode, AttachMode::Native);
+    assert_eq!(c.datapath.flow_table_size, FLOW_TABLE_DEFAULT);
+    assert!(c.vips.is_empty());
+}
+
+#[test]
+fn every_problem_is_reported_with_its_key() {
+    let text = r#"
+        [datapath]
+        xdp_mode = "fast"
+        flow_table_size = 10
+
+        [[vip]]
+        address = "192.0.2.300"
+        port = 70000
+        protocol = "sctp"
+        scheduler = "random"
+        forwarding = "tunnel"
+
+        [[vip.backend]]
+        address = "10.0.0.1"
+        weight = 999
+
+        [[vip.backend]]
+        address = "10.0.0.1"
+    "#;
+    let mut got = keys(text);
+    got.sort();
+    let mut want = vec![
+        "datapath.flow_table_size",
+        "datapath.xdp_mode",
+        "vip[0].address",
+        "vip[0].backend[0].weight",
+        "vip[0].backend[1].address",
+        "vip[0].forwarding",
+        "vip[0].name",
+        "vip[0].port",
+        "vip[0].protocol",
+        "vip[0].scheduler",
+    ];
+    want.sort();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn duplicate_names_and_services_are_rejected() {
+    let text = r#"
+        [[vip]]
+        name = "a"
+        address = "192.0.2.1"
+        port = 80
+        backend = [{ address = "10.0.0.1" }]
+        [[vip]]
+        name = "a"
+        address = "192.0.2.1"
+        port = 80
+        backend = [{ address = "10.0.0.1" }]
+        [[vip]]
+        name = "b"
+        address = "192.0.2.1"
+        port = 80
+        protocol = "udp"
+        backend = [{ address = "10.0.0.1" }]
+    "#;
+    let p = problems(text);
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert_eq!(p[0].key, "vip[1].name");
+    assert_eq!(p[1].key, "vip[1]");
+    assert!(
+        p[1].message.contains("192.0.2.1:80/tcp"),
+        "{}",
+        p[1].message
+    );
+}
+
+#[test]
+fn unknown_keys_and_syntax_errors_name_the_key_and_line() {
+    let p = problems("[datapath]\ninterface = \"eth0\"\nspeed = 10\n");
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].key, "datapath.speed");
+    assert!(
+        p[0].message.contains("unknown field `speed`") && p[0].message.contains("line 3, column 1"),
+        "{}",
+        p[0].message
+    );
+
+    let p = problems("[[vip]\n");
+    assert!(p[0].key.starts_with("line 1"), "{:?}", p[0]);
+}
+
+#[test]
+fn ipv6_and_special_addresses_get_specific_messages() {
+    let text = r#"
+        [[vip]]
+        name = "v6"
+        address = "2001:db8::1"
+        port = 80
+        backend = [{ address = "10.0.0.1" }]
+        [[vip]]
+        name = "mc"
+        address = "224.0.0.18"
+        port = 80
+        backend = [{ address = "10.0.0.1" }]
+    "#;
+    let p = problems(text);
+    assert!(p[0].message.contains("IPv6 is not supported yet"), "{p:?}");
+    assert!(p[1].message.contains("multicast"), "{p:?}");
+}
+
+#[test]
+fn rings_larger_than_the_datapath_are_rejected() {
+    // 256 backends of co-prime weights 256 and 255 need > 65537 slots.
+    let mut text = String::from("[[vip]]\nname = \"big\"\naddress = \"192.0.2.1\"\nport = 80\n");
+    for i in 0..300u32 {
+        let w = if i % 2 == 0 { 256 } else { 255 };
+        text.push_str(&format!(
+            "[[vip.backend]]\naddress = \"10.{}.{}.1\"\nweight = {w}\n",
+            i / 256,
+            i % 256
+        ));
+    }
+    let p = problems(&text);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].key, "vip[0].backend");
+}
+
+#[test]
+fn error_display_names_file_key_and_problem() {
+    let err = ConfigError {
+        file: "/etc/foobar/foobar.toml".into(),
+        problems: problems(
+            "[[vip]]\nname = \"x\"\naddress = \"nope\"\nport = 1\n\
+             [[vip.backend]]\naddress = \"10.0.0.1\"\n",
+        ),
+    };
+    let text = err.to_string();
+    assert!(text.contains("1 problem; nothing was applied"), "{text}");
+    assert!(
+        text.contains("/etc/foobar/foobar.toml: vip[0].address: \"nope\" is not an IPv4 address"),
+        "{text}"
+    );
+}
+
+/// One VIP "web" on 192.0.2.10:80 with `vip` extra keys and backend keys
+/// `backend` (a second, good backend follows unless `backend` is empty).
+fn one_vip(vip: &str, backend: &str) -> String {
+    let mut text = format!("[[vip]]\nname = \"web\"\naddress = \"192.0.2.10\"\nport = 80\n{vip}\n");
+    if !backend.is_empty() {
+        text.push_str(&format!("[[vip.backend]]\n{backend}\n"));
+        text.push_str("[[vip.backend]]\naddress = \"10.0.0.12\"\n");
+    }
+    text
+}
+
+/// Every bad input the issue lists: rejected, at the key it names, with a
+/// message an operator can act on.
+#[test]
+fn bad_configs_are_rejected_at_their_key() {
+    let ok_backend = "address = \"10.0.0.11\"";
+    let http = |key: &str, value: &str| {
+        one_vip(
+            &format!("[vip.health]\ncheck = \"http\"\n{key} = {value}"),
+            ok_backend,
+        )
+    };
+    let backend = |address: &str| one_vip("", &format!("address = \"{address}\""));
+    let cases: Vec<(&str, String, &str, &str)> =
+        vec![
+        (
+            "http_path with a space",
+            http("http_path", r#""/a b""#),
+            "vip[0].health.http_path",
+            "contains ' '",
+        ),
+        (
+            "http_path with CR/LF",
+            http("http_path", r#""/a\r\nX-Evil: 1""#),
+            "vip[0].health.http_path",
+            "contains '\\r'",
+        ),
+        (
+            "http_path with a NUL",
+            http("http_path", r#""/\u0000""#),
+            "vip[0].health.http_path",
+            "contains '\\0'",
+        ),
+        (
+            "http_path not from /",
+            http("http_path", r#""healthz""#),
+            "vip[0].health.http_path",
+            "must start with '/'",
+        ),
+        (
+            "http_host with a space",
+            http("http_host", r#""a b""#),
+            "vip[0].health.http_host",
+            "contains ' '",
+        ),
+        (
+            "http_host with LF",
+            http("http_host", r#""a\nb""#),
+            "vip[0].health.http_host",
+            "contains '\\n'",
+        ),
+        (
+            "http_host empty",
+            http("http_host", r#""""#),
+            "vip[0].health.http_host",
+            "empty",
+        ),
+        (
+            "backend's own http_path",
+            one_vip(
+                "",
+                "address = \"10.0.0.11\"\nhealth = { check = \"http\", http_path = \"/a\\tb\" }",
+            ),
+            "vip[0].backend[0].health.http_path",
+            "contains '\\t'",
+        ),
+        (
+            "backend 0.0.0.0",
+            backend("0.0.0.0"),
+            "vip[0].backend[0].address",
+            "unspecified",
+        ),
+        (
+            "backend broadcast",
+            backend("255.255.255.255"),
+            "vip[0].backend[0].address",
+            "broadcast",
+        ),
+        (
+            "backend loopback",
+            backend("127.0.0.1"),
+            "vip[0].backend[0].address",
+            "loopback",
+        ),
+        (
+            "backend multicast",
+            backend("224.0.0.1"),
+            "vip[0].backend[0].address",
+            "multicast",
+        ),
+        (
+            "backend = the VIP",
+            backend("192.0.2.10"),
+            "vip[0].backend[0].address",
+            "VIP's own address",
+        ),
+        (
+            "VIP name with a space",
+            one_vip("", ok_backend).replace("\"web\"", "\"my web\""),
+            "vip[0].name",
+            "contains ' '",
+        ),
+        (
+            "VIP name with a newline",
+            one_vip("", ok_backend).replace("\"web\"", r#""web\nx""#),
+            "vip[0].name",
+            "contains '\\n'",
+        ),
+        (
+            "VIP name with a quote",
+            one_vip("", ok_backend).replace("\"web\"", r#""we\"b""#),
+            "vip[0].name",
+            "contains '\"'",
+        ),
+        (
+            "VIP name with an escape",
+            one_vip("", ok_backend).replace("\"web\"", r#""\u001b[31m""#),
+            "vip[0].name",
+            "contains '\\u{1b}'",
+        ),
+        (
+            "VIP name too long",
+            one_vip("", ok_backend).replace("\"web\"", &format!("\"{}\"", "w".repeat(65))),
+            "vip[0].name",
+            "at most 64",
+        ),
+        (
+            "interface with a newline",
+            format!(
+                "[datapath]\ninterface = \"eth0\\n\"\n{}",
+                one_vip("", ok_backend)
+            ),
+            "datapath.interface",
+            "not a valid interface name",
+        ),
+        (
+            "VIP without backends",
+            one_vip("", ""),
+            "vip[0].backend",
+            "drops all its traffic",
+        ),
+        (
+            "VIP whose backends all have weight 0",
+            one_vip("", "address = \"10.0.0.11\"\nweight = 0")
+                .replace("address = \"10.0.0.12\"", "address = \"10.0.0.12\"\nweight = 0"),
+            "vip[0].backend",
+            "every backend has weight 0",
+        ),
+        (
+            "Maglev table smaller than its backends",
+            one_vip("scheduler = \"maglev\"\nmaglev_table_size = 13", ok_backend),
+            "vip[0].maglev_table_size",
+            "at least 10 per backend",
+        ),
+        (
+            "Maglev table too small for a light weight",
+            one_vip(
+                "scheduler = \"maglev\"\nmaglev_table_size = 251",
+                "address = \"10.0.0.11\"\nweight = 256",
+            )
+            .replace(
+                "address = \"10.0.0.12\"",
+                "address = \"10.0.0.12\"\nweight = 1",
+            ),
+            "vip[0].maglev_table_size",
+            "weight 1",
+        ),
+        (
+            "weight of the wrong type",
+            one_vip("", "address = \"10.0.0.11\"\nweight = \"heavy\""),
+            "vip[0].backend[0].weight",
+            "expected an integer, found a string \"heavy\"",
+        ),
+        (
+            "port of the wrong type",
+            one_vip("", ok_backend).replace("port = 80", "port = \"80\""),
+            "vip[0].port",
+            "expected an integer, found a string",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, text, key, message) in &cases {
+        match parse(text) {
+            Ok(_) => failures.push(format!("{name}: accepted")),
+            Err(p) => {
+                if !p
+                    .iter()
+                    .any(|p| p.key == *key && p.message.contains(message))
+                {
+                    failures.push(format!("{name}: want {key}: ..{message}.., got {p:?}"));
+                }
+                if let Some(raw) = p
+                    .iter()
+                    .find(|p| p.message.contains(['\n', '\r', '\u{1b}']))
+                {
+                    failures.push(format!("{name}: raw control character in {raw:?}"));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn type_errors_name_the_full_key_path() {
+    let text = "[[vip]]\nname = \"a\"\naddress = \"192.0.2.1\"\nport = 80\n\
+                [[vip.backend]]\naddress = \"10.0.0.1\"\n\
+                [[vip]]\nname = \"b\"\naddress = \"192.0.2.2\"\nport = 80\n\
+                [[vip.backend]]\naddress = \"10.0.0.1\"\nweight = \"heavy\"\n";
+    let p = problems(text);
+    assert_eq!(
+        p,
+        vec![Problem {
+            key: "vip[1].backend[0].weight".into(),
+            message: "expected an integer, found a string \"heavy\" (at line 13, column 10)".into(),
+        }]
+    );
+    let p = problems("[[vip]]\nname = \"x\"\n[vip.health]\nhttp_status = [\"a\"]\n");
+    assert_eq!(p[0].key, "vip[0].health.http_status[0]");
+    let p = problems("[datapath]\nflow_table_size = 1.5\n");
+    assert_eq!(p[0].key, "datapath.flow_table_size");
+    assert!(
+        p[0].message
+            .starts_with("expected an integer, found a float 1.5"),
+        "{p:?}"
+    );
+}
+
+/// A scratch directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("foobar-config-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `load` on another thread, so a regression that blocks fails the test
+/// instead of hanging it.
+fn load_within(path: &Path, limit: std::time::Duration) -> Result<Config, ConfigError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = path.to_owned();
+    std::thread::spawn(move || {
+        let _ = tx.send(load(&path));
+    });
+    rx.recv_timeout(limit)
+        .expect("load must return at once, whatever the file is")
+}
+
+#[test]
+fn only_small_regular_files_are_read() {
+    let dir = TempDir::new("files");
+    let limit = std::time::Duration::from_secs(5);
+    let fifo = dir.0.join("fifo.toml");
+    nix::unistd::mkfifo(
+        &fifo,
+        nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+    )
+    .unwrap();
+    let big = dir.0.join("big.toml");
+    std::fs::write(&big, "#".repeat(MAX_FILE_SIZE as usize + 1)).unwrap();
+    let cases = [
+        (fifo.as_path(), "is a FIFO"),
+        (Path::new("/dev/zero"), "is a device"),
+        (dir.0.as_path(), "is a directory"),
+        (big.as_path(), "larger than 1048576 bytes"),
+    ];
+    for (path, want) in cases {
+        let err = load_within(path, limit).expect_err("refused").to_string();
+        assert!(
+            err.contains(&format!("{}: (file): {want}", path.display())),
+            "{}: {err}",
+            path.display()
+        );
+    }
+    let good = dir.0.join("good.toml");
+    std::fs::write(&good, GOOD).unwrap();
+    let (config, text) = load_with_text(&good).unwrap();
+    assert_eq!((config, text.as_str()), (parse(GOOD).unwrap(), GOOD));
+}
+
+/// `foobar run` builds its state from the validated config with the same
+/// checks `foobar vip add` / `backend add` use: whatever `check` accepts,
+/// that build accepts too (only host facts, such as MACs, can still fail).
+#[test]
+fn run_accepts_every_config_check_accepts() {
+    let mut many = String::from(
+        "[[vip]]\nname = \"m\"\naddress = \"192.0.2.1\"\nport = 0\nscheduler = \"maglev\"\n",
+    );
+    for i in 0..1024 {
+        many.push_str(&format!(
+            "[[vip.backend]]\naddress = \"10.{}.{}.1\"\nweight = {}\n",
+            i / 256,
+            i % 256,
+            if i == 0 { 16 } else { 1 },
+        ));
+    }
+    let corpus = [
+        GOOD.to_owned(),
+        include_str!("../../../examples/foobar.toml").to_owned(),
+        one_vip("scheduler = \"maglev\"\nmaglev_table_size = 31", "address = \"10.0.0.11\"\nweight = 3"),
+        one_vip(
+            "[vip.health]\ncheck = \"http\"\nhttp_path = \"/health%20z?x=1\"\nhttp_host = \"www.example.com\"",
+            "address = \"10.0.0.11\"",
+        )
+        .replace("\"web\"", &format!("\"{}\"", "a.b_c-D9".repeat(8))),
+        many,
+    ];
+    for text in &corpus {
+        let config = parse(text).unwrap_or_else(|p| panic!("{p:?}\n{text}"));
+        let saved = crate::state::saved_from_config(&config);
+        let macs = config
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|b| (b.address, [2, 0, 0, 0, 0, 1])))
+            .collect();
+        crate::state::State::build(&saved, &macs)
+            .unwrap_or_else(|e| panic!("check accepted what run refuses: {e}\n{text}"));
+    }
+}
+
+/// `foobar vip add` and `foobar backend add` refuse what the file refuses,
+/// through the same rule functions.
+#[test]
+fn runtime_operations_apply_the_same_rules() {
+    use crate::state::{Admin, BackendSpec, State, StateError, VipSpec};
+    let config = parse(&one_vip("", "address = \"10.0.0.11\"")).unwrap();
+    let spec = VipSpec::from_config(&config.vips[0]);
+    let mut state = State::default();
+    for bad in ["my web", "web\n", "a\"b", "\u{1b}[2J", ""] {
+        let err = state
+            .add_vip(VipSpec {
+                name: bad.into(),
+                ..spec.clone()
+            })
+            .expect_err(bad);
+        assert!(
+            matches!(&err, StateError::Invalid(m) if m.starts_with("VIP name") && !m.contains(['\n', '\u{1b}'])),
+            "{bad:?}: {err}"
+        );
+    }
+    let err = state
+        .add_vip(VipSpec {
+            address: Ipv4Addr::LOCALHOST,
+            ..spec.clone()
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("loopback"), "{err}");
+    state.add_vip(spec.clone()).unwrap();
+
+    let backend = |address: &str, weight: u32| BackendSpec {
+        address: address.parse().unwrap(),
+        weight,
+        admin: Admin::Enabled,
+        health: HealthSpec::default(),
+    };
+    for (address, why) in [
+        ("0.0.0.0", "unspecified"),
+        ("255.255.255.255", "broadcast"),
+        ("127.0.0.1", "loopback"),
+        ("224.0.0.5", "multicast"),
+        ("192.0.2.10", "VIP's own address"),
+    ] {
+        let err = state
+            .check_add_backend("web", &backend(address, 1))
+            .expect_err(address);
+        assert!(err.to_string().contains(why), "{address}: {err}");
+    }
+    state
+        .check_add_backend("web", &backend("10.0.0.11", 1))
+        .unwrap();
+
+    // A Maglev VIP of 13 slots holds one backend (10 slots each), not two.
+    let maglev = VipSpec {
+        name: "m".into(),
+        address: Ipv4Addr::new(192, 0, 2, 20),
+        scheduler: Scheduler::Maglev,
+        maglev_table_size: 13,
+        ..spec
+    };
+    state.add_vip(maglev).unwrap();
+    state
+        .add_backend("m", backend("10.0.0.21", 1), [2, 0, 0, 0, 0, 21])
+        .unwrap();
+    let err = state
+        .check_add_backend("m", &backend("10.0.0.22", 1))
+        .unwrap_err();
+    assert!(err.to_string().contains("maglev_table_size"), "{err}");
+}

@@ -1,0 +1,483 @@
+//! Validation of the parsed file: a pure function over the raw structs that
+//! records every problem at its key, never stopping at the first.
+use std::{
+    collections::HashSet,
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+};
+
+use foobar_common::{FLOW_TABLE_DEFAULT, MAX_BACKENDS, MAX_VIPS, RING_CAPACITY};
+
+use super::{rules, *};
+use crate::{datapath::AttachMode, ring};
+
+pub(super) struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    /// The value, or None with the error recorded at `key`.
+    fn field<T>(&mut self, key: &str, result: Result<T, String>) -> Option<T> {
+        result.map_err(|e| self.add(key, e)).ok()
+    }
+}
+
+pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
+    let mut p = Problems(Vec::new());
+    let datapath = validate_datapath(&raw.datapath, &mut p);
+    let socket = PathBuf::from(raw.api.socket.as_deref().unwrap_or(DEFAULT_SOCKET));
+    if !socket.is_absolute() {
+        p.add(
+            "api.socket",
+            format!("{:?} is not an absolute path", socket.display().to_string()),
+        );
+    } else if socket.to_string_lossy().chars().any(char::is_control) {
+        p.add(
+            "api.socket",
+            format!(
+                "{:?} contains a control character",
+                socket.display().to_string()
+            ),
+        );
+    }
+    let metrics_listen = match raw.metrics.listen.as_deref() {
+        Some("off") => None,
+        other => match other
+            .unwrap_or(DEFAULT_METRICS_LISTEN)
+            .parse::<SocketAddr>()
+        {
+            Ok(a) => Some(a),
+            Err(_) => {
+                p.add(
+                    "metrics.listen",
+                    format!(
+                        "\"{}\" is not ADDRESS:PORT or \"off\"",
+                        other.unwrap_or_default()
+                    ),
+                );
+                None
+            }
+        },
+    };
+
+    if raw.vips.len() > MAX_VIPS as usize {
+        p.add(
+            "vip",
+            format!(
+                "{} VIPs; the datapath holds at most {MAX_VIPS}",
+                raw.vips.len()
+            ),
+        );
+    }
+    let backend_total: usize = raw.vips.iter().map(|v| v.backends.len()).sum();
+    if backend_total > MAX_BACKENDS as usize {
+        p.add(
+            "vip[*].backend",
+            format!("{backend_total} backends in all; the datapath holds at most {MAX_BACKENDS}"),
+        );
+    }
+
+    let mut names = HashSet::new();
+    let mut services = HashSet::new();
+    let mut vips = Vec::new();
+    for (i, raw_vip) in raw.vips.iter().enumerate() {
+        let key = format!("vip[{i}]");
+        if let Some(vip) = validate_vip(&key, raw_vip, &mut p) {
+            if !names.insert(vip.name.clone()) {
+                p.add(
+                    format!("{key}.name"),
+                    format!(
+                        "\"{}\" is used by an earlier VIP; names must be unique",
+                        vip.name
+                    ),
+                );
+            }
+            if !services.insert((vip.address, vip.port, vip.protocol)) {
+                p.add(
+                    &key,
+                    format!(
+                        "{}:{}/{} is already served by an earlier VIP",
+                        vip.address,
+                        vip.port,
+                        vip.protocol.name()
+                    ),
+                );
+            }
+            vips.push(vip);
+        }
+    }
+    match (datapath, p.0.is_empty()) {
+        (Some(datapath), true) => Ok(Config {
+            datapath,
+            socket,
+            metrics_listen,
+            vips,
+        }),
+        _ => Err(p.0),
+    }
+}
+
+fn validate_datapath(raw: &RawDatapath, p: &mut Problems) -> Option<DatapathConfig> {
+    let xdp_mode = match raw.xdp_mode.as_deref() {
+        None | Some("native") => Some(AttachMode::Native),
+        Some("skb") => Some(AttachMode::Skb),
+        Some(other) => {
+            p.add(
+                "datapath.xdp_mode",
+                format!("\"{other}\" is not a mode; use \"native\" or \"skb\""),
+            );
+            None
+        }
+    };
+    let flow_table_size = match raw.flow_table_size {
+        None => Some(FLOW_TABLE_DEFAULT),
+        Some(n) if (i64::from(FLOW_TABLE_MIN)..=i64::from(FLOW_TABLE_MAX)).contains(&n) => {
+            Some(n as u32)
+        }
+        Some(n) => {
+            p.add(
+                "datapath.flow_table_size",
+                format!("{n} is out of range {FLOW_TABLE_MIN}..={FLOW_TABLE_MAX}"),
+            );
+            None
+        }
+    };
+    if let Some(iface) = &raw.interface {
+        p.field("datapath.interface", rules::interface(iface));
+    }
+    let hash_seed = match raw.hash_seed {
+        None => Some(0),
+        Some(n) if (0..=i64::from(u32::MAX)).contains(&n) => Some(n as u32),
+        Some(n) => {
+            p.add(
+                "datapath.hash_seed",
+                format!("{n} is out of range 0..={}", u32::MAX),
+            );
+            None
+        }
+    };
+    let wlc_period_ms = match raw.wlc_period_ms {
+        None => Some(500),
+        Some(n) if (100..=60_000).contains(&n) => Some(n as u64),
+        Some(n) => {
+            p.add(
+                "datapath.wlc_period_ms",
+                format!("{n} is out of range 100..=60000"),
+            );
+            None
+        }
+    };
+    Some(DatapathConfig {
+        interface: raw.interface.clone(),
+        xdp_mode: xdp_mode?,
+        flow_table_size: flow_table_size?,
+        hash_seed: hash_seed?,
+        wlc_period_ms: wlc_period_ms?,
+    })
+}
+
+fn validate_vip(key: &str, raw: &RawVip, p: &mut Problems) -> Option<Vip> {
+    let name = match raw.name.as_deref() {
+        None | Some("") => {
+            p.add(format!("{key}.name"), "missing; every VIP needs a name");
+            None
+        }
+        Some(n) => p
+            .field(&format!("{key}.name"), rules::name(n))
+            .map(|()| n.to_owned()),
+    };
+    let address = ipv4(&format!("{key}.address"), raw.address.as_deref(), p)
+        .and_then(|a| p.field(&format!("{key}.address"), rules::vip_address(a).map(|()| a)));
+    let port = match raw.port {
+        None => {
+            p.add(
+                format!("{key}.port"),
+                "missing; give a port, or 0 to serve every port",
+            );
+            None
+        }
+        Some(n) if (0..=65535).contains(&n) => Some(n as u16),
+        Some(n) => {
+            p.add(
+                format!("{key}.port"),
+                format!("{n} is not a port (0..=65535)"),
+            );
+            None
+        }
+    };
+    let protocol = p.field(
+        &format!("{key}.protocol"),
+        Protocol::parse(raw.protocol.as_deref().unwrap_or("tcp")),
+    );
+    let scheduler = p.field(
+        &format!("{key}.scheduler"),
+        Scheduler::parse(raw.scheduler.as_deref().unwrap_or("rr")),
+    );
+    let forwarding = p.field(
+        &format!("{key}.forwarding"),
+        Forwarding::parse(raw.forwarding.as_deref().unwrap_or("dsr")),
+    );
+    let health = validate_health(&format!("{key}.health"), &raw.health, p);
+    let maglev_table_size = match raw.maglev_table_size {
+        None => Some(crate::maglev::DEFAULT_TABLE_SIZE),
+        Some(n) if scheduler != Some(Scheduler::Maglev) => {
+            p.add(
+                format!("{key}.maglev_table_size"),
+                format!("{n}: only a VIP with scheduler = \"maglev\" has a table"),
+            );
+            None
+        }
+        Some(n)
+            if (2..=i64::from(RING_CAPACITY)).contains(&n) && crate::maglev::is_prime(n as u32) =>
+        {
+            Some(n as u32)
+        }
+        Some(n) => {
+            p.add(
+                format!("{key}.maglev_table_size"),
+                format!("{n} is not a prime in 2..={RING_CAPACITY} (e.g. 65537, 32771, 16411)"),
+            );
+            None
+        }
+    };
+    let affinity_timeout_s = match &raw.persistence {
+        None => Some(None),
+        Some(RawPersistence { timeout }) => {
+            match parse_duration_s(timeout.as_deref().unwrap_or("300s")) {
+                Ok(0) => {
+                    p.add(
+                        format!("{key}.persistence.timeout"),
+                        "must be longer than 0s",
+                    );
+                    None
+                }
+                Ok(s) => Some(Some(s)),
+                Err(e) => {
+                    p.add(format!("{key}.persistence.timeout"), e);
+                    None
+                }
+            }
+        }
+    };
+
+    if raw.backends.is_empty() {
+        p.add(
+            format!("{key}.backend"),
+            "none; a VIP without backends drops all its traffic: \
+             add at least one [[vip.backend]] (more can be added at run time)",
+        );
+    }
+    let raw_vip_address = address;
+    let mut backends = Vec::new();
+    let mut seen = HashSet::new();
+    for (j, raw_backend) in raw.backends.iter().enumerate() {
+        let bkey = format!("{key}.backend[{j}]");
+        let address = ipv4(
+            &format!("{bkey}.address"),
+            raw_backend.address.as_deref(),
+            p,
+        );
+        let address = match (address, raw_vip_address) {
+            (Some(a), Some(vip)) => p.field(
+                &format!("{bkey}.address"),
+                rules::backend_address(a, vip).map(|()| a),
+            ),
+            (a, _) => a,
+        };
+        if let Some(a) = address {
+            if !seen.insert(a) {
+                p.add(
+                    format!("{bkey}.address"),
+                    format!("{a} is listed twice in this VIP"),
+                );
+            }
+        }
+        let weight = match raw_backend.weight {
+            None => Some(1),
+            Some(w) if (0..=i64::from(MAX_WEIGHT)).contains(&w) => Some(w as u32),
+            Some(w) => {
+                p.add(
+                    format!("{bkey}.weight"),
+                    format!("{w} is out of range 0..={MAX_WEIGHT}"),
+                );
+                None
+            }
+        };
+        // A backend without health keys of its own takes the VIP's check as
+        // validated above (its problems are reported there, once).
+        let health = if raw_backend.health.is_empty() {
+            health.clone()
+        } else {
+            validate_health(
+                &format!("{bkey}.health"),
+                &raw_backend.health.or(&raw.health),
+                p,
+            )
+        };
+        if let (Some(address), Some(weight), Some(health)) = (address, weight, health) {
+            backends.push(BackendConfig {
+                address,
+                weight,
+                health,
+            });
+        }
+    }
+    if !backends.is_empty()
+        && backends.len() == raw.backends.len()
+        && backends.iter().all(|b| b.weight == 0)
+    {
+        p.add(
+            format!("{key}.backend"),
+            "every backend has weight 0, so the VIP would drop all new flows: \
+             give at least one a weight of 1 or more (drain backends at run time instead)",
+        );
+    }
+    let slots = ring::round_robin_len(backends.iter().map(|b| b.weight));
+    if slots > u64::from(RING_CAPACITY) {
+        p.add(
+            format!("{key}.backend"),
+            format!(
+                "the weights need {slots} ring slots, more than {RING_CAPACITY}; \
+                 lower them (only their ratios matter)"
+            ),
+        );
+    }
+    if let (Some(Scheduler::Maglev), Some(size)) = (scheduler, maglev_table_size) {
+        if backends.len() == raw.backends.len() {
+            p.field(
+                &format!("{key}.maglev_table_size"),
+                rules::maglev_table(size, backends.iter().map(|b| b.weight)),
+            );
+        }
+    }
+    Some(Vip {
+        name: name?,
+        address: address?,
+        port: port?,
+        protocol: protocol?,
+        scheduler: scheduler?,
+        maglev_table_size: maglev_table_size?,
+        affinity_timeout_s: affinity_timeout_s?,
+        forwarding: forwarding?,
+        health: health?,
+        backends,
+    })
+}
+
+/// Validates merged health keys; `key` is where they were written.
+fn validate_health(key: &str, raw: &RawHealth, p: &mut Problems) -> Option<HealthSpec> {
+    let d = HealthSpec::default();
+    let before = p.0.len();
+    let mut int = |name: &str, v: Option<i64>, lo: i64, hi: i64, default: u64| match v {
+        None => default,
+        Some(n) if (lo..=hi).contains(&n) => n as u64,
+        Some(n) => {
+            p.add(
+                format!("{key}.{name}"),
+                format!("{n} is out of range {lo}..={hi}"),
+            );
+            default
+        }
+    };
+    let interval_ms = int(
+        "interval_ms",
+        raw.interval_ms,
+        100,
+        3_600_000,
+        d.interval_ms,
+    );
+    // Unset, the timeout is the default one, but never longer than the
+    // interval (HAProxy's `timeout check` defaults to `inter`).
+    let timeout_ms = int(
+        "timeout_ms",
+        raw.timeout_ms,
+        10,
+        3_600_000,
+        d.timeout_ms.min(interval_ms),
+    );
+    let rise = int("rise", raw.rise, 1, 100, u64::from(d.rise)) as u32;
+    let fall = int("fall", raw.fall, 1, 100, u64::from(d.fall)) as u32;
+    let port = raw.port.map(|n| int("port", Some(n), 1, 65535, 80) as u16);
+    if timeout_ms > interval_ms {
+        p.add(
+            format!("{key}.timeout_ms"),
+            format!("{timeout_ms} is longer than interval_ms {interval_ms}"),
+        );
+    }
+    let check = match raw.check.as_deref() {
+        None | Some("tcp") => Check::Tcp,
+        Some("none") => Check::None,
+        Some("http") => {
+            let path = raw.http_path.clone().unwrap_or_else(|| "/".into());
+            p.field(&format!("{key}.http_path"), rules::http_path(&path));
+            if let Some(host) = &raw.http_host {
+                p.field(&format!("{key}.http_host"), rules::http_host(host));
+            }
+            let (status_min, status_max) = match raw.http_status.as_deref() {
+                None => (200, 399),
+                Some([lo, hi]) if 100 <= *lo && lo <= hi && *hi <= 599 => (*lo as u16, *hi as u16),
+                Some(other) => {
+                    p.add(
+                        format!("{key}.http_status"),
+                        format!("{other:?} is not [LOW, HIGH] within 100..=599"),
+                    );
+                    (200, 399)
+                }
+            };
+            Check::Http {
+                path,
+                host: raw.http_host.clone(),
+                status_min,
+                status_max,
+            }
+        }
+        Some(other) => {
+            p.add(
+                format!("{key}.check"),
+                format!("\"{other}\" is not a check; use \"tcp\", \"http\" or \"none\""),
+            );
+            Check::Tcp
+        }
+    };
+    if !matches!(check, Check::Http { .. })
+        && (raw.http_path.is_some() || raw.http_host.is_some() || raw.http_status.is_some())
+    {
+        p.add(
+            key,
+            "http_path, http_host and http_status need check = \"http\"",
+        );
+    }
+    (p.0.len() == before).then_some(HealthSpec {
+        check,
+        port,
+        interval_ms,
+        timeout_ms,
+        rise,
+        fall,
+    })
+}
+
+fn ipv4(key: &str, value: Option<&str>, p: &mut Problems) -> Option<Ipv4Addr> {
+    match value {
+        None => {
+            p.add(key, "missing; give an IPv4 address such as \"192.0.2.10\"");
+            None
+        }
+        Some(text) => match text.parse::<Ipv4Addr>() {
+            Ok(a) => Some(a),
+            Err(_) if text.parse::<std::net::Ipv6Addr>().is_ok() => {
+                p.add(key, format!("\"{text}\": IPv6 is not supported yet"));
+                None
+            }
+            Err(_) => {
+                p.add(key, format!("\"{text}\" is not an IPv4 address"));
+                None
+            }
+        },
+    }
+}
