@@ -169,13 +169,20 @@ impl VipSpec {
             affinity_timeout_s: v.affinity_timeout_s,
             forwarding: v.forwarding,
             health: v.health.clone(),
-            vlan: None,
-            pass_closed_ports: false,
+            vlan: v.vlan,
+            pass_closed_ports: v.pass_closed_ports,
         }
     }
 
     fn service_text(&self) -> String {
-        format!("{}:{}/{}", self.address, self.port, self.protocol.name())
+        let vlan = self.vlan.map(|v| format!(" on VLAN {v}"));
+        format!(
+            "{}:{}/{}{}",
+            self.address,
+            self.port,
+            self.protocol.name(),
+            vlan.unwrap_or_default()
+        )
     }
 }
 
@@ -259,8 +266,8 @@ impl State {
             return Err(StateError::DuplicateVip(spec.name));
         }
         if let Some(v) = self.vips.iter().find(|v| {
-            (v.spec.address, v.spec.port, v.spec.protocol)
-                == (spec.address, spec.port, spec.protocol)
+            (v.spec.address, v.spec.port, v.spec.protocol, v.spec.vlan)
+                == (spec.address, spec.port, spec.protocol, spec.vlan)
         }) {
             return Err(StateError::DuplicateService(
                 spec.service_text(),

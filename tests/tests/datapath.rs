@@ -742,3 +742,58 @@ fn a_midflow_miss_is_counted() {
     let stats = dp.stats(plan.vips.len(), plan.backends.len()).unwrap();
     assert_eq!(stats.event(foobar_common::Event::MidflowMiss), 1);
 }
+
+/// A VIP bound to VLAN 100 serves tagged frames of that VLAN only, keeps
+/// the tag when forwarding; the same address untagged is not ours. A VIP
+/// address with `closed_ports = "pass"` hands its other ports to the node.
+#[test]
+fn vlan_vips_serve_their_vlan_only_and_closed_ports_can_pass() {
+    let (mut dp, _) = datapath(
+        r#"
+        [[vip]]
+        name = "tagged"
+        address = "192.0.2.40"
+        port = 80
+        vlan = 100
+        closed_ports = "pass"
+        [[vip.backend]]
+        address = "10.0.0.11"
+        "#,
+    );
+    let tagged = Spec {
+        dst: [192, 0, 2, 40],
+        vlan: Some(100),
+        ..Spec::default()
+    };
+    let (action, out) = dp.test_run(&tagged.build()).unwrap();
+    assert_eq!(action, XDP_TX);
+    assert_eq!(out, forwarded(&tagged, backend_mac(11)), "tag kept");
+    check_checksums(&out).unwrap();
+    for (name, spec) in [
+        (
+            "untagged",
+            Spec {
+                vlan: None,
+                ..tagged.clone()
+            },
+        ),
+        (
+            "another VLAN",
+            Spec {
+                vlan: Some(200),
+                ..tagged.clone()
+            },
+        ),
+        (
+            "a closed port that passes",
+            Spec {
+                dport: 22,
+                ..tagged.clone()
+            },
+        ),
+    ] {
+        let input = spec.build();
+        let (action, out) = dp.test_run(&input).unwrap();
+        assert_eq!((action, &out), (XDP_PASS, &input), "{name}");
+    }
+}

@@ -135,10 +135,7 @@ fn lb_own_address_is_left_to_the_kernel_and_closed_vip_ports_are_dropped() {
     // port that is not a service is dropped: the client gets nothing, not
     // the LB node's own service.
     let closed = lab.curl(&format!("http://{VIP}:8080/"));
-    assert!(
-        closed.is_err(),
-        "a closed VIP port answered: {closed:?}"
-    );
+    assert!(closed.is_err(), "a closed VIP port answered: {closed:?}");
     for target in [lab.lb.addr.to_string(), VIP.to_string()] {
         lab.exec(
             &lab.client.ns,
@@ -161,11 +158,17 @@ fn lb_own_address_is_left_to_the_kernel_and_closed_vip_ports_are_dropped() {
     );
     // Pings to the VIP are the node's to answer (those to its own address
     // are not for a VIP address at all).
-    assert!(reasons["pass_other_l4"] >= 3, "pings to the VIP passed: {out}");
+    assert!(
+        reasons["pass_other_l4"] >= 3,
+        "pings to the VIP passed: {out}"
+    );
     assert!(reasons["drop_closed_port"] >= 1, "port 8080 dropped: {out}");
     // ARP requests are broadcast (not for us); replies to the LB are
     // unicast, not IP.
-    assert!(reasons["pass_not_for_us"] >= 1, "ARP requests passed: {out}");
+    assert!(
+        reasons["pass_not_for_us"] >= 1,
+        "ARP requests passed: {out}"
+    );
     assert_eq!(reasons["pass_malformed"], 0, "{out}");
     assert_eq!(
         reasons["drop_no_backend"] + reasons["drop_bad_backend"],

@@ -133,12 +133,18 @@ async fn serve(
     };
 
     let lb_mac = interface_mac(&iface)?;
-    // Source affinity needs its own table only if a VIP uses it.
-    let affinity_table_size = if config.vips.iter().any(|v| v.affinity_timeout_s.is_some()) {
-        config.datapath.flow_table_size
-    } else {
-        1
-    };
+    // Source affinity needs a table only if a VIP uses it.
+    let affinity_table_size = config.datapath.affinity_table_size.unwrap_or(
+        if state
+            .vips()
+            .iter()
+            .any(|v| v.spec.affinity_timeout_s.is_some())
+        {
+            config.datapath.flow_table_size
+        } else {
+            1
+        },
+    );
     let datapath = Datapath::load(&LoadOptions {
         flow_table_size: config.datapath.flow_table_size,
         affinity_table_size,

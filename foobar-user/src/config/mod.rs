@@ -113,6 +113,7 @@ struct RawDatapath {
     interface: Option<String>,
     xdp_mode: Option<String>,
     flow_table_size: Option<i64>,
+    affinity_table_size: Option<i64>,
     hash_seed: Option<i64>,
     wlc_period_ms: Option<i64>,
 }
@@ -128,6 +129,8 @@ struct RawVip {
     maglev_table_size: Option<i64>,
     persistence: Option<RawPersistence>,
     forwarding: Option<String>,
+    vlan: Option<i64>,
+    closed_ports: Option<String>,
     #[serde(default)]
     health: RawHealth,
     #[serde(default, rename = "backend")]
@@ -221,6 +224,9 @@ pub struct DatapathConfig {
     pub interface: Option<String>,
     pub xdp_mode: AttachMode,
     pub flow_table_size: u32,
+    /// Entries of the source-affinity table; None: the flow table's size if
+    /// a VIP uses persistence, else 1 (the least a map can have).
+    pub affinity_table_size: Option<u32>,
     /// Seed of the Maglev flow hash: the same on every node of a fleet.
     pub hash_seed: u32,
     /// How often "wlc" VIPs are re-weighted from active connection counts.
@@ -356,6 +362,11 @@ pub struct Vip {
     pub forwarding: Forwarding,
     /// Health check of backends added at run time (`foobar backend add`).
     pub health: HealthSpec,
+    /// 802.1Q VLAN the VIP is served on; None: untagged frames.
+    pub vlan: Option<u16>,
+    /// `closed_ports = "pass"`: TCP/UDP to ports of the VIP's address that no
+    /// VIP serves reach the node's own stack instead of being dropped.
+    pub pass_closed_ports: bool,
     pub backends: Vec<BackendConfig>,
 }
 

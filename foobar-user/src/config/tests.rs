@@ -565,6 +565,36 @@ fn bad_configs_are_rejected_at_their_key() {
             "vip[0].port",
             "expected an integer, found a string",
         ),
+        (
+            "VLAN id out of range",
+            one_vip("vlan = 4095", ok_backend),
+            "vip[0].vlan",
+            "is not a VLAN id",
+        ),
+        (
+            "closed_ports neither drop nor pass",
+            one_vip("closed_ports = \"open\"", ok_backend),
+            "vip[0].closed_ports",
+            "is not a choice",
+        ),
+        (
+            "two VIPs of one address disagree on closed ports",
+            format!(
+                "{}{}",
+                one_vip("closed_ports = \"pass\"", ok_backend),
+                one_vip("", ok_backend)
+                    .replace("name = \"web\"", "name = \"web2\"")
+                    .replace("port = 80", "port = 443")
+            ),
+            "vip[1].closed_ports",
+            "closed ports are a property of the address",
+        ),
+        (
+            "affinity table of 0 entries",
+            format!("[datapath]\naffinity_table_size = 0\n{}", one_vip("", ok_backend)),
+            "datapath.affinity_table_size",
+            "out of range",
+        ),
     ];
     let mut failures = Vec::new();
     for (name, text, key, message) in &cases {
@@ -783,4 +813,24 @@ fn runtime_operations_apply_the_same_rules() {
         .check_add_backend("m", &backend("10.0.0.22", 1))
         .unwrap_err();
     assert!(err.to_string().contains("maglev_table_size"), "{err}");
+}
+
+#[test]
+fn vlan_and_closed_ports_are_read_and_one_address_may_serve_each_vlan() {
+    let text = format!(
+        "{}{}",
+        one_vip(
+            "vlan = 100\nclosed_ports = \"pass\"",
+            "address = \"10.0.0.11\""
+        ),
+        one_vip("", "address = \"10.0.0.11\"").replace("name = \"web\"", "name = \"web-untagged\"")
+    );
+    let c = parse(&text).expect("the same service on another VLAN is another VIP");
+    assert_eq!(c.vips[0].vlan, Some(100));
+    assert!(c.vips[0].pass_closed_ports);
+    assert_eq!(c.vips[1].vlan, None);
+    assert!(
+        !c.vips[1].pass_closed_ports,
+        "closed ports are dropped by default"
+    );
 }

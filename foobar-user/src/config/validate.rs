@@ -84,6 +84,8 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
 
     let mut names = HashSet::new();
     let mut services = HashSet::new();
+    // (address, VLAN) -> (closed_ports = "pass", the first VIP's key).
+    let mut addresses = std::collections::HashMap::new();
     let mut vips = Vec::new();
     for (i, raw_vip) in raw.vips.iter().enumerate() {
         let key = format!("vip[{i}]");
@@ -97,14 +99,31 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
                     ),
                 );
             }
-            if !services.insert((vip.address, vip.port, vip.protocol)) {
+            if !services.insert((vip.address, vip.port, vip.protocol, vip.vlan)) {
                 p.add(
                     &key,
                     format!(
-                        "{}:{}/{} is already served by an earlier VIP",
+                        "{}:{}/{}{} is already served by an earlier VIP",
                         vip.address,
                         vip.port,
-                        vip.protocol.name()
+                        vip.protocol.name(),
+                        vip.vlan
+                            .map(|v| format!(" on VLAN {v}"))
+                            .unwrap_or_default()
+                    ),
+                );
+            }
+            let (pass, first) = addresses
+                .entry((vip.address, vip.vlan))
+                .or_insert((vip.pass_closed_ports, key.clone()));
+            if *pass != vip.pass_closed_ports {
+                p.add(
+                    format!("{key}.closed_ports"),
+                    format!(
+                        "{first} has the same address with the other closed_ports setting; \
+                         closed ports are a property of the address: give every VIP on {} \
+                         the same value",
+                        vip.address
                     ),
                 );
             }
@@ -150,6 +169,17 @@ fn validate_datapath(raw: &RawDatapath, p: &mut Problems) -> Option<DatapathConf
     if let Some(iface) = &raw.interface {
         p.field("datapath.interface", rules::interface(iface));
     }
+    let affinity_table_size = match raw.affinity_table_size {
+        None => Some(None),
+        Some(n) if (1..=i64::from(FLOW_TABLE_MAX)).contains(&n) => Some(Some(n as u32)),
+        Some(n) => {
+            p.add(
+                "datapath.affinity_table_size",
+                format!("{n} is out of range 1..={FLOW_TABLE_MAX}"),
+            );
+            None
+        }
+    };
     let hash_seed = match raw.hash_seed {
         None => Some(0),
         Some(n) if (0..=i64::from(u32::MAX)).contains(&n) => Some(n as u32),
@@ -176,6 +206,7 @@ fn validate_datapath(raw: &RawDatapath, p: &mut Problems) -> Option<DatapathConf
         interface: raw.interface.clone(),
         xdp_mode: xdp_mode?,
         flow_table_size: flow_table_size?,
+        affinity_table_size: affinity_table_size?,
         hash_seed: hash_seed?,
         wlc_period_ms: wlc_period_ms?,
     })
@@ -223,6 +254,28 @@ fn validate_vip(key: &str, raw: &RawVip, p: &mut Problems) -> Option<Vip> {
         Forwarding::parse(raw.forwarding.as_deref().unwrap_or("dsr")),
     );
     let health = validate_health(&format!("{key}.health"), &raw.health, p);
+    let vlan = match raw.vlan {
+        None => Some(None),
+        Some(n) if (1..=4094).contains(&n) => Some(Some(n as u16)),
+        Some(n) => {
+            p.add(
+                format!("{key}.vlan"),
+                format!("{n} is not a VLAN id (1..=4094; leave it out for untagged frames)"),
+            );
+            None
+        }
+    };
+    let pass_closed_ports = match raw.closed_ports.as_deref() {
+        None | Some("drop") => Some(false),
+        Some("pass") => Some(true),
+        Some(other) => {
+            p.add(
+                format!("{key}.closed_ports"),
+                format!("{other:?} is not a choice; use \"drop\" (the default) or \"pass\""),
+            );
+            None
+        }
+    };
     let maglev_table_size = match raw.maglev_table_size {
         None => Some(crate::maglev::DEFAULT_TABLE_SIZE),
         Some(n) if scheduler != Some(Scheduler::Maglev) => {
@@ -365,6 +418,8 @@ fn validate_vip(key: &str, raw: &RawVip, p: &mut Problems) -> Option<Vip> {
         affinity_timeout_s: affinity_timeout_s?,
         forwarding: forwarding?,
         health: health?,
+        vlan: vlan?,
+        pass_closed_ports: pass_closed_ports?,
         backends,
     })
 }
