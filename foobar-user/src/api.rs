@@ -416,9 +416,20 @@ pub fn call(socket: &Path, request: &Request) -> Result<serde_json::Value, Clien
     let mut line =
         serde_json::to_string(request).map_err(|e| ClientError::Protocol(e.to_string()))?;
     line.push('\n');
-    stream.write_all(line.as_bytes()).map_err(io)?;
+    // The server may answer (a refusal) and close before reading all of
+    // the request: its answer, if any, says more than our write error.
+    let written = stream.write_all(line.as_bytes());
     let mut answer = String::new();
-    BufReader::new(stream).read_line(&mut answer).map_err(io)?;
+    let read = BufReader::new(stream).read_line(&mut answer);
+    match (written, read) {
+        (_, Ok(n)) if n > 0 => {}
+        (Err(e), _) | (Ok(()), Err(e)) => return Err(io(e)),
+        (Ok(()), Ok(_)) => {
+            return Err(ClientError::Protocol(
+                "the daemon closed the connection without an answer".into(),
+            ))
+        }
+    }
     let response: Response = serde_json::from_str(&answer)
         .map_err(|e| ClientError::Protocol(format!("{e}: {answer:?}")))?;
     if response.ok {

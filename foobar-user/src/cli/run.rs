@@ -194,12 +194,16 @@ async fn serve(
     Ok(())
 }
 
-/// Removes the control socket however `serve` ends, errors included.
+/// Removes the control socket however `serve` ends, errors included (and
+/// only a socket: whatever else is at the path is not ours).
 struct RemoveOnDrop(PathBuf);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        use std::os::unix::fs::FileTypeExt as _;
+        if std::fs::symlink_metadata(&self.0).is_ok_and(|m| m.file_type().is_socket()) {
+            let _ = std::fs::remove_file(&self.0);
+        }
     }
 }
 
