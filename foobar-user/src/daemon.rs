@@ -346,11 +346,42 @@ impl Owner {
                 self.start_checker(id);
                 Ok(json!({ "vip": vip, "backend": address, "id": id }))
             }
-            Request::BackendRemove { vip, address } => {
+            Request::BackendRemove {
+                vip,
+                address,
+                force,
+            } => {
                 let address = parse_ipv4(&address)?;
+                // The last backend taking new flows: without it the VIP
+                // black-holes them, so only on purpose (--force).
+                let serving = |b: &crate::state::BackendState| {
+                    b.spec.admin == Admin::Enabled && b.spec.weight > 0
+                };
+                let v = self.state.vip(&vip).map_err(|e| e.to_string())?;
+                let last = v
+                    .backends
+                    .iter()
+                    .any(|b| b.spec.address == address && serving(b))
+                    && !v
+                        .backends
+                        .iter()
+                        .any(|b| b.spec.address != address && serving(b));
+                if last && !force {
+                    return Err(format!(
+                        "{address} is the last backend of VIP {vip} that takes new flows: \
+                         without it the VIP drops its new traffic. Add or enable another \
+                         backend first, remove the VIP (foobar vip remove {vip}), or repeat \
+                         with --force"
+                    ));
+                }
                 let b = self.transact(|s| s.remove_backend(&vip, address))?;
                 self.stop_checker(b.id);
-                Ok(json!({ "vip": vip, "backend": address, "state": "removed" }))
+                if last {
+                    warn!(vip = %vip, backend = %address, "last backend removed (--force): the VIP drops its new traffic");
+                }
+                Ok(
+                    json!({ "vip": vip, "backend": address, "state": "removed", "vip_drops_new_flows": last }),
+                )
             }
             Request::BackendDrain { vip, address } => {
                 let address = parse_ipv4(&address)?;

@@ -3,7 +3,7 @@ use std::path::Path;
 
 use clap::Subcommand;
 
-use crate::api::Request;
+use crate::api::{self, Request};
 
 #[derive(Debug, Subcommand)]
 pub enum BackendCmd {
@@ -17,9 +17,15 @@ pub enum BackendCmd {
         json: bool,
     },
     /// Remove a backend: no new flows; established flows finish on it.
+    /// Refused for the VIP's last backend that takes new flows, unless
+    /// --force.
     Remove {
         vip: String,
         address: String,
+        /// Remove it even if it is the VIP's last backend taking new flows:
+        /// the VIP then drops its new traffic.
+        #[arg(long)]
+        force: bool,
         #[arg(long)]
         json: bool,
     },
@@ -63,14 +69,31 @@ pub fn backend(socket: &Path, cmd: BackendCmd) -> anyhow::Result<()> {
             json,
             format!("backend {address} added to VIP {vip} (weight {weight})"),
         ),
-        BackendCmd::Remove { vip, address, json } => (
-            Request::BackendRemove {
+        BackendCmd::Remove {
+            vip,
+            address,
+            force,
+            json,
+        } => {
+            let request = Request::BackendRemove {
                 vip: vip.clone(),
                 address: address.clone(),
-            },
-            json,
-            format!("backend {address} removed from VIP {vip}; its established flows finish"),
-        ),
+                force,
+            };
+            let result = api::call(socket, &request)?;
+            if json {
+                println!("{result}");
+            } else {
+                println!("backend {address} removed from VIP {vip}; its established flows finish");
+            }
+            if result["vip_drops_new_flows"] == true {
+                eprintln!(
+                    "warning: VIP {vip} has no backend left that takes new flows: it drops \
+                     its new traffic until one is added or enabled"
+                );
+            }
+            return Ok(());
+        }
         BackendCmd::Drain { vip, address, json } => (
             Request::BackendDrain {
                 vip: vip.clone(),

@@ -205,7 +205,6 @@ async fn serve(
     Ok(())
 }
 
-/// Removes the control socket however `serve` ends, errors included.
 /// The interface's own MAC: the only destination the datapath serves and
 /// the source of every frame it sends.
 fn interface_mac(iface: &str) -> anyhow::Result<[u8; 6]> {
@@ -223,11 +222,16 @@ fn interface_mac(iface: &str) -> anyhow::Result<[u8; 6]> {
         .map_err(|_| anyhow::anyhow!("{path}: \"{}\" is not an Ethernet MAC address", text.trim()))
 }
 
+/// Removes the control socket however `serve` ends, errors included (and
+/// only a socket: whatever else is at the path is not ours).
 struct RemoveOnDrop(PathBuf);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        use std::os::unix::fs::FileTypeExt as _;
+        if std::fs::symlink_metadata(&self.0).is_ok_and(|m| m.file_type().is_socket()) {
+            let _ = std::fs::remove_file(&self.0);
+        }
     }
 }
 
