@@ -594,7 +594,12 @@ impl Owner {
                 json!({ "name": v.spec.name, "packets": c.packets, "bytes": c.bytes, "backends": backends })
             })
             .collect();
-        Ok(json!({ "reasons": reasons, "vips": vips }))
+        let events: serde_json::Map<String, serde_json::Value> = stats
+            .events
+            .iter()
+            .map(|(name, n)| ((*name).to_owned(), json!(n)))
+            .collect();
+        Ok(json!({ "reasons": reasons, "events": events, "vips": vips }))
     }
 
     fn metrics_snapshot(&self) -> metrics::Snapshot {
@@ -605,6 +610,7 @@ impl Owner {
                 .iter()
                 .map(|(name, c)| (*name, c.packets, c.bytes))
                 .collect(),
+            events: stats.events.clone(),
             flow_entries: self.flow_entries as u64,
             flow_capacity: u64::from(self.datapath.flow_table_size()),
             ..Default::default()

@@ -22,6 +22,8 @@ use tokio::{
 pub struct Snapshot {
     /// (reason, packets, bytes)
     pub reasons: Vec<(&'static str, u64, u64)>,
+    /// (event, packets)
+    pub events: Vec<(&'static str, u64)>,
     /// (vip, packets, bytes)
     pub vips: Vec<(String, u64, u64)>,
     pub backends: Vec<BackendSample>,
@@ -42,6 +44,11 @@ pub struct BackendSample {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    event: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -82,6 +89,20 @@ pub fn render(s: &Snapshot) -> String {
         };
         reason_packets.get_or_create(&l).inc_by(*packets);
         reason_bytes.get_or_create(&l).inc_by(*bytes);
+    }
+
+    let events = Family::<EventLabels, Counter>::default();
+    registry.register(
+        "datapath_events",
+        "Datapath events counted besides the verdict (midflow_miss: a TCP segment \
+         without SYN found no flow entry, e.g. evicted from a full flow table)",
+        events.clone(),
+    );
+    for (event, packets) in &s.events {
+        let l = EventLabels {
+            event: (*event).to_owned(),
+        };
+        events.get_or_create(&l).inc_by(*packets);
     }
 
     let vip_packets = Family::<VipLabels, Counter>::default();
@@ -282,6 +303,7 @@ mod tests {
     fn exposition_has_every_family_with_labels() {
         let s = Snapshot {
             reasons: vec![("forwarded", 10, 1000), ("pass_not_vip", 3, 300)],
+            events: vec![("midflow_miss", 7)],
             vips: vec![("web".into(), 10, 1000)],
             backends: vec![BackendSample {
                 vip: "web".into(),
@@ -304,6 +326,7 @@ mod tests {
             "foobar_backend_enabled{vip=\"web\",backend=\"10.0.0.11\"} 0",
             "foobar_flow_table_entries 4",
             "foobar_flow_table_capacity 65536",
+            "foobar_datapath_events_total{event=\"midflow_miss\"} 7",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -263,6 +263,9 @@ pub fn render_stats(state: &State, stats: &Stats) -> String {
     for (name, c) in &stats.reasons {
         out.push_str(&format!("reason {name} {} {}\n", c.packets, c.bytes));
     }
+    for (name, n) in &stats.events {
+        out.push_str(&format!("event {name} {n}\n"));
+    }
     for v in state.vips() {
         let c = stats.vip(v.id);
         out.push_str(&format!("vip {} {} {}\n", v.spec.name, c.packets, c.bytes));

@@ -21,6 +21,12 @@ pub fn stats(socket: &Path, args: StatsArgs) -> anyhow::Result<()> {
             println!("{name:<22} {:>14} {:>16}", c["packets"], c["bytes"]);
         }
     }
+    if let Some(events) = s["events"].as_object() {
+        println!("\n{:<22} {:>14}", "EVENT", "PACKETS");
+        for (name, n) in events {
+            println!("{name:<22} {n:>14}");
+        }
+    }
     for v in s["vips"].as_array().into_iter().flatten() {
         println!(
             "\nVIP {:<18} {:>14} {:>16}",
