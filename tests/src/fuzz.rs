@@ -117,6 +117,7 @@ const TARGETS: &[([u8; 4], u8, u16)] = &[
     ([192, 0, 2, 10], 6, 80),
     ([192, 0, 2, 10], 6, 443),
     ([192, 0, 2, 10], 6, 22),
+    ([192, 0, 2, 10], 6, 8081),
     ([192, 0, 2, 10], 17, 80),
     ([192, 0, 2, 20], 17, 53),
     ([192, 0, 2, 20], 17, 5353),
@@ -124,6 +125,8 @@ const TARGETS: &[([u8; 4], u8, u16)] = &[
     ([192, 0, 2, 30], 6, 8080),
     ([192, 0, 2, 30], 6, 9100),
     ([192, 0, 2, 40], 6, 80),
+    ([192, 0, 2, 50], 6, 80),
+    ([192, 0, 2, 50], 6, 22),
     ([192, 0, 2, 2], 6, 22),
     ([203, 0, 113, 9], 17, 53),
 ];
@@ -288,6 +291,9 @@ pub fn run(opts: &FuzzOptions) -> Result<FuzzReport> {
     for frame in &prefill {
         sides.check(frame, opts, index, &mut report)?;
         index += 1;
+        if report.differences.len() >= opts.max_differences.max(1) {
+            return Ok(report);
+        }
     }
     // Then the state a long-running LB has: down, drained, retired, freed
     // and reused ids, a VIP whose ring lost all backends and one whose ring
@@ -340,7 +346,12 @@ fn initial_state() -> Result<(State, HashMap<Ipv4Addr, [u8; 6]>)> {
             macs.insert(b.address, backend_mac(b.address));
         }
     }
-    for extra in [[10, 0, 0, 44], [10, 0, 0, 54]] {
+    for extra in [
+        [10, 0, 0, 44],
+        [10, 0, 0, 54],
+        [10, 0, 0, 71],
+        [10, 0, 0, 81],
+    ] {
         let ip = Ipv4Addr::from(extra);
         macs.insert(ip, backend_mac(ip));
     }
@@ -469,12 +480,17 @@ impl Sides {
         Ok(())
     }
 
-    fn reason_packets(&self) -> Result<Vec<u64>> {
+    /// The datapath's reason counters: (name, packets), by index.
+    fn reasons(&self) -> Result<Vec<(&'static str, u64)>> {
         let stats = self
             .dp
             .stats(0, 0)
             .context("reading the REASONS counters")?;
-        Ok(stats.reasons.iter().map(|(_, c)| c.packets).collect())
+        Ok(stats.reasons.iter().map(|(n, c)| (*n, c.packets)).collect())
+    }
+
+    fn reason_packets(&self) -> Result<Vec<u64>> {
+        Ok(self.reasons()?.into_iter().map(|(_, n)| n).collect())
     }
 
     /// One frame through both sides; a difference is recorded (with
@@ -492,16 +508,16 @@ impl Sides {
             .dp
             .test_run(frame)
             .with_context(|| format!("BPF_PROG_TEST_RUN on frame {index}: {}", hex(frame)))?;
-        let now = self.reason_packets()?;
-        let moved: Vec<(usize, u64)> = now
+        // One read of the counters per frame: the delta names the reason.
+        let names = self.reasons()?;
+        let moved: Vec<(usize, u64)> = names
             .iter()
             .zip(&self.reasons_seen)
             .enumerate()
-            .filter(|(_, (n, s))| n != s)
-            .map(|(i, (n, s))| (i, n - s))
+            .filter(|(_, ((_, n), s))| n != *s)
+            .map(|(i, ((_, n), s))| (i, n - s))
             .collect();
-        self.reasons_seen = now;
-        let names = self.dp.stats(0, 0)?.reasons;
+        self.reasons_seen = names.iter().map(|(_, n)| *n).collect();
         let got_reason = match moved.as_slice() {
             [(i, 1)] => Some((*i, names[*i].0)),
             _ => None,
@@ -575,7 +591,7 @@ fn describe(
     want: &Outcome,
     action: u32,
     moved: &[(usize, u64)],
-    names: &[(&'static str, foobar::datapath::Counters)],
+    names: &[(&'static str, u64)],
     output: &[u8],
 ) -> String {
     let got_reasons: Vec<String> = moved
