@@ -1,5 +1,8 @@
-//! Test support shared by the integration tests, the demo and (later) the
-//! benchmarks: the network-namespace lab and packet fixtures.
+//! Test support shared by the integration tests, the demo and the
+//! benchmarks: the network-namespace lab, packet fixtures, and the
+//! reference model of the datapath with its differential fuzzer.
 pub mod frames;
+pub mod fuzz;
 pub mod lab;
+pub mod model;
 pub mod peers;

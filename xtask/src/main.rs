@@ -33,6 +33,25 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Setup, build, and fuzz the XDP program against its reference model
+    /// (tests/src/model.rs): seeded random and mutated frames through
+    /// BPF_PROG_TEST_RUN and the model must agree. Needs root.
+    Fuzz {
+        /// Fuzzed frames to run.
+        #[arg(long, default_value_t = 100_000)]
+        frames: u64,
+        /// PRNG seed (default: from the clock, printed); a failing run
+        /// prints the seed that replays it.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Report up to this many differences instead of stopping at the
+        /// first.
+        #[arg(long, default_value_t = 1)]
+        max_differences: usize,
+        /// Use the release build (faster frames, slower first build).
+        #[arg(long)]
+        release: bool,
+    },
     /// Setup, build, and run foobar in the netns lab: HTTP requests through
     /// the VIP, who served them, foobar's counters. Needs root.
     Demo {
@@ -70,7 +89,37 @@ fn main() -> Result<()> {
         Cmd::Demo { requests } => lab(&["demo", "--requests", &requests.to_string()]),
         Cmd::Lab => lab(&["up"]),
         Cmd::Bench { quick } => bench(quick),
+        Cmd::Fuzz {
+            frames,
+            seed,
+            max_differences,
+            release,
+        } => fuzz(frames, seed, max_differences, release),
     }
+}
+
+fn fuzz(frames: u64, seed: Option<u64>, max_differences: usize, release: bool) -> Result<()> {
+    setup::run()?;
+    require_root("cargo xtask fuzz")?;
+    let mut args = vec!["build", "-p", "foobar-tests", "--bin", "foobar-fuzz"];
+    if release {
+        args.push("--release");
+    }
+    cargo(&args)?;
+    let bin = target_dir()
+        .join(if release { "release" } else { "debug" })
+        .join("foobar-fuzz");
+    let mut cmd = Command::new(bin);
+    cmd.args(["--frames", &frames.to_string()])
+        .args(["--max-differences", &max_differences.to_string()]);
+    if let Some(seed) = seed {
+        cmd.args(["--seed", &seed.to_string()]);
+    }
+    let status = cmd.status().context("running foobar-fuzz")?;
+    if !status.success() {
+        bail!("foobar-fuzz found differences or failed ({status})");
+    }
+    Ok(())
 }
 
 fn bench(quick: bool) -> Result<()> {

@@ -1,0 +1,830 @@
+//! A reference model of the datapath's forwarding decision, written from
+//! docs/DATAPATH.md (the spec), not from the XDP code: given what the maps
+//! hold and a frame, it says which XDP action and reason the datapath must
+//! return, the frame it must leave, and what it must remember. It shares no
+//! parsing code with the datapath (frames are read here by plain byte
+//! slicing); only `flow_hash`, the documented hash of consistent hashing,
+//! comes from foobar-common. It never touches BPF.
+use std::collections::HashMap;
+
+use foobar::plan::Plan;
+use foobar_common::{
+    flow_hash, AffinityKey, FlowKey, Service, AF_INET, BACKEND_NEW_FLOWS, BACKEND_UP, SCHED_MAGLEV,
+    SERVICE_AFFINITY,
+};
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+
+const ETH_LEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const PROTO_ICMP: u8 = 1;
+const PROTO_TCP: u8 = 6;
+const PROTO_UDP: u8 = 17;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+/// An ICMP header: type, code, checksum and 4 bytes of "rest of header";
+/// the erring datagram's IPv4 header follows it.
+const ICMP_HDR_LEN: usize = 8;
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// VIP address flag: TCP/UDP to a port no service uses goes to the kernel
+/// instead of being dropped.
+pub const ADDR_PASS_CLOSED_PORTS: u32 = 1;
+
+/// The spec's reasons, numbered as the REASONS counter array is indexed.
+/// The model keeps its own list so that a renumbering on either side shows
+/// up as a difference instead of being followed silently.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    Forwarded = 0,
+    NotIp = 1,
+    NotVip = 2,
+    Ipv6 = 3,
+    OtherL4 = 4,
+    Fragment = 5,
+    Malformed = 6,
+    NoBackend = 7,
+    BadBackend = 8,
+    NotForUs = 9,
+    ClosedPort = 10,
+    ForwardedIcmp = 11,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 12] = [
+        Reason::Forwarded,
+        Reason::NotIp,
+        Reason::NotVip,
+        Reason::Ipv6,
+        Reason::OtherL4,
+        Reason::Fragment,
+        Reason::Malformed,
+        Reason::NoBackend,
+        Reason::BadBackend,
+        Reason::NotForUs,
+        Reason::ClosedPort,
+        Reason::ForwardedIcmp,
+    ];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The stable name `foobar stats` prints.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::Forwarded => "forwarded",
+            Reason::NotIp => "pass_not_ip",
+            Reason::NotVip => "pass_not_vip",
+            Reason::Ipv6 => "pass_ipv6",
+            Reason::OtherL4 => "pass_other_l4",
+            Reason::Fragment => "drop_fragment",
+            Reason::Malformed => "pass_malformed",
+            Reason::NoBackend => "drop_no_backend",
+            Reason::BadBackend => "drop_bad_backend",
+            Reason::NotForUs => "pass_not_for_us",
+            Reason::ClosedPort => "drop_closed_port",
+            Reason::ForwardedIcmp => "forwarded_icmp",
+        }
+    }
+}
+
+/// A VIP map key as the model sees it (IPv4 only: the datapath serves no
+/// IPv6 VIP). `port_be == 0` is the every-port VIP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    pub addr_be: u32,
+    pub port_be: u16,
+    pub proto: u8,
+    pub vlan: u16,
+}
+
+/// A BACKENDS entry as far as forwarding is concerned. An id the plan
+/// does not hold reads as all zeroes (the array's cleared entry).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub mac: [u8; 6],
+    pub flags: u8,
+    pub gen: u32,
+}
+
+/// A FLOWS or AFFINITY value. Last-seen times are not modelled: the
+/// harness keeps affinity timeouts far longer than a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub backend_id: u32,
+    pub vip_id: u32,
+    pub closed: bool,
+    pub backend_gen: u32,
+}
+
+/// Everything the decision reads: the maps userspace writes (from a
+/// [`Plan`]), the load-time globals, and the tables the datapath writes
+/// itself, kept here as the model's own copy.
+#[derive(Clone, Debug, Default)]
+pub struct Model {
+    pub lb_mac: [u8; 6],
+    pub hash_seed: u32,
+    pub vips: HashMap<VipKey, Service>,
+    /// VIP_ADDRS4: (address, VLAN) -> flags.
+    pub addrs: HashMap<(u32, u16), u32>,
+    pub backends: HashMap<u32, Backend>,
+    /// Live ring of each VIP id.
+    pub rings: HashMap<u32, Vec<u32>>,
+    pub flows: HashMap<FlowKey, Entry>,
+    pub affinity: HashMap<AffinityKey, Entry>,
+    /// The round-robin cursor of each VIP id, for the one CPU the harness
+    /// runs on.
+    pub rr_cursor: HashMap<u32, u32>,
+    /// Packets and bytes forwarded per VIP id and per backend id.
+    pub vip_counters: HashMap<u32, (u64, u64)>,
+    pub backend_counters: HashMap<u32, (u64, u64)>,
+    /// TCP packets without SYN that had to be scheduled anew.
+    pub midflow_misses: u64,
+}
+
+/// What the model remembers after a frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Update {
+    FlowInsert(FlowKey, Entry),
+    /// A valid hit; `closed` is the flow's FLOW_CLOSED after the packet.
+    FlowHit {
+        key: FlowKey,
+        closed: bool,
+    },
+    AffinityInsert(AffinityKey, Entry),
+    CursorAdvance {
+        vip_id: u32,
+        to: u32,
+    },
+    Counted {
+        vip_id: u32,
+        backend_id: u32,
+    },
+    MidflowMiss,
+}
+
+/// The model's answer for one frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub action: u32,
+    pub reason: Reason,
+    pub output: Vec<u8>,
+    pub updates: Vec<Update>,
+}
+
+impl Model {
+    /// The maps as `Datapath::apply(plan)` writes them, with empty
+    /// flow/affinity tables and cursors at zero.
+    pub fn new(plan: &Plan, lb_mac: [u8; 6], hash_seed: u32) -> Self {
+        let mut m = Model {
+            lb_mac,
+            hash_seed,
+            ..Model::default()
+        };
+        m.apply_plan(plan);
+        m
+    }
+
+    /// Replaces what userspace writes (VIPs, addresses, backends, rings)
+    /// and keeps what the datapath wrote itself (flows, affinity, cursors).
+    /// This function is the only place that reads foobar-common's map
+    /// layouts, so a layout change is adapted here only.
+    pub fn apply_plan(&mut self, plan: &Plan) {
+        self.vips.clear();
+        self.addrs.clear();
+        self.rings.clear();
+        self.backends.clear();
+        for v in &plan.vips {
+            if v.key.family != AF_INET {
+                continue;
+            }
+            let key = VipKey {
+                addr_be: v.key.addr_be[0],
+                port_be: v.key.port_be,
+                proto: v.key.proto,
+                vlan: plan_vlan(v),
+            };
+            self.vips.insert(key, v.service);
+            self.addrs
+                .insert((key.addr_be, key.vlan), plan_addr_flags(plan, &key));
+            self.rings.insert(v.service.vip_id, v.ring.clone());
+        }
+        for (&id, b) in &plan.backends {
+            self.backends.insert(
+                id,
+                Backend {
+                    mac: b.mac,
+                    flags: b.flags,
+                    gen: plan_gen(b),
+                },
+            );
+        }
+    }
+
+    fn backend(&self, id: u32) -> Backend {
+        self.backends.get(&id).copied().unwrap_or_default()
+    }
+
+    /// Runs the model on one frame and applies its updates.
+    pub fn run(&mut self, frame: &[u8]) -> Outcome {
+        let outcome = self.decide(frame);
+        self.apply(&outcome, frame.len());
+        outcome
+    }
+
+    /// Records an outcome's updates (and counters) in the model's tables.
+    pub fn apply(&mut self, outcome: &Outcome, frame_len: usize) {
+        for u in &outcome.updates {
+            match u {
+                Update::FlowInsert(k, e) => {
+                    self.flows.insert(*k, *e);
+                }
+                Update::FlowHit { key, closed } => {
+                    if let Some(e) = self.flows.get_mut(key) {
+                        e.closed = *closed;
+                    }
+                }
+                Update::AffinityInsert(k, e) => {
+                    self.affinity.insert(*k, *e);
+                }
+                Update::CursorAdvance { vip_id, to } => {
+                    self.rr_cursor.insert(*vip_id, *to);
+                }
+                Update::Counted { vip_id, backend_id } => {
+                    for (map, id) in [
+                        (&mut self.vip_counters, vip_id),
+                        (&mut self.backend_counters, backend_id),
+                    ] {
+                        let c = map.entry(*id).or_default();
+                        c.0 += 1;
+                        c.1 += frame_len as u64;
+                    }
+                }
+                Update::MidflowMiss => self.midflow_misses += 1,
+            }
+        }
+    }
+
+    /// The decision for one frame, without changing the model.
+    pub fn decide(&self, frame: &[u8]) -> Outcome {
+        match self.decide_inner(frame) {
+            Ok((reason, backend_mac, updates)) => {
+                let mut output = frame.to_vec();
+                output[0..6].copy_from_slice(&backend_mac);
+                output[6..12].copy_from_slice(&self.lb_mac);
+                Outcome {
+                    action: XDP_TX,
+                    reason,
+                    output,
+                    updates,
+                }
+            }
+            Err((action, reason)) => Outcome {
+                action,
+                reason,
+                output: frame.to_vec(),
+                updates: Vec::new(),
+            },
+        }
+    }
+
+    /// Ok: forwarded under `reason` to a backend MAC; Err: not forwarded.
+    #[allow(clippy::type_complexity)]
+    fn decide_inner(&self, f: &[u8]) -> Result<(Reason, [u8; 6], Vec<Update>), (u32, Reason)> {
+        let pass = |r| (XDP_PASS, r);
+        let drop = |r| (XDP_DROP, r);
+        // 1. Ethernet.
+        if f.len() < ETH_LEN {
+            return Err(pass(Reason::Malformed));
+        }
+        // 2. Addressed to the LB?
+        if f[0..6] != self.lb_mac {
+            return Err(pass(Reason::NotForUs));
+        }
+        // 3. At most one VLAN tag.
+        let mut ethertype = be16(f, 12);
+        let mut l3 = ETH_LEN;
+        let mut vlan = 0;
+        if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+            if f.len() < l3 + 4 {
+                return Err(pass(Reason::Malformed));
+            }
+            vlan = be16(f, l3) & 0x0fff;
+            ethertype = be16(f, l3 + 2);
+            l3 += 4;
+            if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+                return Err(pass(Reason::NotIp));
+            }
+        }
+        // 4. IPv4 only.
+        match ethertype {
+            ETH_P_IP => {}
+            ETH_P_IPV6 => return Err(pass(Reason::Ipv6)),
+            _ => return Err(pass(Reason::NotIp)),
+        }
+        // 5. IPv4 header, lengths checked against the frame.
+        let ip = Ipv4::read(f, l3).ok_or(pass(Reason::Malformed))?;
+        // 6. A VIP address on this VLAN?
+        let Some(&addr_flags) = self.addrs.get(&(ip.dst_be, vlan)) else {
+            return Err(pass(Reason::NotVip));
+        };
+        // 7. Fragments to a VIP address are dropped.
+        if ip.frag & 0x3fff != 0 {
+            return Err(drop(Reason::Fragment));
+        }
+        let l4 = l3 + ip.ihl;
+        let l4_len = ip.total_len - ip.ihl;
+        match ip.proto {
+            // 8. ICMP.
+            PROTO_ICMP => self.icmp(f, l4, l4_len, vlan),
+            // 9. TCP and UDP.
+            PROTO_TCP | PROTO_UDP => {
+                let (sport_be, dport_be, tcp_flags) =
+                    l4_ports(f, l4, l4_len, ip.proto).ok_or(pass(Reason::Malformed))?;
+                let key = FlowKey {
+                    src_be: [ip.src_be, 0, 0, 0],
+                    dst_be: [ip.dst_be, 0, 0, 0],
+                    sport_be,
+                    dport_be,
+                    proto: ip.proto,
+                    family: AF_INET,
+                    _pad: [0; 2],
+                };
+                let Some(service) = self.service(ip.dst_be, dport_be, ip.proto, vlan) else {
+                    return Err(if addr_flags & ADDR_PASS_CLOSED_PORTS != 0 {
+                        pass(Reason::NotVip)
+                    } else {
+                        drop(Reason::ClosedPort)
+                    });
+                };
+                self.schedule_flow(&key, &service, tcp_flags)
+            }
+            _ => Err(pass(Reason::OtherL4)),
+        }
+    }
+
+    /// VIP lookup: the exact port, then the every-port VIP.
+    fn service(&self, addr_be: u32, port_be: u16, proto: u8, vlan: u16) -> Option<Service> {
+        let key = VipKey {
+            addr_be,
+            port_be,
+            proto,
+            vlan,
+        };
+        self.vips
+            .get(&key)
+            .or_else(|| self.vips.get(&VipKey { port_be: 0, ..key }))
+            .copied()
+    }
+
+    /// Step 8: ICMP to a VIP address. Errors about a VIP flow go where the
+    /// flow goes (or would go); everything else is the node's.
+    #[allow(clippy::type_complexity)]
+    fn icmp(
+        &self,
+        f: &[u8],
+        l4: usize,
+        l4_len: usize,
+        vlan: u16,
+    ) -> Result<(Reason, [u8; 6], Vec<Update>), (u32, Reason)> {
+        let malformed = (XDP_PASS, Reason::Malformed);
+        if f.len() < l4 + ICMP_HDR_LEN {
+            return Err(malformed);
+        }
+        if f[l4] != ICMP_DEST_UNREACH && f[l4] != ICMP_TIME_EXCEEDED {
+            return Err((XDP_PASS, Reason::OtherL4));
+        }
+        let inner = l4 + ICMP_HDR_LEN;
+        if f.len() < inner + 20 {
+            return Err(malformed);
+        }
+        let ihl = usize::from(f[inner] & 0x0f) * 4;
+        let proto = f[inner + 9];
+        if f[inner] >> 4 != 4
+            || ihl < 20
+            || !(proto == PROTO_TCP || proto == PROTO_UDP)
+            // The quote must lie inside the ICMP message (the IP payload),
+            // not in padding after it.
+            || ICMP_HDR_LEN + ihl + 8 > l4_len
+        {
+            return Err(malformed);
+        }
+        // The erring datagram went from the VIP to the client.
+        let vip_be = ne32(f, inner + 12);
+        let client_be = ne32(f, inner + 16);
+        let vip_port_be = ne16(f, inner + ihl);
+        let client_port_be = ne16(f, inner + ihl + 2);
+        let key = FlowKey {
+            src_be: [client_be, 0, 0, 0],
+            dst_be: [vip_be, 0, 0, 0],
+            sport_be: client_port_be,
+            dport_be: vip_port_be,
+            proto,
+            family: AF_INET,
+            _pad: [0; 2],
+        };
+        let service = self
+            .service(vip_be, vip_port_be, proto, vlan)
+            .ok_or((XDP_PASS, Reason::NotVip))?;
+        let mut updates = Vec::new();
+        let id = match self.valid_hit(&key, &service, false) {
+            Some(id) => id,
+            None => self.ring_choice(&key, &service, &mut updates)?,
+        };
+        updates.push(Update::Counted {
+            vip_id: service.vip_id,
+            backend_id: id,
+        });
+        Ok((Reason::ForwardedIcmp, self.backend(id).mac, updates))
+    }
+
+    /// The backend of a flow-table hit that still counts (step 10).
+    fn valid_hit(&self, key: &FlowKey, service: &Service, new_syn: bool) -> Option<u32> {
+        let flow = self.flows.get(key)?;
+        let b = self.backend(flow.backend_id);
+        let valid = flow.vip_id == service.vip_id
+            && !(new_syn && flow.closed)
+            && b.gen == flow.backend_gen
+            && b.flags & BACKEND_UP != 0;
+        valid.then_some(flow.backend_id)
+    }
+
+    /// Steps 10 and 11 for TCP/UDP.
+    #[allow(clippy::type_complexity)]
+    fn schedule_flow(
+        &self,
+        key: &FlowKey,
+        service: &Service,
+        tcp_flags: u8,
+    ) -> Result<(Reason, [u8; 6], Vec<Update>), (u32, Reason)> {
+        let closing = tcp_flags & (TCP_FIN | TCP_RST) != 0;
+        let new_syn = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        let mut updates = Vec::new();
+        let id = if let Some(id) = self.valid_hit(key, service, new_syn) {
+            let was_closed = self.flows[key].closed;
+            updates.push(Update::FlowHit {
+                key: *key,
+                closed: was_closed || closing,
+            });
+            id
+        } else {
+            let id = self.pick(key, service, &mut updates)?;
+            if key.proto == PROTO_TCP && tcp_flags & TCP_SYN == 0 {
+                updates.push(Update::MidflowMiss);
+            }
+            updates.push(Update::FlowInsert(
+                *key,
+                Entry {
+                    backend_id: id,
+                    vip_id: service.vip_id,
+                    closed: closing,
+                    backend_gen: self.backend(id).gen,
+                },
+            ));
+            id
+        };
+        updates.push(Update::Counted {
+            vip_id: service.vip_id,
+            backend_id: id,
+        });
+        Ok((Reason::Forwarded, self.backend(id).mac, updates))
+    }
+
+    /// Step 11: source affinity, else the ring (and remember the choice).
+    fn pick(
+        &self,
+        key: &FlowKey,
+        service: &Service,
+        updates: &mut Vec<Update>,
+    ) -> Result<u32, (u32, Reason)> {
+        if service.flags & SERVICE_AFFINITY == 0 {
+            return self.ring_choice(key, service, updates);
+        }
+        let akey = AffinityKey {
+            client_be: key.src_be,
+            vip_id: service.vip_id,
+        };
+        if let Some(a) = self.affinity.get(&akey) {
+            let b = self.backend(a.backend_id);
+            if b.gen == a.backend_gen && b.flags & BACKEND_NEW_FLOWS != 0 {
+                return Ok(a.backend_id);
+            }
+        }
+        let id = self.ring_choice(key, service, updates)?;
+        updates.push(Update::AffinityInsert(
+            akey,
+            Entry {
+                backend_id: id,
+                vip_id: service.vip_id,
+                closed: false,
+                backend_gen: self.backend(id).gen,
+            },
+        ));
+        Ok(id)
+    }
+
+    /// The ring's choice: round-robin by this CPU's cursor, Maglev by the
+    /// flow hash. The cursor moves whenever the ring is not empty.
+    fn ring_choice(
+        &self,
+        key: &FlowKey,
+        service: &Service,
+        updates: &mut Vec<Update>,
+    ) -> Result<u32, (u32, Reason)> {
+        let ring = self
+            .rings
+            .get(&service.vip_id)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        if ring.is_empty() {
+            return Err((XDP_DROP, Reason::NoBackend));
+        }
+        let len = ring.len() as u32;
+        let pos = if service.scheduler == SCHED_MAGLEV {
+            flow_hash(key, self.hash_seed) % len
+        } else {
+            let pos = self.rr_cursor.get(&service.vip_id).copied().unwrap_or(0) % len;
+            updates.push(Update::CursorAdvance {
+                vip_id: service.vip_id,
+                to: pos + 1,
+            });
+            pos
+        };
+        let id = ring[pos as usize];
+        if self.backend(id).flags & BACKEND_UP == 0 {
+            return Err((XDP_DROP, Reason::BadBackend));
+        }
+        Ok(id)
+    }
+}
+
+/// The VLAN of a planned VIP. foobar-common's VipKey has no VLAN field
+/// before the VLAN work lands: every VIP is untagged (0) until then.
+fn plan_vlan(_v: &foobar::plan::PlannedVip) -> u16 {
+    0
+}
+
+/// VIP_ADDRS4 flags of a VIP's address. Before per-address settings land
+/// every address drops closed ports (flags 0), the spec's default.
+fn plan_addr_flags(_plan: &Plan, _key: &VipKey) -> u32 {
+    0
+}
+
+/// The generation of a backend entry. Before generations land in
+/// foobar-common every entry reads as generation 0 on both sides.
+fn plan_gen(_b: &foobar_common::Backend) -> u32 {
+    0
+}
+
+/// The IPv4 header fields the decision reads, after step 5's checks.
+struct Ipv4 {
+    ihl: usize,
+    total_len: usize,
+    frag: u16,
+    proto: u8,
+    src_be: u32,
+    dst_be: u32,
+}
+
+impl Ipv4 {
+    fn read(f: &[u8], l3: usize) -> Option<Ipv4> {
+        if f.len() < l3 + 20 || f[l3] >> 4 != 4 {
+            return None;
+        }
+        let ihl = usize::from(f[l3] & 0x0f) * 4;
+        let total_len = usize::from(be16(f, l3 + 2));
+        if ihl < 20 || total_len < ihl || l3 + total_len > f.len() {
+            return None;
+        }
+        Some(Ipv4 {
+            ihl,
+            total_len,
+            frag: be16(f, l3 + 6),
+            proto: f[l3 + 9],
+            src_be: ne32(f, l3 + 12),
+            dst_be: ne32(f, l3 + 16),
+        })
+    }
+}
+
+/// Ports (as they lie in the frame) and TCP flags of a TCP or UDP header
+/// whose claimed length fits the IP payload; None if malformed.
+fn l4_ports(f: &[u8], l4: usize, l4_len: usize, proto: u8) -> Option<(u16, u16, u8)> {
+    if proto == PROTO_TCP {
+        // The datapath reads the first 14 bytes (ports .. flags) first.
+        if f.len() < l4 + 14 {
+            return None;
+        }
+        let doff = usize::from(f[l4 + 12] >> 4) * 4;
+        if doff < 20 || doff > l4_len {
+            return None;
+        }
+        Some((ne16(f, l4), ne16(f, l4 + 2), f[l4 + 13]))
+    } else {
+        if f.len() < l4 + 8 {
+            return None;
+        }
+        let len = usize::from(be16(f, l4 + 4));
+        if len < 8 || len > l4_len {
+            return None;
+        }
+        Some((ne16(f, l4), ne16(f, l4 + 2), 0))
+    }
+}
+
+fn be16(f: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([f[at], f[at + 1]])
+}
+
+/// Two bytes as they lie in memory (the `_be` fields keep wire order).
+fn ne16(f: &[u8], at: usize) -> u16 {
+    u16::from_ne_bytes([f[at], f[at + 1]])
+}
+
+fn ne32(f: &[u8], at: usize) -> u32 {
+    u32::from_ne_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frames::{Spec, L4};
+    use std::net::Ipv4Addr;
+
+    const LB: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+
+    /// web 192.0.2.10:80/tcp rr over .11 .12; udp-any 192.0.2.20:0/udp.
+    fn model() -> Model {
+        let config = foobar::config::parse(
+            r#"
+            [[vip]]
+            name = "web"
+            address = "192.0.2.10"
+            port = 80
+            [[vip.backend]]
+            address = "10.0.0.11"
+            [[vip.backend]]
+            address = "10.0.0.12"
+
+            [[vip]]
+            name = "udp-any"
+            address = "192.0.2.20"
+            port = 0
+            protocol = "udp"
+            [[vip.backend]]
+            address = "10.0.0.21"
+            "#,
+        )
+        .unwrap();
+        let macs = [11, 12, 21]
+            .into_iter()
+            .map(|n| (Ipv4Addr::new(10, 0, 0, n), [2, 0xbe, 0, 0, 0, n]))
+            .collect();
+        Model::new(&foobar::plan::build(&config, &macs).unwrap(), LB, 0)
+    }
+
+    #[test]
+    fn new_flows_walk_the_ring_and_stay_on_their_backend() {
+        let mut m = model();
+        let a = Spec::default();
+        let b = Spec {
+            sport: 40001,
+            ..Spec::default()
+        };
+        let out = m.run(&a.build());
+        assert_eq!((out.action, out.reason), (XDP_TX, Reason::Forwarded));
+        assert_eq!(out.output[0..6], [2, 0xbe, 0, 0, 0, 11]);
+        assert_eq!(out.output[6..12], LB);
+        assert_eq!(out.output[12..], a.build()[12..], "only the MACs change");
+        assert_eq!(m.run(&b.build()).output[5], 12);
+        assert_eq!(m.run(&a.build()).output[5], 11, "the flow table keeps it");
+        assert_eq!(m.flows.len(), 2);
+        assert_eq!(m.rr_cursor[&0], 2);
+    }
+
+    #[test]
+    fn each_rule_gives_its_reason() {
+        let mut m = model();
+        let cases: Vec<(Vec<u8>, u32, Reason)> = vec![
+            (
+                Spec {
+                    dst_mac: [0xff; 6],
+                    ..Spec::default()
+                }
+                .build(),
+                XDP_PASS,
+                Reason::NotForUs,
+            ),
+            (
+                Spec {
+                    vlan: Some(100),
+                    ..Spec::default()
+                }
+                .build(),
+                XDP_PASS,
+                Reason::NotVip,
+            ),
+            (
+                Spec {
+                    dport: 22,
+                    ..Spec::default()
+                }
+                .build(),
+                XDP_DROP,
+                Reason::ClosedPort,
+            ),
+            (
+                Spec {
+                    more_fragments: true,
+                    ..Spec::default()
+                }
+                .build(),
+                XDP_DROP,
+                Reason::Fragment,
+            ),
+            (
+                Spec {
+                    l4: L4::Icmp,
+                    ..Spec::default()
+                }
+                .build(),
+                XDP_PASS,
+                Reason::OtherL4,
+            ),
+            (
+                Spec {
+                    dst: [192, 0, 2, 2],
+                    ..Spec::default()
+                }
+                .build(),
+                XDP_PASS,
+                Reason::NotVip,
+            ),
+            (crate::frames::ipv6_tcp(), XDP_PASS, Reason::Ipv6),
+            (
+                Spec::default().build()[..40].to_vec(),
+                XDP_PASS,
+                Reason::Malformed,
+            ),
+        ];
+        for (frame, action, reason) in cases {
+            let out = m.run(&frame);
+            assert_eq!((out.action, out.reason), (action, reason));
+            assert_eq!(out.output, frame, "{reason:?}: untouched");
+        }
+        assert!(m.flows.is_empty());
+    }
+
+    /// An ICMP "fragmentation needed" about the reply of a known flow goes
+    /// to that flow's backend and inserts nothing.
+    #[test]
+    fn icmp_errors_follow_the_embedded_flow() {
+        let mut m = model();
+        m.run(&Spec::default().build()); // client 198.51.100.7:40000 -> .11
+        m.run(
+            &Spec {
+                sport: 40001,
+                ..Spec::default()
+            }
+            .build(),
+        ); // -> .12
+        let mut f = m.lb_mac.to_vec();
+        f.extend_from_slice(&[2, 0, 0, 0, 0, 0x10, 0x08, 0x00]);
+        f.extend_from_slice(&[0x45, 0, 0, 56, 0, 0, 0, 0, 64, 1, 0, 0]);
+        f.extend_from_slice(&[203, 0, 113, 1, 192, 0, 2, 10]);
+        f.extend_from_slice(&[3, 4, 0, 0, 0, 0, 0x05, 0xdc]);
+        f.extend_from_slice(&[0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0]);
+        f.extend_from_slice(&[192, 0, 2, 10, 198, 51, 100, 7]);
+        f.extend_from_slice(&[0, 80, 0x9c, 0x41, 0, 0, 0, 1]);
+        let flows = m.flows.clone();
+        let out = m.run(&f);
+        assert_eq!((out.action, out.reason), (XDP_TX, Reason::ForwardedIcmp));
+        assert_eq!(out.output[5], 12, "the flow of port 40001");
+        assert_eq!(m.flows, flows, "no insert");
+        f.truncate(f.len() - 1);
+        assert_eq!(m.run(&f).reason, Reason::Malformed, "7 bytes of inner L4");
+    }
+
+    #[test]
+    fn a_reused_id_does_not_inherit_flows_of_another_generation() {
+        let mut m = model();
+        m.run(&Spec::default().build());
+        let id = m.flows.values().next().unwrap().backend_id;
+        m.backends.get_mut(&id).unwrap().gen += 1;
+        let out = m.run(&Spec::default().build());
+        assert_eq!(out.output[5], 12, "rescheduled: the ring's next slot");
+        assert!(out
+            .updates
+            .iter()
+            .any(|u| matches!(u, Update::FlowInsert(..))));
+    }
+}
