@@ -56,10 +56,10 @@ pub fn backend_for(pkt: &Packet, service: &Service) -> Result<(u32, Backend), Ve
     if pkt.icmp_error {
         return schedule::from_ring(pkt, service);
     }
+    let (backend_id, backend) = schedule::pick(pkt, service, now)?;
     if pkt.flow.proto == IPPROTO_TCP && pkt.tcp_flags & TCP_SYN == 0 {
         stats::count_event(Event::MidflowMiss);
     }
-    let (backend_id, backend) = schedule::pick(pkt, service, now)?;
     let flow = Flow {
         backend_id,
         vip_id: service.vip_id,

@@ -80,7 +80,7 @@ const CONFIG: &str = r#"
     address = "192.0.2.20"
     port = 0
     scheduler = "maglev"
-    maglev_table_size = 13
+    maglev_table_size = 61
     persistence = { timeout = "3600s" }
     [[vip.backend]]
     address = "10.0.0.41"
@@ -333,7 +333,9 @@ pub fn run(opts: &FuzzOptions) -> Result<FuzzReport> {
 fn load_options() -> LoadOptions {
     LoadOptions {
         flow_table_size: FLOW_TABLE_SIZE,
+        affinity_table_size: FLOW_TABLE_SIZE,
         hash_seed: HASH_SEED,
+        lb_mac: LB_MAC,
     }
 }
 
@@ -355,8 +357,24 @@ fn initial_state() -> Result<(State, HashMap<Ipv4Addr, [u8; 6]>)> {
         let ip = Ipv4Addr::from(extra);
         macs.insert(ip, backend_mac(ip));
     }
-    let state = State::build(&foobar::state::saved_from_config(&config), &macs)
+    let mut state = State::build(&foobar::state::saved_from_config(&config), &macs)
         .context("building the fuzz state")?;
+    // A VIP on VLAN 100 of web's address, passing closed ports there; and
+    // an untagged address that passes closed ports.
+    for (name, addr, vlan, backend) in [
+        ("web-vlan100", [192, 0, 2, 10], Some(100), [10, 0, 0, 71]),
+        ("open", [192, 0, 2, 50], None, [10, 0, 0, 81]),
+    ] {
+        let mut spec = state.vip("web")?.spec.clone();
+        spec.name = name.into();
+        spec.address = Ipv4Addr::from(addr);
+        spec.vlan = vlan;
+        spec.pass_closed_ports = true;
+        state.add_vip(spec)?;
+        let mut b = state.vip("web")?.backends[0].spec.clone();
+        b.address = Ipv4Addr::from(backend);
+        state.add_backend(name, b, macs[&Ipv4Addr::from(backend)])?;
+    }
     Ok((state, macs))
 }
 
@@ -569,6 +587,13 @@ impl Sides {
                     c.packets, c.bytes, want
                 ));
             }
+        }
+        let misses = stats.event(foobar_common::Event::MidflowMiss);
+        if misses != self.model.midflow_misses {
+            report.differences.push(format!(
+                "seed {seed}: the datapath counted {misses} midflow misses, the model {}",
+                self.model.midflow_misses
+            ));
         }
         Ok(())
     }

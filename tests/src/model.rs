@@ -569,20 +569,27 @@ impl Model {
 
 /// The VLAN of a planned VIP. foobar-common's VipKey has no VLAN field
 /// before the VLAN work lands: every VIP is untagged (0) until then.
-fn plan_vlan(_v: &foobar::plan::PlannedVip) -> u16 {
-    0
+fn plan_vlan(v: &foobar::plan::PlannedVip) -> u16 {
+    v.key.vlan
 }
 
 /// VIP_ADDRS4 flags of a VIP's address. Before per-address settings land
 /// every address drops closed ports (flags 0), the spec's default.
-fn plan_addr_flags(_plan: &Plan, _key: &VipKey) -> u32 {
-    0
+fn plan_addr_flags(plan: &Plan, key: &VipKey) -> u32 {
+    plan.addresses
+        .get(&foobar_common::VipAddrKey {
+            addr_be: key.addr_be,
+            vlan: key.vlan,
+            _pad: 0,
+        })
+        .copied()
+        .unwrap_or(0)
 }
 
 /// The generation of a backend entry. Before generations land in
 /// foobar-common every entry reads as generation 0 on both sides.
-fn plan_gen(_b: &foobar_common::Backend) -> u32 {
-    0
+fn plan_gen(b: &foobar_common::Backend) -> u32 {
+    b.gen
 }
 
 /// The IPv4 header fields the decision reads, after step 5's checks.

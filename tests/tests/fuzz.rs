@@ -6,8 +6,6 @@
 use foobar_tests::fuzz::{self, FuzzOptions};
 
 #[test]
-#[ignore = "the datapath of this branch predates docs/DATAPATH.md (issue 9); \
-            remove this line when the new datapath is merged"]
 fn datapath_and_model_agree_on_20000_fuzzed_frames() {
     let seed = 20_000;
     let report = fuzz::run(&FuzzOptions {
