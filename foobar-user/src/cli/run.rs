@@ -120,8 +120,10 @@ async fn serve(
         .collect();
     addrs.sort();
     addrs.dedup();
-    let macs = neigh::resolve(&iface, ifindex, &addrs, NEIGH_TIMEOUT).await?;
-    let state = State::build(&saved, &macs).with_context(|| {
+    // Backends still unresolved after NEIGH_TIMEOUT start down; the
+    // daemon keeps resolving them in the background.
+    let macs = neigh::resolve(ifindex, &addrs, NEIGH_TIMEOUT).await?;
+    let state = State::build_unresolved(&saved, &macs).with_context(|| {
         format!(
             "the saved runtime state in {} does not apply",
             state_file.display()
