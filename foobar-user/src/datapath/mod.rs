@@ -591,6 +591,26 @@ impl Datapath {
     /// A handle of its own on the flow table, to walk it on another thread
     /// while this `Datapath` keeps serving its owner.
     pub fn flow_walker(&self) -> Result<FlowWalker> {
+        Ok(FlowWalker {
+            fd: self.flow_table_fd()?,
+            capacity: self.flow_table_size,
+        })
+    }
+
+    /// A read-write handle of its own on the flow table, for tests and
+    /// benchmarks that fill it (the daemon never writes it).
+    pub fn flow_table(&self) -> Result<HashMap<MapData, FlowKey, Flow>> {
+        let data = MapData::from_fd(self.flow_table_fd()?).map_err(|source| DatapathError::Map {
+            map: "FLOWS",
+            source,
+        })?;
+        HashMap::try_from(aya::maps::Map::LruHashMap(data)).map_err(|source| DatapathError::Map {
+            map: "FLOWS",
+            source,
+        })
+    }
+
+    fn flow_table_fd(&self) -> Result<std::os::fd::OwnedFd> {
         let map = self.ebpf.map("FLOWS").ok_or(DatapathError::Missing {
             what: "map",
             name: "FLOWS",
@@ -601,7 +621,7 @@ impl Datapath {
                 name: "FLOWS",
             });
         };
-        let fd = std::os::fd::AsFd::as_fd(data.fd())
+        std::os::fd::AsFd::as_fd(data.fd())
             .try_clone_to_owned()
             .map_err(|io_error| DatapathError::Map {
                 map: "FLOWS",
@@ -610,11 +630,7 @@ impl Datapath {
                     io_error,
                 }
                 .into(),
-            })?;
-        Ok(FlowWalker {
-            fd,
-            capacity: self.flow_table_size,
-        })
+            })
     }
 
     pub fn flow_table_size(&self) -> u32 {
