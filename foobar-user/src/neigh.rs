@@ -90,7 +90,9 @@ pub enum Neighbour {
 /// Follows the kernel's neighbour table on `ifindex` for the addresses in
 /// `wanted`: every `period` (and at once when `wanted` changes) reads the
 /// table, nudges the addresses it has no usable entry for, and sends what
-/// it knows of the wanted addresses whenever that changes. An address the
+/// it knows of the wanted addresses whenever that changes. After a nudge it
+/// looks again sooner (50 ms, doubling up to `period`), so a new backend
+/// that answers ARP takes traffic within milliseconds. An address the
 /// table has no entry for is left out (its last MAC stands: the kernel
 /// forgets idle entries). Ends when the receiver goes away.
 pub async fn watch(
@@ -107,14 +109,19 @@ pub async fn watch(
         }
     };
     let conn = tokio::spawn(conn);
-    let mut ticker = tokio::time::interval(period);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    const FIRST_RETRY: Duration = Duration::from_millis(50);
     let mut last: Option<HashMap<Ipv4Addr, Neighbour>> = None;
     let mut failing = false;
+    let mut wait = Duration::ZERO;
     loop {
         tokio::select! {
-            _ = ticker.tick() => {}
-            changed = wanted.changed() => if changed.is_err() { break },
+            _ = tokio::time::sleep(wait) => {}
+            changed = wanted.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                wait = Duration::ZERO;
+            }
         }
         let addrs = wanted.borrow_and_update().clone();
         let table = match dump(&handle, ifindex).await {
@@ -127,6 +134,7 @@ pub async fn watch(
                     tracing::warn!(%e, "reading the neighbour table failed; retrying");
                 }
                 failing = true;
+                wait = period;
                 continue;
             }
         };
@@ -140,6 +148,11 @@ pub async fn watch(
             .copied()
             .collect();
         nudge(&unresolved);
+        wait = if unresolved.is_empty() {
+            period
+        } else {
+            (wait * 2).clamp(FIRST_RETRY, period)
+        };
         if last.as_ref() != Some(&report) {
             if tx.send(report.clone()).await.is_err() {
                 break;

@@ -261,6 +261,11 @@ fn an_added_backend_takes_traffic_and_a_removed_one_gets_no_new_connection() {
     assert!(ok, "{err}");
     let added: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(added["backend"], be3.as_str());
+    // Its MAC is resolved in the background: it takes traffic once known.
+    let resolved = wait_until("be3 has a MAC", Duration::from_secs(2), || {
+        backend(&status(&lab), &be3).is_some_and(|b| b["health"] == "up")
+    });
+    eprintln!("be3 up {resolved:?} after `backend add`");
     let after = requests(&lab, 12);
     // Each CPU walks the ring on its own, so the split is near, not exactly,
     // a third; the new backend clearly takes its share.
