@@ -324,8 +324,12 @@ impl Owner {
             Ok(()) => {
                 for (address, old, new) in changes {
                     match new {
-                        Some(mac) => info!(backend = %address, old = %mac_text(old), new = %mac_text(Some(mac)), "next-hop MAC changed"),
-                        None => warn!(backend = %address, old = %mac_text(old), reason = %neigh::no_mac_reason(address, &self.iface), "backend has no MAC; out until it resolves"),
+                        Some(mac) => {
+                            info!(backend = %address, old = %mac_text(old), new = %mac_text(Some(mac)), "next-hop MAC changed")
+                        }
+                        None => {
+                            warn!(backend = %address, old = %mac_text(old), reason = %neigh::no_mac_reason(address, &self.iface), "backend has no MAC; out until it resolves")
+                        }
                     }
                 }
             }
@@ -338,7 +342,9 @@ impl Owner {
 
     /// Puts `before` back in the state, the maps and (if `saved`) the state
     /// file after a change failed half-way; returns what could not be
-    /// restored (also logged), so the caller can report it.
+    /// restored (also logged), so the caller can report it. The maps are
+    /// read back and rewritten (`Datapath::resync`), not patched from what
+    /// the failed write believed it had done.
     fn roll_back(&mut self, before: State, saved: bool) -> Option<String> {
         self.state = before;
         let mut failures = Vec::new();
@@ -350,7 +356,7 @@ impl Owner {
                 ));
             }
         }
-        if let Err(e) = self.datapath.apply(&self.state.plan()) {
+        if let Err(e) = self.datapath.resync(&self.state.plan()) {
             failures.push(format!(
                 "the BPF maps may hold part of the refused change ({e}); \
                  restart foobar to rewrite them from the state"
@@ -616,7 +622,11 @@ impl Owner {
             }
         };
         if done.took > GC_PERIOD {
-            warn!(took_ms = done.took.as_millis() as u64, entries = usage.entries, "walking the flow table took longer than its period");
+            warn!(
+                took_ms = done.took.as_millis() as u64,
+                entries = usage.entries,
+                "walking the flow table took longer than its period"
+            );
         }
         self.flow_entries = usage.entries;
         let before = self.state.clone();
@@ -831,4 +841,98 @@ pub fn monotonic_ns() -> u64 {
     let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .expect("CLOCK_MONOTONIC is always available");
     ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    //! Loads the XDP object (root, as every datapath test).
+    use super::*;
+    use crate::{config::HealthSpec, datapath::LoadOptions};
+
+    fn vip(name: &str, last: u8, scheduler: Scheduler, table: u32) -> VipSpec {
+        VipSpec {
+            name: name.into(),
+            address: Ipv4Addr::new(192, 0, 2, last),
+            port: 80,
+            protocol: Protocol::Tcp,
+            scheduler,
+            maglev_table_size: table,
+            affinity_timeout_s: None,
+            forwarding: Forwarding::Dsr,
+            health: HealthSpec::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_change_leaves_state_file_and_maps_as_they_were() {
+        // A Maglev table larger than a ring holds: adding its first backend
+        // (the server behind "web" too, so its MAC is known and it is up)
+        // passes the state's checks but fails in the datapath, after the
+        // new backend's entry was written.
+        let mut state = State::default();
+        state
+            .add_vip(vip("web", 10, Scheduler::RoundRobin, 65537))
+            .unwrap();
+        let be1 = BackendSpec {
+            address: Ipv4Addr::new(10, 0, 0, 1),
+            weight: 1,
+            admin: Admin::Enabled,
+            health: HealthSpec::default(),
+        };
+        state.add_backend("web", be1, [2, 0, 0, 0, 0, 1]).unwrap();
+        state
+            .add_vip(vip("big", 11, Scheduler::Maglev, 131_071))
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("foobar-rollback-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let state_file = dir.join("foobar.state.json");
+        let dp = Datapath::load(&LoadOptions {
+            flow_table_size: 1024,
+            hash_seed: 0,
+        })
+        .expect("datapath loads (root needed)");
+        let mut owner = Owner::new(
+            state.clone(),
+            dp,
+            "lo".into(),
+            1,
+            state_file.clone(),
+            "digest".into(),
+            Duration::from_secs(1),
+        );
+        owner.datapath.apply(&owner.state.plan()).unwrap();
+        owner.save().unwrap();
+        let file_before = std::fs::read_to_string(&state_file).unwrap();
+        let entries_before: Vec<_> = (0..4)
+            .map(|id| owner.datapath.backend(id).unwrap())
+            .collect();
+
+        let response = owner
+            .handle(Request::BackendAdd {
+                vip: "big".into(),
+                address: "10.0.0.1".into(),
+                weight: None,
+            })
+            .await;
+        let file_after = std::fs::read_to_string(&state_file).unwrap();
+        let entries_after: Vec<_> = (0..4)
+            .map(|id| owner.datapath.backend(id).unwrap())
+            .collect();
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        assert!(!response.ok);
+        let error = response.error.unwrap();
+        assert!(
+            error.starts_with("not applied: writing the BPF maps failed"),
+            "{error}"
+        );
+        assert!(!error.contains("undoing it failed"), "{error}");
+        assert_eq!(owner.state, state);
+        assert_eq!(file_after, file_before);
+        assert_eq!(
+            entries_after, entries_before,
+            "the refused backend's entry (id 1) is gone from the map"
+        );
+        assert_eq!(entries_after[1], foobar_common::Backend::default());
+    }
 }

@@ -191,14 +191,15 @@ fn entry(msg: &NeighbourMessage, ifindex: u32) -> Option<(Ipv4Addr, Neighbour)> 
     let failed = msg.header.state == NeighbourState::Failed;
     if !failed
         && !matches!(
-        msg.header.state,
-        NeighbourState::Reachable
-            | NeighbourState::Stale
-            | NeighbourState::Delay
-            | NeighbourState::Probe
-            | NeighbourState::Permanent
-            | NeighbourState::Noarp
-    ) {
+            msg.header.state,
+            NeighbourState::Reachable
+                | NeighbourState::Stale
+                | NeighbourState::Delay
+                | NeighbourState::Probe
+                | NeighbourState::Permanent
+                | NeighbourState::Noarp
+        )
+    {
         return None;
     }
     let mut addr = None;

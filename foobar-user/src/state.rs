@@ -788,7 +788,10 @@ mod tests {
     fn a_backend_without_a_mac_takes_no_traffic_until_it_has_one() {
         let saved = web().saved();
         let macs = [11, 13].map(|n| (ip(n), mac(n))).into();
-        assert!(State::build(&saved, &macs).is_err(), "build needs every MAC");
+        assert!(
+            State::build(&saved, &macs).is_err(),
+            "build needs every MAC"
+        );
         let mut s = State::build_unresolved(&saved, &macs).unwrap();
         let plan = s.plan();
         assert_eq!(plan.vips[0].ring, vec![0, 2]);

@@ -37,8 +37,8 @@ fn flow(i: u32, now_ns: u64) -> Flow {
         backend_id: i % BACKENDS,
         vip_id: 0,
         // Every tenth flow idle since boot: not "in use" for a recent walk.
-        last_seen_ns: if i % 10 == 0 { 0 } else { now_ns },
-        flags: if i % 4 == 0 { FLOW_CLOSED } else { 0 },
+        last_seen_ns: if i.is_multiple_of(10) { 0 } else { now_ns },
+        flags: if i.is_multiple_of(4) { FLOW_CLOSED } else { 0 },
         _pad: 0,
     }
 }
@@ -126,7 +126,10 @@ fn walking_a_million_flows_is_exact_bounded_and_blocks_nothing() {
          slowest {slowest:?}"
     );
     for (took, entries) in &walks {
-        assert!(*entries <= CAPACITY as usize, "gauge {entries} > {CAPACITY}");
+        assert!(
+            *entries <= CAPACITY as usize,
+            "gauge {entries} > {CAPACITY}"
+        );
         assert!(*entries >= (CAPACITY as usize) / 2, "gauge {entries}");
         assert!(*took < Duration::from_secs(10), "{took:?}");
     }

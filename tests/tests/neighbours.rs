@@ -115,7 +115,9 @@ fn a_backend_without_a_mac_starts_down_and_the_others_serve() {
     let t = Instant::now();
     let s = status(&lab);
     let status_took = t.elapsed();
-    eprintln!("backend add of an unreachable address: {add_took:?}; status after it: {status_took:?}");
+    eprintln!(
+        "backend add of an unreachable address: {add_took:?}; status after it: {status_took:?}"
+    );
     assert!(add_took < Duration::from_secs(1), "{add_took:?}");
     assert!(status_took < Duration::from_secs(1), "{status_took:?}");
     assert_eq!(backend(&s, NOBODY_ADDED).unwrap()["health"], "down", "{s}");

@@ -581,6 +581,79 @@ impl Datapath {
         RingWriter::open(xdp_program(&mut self.ebpf, LB_PROGRAM)?)
     }
 
+    /// Makes the maps hold exactly `plan`, whatever they hold now: reads
+    /// the VIP and backend maps back instead of trusting what `apply` last
+    /// wrote (after an `apply` failed half-way, that record is not the
+    /// maps' content). The state owner's rollback. Same order as `apply`.
+    pub fn resync(&mut self, plan: &Plan) -> Result<()> {
+        let map_err = |map| move |source| DatapathError::Map { map, source };
+        for (&id, backend) in plan
+            .backends
+            .iter()
+            .filter(|(_, b)| b.flags & BACKEND_UP != 0)
+        {
+            self.set_backend(id, backend)?;
+        }
+        for vip in &plan.vips {
+            self.rings.set(vip.service.vip_id, &vip.ring)?;
+        }
+        let addrs: HashSet<u32> = plan
+            .vips
+            .iter()
+            .filter(|v| v.key.family == foobar_common::AF_INET)
+            .map(|v| v.key.addr_be[0])
+            .collect();
+        let mut prefilter: HashMap<&mut MapData, u32, u32> = map_mut(&mut self.ebpf, "VIP_ADDRS4")?;
+        for addr in &addrs {
+            prefilter
+                .insert(addr, 1, 0)
+                .map_err(map_err("VIP_ADDRS4"))?;
+        }
+        let mut vips: HashMap<&mut MapData, VipKey, Service> = map_mut(&mut self.ebpf, "VIPS")?;
+        for vip in &plan.vips {
+            vips.insert(vip.key, vip.service, 0)
+                .map_err(map_err("VIPS"))?;
+        }
+        let stray: Vec<VipKey> = vips
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !plan.vips.iter().any(|v| v.key == *k))
+            .collect();
+        for key in stray {
+            vips.remove(&key).map_err(map_err("VIPS"))?;
+        }
+        let mut prefilter: HashMap<&mut MapData, u32, u32> = map_mut(&mut self.ebpf, "VIP_ADDRS4")?;
+        let stray: Vec<u32> = prefilter
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|a| !addrs.contains(a))
+            .collect();
+        for addr in stray {
+            prefilter.remove(&addr).map_err(map_err("VIP_ADDRS4"))?;
+        }
+        for id in 0..MAX_BACKENDS {
+            let want = plan.backends.get(&id).copied().unwrap_or_default();
+            if self.backend(id)? != want {
+                self.set_backend(id, &want)?;
+            }
+        }
+        self.written = Written {
+            backends: plan.backends.iter().map(|(&id, b)| (id, *b)).collect(),
+            vips: plan.vips.iter().map(|v| (v.key, v.service)).collect(),
+            vip_addrs4: addrs,
+        };
+        Ok(())
+    }
+
+    /// The BACKENDS entry of backend id `id`, as the datapath reads it.
+    pub fn backend(&self, id: u32) -> Result<Backend> {
+        let backends: Array<&MapData, Backend> = self.map("BACKENDS")?;
+        backends.get(&id, 0).map_err(|source| DatapathError::Map {
+            map: "BACKENDS",
+            source,
+        })
+    }
+
     /// Walks the flow table once (see `FlowWalker::usage`). Blocks for as
     /// long as the walk takes: the daemon walks on another thread through
     /// its own `flow_walker`.
@@ -600,10 +673,11 @@ impl Datapath {
     /// A read-write handle of its own on the flow table, for tests and
     /// benchmarks that fill it (the daemon never writes it).
     pub fn flow_table(&self) -> Result<HashMap<MapData, FlowKey, Flow>> {
-        let data = MapData::from_fd(self.flow_table_fd()?).map_err(|source| DatapathError::Map {
-            map: "FLOWS",
-            source,
-        })?;
+        let data =
+            MapData::from_fd(self.flow_table_fd()?).map_err(|source| DatapathError::Map {
+                map: "FLOWS",
+                source,
+            })?;
         HashMap::try_from(aya::maps::Map::LruHashMap(data)).map_err(|source| DatapathError::Map {
             map: "FLOWS",
             source,
