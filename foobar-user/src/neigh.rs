@@ -110,6 +110,8 @@ pub async fn watch(
     };
     let conn = tokio::spawn(conn);
     const FIRST_RETRY: Duration = Duration::from_millis(50);
+    const RESEND: Duration = Duration::from_secs(30);
+    let mut last_sent = Instant::now();
     let mut last: Option<HashMap<Ipv4Addr, Neighbour>> = None;
     let mut failing = false;
     let mut wait = Duration::ZERO;
@@ -153,11 +155,14 @@ pub async fn watch(
         } else {
             (wait * 2).clamp(FIRST_RETRY, period)
         };
-        if last.as_ref() != Some(&report) {
+        // Sent when it changes, and every RESEND anyway: a report the owner
+        // could not apply (a map write failed) is tried again.
+        if last.as_ref() != Some(&report) || last_sent.elapsed() >= RESEND {
             if tx.send(report.clone()).await.is_err() {
                 break;
             }
             last = Some(report);
+            last_sent = Instant::now();
         }
     }
     conn.abort();

@@ -64,9 +64,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(
+    let result = runtime.block_on(serve(
         config, saved, iface, ifindex, mode, state_file, digest,
-    ))
+    ));
+    // A flow-table walk still running on a blocking thread holds nothing
+    // but its own map handle: do not wait for it to finish.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    result
 }
 
 /// The VIPs to start with: the state file's, if it was written on top of
