@@ -1,8 +1,11 @@
 //! The daemon: one task owns the desired state and the datapath; the API
-//! server, the metrics server and the health checkers send it events. Every
-//! change goes through `transact`: the new state is saved to the state file,
-//! then written to the maps; if either fails, the old state is restored in
-//! both and the request is refused, so a refused request changes nothing.
+//! server, the metrics server, the health checkers, the neighbour watcher
+//! and the flow-table walker send it events. Every change goes through
+//! `transact`: the new state is saved to the state file, then written to the
+//! maps; if either fails, the old state is restored in both and the request
+//! is refused, so a refused request changes nothing. Nothing slow runs on
+//! the owner's loop: the flow-table walk runs on a blocking thread with its
+//! own map handle, MACs are resolved by the watcher task.
 use std::{
     collections::HashMap,
     net::Ipv4Addr,
@@ -15,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::Digest as _;
 use tokio::{
-    sync::{mpsc, oneshot},
+    sync::{mpsc, oneshot, watch},
     task::JoinHandle,
 };
 use tracing::{info, warn};
@@ -23,9 +26,10 @@ use tracing::{info, warn};
 use crate::{
     api::{self, Request, Response},
     config::{Forwarding, Protocol, Scheduler},
-    datapath::{Datapath, Stats},
+    datapath::{Datapath, FlowUsage, FlowWalker, Stats},
     health::{self, Transition},
-    metrics, neigh,
+    metrics,
+    neigh::{self, Neighbour},
     state::{Admin, BackendSpec, SavedVip, State, StateError, VipSpec},
 };
 
@@ -34,7 +38,8 @@ use crate::{
 /// also how recently an open flow must have been seen to count as an
 /// active connection for "wlc".
 pub const RETIRE_IDLE: Duration = Duration::from_secs(60);
-/// How long to wait for a new backend's MAC.
+/// How long `foobar run` waits for backends' MACs before it starts (those
+/// still unresolved then start down and are retried in the background).
 pub const NEIGH_TIMEOUT: Duration = Duration::from_secs(3);
 const RATE_PERIOD: Duration = Duration::from_secs(1);
 const GC_PERIOD: Duration = Duration::from_secs(5);
@@ -86,6 +91,29 @@ pub struct Owner {
     flow_entries: usize,
     wlc_period: Duration,
     last_scan: Option<Instant>,
+    /// The flow-table walker's own map handle, while no walk runs.
+    walker: Option<FlowWalker>,
+    walking: bool,
+    walk_tx: mpsc::Sender<WalkDone>,
+    walk_rx: mpsc::Receiver<WalkDone>,
+    /// How long the latest walk took (for `foobar status`).
+    last_walk: Duration,
+    /// Backend addresses whose MACs the neighbour watcher follows.
+    wanted: watch::Sender<Vec<Ipv4Addr>>,
+    neigh_rx: mpsc::Receiver<HashMap<Ipv4Addr, Neighbour>>,
+    neigh_tx: mpsc::Sender<HashMap<Ipv4Addr, Neighbour>>,
+    neigh_task: Option<JoinHandle<()>>,
+}
+
+/// A flow-table walk's result, back from its blocking thread.
+struct WalkDone {
+    walker: FlowWalker,
+    usage: Result<FlowUsage, crate::datapath::DatapathError>,
+    took: Duration,
+    /// Retired backend ids when the walk started: only these may be freed
+    /// on its result (one retired later may have flows it did not see).
+    retired_before: std::collections::HashSet<u32>,
+    gc_due: bool,
 }
 
 #[derive(Default)]
@@ -107,6 +135,8 @@ impl Owner {
         wlc_period: Duration,
     ) -> Self {
         let (health_tx, health_rx) = mpsc::channel(256);
+        let (walk_tx, walk_rx) = mpsc::channel(1);
+        let (neigh_tx, neigh_rx) = mpsc::channel(4);
         Owner {
             state,
             datapath,
@@ -122,11 +152,21 @@ impl Owner {
             flow_entries: 0,
             wlc_period,
             last_scan: None,
+            walker: None,
+            walking: false,
+            walk_tx,
+            walk_rx,
+            last_walk: Duration::ZERO,
+            wanted: watch::Sender::new(Vec::new()),
+            neigh_rx,
+            neigh_tx,
+            neigh_task: None,
         }
     }
 
-    /// Writes the state to the maps and the state file, and starts a health
-    /// checker per backend. Called once, before attaching.
+    /// Writes the state to the maps and the state file, starts a health
+    /// checker per backend and the neighbour watcher. Called once, before
+    /// attaching.
     pub fn start(&mut self) -> anyhow::Result<()> {
         self.datapath
             .apply(&self.state.plan())
@@ -147,6 +187,18 @@ impl Owner {
         for id in ids {
             self.start_checker(id);
         }
+        for v in self.state.vips() {
+            for b in v.backends.iter().filter(|b| b.mac.is_none()) {
+                warn!(vip = %v.spec.name, backend = %b.spec.address, reason = %neigh::no_mac_reason(b.spec.address, &self.iface), "backend starts down");
+            }
+        }
+        self.wanted.send_replace(self.state.addresses());
+        self.neigh_task = Some(tokio::spawn(neigh::watch(
+            self.ifindex,
+            self.wanted.subscribe(),
+            self.neigh_tx.clone(),
+            neigh::WATCH_PERIOD,
+        )));
         Ok(())
     }
 
@@ -181,9 +233,17 @@ impl Owner {
                 Some(reply) = metrics_rx.recv() => {
                     let _ = reply.send(metrics::render(&self.metrics_snapshot()));
                 }
+                Some(table) = self.neigh_rx.recv() => self.on_neighbours(table),
+                Some(done) = self.walk_rx.recv() => self.on_walk(done),
                 _ = rate_tick.tick() => self.sample_rates(),
                 _ = scan_tick.tick() => self.scan_flows(),
             }
+            self.wanted.send_if_modified(|w| {
+                let now = self.state.addresses();
+                let changed = *w != now;
+                *w = now;
+                changed
+            });
         }
     }
 
@@ -231,9 +291,83 @@ impl Owner {
             }
             Err(err) => {
                 warn!(vip = %vip, backend = %address, %err, "health change not applied to the datapath");
-                self.state = before;
+                self.roll_back(before, false);
             }
         }
+    }
+
+    /// The neighbour watcher's latest view of the backends' next hops:
+    /// a changed MAC is written to the backend's entry, a failed one takes
+    /// the backend out until it resolves again.
+    fn on_neighbours(&mut self, table: HashMap<Ipv4Addr, Neighbour>) {
+        let before = self.state.clone();
+        let mut changes = Vec::new();
+        for (address, n) in table {
+            let mac = match n {
+                Neighbour::Known(mac) => Some(mac),
+                Neighbour::Failed => None,
+            };
+            let old = before
+                .vips()
+                .iter()
+                .flat_map(|v| &v.backends)
+                .find(|b| b.spec.address == address)
+                .map(|b| b.mac);
+            if !self.state.set_mac(address, mac).is_empty() {
+                changes.push((address, old.flatten(), mac));
+            }
+        }
+        if changes.is_empty() {
+            return;
+        }
+        match self.datapath.apply(&self.state.plan()) {
+            Ok(()) => {
+                for (address, old, new) in changes {
+                    match new {
+                        Some(mac) => {
+                            info!(backend = %address, old = %mac_text(old), new = %mac_text(Some(mac)), "next-hop MAC changed")
+                        }
+                        None => {
+                            warn!(backend = %address, old = %mac_text(old), reason = %neigh::no_mac_reason(address, &self.iface), "backend has no MAC; out until it resolves")
+                        }
+                    }
+                }
+            }
+            Err(err) => {
+                warn!(%err, "a next-hop MAC change was not applied to the datapath");
+                self.roll_back(before, false);
+            }
+        }
+    }
+
+    /// Puts `before` back in the state, the maps and (if `saved`) the state
+    /// file after a change failed half-way; returns what could not be
+    /// restored (also logged), so the caller can report it. The maps are
+    /// read back and rewritten (`Datapath::resync`), not patched from what
+    /// the failed write believed it had done.
+    fn roll_back(&mut self, before: State, saved: bool) -> Option<String> {
+        self.state = before;
+        let mut failures = Vec::new();
+        if saved {
+            if let Err(e) = self.save() {
+                failures.push(format!(
+                    "the state file {} still holds the refused change ({e})",
+                    self.state_file.display()
+                ));
+            }
+        }
+        if let Err(e) = self.datapath.resync(&self.state.plan()) {
+            failures.push(format!(
+                "the BPF maps may hold part of the refused change ({e}); \
+                 restart foobar to rewrite them from the state"
+            ));
+        }
+        if failures.is_empty() {
+            return None;
+        }
+        let text = failures.join("; ");
+        tracing::error!(problem = %text, "rolling back a refused change failed");
+        Some(text)
     }
 
     /// Applies `change` to a copy of the state, saves it, writes the maps;
@@ -252,10 +386,11 @@ impl Owner {
             ));
         }
         if let Err(e) = self.datapath.apply(&self.state.plan()) {
-            self.state = before;
-            let _ = self.save();
-            let _ = self.datapath.apply(&self.state.plan());
-            return Err(format!("not applied: writing the BPF maps failed: {e}"));
+            let mut message = format!("not applied: writing the BPF maps failed: {e}");
+            if let Some(problem) = self.roll_back(before, true) {
+                message.push_str(&format!("; and undoing it failed: {problem}"));
+            }
+            return Err(message);
         }
         Ok(result)
     }
@@ -335,16 +470,18 @@ impl Owner {
                         .health
                         .clone(),
                 };
-                self.state
-                    .check_add_backend(&vip, &spec)
-                    .map_err(|e| e.to_string())?;
-                let macs = neigh::resolve(&self.iface, self.ifindex, &[address], NEIGH_TIMEOUT)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let mac = macs[&address];
+                // The MAC, if another backend at this address has one; if
+                // not, the neighbour watcher resolves it in the background
+                // (the backend takes traffic once it has a MAC).
+                let mac = self.state.mac_of(address);
                 let id = self.transact(|s| s.add_backend(&vip, spec, mac))?;
                 self.start_checker(id);
-                Ok(json!({ "vip": vip, "backend": address, "id": id }))
+                Ok(json!({
+                    "vip": vip,
+                    "backend": address,
+                    "id": id,
+                    "mac": if mac.is_some() { "known" } else { "resolving" },
+                }))
             }
             Request::BackendRemove {
                 vip,
@@ -461,9 +598,10 @@ impl Owner {
         self.rates.last = Some((now, now_stats));
     }
 
-    /// Walks the flow table: re-weights "wlc" VIPs from the active flows
-    /// (every tick while one exists), frees retired backends no recent flow
-    /// uses, and refreshes the occupancy figure (every GC_PERIOD).
+    /// Starts a walk of the flow table on a blocking thread (if none runs):
+    /// its result re-weights "wlc" VIPs from the active flows (every tick
+    /// while one exists), frees retired backends no recent flow uses, and
+    /// refreshes the occupancy figure (every GC_PERIOD). See `on_walk`.
     fn scan_flows(&mut self) {
         let has_wlc = self
             .state
@@ -474,20 +612,70 @@ impl Owner {
         if !has_wlc && !due {
             return;
         }
+        if self.walking {
+            return; // the previous walk is still running
+        }
+        let walker = match self.walker.take() {
+            Some(w) => w,
+            None => match self.datapath.flow_walker() {
+                Ok(w) => w,
+                Err(err) => {
+                    warn!(%err, "cannot open the flow table for a walk");
+                    return;
+                }
+            },
+        };
+        self.last_scan = Some(Instant::now());
         let since = monotonic_ns().saturating_sub(RETIRE_IDLE.as_nanos() as u64);
-        let usage = match self.datapath.flow_usage(since) {
+        let retired_before = self.state.retired().iter().map(|r| r.id).collect();
+        let tx = self.walk_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let usage = walker.usage(since);
+            let _ = tx.blocking_send(WalkDone {
+                walker,
+                usage,
+                took: started.elapsed(),
+                retired_before,
+                gc_due: due,
+            });
+        });
+        self.walking = true;
+    }
+
+    fn on_walk(&mut self, done: WalkDone) {
+        self.walking = false;
+        self.walker = Some(done.walker);
+        self.last_walk = done.took;
+        let usage = match done.usage {
             Ok(u) => u,
             Err(err) => {
                 warn!(%err, "reading the flow table failed");
                 return;
             }
         };
-        self.last_scan = Some(Instant::now());
+        if done.took > GC_PERIOD {
+            warn!(
+                took_ms = done.took.as_millis() as u64,
+                entries = usage.entries,
+                "walking the flow table took longer than its period"
+            );
+        }
         self.flow_entries = usage.entries;
         let before = self.state.clone();
         let reweighted = self.state.set_active(usage.active);
-        let freed = if due {
-            self.state.free_retired(&usage.in_use)
+        let freed = if done.gc_due {
+            // Backends retired after the walk started keep their entry
+            // until a walk that saw the whole of their flows.
+            let mut in_use = usage.in_use;
+            in_use.extend(
+                self.state
+                    .retired()
+                    .iter()
+                    .map(|r| r.id)
+                    .filter(|id| !done.retired_before.contains(id)),
+            );
+            self.state.free_retired(&in_use)
         } else {
             Vec::new()
         };
@@ -502,7 +690,7 @@ impl Owner {
             }
             Err(err) => {
                 warn!(%err, "applying the flow-table scan failed");
-                self.state = before;
+                self.roll_back(before, false);
             }
         }
     }
@@ -529,8 +717,12 @@ impl Owner {
                             "active_flows": self.state.active(b.id),
                             "weight": b.spec.weight,
                             "admin": b.spec.admin.name(),
-                            "health": if b.up { "up" } else { "down" },
-                            "last_check": b.last_check,
+                            "health": if b.up && b.mac.is_some() { "up" } else { "down" },
+                            "last_check": match b.mac {
+                                Some(_) => b.last_check.clone(),
+                                None => neigh::no_mac_reason(b.spec.address, &self.iface),
+                            },
+                            "mac": mac_text(b.mac),
                             "packets": c.packets,
                             "bytes": c.bytes,
                             "packets_per_s": bpps,
@@ -559,7 +751,12 @@ impl Owner {
             .collect();
         json!({
             "interface": self.iface,
-            "flow_table": { "entries": self.flow_entries, "capacity": self.datapath.flow_table_size() },
+            "flow_table": {
+                "entries": self.flow_entries,
+                "capacity": self.datapath.flow_table_size(),
+                "walk_ms": self.last_walk.as_secs_f64() * 1e3,
+            },
+            "health_checks_not_run": health::checks_not_run(),
             "vips": vips,
             "removed_backends": removed,
         })
@@ -625,7 +822,7 @@ impl Owner {
                     backend: b.spec.address.to_string(),
                     packets: c.packets,
                     bytes: c.bytes,
-                    up: b.up,
+                    up: b.up && b.mac.is_some(),
                     enabled: b.spec.admin == Admin::Enabled,
                 });
             }
@@ -633,9 +830,13 @@ impl Owner {
         s
     }
 
-    /// Stops the checkers (they hold nothing but a channel).
+    /// Stops the checkers and the neighbour watcher (they hold nothing but
+    /// channels and sockets).
     pub fn stop(&mut self) {
         for (_, (_, task)) in self.checkers.drain() {
+            task.abort();
+        }
+        if let Some(task) = self.neigh_task.take() {
             task.abort();
         }
     }
@@ -655,6 +856,18 @@ fn request_name(r: &Request) -> &'static str {
     }
 }
 
+/// A MAC as `ip neigh` prints it, or "none".
+fn mac_text(mac: Option<[u8; 6]>) -> String {
+    match mac {
+        Some(m) => m
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":"),
+        None => "none".into(),
+    }
+}
+
 /// An IPv4 address, or an error that says what was expected.
 pub fn parse_ipv4(text: &str) -> Result<Ipv4Addr, String> {
     text.parse()
@@ -667,4 +880,100 @@ pub fn monotonic_ns() -> u64 {
     let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .expect("CLOCK_MONOTONIC is always available");
     ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    //! Loads the XDP object (root, as every datapath test).
+    use super::*;
+    use crate::{config::HealthSpec, datapath::LoadOptions};
+
+    fn vip(name: &str, last: u8, scheduler: Scheduler, table: u32) -> VipSpec {
+        VipSpec {
+            name: name.into(),
+            address: Ipv4Addr::new(192, 0, 2, last),
+            port: 80,
+            protocol: Protocol::Tcp,
+            scheduler,
+            maglev_table_size: table,
+            affinity_timeout_s: None,
+            forwarding: Forwarding::Dsr,
+            health: HealthSpec::default(),
+            vlan: None,
+            pass_closed_ports: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_change_leaves_state_file_and_maps_as_they_were() {
+        // A Maglev table larger than a ring holds: adding its first backend
+        // (the server behind "web" too, so its MAC is known and it is up)
+        // passes the state's checks but fails in the datapath, after the
+        // new backend's entry was written.
+        let mut state = State::default();
+        state
+            .add_vip(vip("web", 10, Scheduler::RoundRobin, 65537))
+            .unwrap();
+        let be1 = BackendSpec {
+            address: Ipv4Addr::new(10, 0, 0, 1),
+            weight: 1,
+            admin: Admin::Enabled,
+            health: HealthSpec::default(),
+        };
+        state.add_backend("web", be1, [2, 0, 0, 0, 0, 1]).unwrap();
+        state
+            .add_vip(vip("big", 11, Scheduler::Maglev, 131_071))
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("foobar-rollback-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let state_file = dir.join("foobar.state.json");
+        let dp = Datapath::load(&LoadOptions {
+            flow_table_size: 1024,
+            ..LoadOptions::default()
+        })
+        .expect("datapath loads (root needed)");
+        let mut owner = Owner::new(
+            state.clone(),
+            dp,
+            "lo".into(),
+            1,
+            state_file.clone(),
+            "digest".into(),
+            Duration::from_secs(1),
+        );
+        owner.datapath.apply(&owner.state.plan()).unwrap();
+        owner.save().unwrap();
+        let file_before = std::fs::read_to_string(&state_file).unwrap();
+        let entries_before: Vec<_> = (0..4)
+            .map(|id| owner.datapath.backend(id).unwrap())
+            .collect();
+
+        let response = owner
+            .handle(Request::BackendAdd {
+                vip: "big".into(),
+                address: "10.0.0.1".into(),
+                weight: None,
+            })
+            .await;
+        let file_after = std::fs::read_to_string(&state_file).unwrap();
+        let entries_after: Vec<_> = (0..4)
+            .map(|id| owner.datapath.backend(id).unwrap())
+            .collect();
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        assert!(!response.ok);
+        let error = response.error.unwrap();
+        assert!(
+            error.starts_with("not applied: writing the BPF maps failed"),
+            "{error}"
+        );
+        assert!(!error.contains("undoing it failed"), "{error}");
+        assert_eq!(owner.state, state);
+        assert_eq!(file_after, file_before);
+        assert_eq!(
+            entries_after, entries_before,
+            "the refused backend's entry (id 1) is gone from the map"
+        );
+        assert_eq!(entries_after[1], foobar_common::Backend::default());
+    }
 }

@@ -87,7 +87,7 @@ pub struct BackendSpec {
 pub struct BackendState {
     pub id: u32,
     pub spec: BackendSpec,
-    pub mac: [u8; 6],
+    pub mac: Option<[u8; 6]>,
     /// Generation of this holder of `id` (see `foobar_common::Backend::gen`).
     pub gen: u32,
     /// Health as the checks last decided (backends start up, as HAProxy's).
@@ -109,7 +109,7 @@ pub struct Retired {
     pub id: u32,
     pub vip: String,
     pub address: Ipv4Addr,
-    pub mac: [u8; 6],
+    pub mac: Option<[u8; 6]>,
     pub gen: u32,
     /// Its health when it was removed (retired backends are not checked).
     pub up: bool,
@@ -209,19 +209,39 @@ pub fn saved_from_config(config: &config::Config) -> Vec<SavedVip> {
 
 impl State {
     /// Builds the state from saved VIPs (from the config or the state file),
-    /// checking them as the run-time operations would.
+    /// checking them as the run-time operations would; every backend must
+    /// have a MAC in `macs`.
     pub fn build(
         saved: &[SavedVip],
         macs: &HashMap<Ipv4Addr, [u8; 6]>,
     ) -> Result<State, BuildError> {
+        let state = State::build_unresolved(saved, macs)?;
+        if let Some((v, b)) = state
+            .vips
+            .iter()
+            .find_map(|v| v.backends.iter().find(|b| b.mac.is_none()).map(|b| (v, b)))
+        {
+            return Err(MissingMac {
+                vip: v.spec.name.clone(),
+                address: b.spec.address,
+            }
+            .into());
+        }
+        Ok(state)
+    }
+
+    /// As `build`, but a backend missing from `macs` is kept without a MAC
+    /// (it takes no traffic until `set_mac` gives it one): the daemon
+    /// starts with the backends it can reach.
+    pub fn build_unresolved(
+        saved: &[SavedVip],
+        macs: &HashMap<Ipv4Addr, [u8; 6]>,
+    ) -> Result<State, StateError> {
         let mut state = State::default();
         for vip in saved {
             state.add_vip(vip.spec.clone())?;
             for b in &vip.backends {
-                let mac = *macs.get(&b.address).ok_or_else(|| MissingMac {
-                    vip: vip.spec.name.clone(),
-                    address: b.address,
-                })?;
+                let mac = macs.get(&b.address).copied();
                 state.add_backend(&vip.spec.name, b.clone(), mac)?;
             }
         }
@@ -334,12 +354,14 @@ impl State {
         check_ring(weights)
     }
 
+    /// Adds a backend with its MAC, or none yet (see `set_mac`).
     pub fn add_backend(
         &mut self,
         vip: &str,
         spec: BackendSpec,
-        mac: [u8; 6],
+        mac: impl Into<Option<[u8; 6]>>,
     ) -> Result<u32, StateError> {
+        let mac = mac.into();
         self.check_add_backend(vip, &spec)?;
         let used = self.ids_in_use();
         let id = (0..MAX_BACKENDS)
@@ -455,6 +477,44 @@ impl State {
         false
     }
 
+    /// Records the MAC of every backend at `address` (None: it cannot be
+    /// resolved any more); the ids whose MAC changed.
+    pub fn set_mac(&mut self, address: Ipv4Addr, mac: Option<[u8; 6]>) -> Vec<u32> {
+        let mut changed = Vec::new();
+        let backends = self.vips.iter_mut().flat_map(|v| v.backends.iter_mut());
+        for b in backends.filter(|b| b.spec.address == address && b.mac != mac) {
+            b.mac = mac;
+            changed.push(b.id);
+        }
+        for r in self.retired.iter_mut().filter(|r| r.address == address) {
+            r.mac = mac;
+        }
+        changed
+    }
+
+    /// The MAC known for `address` (from any backend, current or retired).
+    pub fn mac_of(&self, address: Ipv4Addr) -> Option<[u8; 6]> {
+        self.vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|b| (b.spec.address, b.mac)))
+            .chain(self.retired.iter().map(|r| (r.address, r.mac)))
+            .find_map(|(a, mac)| if a == address { mac } else { None })
+    }
+
+    /// Every backend address, current and retired (the addresses whose
+    /// MACs the daemon follows).
+    pub fn addresses(&self) -> Vec<Ipv4Addr> {
+        let mut all: Vec<Ipv4Addr> = self
+            .vips
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|b| b.spec.address))
+            .chain(self.retired.iter().map(|r| r.address))
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+
     /// Records active-flow counts per backend id; true if any backend of a
     /// "wlc" VIP changed (its ring must be rebuilt).
     pub fn set_active(&mut self, active: HashMap<u32, u32>) -> bool {
@@ -502,12 +562,13 @@ impl State {
     }
 
     /// What the maps must hold. A backend is in its VIP's ring while it is
-    /// enabled and up; its entry is marked up (flows keep it) while it is
-    /// healthy, drained or retired.
+    /// enabled, up and has a MAC; its entry is marked up (flows keep it)
+    /// while it has a MAC and is healthy, drained or retired.
     pub fn plan(&self) -> Plan {
         let mut plan = Plan::default();
         for v in &self.vips {
-            let takes_new = |b: &&BackendState| b.up && b.spec.admin == Admin::Enabled;
+            let takes_new =
+                |b: &&BackendState| b.up && b.mac.is_some() && b.spec.admin == Admin::Enabled;
             let ring = match v.spec.scheduler {
                 Scheduler::RoundRobin => {
                     let members: Vec<(u32, u32)> = v
@@ -585,7 +646,7 @@ impl State {
             });
             for b in &v.backends {
                 let mut flags = 0;
-                if b.up {
+                if b.up && b.mac.is_some() {
                     flags |= BACKEND_UP;
                     if b.spec.admin == Admin::Enabled && b.spec.weight > 0 {
                         flags |= BACKEND_NEW_FLOWS;
@@ -606,12 +667,14 @@ impl State {
     }
 }
 
-fn entry(address: Ipv4Addr, mac: [u8; 6], gen: u32, flags: u8) -> Backend {
+/// A backend entry; one without a MAC is never marked up (a frame sent to
+/// it would carry no valid destination).
+fn entry(address: Ipv4Addr, mac: Option<[u8; 6]>, gen: u32, flags: u8) -> Backend {
     Backend {
         addr_be: [u32::from(address).to_be(), 0, 0, 0],
-        mac,
+        mac: mac.unwrap_or_default(),
         family: AF_INET,
-        flags,
+        flags: if mac.is_some() { flags } else { 0 },
         gen,
         _pad: 0,
     }
@@ -767,6 +830,34 @@ mod tests {
         assert_eq!(s.retired().len(), 3);
         assert_eq!(s.plan().vips.len(), 1);
         assert_eq!(s.add_vip(vip("web2", 10, 80)).unwrap(), 0, "VIP id reused");
+    }
+
+    #[test]
+    fn a_backend_without_a_mac_takes_no_traffic_until_it_has_one() {
+        let saved = web().saved();
+        let macs = [11, 13].map(|n| (ip(n), mac(n))).into();
+        assert!(
+            State::build(&saved, &macs).is_err(),
+            "build needs every MAC"
+        );
+        let mut s = State::build_unresolved(&saved, &macs).unwrap();
+        let plan = s.plan();
+        assert_eq!(plan.vips[0].ring, vec![0, 2]);
+        assert_eq!(plan.backends[&1].flags, 0);
+        assert_eq!(s.set_mac(ip(12), Some(mac(12))), vec![1]);
+        assert!(s.set_mac(ip(12), Some(mac(12))).is_empty(), "no change");
+        let plan = s.plan();
+        assert_eq!(plan.vips[0].ring, vec![0, 1, 2]);
+        assert_eq!(plan.backends[&1].mac, mac(12));
+        // A MAC that changes is followed; one that goes away takes the
+        // backend out, and a retired backend's entry with it.
+        assert_eq!(s.set_mac(ip(11), Some(mac(99))), vec![0]);
+        assert_eq!(s.plan().backends[&0].mac, mac(99));
+        s.remove_backend("web", ip(13)).unwrap();
+        s.set_mac(ip(13), None);
+        assert_eq!(s.plan().backends[&2].flags, 0);
+        assert_eq!(s.set_mac(ip(11), None), vec![0]);
+        assert_eq!(s.plan().vips[0].ring, vec![1]);
     }
 
     #[test]

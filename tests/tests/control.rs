@@ -261,6 +261,11 @@ fn an_added_backend_takes_traffic_and_a_removed_one_gets_no_new_connection() {
     assert!(ok, "{err}");
     let added: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(added["backend"], be3.as_str());
+    // Its MAC is resolved in the background: it takes traffic once known.
+    let resolved = wait_until("be3 has a MAC", Duration::from_secs(2), || {
+        backend(&status(&lab), &be3).is_some_and(|b| b["health"] == "up")
+    });
+    eprintln!("be3 up {resolved:?} after `backend add`");
     let after = requests(&lab, 12);
     // Each CPU walks the ring on its own, so the split is near, not exactly,
     // a third; the new backend clearly takes its share.
@@ -352,11 +357,6 @@ fn bad_cli_input_fails_with_one_line_and_changes_nothing() {
         &["vip", "add", "web2", &VIP.to_string(), "80"],
         "already served by VIP \"web\"",
     );
-    // An address nobody answers ARP for: refused after the 3 s limit.
-    one_line(
-        &["backend", "add", "web", "10.201.0.77"],
-        "no MAC address for 10.201.0.77",
-    );
     // Health checks and rates move between two reads; compare the rest.
     let strip = |mut s: Value| {
         for b in s["vips"][0]["backends"].as_array_mut().unwrap() {
@@ -444,4 +444,109 @@ fn runtime_changes_survive_a_restart_until_the_config_changes() {
     assert_eq!(backend(&s, &be1).unwrap()["admin"], "enabled");
     assert!(backend(&s, &be3).is_none());
     assert!(lab.dir.join("foobar.state.json.stale").exists());
+}
+
+/// This daemon's flow table, found by its (unique) size among the loaded
+/// maps, as a handle of the test's own.
+fn flow_table_of_size(
+    capacity: u32,
+) -> aya::maps::HashMap<aya::maps::MapData, foobar_common::FlowKey, foobar_common::Flow> {
+    use std::os::fd::AsFd as _;
+    let info = aya::maps::loaded_maps()
+        .filter_map(Result::ok)
+        .find(|m| m.name_as_str() == Some("FLOWS") && m.max_entries() == capacity)
+        .expect("the daemon's FLOWS map is loaded");
+    let fd = info.fd().unwrap().as_fd().try_clone_to_owned().unwrap();
+    let data = aya::maps::MapData::from_fd(fd).unwrap();
+    aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).unwrap()
+}
+
+#[test]
+fn status_and_health_keep_their_timing_while_the_daemon_walks_4m_flows() {
+    use foobar_common::{Flow, FlowKey, AF_INET};
+    // A prime near 4 Mi: no other loaded flow table has this size.
+    const CAPACITY: u32 = 4_194_301;
+    const FILLED: u32 = 4_000_000;
+    let mut lab = Lab::start(&LabOptions::default()).expect("lab starts");
+    let config = lab.config().replace(
+        "[datapath]\n",
+        &format!("[datapath]\nflow_table_size = {CAPACITY}\n"),
+    );
+    lab.start_foobar(&foobar(), &config).expect("foobar runs");
+    let mut flows = flow_table_of_size(CAPACITY);
+    let now = foobar::daemon::monotonic_ns();
+    let t = Instant::now();
+    for i in 0..FILLED {
+        let key = FlowKey {
+            src_be: [i.to_be(), 0, 0, 0],
+            dst_be: [u32::from(VIP).to_be(), 0, 0, 0],
+            sport_be: 40000u16.to_be(),
+            dport_be: 80u16.to_be(),
+            proto: 6,
+            family: AF_INET,
+            _pad: [0; 2],
+        };
+        let flow = Flow {
+            backend_id: 3, // no backend has it: the flows only weigh on the walk
+            vip_id: 0,
+            last_seen_ns: now,
+            flags: 0,
+            backend_gen: 0,
+        };
+        flows.insert(key, flow, 0).unwrap();
+    }
+    eprintln!("filled {FILLED} flows in {:?}", t.elapsed());
+
+    // A walk counts them (one starts every 5 s); the gauge is exact.
+    wait_until("a walk counted the flows", Duration::from_secs(30), || {
+        status(&lab)["flow_table"]["entries"].as_u64() >= Some(u64::from(FILLED))
+    });
+    let s = status(&lab);
+    assert_eq!(s["flow_table"]["entries"], FILLED, "{}", s["flow_table"]);
+    let walk_ms = s["flow_table"]["walk_ms"].as_f64().unwrap();
+
+    // Over two more walks: every status answers quickly, and a backend
+    // that comes back does so on the health checks' timing.
+    let be2 = lab.backends[1].addr.to_string();
+    let t0 = Instant::now();
+    let mut slowest = Duration::ZERO;
+    lab.kill_backend("be2").unwrap();
+    let mut down = None;
+    let mut restarted = None;
+    let mut back = None;
+    while t0.elapsed() < Duration::from_secs(12) {
+        let t = Instant::now();
+        let s = status(&lab);
+        slowest = slowest.max(t.elapsed());
+        let health = backend(&s, &be2).unwrap()["health"].clone();
+        if down.is_none() && health == "down" {
+            down = Some(t0.elapsed());
+            lab.start_backend("be2").unwrap();
+            restarted = Some(t0.elapsed());
+        } else if let (Some(r), None) = (restarted, back) {
+            if health == "up" {
+                back = Some(t0.elapsed() - r);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let interval = Duration::from_millis(HEALTH_INTERVAL_MS);
+    eprintln!(
+        "{FILLED} flows: walk {walk_ms:.0} ms; slowest status {slowest:?}; be2 down {down:?} \
+         after the kill, up {back:?} after its restart"
+    );
+    assert!(
+        slowest < Duration::from_millis(500),
+        "a status waited {slowest:?}"
+    );
+    let down = down.expect("be2 went down");
+    assert!(
+        down <= interval * 3 + Duration::from_millis(700),
+        "{down:?}"
+    );
+    let back = back.expect("be2 came back");
+    assert!(
+        back <= interval * 3 + Duration::from_millis(700),
+        "{back:?}"
+    );
 }

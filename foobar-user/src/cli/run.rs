@@ -60,9 +60,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(
+    let result = runtime.block_on(serve(
         config, saved, iface, ifindex, mode, state_file, digest,
-    ))
+    ));
+    // A flow-table walk still running on a blocking thread holds nothing
+    // but its own map handle: do not wait for it to finish.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    result
 }
 
 /// The VIPs to start with: the state file's, if it was written on top of
@@ -116,8 +120,10 @@ async fn serve(
         .collect();
     addrs.sort();
     addrs.dedup();
-    let macs = neigh::resolve(&iface, ifindex, &addrs, NEIGH_TIMEOUT).await?;
-    let state = State::build(&saved, &macs).with_context(|| {
+    // Backends still unresolved after NEIGH_TIMEOUT start down; the
+    // daemon keeps resolving them in the background.
+    let macs = neigh::resolve(ifindex, &addrs, NEIGH_TIMEOUT).await?;
+    let state = State::build_unresolved(&saved, &macs).with_context(|| {
         format!(
             "the saved runtime state in {} does not apply",
             state_file.display()

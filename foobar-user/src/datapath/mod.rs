@@ -138,6 +138,117 @@ pub struct FlowUsage {
     pub entries: usize,
 }
 
+/// Walks the flow table with BPF_MAP_LOOKUP_BATCH on a file descriptor of
+/// its own (`Send`: it runs on a blocking thread). The kernel's batch
+/// cursor is a hash bucket, so entries evicted during the walk neither
+/// restart it (as a `get_next_key` walk restarts when its current key is
+/// evicted) nor make it see an entry twice; and one system call reads
+/// thousands of entries. The walk is bounded all the same.
+pub struct FlowWalker {
+    fd: std::os::fd::OwnedFd,
+    capacity: u32,
+}
+
+/// Entries per BPF_MAP_LOOKUP_BATCH call (~256 KiB of keys and values).
+const WALK_BATCH: usize = 4096;
+
+impl FlowWalker {
+    /// Which backends flows seen at or after `since_ns` (CLOCK_MONOTONIC)
+    /// still use, how many of those flows are open (not closed by the
+    /// client) per backend, and how many entries the table holds (never
+    /// more than its capacity). Reads at most capacity + 1/8 + one batch
+    /// entries, however the table churns meanwhile.
+    pub fn usage(&self, since_ns: u64) -> Result<FlowUsage> {
+        let limit = self.capacity as usize + self.capacity as usize / 8 + WALK_BATCH;
+        let mut usage = FlowUsage::default();
+        let mut keys = vec![FlowKey::default(); WALK_BATCH];
+        let mut values = vec![Flow::default(); WALK_BATCH];
+        let mut cursor: Option<u32> = None;
+        let mut seen = 0usize;
+        loop {
+            let (count, next, done) = self.lookup_batch(cursor, &mut keys, &mut values)?;
+            for flow in &values[..count] {
+                if flow.last_seen_ns >= since_ns {
+                    usage.in_use.insert(flow.backend_id);
+                    if flow.flags & FLOW_CLOSED == 0 {
+                        *usage.active.entry(flow.backend_id).or_default() += 1;
+                    }
+                }
+            }
+            seen += count;
+            if done || seen >= limit {
+                break;
+            }
+            cursor = Some(next);
+        }
+        usage.entries = seen.min(self.capacity as usize);
+        Ok(usage)
+    }
+
+    /// One BPF_MAP_LOOKUP_BATCH from `cursor` (None: the first bucket):
+    /// (entries read, the next cursor, whether the table is done).
+    fn lookup_batch(
+        &self,
+        cursor: Option<u32>,
+        keys: &mut [FlowKey],
+        values: &mut [Flow],
+    ) -> Result<(usize, u32, bool)> {
+        use std::os::fd::AsRawFd as _;
+        /// The `batch` member of `union bpf_attr` (linux/bpf.h).
+        #[repr(C)]
+        struct BatchAttr {
+            in_batch: u64,
+            out_batch: u64,
+            keys: u64,
+            values: u64,
+            count: u32,
+            map_fd: u32,
+            elem_flags: u64,
+            flags: u64,
+        }
+        const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+        let in_token = cursor.unwrap_or(0);
+        let mut out_token = 0u32;
+        let mut attr = BatchAttr {
+            in_batch: cursor.map_or(0, |_| &in_token as *const u32 as u64),
+            out_batch: &mut out_token as *mut u32 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: keys.len().min(values.len()) as u32,
+            map_fd: self.fd.as_raw_fd() as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        // SAFETY: the kernel writes at most `count` keys and values into
+        // buffers that hold that many, and one u32 to `out_token`; all of
+        // them outlive the call.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &mut attr as *mut BatchAttr,
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        if ret == 0 {
+            return Ok((attr.count as usize, out_token, false));
+        }
+        let io_error = std::io::Error::last_os_error();
+        if io_error.raw_os_error() == Some(libc::ENOENT) {
+            // The last buckets: `count` entries were still read.
+            return Ok((attr.count as usize, 0, true));
+        }
+        Err(DatapathError::Map {
+            map: "FLOWS",
+            source: aya::sys::SyscallError {
+                call: "BPF_MAP_LOOKUP_BATCH",
+                io_error,
+            }
+            .into(),
+        })
+    }
+}
+
 /// Summed per-CPU counters, as the datapath sees them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counters {
@@ -532,25 +643,127 @@ impl Datapath {
         RingWriter::open(xdp_program(&mut self.ebpf, LB_PROGRAM)?)
     }
 
-    /// Walks the flow table once: which backends flows seen at or after
-    /// `since_ns` (CLOCK_MONOTONIC) still use, how many of those flows are
-    /// open (not closed by the client) per backend, and how many entries
-    /// the table holds.
-    pub fn flow_usage(&self, since_ns: u64) -> Result<FlowUsage> {
-        let flows: HashMap<&MapData, FlowKey, Flow> = self.map("FLOWS")?;
-        let mut usage = FlowUsage::default();
-        for item in flows.iter() {
-            // An entry evicted while we walk is simply not seen.
-            let Ok((_, flow)) = item else { continue };
-            usage.entries += 1;
-            if flow.last_seen_ns >= since_ns {
-                usage.in_use.insert(flow.backend_id);
-                if flow.flags & FLOW_CLOSED == 0 {
-                    *usage.active.entry(flow.backend_id).or_default() += 1;
-                }
+    /// Makes the maps hold exactly `plan`, whatever they hold now: reads
+    /// the VIP and backend maps back instead of trusting what `apply` last
+    /// wrote (after an `apply` failed half-way, that record is not the
+    /// maps' content). The state owner's rollback. Same order as `apply`.
+    pub fn resync(&mut self, plan: &Plan) -> Result<()> {
+        let map_err = |map| move |source| DatapathError::Map { map, source };
+        for (&id, backend) in plan
+            .backends
+            .iter()
+            .filter(|(_, b)| b.flags & BACKEND_UP != 0)
+        {
+            self.set_backend(id, backend)?;
+        }
+        for vip in &plan.vips {
+            self.rings.set(vip.service.vip_id, &vip.ring)?;
+        }
+        let addrs = &plan.addresses;
+        let mut prefilter: HashMap<&mut MapData, VipAddrKey, u32> =
+            map_mut(&mut self.ebpf, "VIP_ADDRS4")?;
+        for (key, flags) in addrs {
+            prefilter
+                .insert(key, flags, 0)
+                .map_err(map_err("VIP_ADDRS4"))?;
+        }
+        let mut vips: HashMap<&mut MapData, VipKey, Service> = map_mut(&mut self.ebpf, "VIPS")?;
+        for vip in &plan.vips {
+            vips.insert(vip.key, vip.service, 0)
+                .map_err(map_err("VIPS"))?;
+        }
+        let stray: Vec<VipKey> = vips
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !plan.vips.iter().any(|v| v.key == *k))
+            .collect();
+        for key in stray {
+            vips.remove(&key).map_err(map_err("VIPS"))?;
+        }
+        let mut prefilter: HashMap<&mut MapData, VipAddrKey, u32> =
+            map_mut(&mut self.ebpf, "VIP_ADDRS4")?;
+        let stray: Vec<VipAddrKey> = prefilter
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|a| !addrs.contains_key(a))
+            .collect();
+        for addr in stray {
+            prefilter.remove(&addr).map_err(map_err("VIP_ADDRS4"))?;
+        }
+        for id in 0..MAX_BACKENDS {
+            let want = plan.backends.get(&id).copied().unwrap_or_default();
+            if self.backend(id)? != want {
+                self.set_backend(id, &want)?;
             }
         }
-        Ok(usage)
+        self.written = Written {
+            backends: plan.backends.iter().map(|(&id, b)| (id, *b)).collect(),
+            vips: plan.vips.iter().map(|v| (v.key, v.service)).collect(),
+            vip_addrs4: addrs.clone(),
+        };
+        Ok(())
+    }
+
+    /// The BACKENDS entry of backend id `id`, as the datapath reads it.
+    pub fn backend(&self, id: u32) -> Result<Backend> {
+        let backends: Array<&MapData, Backend> = self.map("BACKENDS")?;
+        backends.get(&id, 0).map_err(|source| DatapathError::Map {
+            map: "BACKENDS",
+            source,
+        })
+    }
+
+    /// Walks the flow table once (see `FlowWalker::usage`). Blocks for as
+    /// long as the walk takes: the daemon walks on another thread through
+    /// its own `flow_walker`.
+    pub fn flow_usage(&self, since_ns: u64) -> Result<FlowUsage> {
+        self.flow_walker()?.usage(since_ns)
+    }
+
+    /// A handle of its own on the flow table, to walk it on another thread
+    /// while this `Datapath` keeps serving its owner.
+    pub fn flow_walker(&self) -> Result<FlowWalker> {
+        Ok(FlowWalker {
+            fd: self.flow_table_fd()?,
+            capacity: self.flow_table_size,
+        })
+    }
+
+    /// A read-write handle of its own on the flow table, for tests and
+    /// benchmarks that fill it (the daemon never writes it).
+    pub fn flow_table(&self) -> Result<HashMap<MapData, FlowKey, Flow>> {
+        let data =
+            MapData::from_fd(self.flow_table_fd()?).map_err(|source| DatapathError::Map {
+                map: "FLOWS",
+                source,
+            })?;
+        HashMap::try_from(aya::maps::Map::LruHashMap(data)).map_err(|source| DatapathError::Map {
+            map: "FLOWS",
+            source,
+        })
+    }
+
+    fn flow_table_fd(&self) -> Result<std::os::fd::OwnedFd> {
+        let map = self.ebpf.map("FLOWS").ok_or(DatapathError::Missing {
+            what: "map",
+            name: "FLOWS",
+        })?;
+        let (aya::maps::Map::LruHashMap(data) | aya::maps::Map::HashMap(data)) = map else {
+            return Err(DatapathError::Missing {
+                what: "hash map",
+                name: "FLOWS",
+            });
+        };
+        std::os::fd::AsFd::as_fd(data.fd())
+            .try_clone_to_owned()
+            .map_err(|io_error| DatapathError::Map {
+                map: "FLOWS",
+                source: aya::sys::SyscallError {
+                    call: "dup",
+                    io_error,
+                }
+                .into(),
+            })
     }
 
     pub fn flow_table_size(&self) -> u32 {

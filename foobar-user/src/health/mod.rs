@@ -5,11 +5,16 @@
 //! take the XDP program's VIP path.
 mod probe;
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    net::Ipv4Addr,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
 
 use tokio::sync::mpsc;
+use tracing::{info, warn};
 
-pub use probe::probe;
+pub use probe::{classify_connect_error, probe, Outcome};
 
 use crate::config::HealthSpec;
 
@@ -24,6 +29,8 @@ pub struct Tracker {
 }
 
 impl Tracker {
+    /// A tracker settled in state `up`: `fall` failures (or `rise`
+    /// successes) in a row change it.
     pub fn new(spec: &HealthSpec, up: bool) -> Self {
         Tracker {
             rise: spec.rise.max(1),
@@ -31,6 +38,16 @@ impl Tracker {
             up,
             streak: 0,
         }
+    }
+
+    /// A backend that has just appeared (daemon start or restart, `backend
+    /// add`), in HAProxy's way: up, but at the edge, as if `fall - 1`
+    /// failures had already been seen. Its first failed check takes it down;
+    /// its first successful one settles it (then it takes `fall` failures).
+    pub fn starting(spec: &HealthSpec) -> Self {
+        let mut t = Tracker::new(spec, true);
+        t.streak = t.fall - 1;
+        t
     }
 
     pub fn is_up(&self) -> bool {
@@ -68,8 +85,18 @@ pub struct Transition {
     pub reason: String,
 }
 
+/// Checks that could not run for a local reason (the daemon out of file
+/// descriptors, memory or socket buffers), since start, all backends.
+/// They count for nothing in a backend's health.
+static CHECKS_NOT_RUN: AtomicU64 = AtomicU64::new(0);
+
+pub fn checks_not_run() -> u64 {
+    CHECKS_NOT_RUN.load(Ordering::Relaxed)
+}
+
 /// Runs checks of one backend forever (the owner aborts the task when the
 /// backend goes away); sends a `Transition` on every change of state.
+/// The backend starts up at the edge (`Tracker::starting`).
 pub async fn run_checker(
     backend_id: u32,
     epoch: u64,
@@ -78,24 +105,38 @@ pub async fn run_checker(
     spec: HealthSpec,
     tx: mpsc::Sender<Transition>,
 ) {
-    let mut tracker = Tracker::new(&spec, true);
+    let mut tracker = Tracker::starting(&spec);
     let mut ticker = tokio::time::interval(Duration::from_millis(spec.interval_ms));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Checks not run in the current burst of local errors (logged once
+    // when it starts and once when it ends).
+    let mut not_run = 0u64;
     loop {
         ticker.tick().await;
-        let result = probe(
+        let outcome = probe(
             &spec.check,
             address,
             port,
             Duration::from_millis(spec.timeout_ms),
         )
         .await;
-        let ok = result.is_ok();
+        let (ok, reason) = match outcome {
+            Outcome::NotRun(why) => {
+                CHECKS_NOT_RUN.fetch_add(1, Ordering::Relaxed);
+                if not_run == 0 {
+                    warn!(backend = %address, reason = %why, "health check could not run (a local problem, not the backend's); the backend keeps its state");
+                }
+                not_run += 1;
+                continue;
+            }
+            Outcome::Passed(what) => (true, what),
+            Outcome::Failed(why) => (false, why),
+        };
+        if not_run > 0 {
+            info!(backend = %address, checks = not_run, "health checks run again");
+            not_run = 0;
+        }
         if let Some(up) = tracker.record(ok) {
-            let reason = match result {
-                Ok(what) => what,
-                Err(why) => why,
-            };
             let sent = tx
                 .send(Transition {
                     backend_id,
@@ -141,6 +182,29 @@ mod tests {
             assert_eq!(t.record(true), None);
         }
         assert!(t.is_up());
+    }
+
+    #[test]
+    fn a_starting_backend_is_up_and_one_failure_takes_it_down() {
+        for (rise, fall) in [(2, 3), (1, 1), (5, 10)] {
+            let mut t = Tracker::starting(&spec(rise, fall));
+            assert!(t.is_up(), "starts up");
+            assert_eq!(t.record(false), Some(false), "rise {rise} fall {fall}");
+            assert!(!t.is_up());
+            for _ in 1..rise {
+                assert_eq!(t.record(true), None);
+            }
+            assert_eq!(t.record(true), Some(true), "back after rise successes");
+        }
+    }
+
+    #[test]
+    fn a_starting_backend_settles_on_its_first_success() {
+        let mut t = Tracker::starting(&spec(2, 3));
+        assert_eq!(t.record(true), None);
+        assert_eq!(t.record(false), None);
+        assert_eq!(t.record(false), None);
+        assert_eq!(t.record(false), Some(false), "fall failures once settled");
     }
 
     #[test]

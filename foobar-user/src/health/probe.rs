@@ -1,7 +1,7 @@
 //! One health check against one backend: TCP connect, or HTTP GET over
-//! hyper's HTTP/1 client. Ok(what happened) or Err(why it failed), both as
-//! text for the transition log line.
-use std::{net::Ipv4Addr, time::Duration};
+//! hyper's HTTP/1 client. Passed or failed (the backend's doing), or not
+//! run (the daemon's own shortage); each with text for the log line.
+use std::{io, net::Ipv4Addr, time::Duration};
 
 use http_body_util::Empty;
 use hyper::body::Bytes;
@@ -10,23 +10,43 @@ use tokio::net::TcpStream;
 
 use crate::config::Check;
 
-pub async fn probe(
-    check: &Check,
-    address: Ipv4Addr,
-    port: u16,
-    timeout: Duration,
-) -> Result<String, String> {
+/// What one check found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Passed(String),
+    Failed(String),
+    /// A local error (out of descriptors, memory, buffers or ports): it
+    /// says nothing about the backend and must never count against it.
+    NotRun(String),
+}
+
+pub async fn probe(check: &Check, address: Ipv4Addr, port: u16, timeout: Duration) -> Outcome {
     match tokio::time::timeout(timeout, run(check, address, port)).await {
-        Ok(result) => result,
-        Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+        Ok(Ok(what)) => Outcome::Passed(what),
+        Ok(Err(outcome)) => outcome,
+        Err(_) => Outcome::Failed(format!("no answer within {} ms", timeout.as_millis())),
     }
 }
 
-async fn run(check: &Check, address: Ipv4Addr, port: u16) -> Result<String, String> {
+/// Sorts a connect error: the local host's shortages (EMFILE, ENFILE:
+/// descriptors; ENOBUFS, ENOMEM: memory; EADDRNOTAVAIL: no free local
+/// port) mean the check did not run; anything else is the backend's (or
+/// the path's) failure.
+pub fn classify_connect_error(e: &io::Error, what: String) -> Outcome {
+    match e.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL) => {
+            Outcome::NotRun(what)
+        }
+        _ => Outcome::Failed(what),
+    }
+}
+
+async fn run(check: &Check, address: Ipv4Addr, port: u16) -> Result<String, Outcome> {
     let connect = || async {
-        TcpStream::connect((address, port))
-            .await
-            .map_err(|e| format!("connect to {address}:{port}: {e}"))
+        TcpStream::connect((address, port)).await.map_err(|e| {
+            let what = format!("connect to {address}:{port}: {e}");
+            classify_connect_error(&e, what)
+        })
     };
     match check {
         Check::None => Ok("not checked".into()),
@@ -42,7 +62,7 @@ async fn run(check: &Check, address: Ipv4Addr, port: u16) -> Result<String, Stri
             let stream = connect().await?;
             let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
                 .await
-                .map_err(|e| format!("HTTP handshake: {e}"))?;
+                .map_err(|e| Outcome::Failed(format!("HTTP handshake: {e}")))?;
             let conn = tokio::spawn(conn);
             let host = host.clone().unwrap_or_else(|| address.to_string());
             let request = hyper::Request::get(path.as_str())
@@ -50,20 +70,62 @@ async fn run(check: &Check, address: Ipv4Addr, port: u16) -> Result<String, Stri
                 .header(hyper::header::USER_AGENT, "foobar-health-check")
                 .header(hyper::header::CONNECTION, "close")
                 .body(Empty::<Bytes>::new())
-                .map_err(|e| format!("building the request: {e}"))?;
+                .map_err(|e| Outcome::Failed(format!("building the request: {e}")))?;
             let response = sender.send_request(request).await;
             conn.abort();
             let status = response
-                .map_err(|e| format!("GET {path}: {e}"))?
+                .map_err(|e| Outcome::Failed(format!("GET {path}: {e}")))?
                 .status()
                 .as_u16();
             if (*status_min..=*status_max).contains(&status) {
                 Ok(format!("GET {path}: HTTP {status}"))
             } else {
-                Err(format!(
+                Err(Outcome::Failed(format!(
                     "GET {path}: HTTP {status}, expected {status_min}-{status_max}"
-                ))
+                )))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_shortages_are_not_failures_of_the_backend() {
+        for errno in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOBUFS,
+            libc::ENOMEM,
+            libc::EADDRNOTAVAIL,
+        ] {
+            let e = io::Error::from_raw_os_error(errno);
+            assert_eq!(
+                classify_connect_error(&e, "x".into()),
+                Outcome::NotRun("x".into()),
+                "{e}"
+            );
+        }
+        for errno in [
+            libc::ECONNREFUSED,
+            libc::EHOSTUNREACH,
+            libc::ENETUNREACH,
+            libc::ETIMEDOUT,
+            libc::ECONNRESET,
+        ] {
+            let e = io::Error::from_raw_os_error(errno);
+            assert_eq!(
+                classify_connect_error(&e, "x".into()),
+                Outcome::Failed("x".into()),
+                "{e}"
+            );
+        }
+        let plain = io::Error::other("no errno");
+        assert!(matches!(
+            classify_connect_error(&plain, "x".into()),
+            Outcome::Failed(_)
+        ));
     }
 }
