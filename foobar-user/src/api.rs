@@ -102,6 +102,12 @@ pub enum Request {
         address: String,
         weight: u32,
     },
+    /// Forget the source-affinity choices of one VIP (or of every VIP):
+    /// clients' next new connections are scheduled afresh.
+    AffinityPurge {
+        #[serde(default)]
+        vip: Option<String>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

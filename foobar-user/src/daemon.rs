@@ -43,6 +43,8 @@ pub const RETIRE_IDLE: Duration = Duration::from_secs(60);
 pub const NEIGH_TIMEOUT: Duration = Duration::from_secs(3);
 const RATE_PERIOD: Duration = Duration::from_secs(1);
 const GC_PERIOD: Duration = Duration::from_secs(5);
+/// Share of the flow table's capacity at which the daemon warns.
+const FLOW_TABLE_WARN: f64 = 0.9;
 
 /// The state file: runtime changes, tied to the config text they apply to.
 #[derive(Debug, Serialize, Deserialize)]
@@ -89,6 +91,8 @@ pub struct Owner {
     health_rx: mpsc::Receiver<Transition>,
     rates: Rates,
     flow_entries: usize,
+    /// The last walk found the table at FLOW_TABLE_WARN of its capacity.
+    flow_table_near_full: bool,
     wlc_period: Duration,
     last_scan: Option<Instant>,
     /// The flow-table walker's own map handle, while no walk runs.
@@ -150,6 +154,7 @@ impl Owner {
             health_rx,
             rates: Rates::default(),
             flow_entries: 0,
+            flow_table_near_full: false,
             wlc_period,
             last_scan: None,
             walker: None,
@@ -445,6 +450,21 @@ impl Owner {
                 let id = self.transact(|s| s.add_vip(spec))?;
                 Ok(json!({ "vip": name, "id": id }))
             }
+            Request::AffinityPurge { vip } => {
+                let vip_id = match &vip {
+                    Some(name) => Some(self.state.vip(name).map_err(|e| e.to_string())?.id),
+                    None => None,
+                };
+                let purged = self
+                    .datapath
+                    .purge_affinity(vip_id)
+                    .map_err(|e| format!("purging the affinity table: {e}"))?;
+                info!(
+                    vip = vip.as_deref().unwrap_or("*"),
+                    purged, "source-affinity entries purged"
+                );
+                Ok(json!({ "vip": vip, "purged": purged }))
+            }
             Request::VipRemove { name } => {
                 let vip = self.transact(|s| s.remove_vip(&name))?;
                 for b in &vip.backends {
@@ -643,6 +663,27 @@ impl Owner {
         self.walking = true;
     }
 
+    /// Records the flow table's occupancy and logs once each time it
+    /// crosses FLOW_TABLE_WARN of its capacity (and once when it is back
+    /// under): a full LRU evicts live flows, which rr/wlc reschedule.
+    fn note_occupancy(&mut self, entries: usize) {
+        self.flow_entries = entries;
+        let capacity = self.datapath.flow_table_size() as usize;
+        let near_full = entries as f64 >= capacity as f64 * FLOW_TABLE_WARN;
+        if near_full && !self.flow_table_near_full {
+            warn!(
+                entries,
+                capacity,
+                "the flow table is nearly full: new flows evict the least recently used ones, \
+                 and evicted connections of rr/wlc VIPs are reset; raise datapath.flow_table_size \
+                 (see midflow_miss in foobar stats)"
+            );
+        } else if !near_full && self.flow_table_near_full {
+            info!(entries, capacity, "the flow table has room again");
+        }
+        self.flow_table_near_full = near_full;
+    }
+
     fn on_walk(&mut self, done: WalkDone) {
         self.walking = false;
         self.walker = Some(done.walker);
@@ -661,7 +702,7 @@ impl Owner {
                 "walking the flow table took longer than its period"
             );
         }
-        self.flow_entries = usage.entries;
+        self.note_occupancy(usage.entries);
         let before = self.state.clone();
         let reweighted = self.state.set_active(usage.active);
         let freed = if done.gc_due {
@@ -809,6 +850,7 @@ impl Owner {
                 .collect(),
             events: stats.events.clone(),
             flow_entries: self.flow_entries as u64,
+            health_checks_not_run: health::checks_not_run(),
             flow_capacity: u64::from(self.datapath.flow_table_size()),
             ..Default::default()
         };
@@ -848,6 +890,7 @@ fn request_name(r: &Request) -> &'static str {
         Request::Stats => "stats",
         Request::VipAdd { .. } => "vip add",
         Request::VipRemove { .. } => "vip remove",
+        Request::AffinityPurge { .. } => "vip purge-affinity",
         Request::BackendAdd { .. } => "backend add",
         Request::BackendRemove { .. } => "backend remove",
         Request::BackendDrain { .. } => "backend drain",

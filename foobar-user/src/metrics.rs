@@ -29,6 +29,8 @@ pub struct Snapshot {
     pub backends: Vec<BackendSample>,
     pub flow_entries: u64,
     pub flow_capacity: u64,
+    /// Health checks that could not run for a local reason (EMFILE, ...).
+    pub health_checks_not_run: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -170,6 +172,15 @@ pub fn render(s: &Snapshot) -> String {
     );
     entries.set(s.flow_entries as i64);
     capacity.set(s.flow_capacity as i64);
+
+    let not_run = Counter::<u64>::default();
+    registry.register(
+        "health_checks_not_run",
+        "Health checks that could not run for a local reason (no file \
+         descriptor, no memory, no local port): never counted against a backend",
+        not_run.clone(),
+    );
+    not_run.inc_by(s.health_checks_not_run);
 
     let mut text = String::new();
     encode(&mut text, &registry).expect("writing to a String cannot fail");
@@ -315,6 +326,7 @@ mod tests {
             }],
             flow_entries: 4,
             flow_capacity: 65536,
+            health_checks_not_run: 2,
         };
         let text = render(&s);
         for line in [
@@ -326,6 +338,7 @@ mod tests {
             "foobar_backend_enabled{vip=\"web\",backend=\"10.0.0.11\"} 0",
             "foobar_flow_table_entries 4",
             "foobar_flow_table_capacity 65536",
+            "foobar_health_checks_not_run_total 2",
             "foobar_datapath_events_total{event=\"midflow_miss\"} 7",
         ] {
             assert!(

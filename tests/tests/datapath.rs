@@ -797,3 +797,42 @@ fn vlan_vips_serve_their_vlan_only_and_closed_ports_can_pass() {
         assert_eq!((action, &out), (XDP_PASS, &input), "{name}");
     }
 }
+
+/// `foobar vip purge-affinity`: after the purge a client's next connection
+/// is scheduled by the ring, not sent to its remembered backend.
+#[test]
+fn purged_affinity_is_forgotten() {
+    let text = CONFIG.replacen(
+        "port = 80\n",
+        "port = 80\n    persistence = { timeout = \"600s\" }\n",
+        1,
+    );
+    let (mut dp, plan) = datapath(&text);
+    let web = plan.vips[0].service.vip_id;
+    let conn = |sport| Spec {
+        sport,
+        ..Spec::default()
+    };
+    let (_, out) = dp.test_run(&conn(42000).build()).unwrap();
+    assert_eq!(dst_mac(&out), backend_mac(11));
+    // The ring now names only .12, but the client's choice is remembered.
+    dp.set_ring(web, &[1]).unwrap();
+    let (_, out) = dp.test_run(&conn(42001).build()).unwrap();
+    assert_eq!(
+        dst_mac(&out),
+        backend_mac(11),
+        "affinity holds before the purge"
+    );
+    assert_eq!(
+        dp.purge_affinity(Some(web + 1)).unwrap(),
+        0,
+        "another VIP has none"
+    );
+    assert_eq!(dp.purge_affinity(Some(web)).unwrap(), 1);
+    let (_, out) = dp.test_run(&conn(42002).build()).unwrap();
+    assert_eq!(
+        dst_mac(&out),
+        backend_mac(12),
+        "scheduled afresh after the purge"
+    );
+}

@@ -30,6 +30,13 @@ pub enum VipCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Forget the source-affinity choices of a VIP (of every VIP without
+    /// NAME): each client's next new connection is scheduled afresh.
+    PurgeAffinity {
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn vip(socket: &Path, cmd: VipCmd) -> anyhow::Result<()> {
@@ -57,6 +64,14 @@ pub fn vip(socket: &Path, cmd: VipCmd) -> anyhow::Result<()> {
         VipCmd::Remove { name, json } => {
             let line = format!("VIP {name} removed");
             super::change(socket, Request::VipRemove { name }, json, line)
+        }
+        VipCmd::PurgeAffinity { name, json } => {
+            let line = format!(
+                "source affinity forgotten for {}",
+                name.as_deref()
+                    .map_or("every VIP".to_owned(), |n| format!("VIP {n}"))
+            );
+            super::change(socket, Request::AffinityPurge { vip: name }, json, line)
         }
     }
 }
