@@ -452,13 +452,19 @@ impl State {
                 address,
             });
         }
-        check_ring(v.backends.iter().map(|b| {
+        let weights = v.backends.iter().map(|b| {
             if b.spec.address == address {
                 weight
             } else {
                 b.spec.weight
             }
-        }))?;
+        });
+        // The same rules as the config file and `backend add`.
+        if v.spec.scheduler == Scheduler::Maglev {
+            config::rules::maglev_table(v.spec.maglev_table_size, weights.clone())
+                .map_err(|e| StateError::Invalid(format!("maglev_table_size: {e}")))?;
+        }
+        check_ring(weights)?;
         let b = self.backend_mut(vip, address)?;
         b.spec.weight = weight;
         Ok(b.id)
@@ -871,5 +877,21 @@ mod tests {
         let macs = [11, 12, 13].map(|n| (ip(n), mac(n))).into();
         let rebuilt = State::build(&back, &macs).unwrap();
         assert_eq!(rebuilt.plan(), s.plan());
+    }
+
+    #[test]
+    fn a_weight_change_follows_the_maglev_table_rule() {
+        let mut s = State::default();
+        let mut spec = vip("m", 20, 80);
+        spec.scheduler = Scheduler::Maglev;
+        spec.maglev_table_size = 101;
+        s.add_vip(spec).unwrap();
+        s.add_backend("m", backend(1, 1), mac(1)).unwrap();
+        s.add_backend("m", backend(2, 1), mac(2)).unwrap();
+        // 101 slots for weights 200:1: the light backend would get no slot.
+        let err = s.set_weight("m", ip(1), 200).unwrap_err();
+        assert!(err.to_string().contains("maglev_table_size"), "{err}");
+        assert_eq!(s.vip("m").unwrap().backends[0].spec.weight, 1, "unchanged");
+        s.set_weight("m", ip(1), 3).unwrap();
     }
 }
