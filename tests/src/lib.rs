@@ -5,4 +5,5 @@ pub mod frames;
 pub mod fuzz;
 pub mod lab;
 pub mod model;
+pub mod ops;
 pub mod peers;

@@ -4,8 +4,7 @@
 //! Health checks in the lab run every 300 ms with fall 2 and rise 2.
 //! Needs root; `cargo xtask test` runs it so.
 use std::{
-    path::PathBuf,
-    process::{Command, Stdio},
+    process::Command,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -14,11 +13,8 @@ use std::{
 };
 
 use foobar_tests::lab::{self, Lab, LabOptions, HEALTH_INTERVAL_MS, VIP};
+use foobar_tests::ops::{backend, cli, foobar, request, status, wait_until};
 use serde_json::Value;
-
-fn foobar() -> PathBuf {
-    lab::foobar_bin().unwrap()
-}
 
 fn lab_running(backends_in_config: usize) -> Lab {
     let mut lab = Lab::start(&LabOptions::default()).expect("lab starts");
@@ -26,45 +22,6 @@ fn lab_running(backends_in_config: usize) -> Lab {
     lab.start_foobar(&foobar(), &config)
         .expect("foobar run attaches");
     lab
-}
-
-/// `foobar ARGS` against the lab's daemon: (success, stdout, stderr).
-fn cli(lab: &Lab, args: &[&str]) -> (bool, String, String) {
-    let out = lab.foobar_cli(&foobar(), args).unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn status(lab: &Lab) -> Value {
-    let (ok, out, err) = cli(lab, &["status", "--json"]);
-    assert!(ok, "foobar status: {err}");
-    serde_json::from_str(&out).unwrap()
-}
-
-/// The web VIP's backend with `address` in a status document.
-fn backend<'a>(status: &'a Value, address: &str) -> Option<&'a Value> {
-    status["vips"][0]["backends"]
-        .as_array()?
-        .iter()
-        .find(|b| b["address"] == address)
-}
-
-/// One new connection to the VIP: the backend's name, or why it failed.
-fn request(client_ns: &str) -> Result<String, String> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", client_ns, "curl", "-sS", "--max-time", "1"])
-        .args(["-H", "Connection: close", &format!("http://{VIP}/")])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-    }
 }
 
 /// `n` new connections; who served each.
@@ -105,17 +62,6 @@ impl Prober {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().expect("prober thread")
     }
-}
-
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if done() {
-            return start.elapsed();
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("{what}: not within {limit:?}");
 }
 
 #[test]

@@ -3,8 +3,6 @@
 //! the reason shown) instead of stopping the daemon or stalling the API.
 //! Needs root; run under `flock -o /tmp/foobar-lab.lock`.
 use std::{
-    path::PathBuf,
-    process::{Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -13,63 +11,12 @@ use std::{
 };
 
 use foobar_tests::lab::{self, Lab, LabOptions, LB_IFACE, VIP};
+use foobar_tests::ops::{backend, cli, foobar, request, status, wait_until};
 use serde_json::Value;
 
 /// Nobody in the lab holds these addresses: ARP for them gets no answer.
 const NOBODY: &str = "10.201.0.77";
 const NOBODY_ADDED: &str = "10.201.0.78";
-
-fn foobar() -> PathBuf {
-    lab::foobar_bin().unwrap()
-}
-
-fn cli(lab: &Lab, args: &[&str]) -> (bool, String, String) {
-    let out = lab.foobar_cli(&foobar(), args).unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn status(lab: &Lab) -> Value {
-    let (ok, out, err) = cli(lab, &["status", "--json"]);
-    assert!(ok, "foobar status: {err}");
-    serde_json::from_str(&out).unwrap()
-}
-
-fn backend<'a>(status: &'a Value, address: &str) -> Option<&'a Value> {
-    status["vips"][0]["backends"]
-        .as_array()?
-        .iter()
-        .find(|b| b["address"] == address)
-}
-
-/// One new connection to the VIP: the backend's name, or why it failed.
-fn request(client_ns: &str) -> Result<String, String> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", client_ns, "curl", "-sS", "--max-time", "1"])
-        .args(["-H", "Connection: close", &format!("http://{VIP}/")])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-    }
-}
-
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if done() {
-            return start.elapsed();
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("{what}: not within {limit:?}");
-}
 
 #[test]
 fn a_backend_without_a_mac_starts_down_and_the_others_serve() {

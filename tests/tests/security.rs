@@ -11,12 +11,12 @@ use std::{
         fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
         unix::fs::PermissionsExt as _,
     },
-    path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use foobar_tests::lab::{self, Lab, LabOptions, VIP};
+use foobar_tests::ops::{cli, foobar, status};
 use serde_json::Value;
 
 /// Where the lab's config puts the metrics listener (in the LB namespace).
@@ -27,20 +27,6 @@ const SERVICE_NOFILE: u64 = 1024;
 /// exhaust a daemon without a connection cap (measured before the cap:
 /// ~1000 took every backend down within 0.6 s).
 const IDLE_CLIENTS: usize = 1200;
-
-fn foobar() -> PathBuf {
-    lab::foobar_bin().unwrap()
-}
-
-/// `foobar ARGS` against the lab's daemon: (success, stdout, stderr).
-fn cli(lab: &Lab, args: &[&str]) -> (bool, String, String) {
-    let out = lab.foobar_cli(&foobar(), args).unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// `foobar ARGS` as uid/gid 65534 (nobody) on the LB node.
 fn cli_as_nobody(lab: &Lab, args: &[&str]) -> (bool, String) {
@@ -61,12 +47,6 @@ fn cli_as_nobody(lab: &Lab, args: &[&str]) -> (bool, String) {
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-fn status(lab: &Lab) -> Value {
-    let (ok, out, err) = cli(lab, &["status", "--json"]);
-    assert!(ok, "foobar status: {err}");
-    serde_json::from_str(&out).unwrap()
 }
 
 /// (address, health) of every backend of the web VIP.
