@@ -16,7 +16,7 @@
 use std::{
     fs,
     io::Read as _,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr, TcpStream},
     os::fd::AsFd as _,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -537,6 +537,22 @@ impl Lab {
     /// GET `url` from the client (2 s limit); the body.
     pub fn curl(&self, url: &str) -> Result<String> {
         self.exec(&self.client.ns, &["curl", "-sS", "--max-time", "2", url])
+    }
+
+    /// A TCP connection from the client's namespace to `to` (2 s connect
+    /// limit), for tests that hold one open and decide when it talks. The
+    /// socket stays in the client's namespace wherever it is used.
+    pub fn connect_from_client(&self, to: SocketAddr) -> Result<TcpStream> {
+        let path = format!("/var/run/netns/{}", self.client.ns);
+        std::thread::spawn(move || -> Result<TcpStream> {
+            let file = fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("entering {path}"))?;
+            TcpStream::connect_timeout(&to, Duration::from_secs(2))
+                .with_context(|| format!("connecting to {to} from the client"))
+        })
+        .join()
+        .map_err(|_| anyhow!("the thread connecting from the client panicked"))?
     }
 
     /// The control socket of this lab's foobar.
