@@ -36,7 +36,7 @@ use crate::{
 /// How long a removed backend's flows may stay idle before its entry is
 /// freed (a flow idle longer than this is rescheduled if it sends again);
 /// also how recently an open flow must have been seen to count as an
-/// active connection for "wlc".
+/// active connection for "wlc". The default of `datapath.retire_idle`.
 pub const RETIRE_IDLE: Duration = Duration::from_secs(60);
 /// How long `foobar run` waits for backends' MACs before it starts (those
 /// still unresolved then start down and are retried in the background).
@@ -94,6 +94,8 @@ pub struct Owner {
     /// The last walk found the table at FLOW_TABLE_WARN of its capacity.
     flow_table_near_full: bool,
     wlc_period: Duration,
+    /// `datapath.retire_idle` (RETIRE_IDLE unless configured).
+    retire_idle: Duration,
     last_scan: Option<Instant>,
     /// The flow-table walker's own map handle, while no walk runs.
     walker: Option<FlowWalker>,
@@ -156,6 +158,7 @@ impl Owner {
             flow_entries: 0,
             flow_table_near_full: false,
             wlc_period,
+            retire_idle: RETIRE_IDLE,
             last_scan: None,
             walker: None,
             walking: false,
@@ -167,6 +170,12 @@ impl Owner {
             neigh_tx,
             neigh_task: None,
         }
+    }
+
+    /// Sets how long a removed backend's flows may stay idle before its
+    /// entry is freed (`datapath.retire_idle`).
+    pub fn set_retire_idle(&mut self, idle: Duration) {
+        self.retire_idle = idle;
     }
 
     /// Writes the state to the maps and the state file, starts a health
@@ -646,7 +655,7 @@ impl Owner {
             },
         };
         self.last_scan = Some(Instant::now());
-        let since = monotonic_ns().saturating_sub(RETIRE_IDLE.as_nanos() as u64);
+        let since = monotonic_ns().saturating_sub(self.retire_idle.as_nanos() as u64);
         let retired_before = self.state.retired().iter().map(|r| r.id).collect();
         let tx = self.walk_tx.clone();
         tokio::task::spawn_blocking(move || {

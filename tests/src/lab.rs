@@ -16,7 +16,7 @@
 use std::{
     fs,
     io::Read as _,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr, TcpStream},
     os::fd::AsFd as _,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -34,6 +34,9 @@ const PREFIX: &str = "foobarlab-";
 /// The lab's subnet: only inside the lab's namespaces.
 const NET: [u8; 3] = [10, 201, 0];
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 100);
+/// The client's own subnet when it sits behind the router
+/// (`LabOptions::client_path_mtu`): also only inside the lab.
+const CLIENT_NET: [u8; 3] = [10, 201, 1];
 /// The LB node's NIC inside its namespace.
 pub const LB_IFACE: &str = "eth0";
 /// Health-check interval of the lab's config.
@@ -61,6 +64,15 @@ pub struct LabOptions {
     /// host's veth, not only the client's: benchmarks compare paths with
     /// the same settings.
     pub wire_like_everywhere: bool,
+    /// Some(mtu): the client is not on the bridge but behind a router
+    /// namespace, on its own subnet (client —veth— router —bridge— LB and
+    /// backends, which route the client's subnet via the router). The
+    /// router forwards toward the client with this path MTU (`mtu lock` on
+    /// its route to the client) while every interface, the client's
+    /// included, keeps MTU 1500: the client advertises MSS 1460, so larger
+    /// DF packets toward it make the router send ICMP "fragmentation
+    /// needed" to their source.
+    pub client_path_mtu: Option<u16>,
 }
 
 impl Default for LabOptions {
@@ -69,6 +81,7 @@ impl Default for LabOptions {
             backends: 3,
             slow: Vec::new(),
             wire_like_everywhere: false,
+            client_path_mtu: None,
         }
     }
 }
@@ -79,6 +92,11 @@ pub struct Lab {
     pub client: Host,
     pub lb: Host,
     pub backends: Vec<Host>,
+    /// The router in front of the client (`LabOptions::client_path_mtu`);
+    /// `addr` is its address on the bridge.
+    pub router: Option<Host>,
+    /// The router's path MTU toward the client.
+    client_path_mtu: Option<u16>,
     switch_ns: String,
     namespaces: Vec<String>,
     slow: Vec<String>,
@@ -108,9 +126,18 @@ impl Lab {
             ns: format!("{id}-{name}"),
             addr: Ipv4Addr::new(NET[0], NET[1], NET[2], last),
         };
+        let client = match opts.client_path_mtu {
+            None => host("client", 10),
+            Some(_) => Host {
+                addr: Ipv4Addr::new(CLIENT_NET[0], CLIENT_NET[1], CLIENT_NET[2], 10),
+                ..host("client", 10)
+            },
+        };
         let mut lab = Lab {
             switch_ns: format!("{id}-sw"),
-            client: host("client", 10),
+            router: opts.client_path_mtu.map(|_| host("router", 3)),
+            client_path_mtu: opts.client_path_mtu,
+            client,
             lb: host("lb", 2),
             backends: (1..=opts.backends)
                 .map(|i| host(&format!("be{i}"), 10 + i as u8))
@@ -135,6 +162,16 @@ impl Lab {
         all
     }
 
+    /// The hosts with a port on the bridge: the router takes the client's
+    /// place when there is one.
+    fn bridge_hosts(&self) -> Vec<Host> {
+        let mut all = self.hosts();
+        if let Some(router) = &self.router {
+            all[0] = router.clone();
+        }
+        all
+    }
+
     fn add_namespace(&mut self, ns: &str) -> Result<()> {
         // Registered first, so a failure half-way still gets cleaned up.
         REGISTRY.lock().unwrap().push(ns.to_owned());
@@ -149,7 +186,7 @@ impl Lab {
         self.add_namespace(&sw)?;
         run(&["ip", "-n", &sw, "link", "add", "br0", "type", "bridge"])?;
         run(&["ip", "-n", &sw, "link", "set", "br0", "up"])?;
-        for h in self.hosts() {
+        for h in self.bridge_hosts() {
             self.add_namespace(&h.ns)?;
             let port = format!("p-{}", h.name);
             run(&[
@@ -169,13 +206,18 @@ impl Lab {
             ])?;
             run(&["ip", "-n", &h.ns, "link", "set", "eth0", "up"])?;
         }
+        if let Some(router) = self.router.clone() {
+            self.build_client_path(&router)?;
+        }
         // Wire-like frames from the client (from every host when asked): full
-        // checksums, at most MTU-sized.
-        let wire_like = if self.wire_like_everywhere {
+        // checksums, at most MTU-sized. A router forwards what it receives,
+        // so it is wire-like too.
+        let mut wire_like = if self.wire_like_everywhere {
             self.hosts()
         } else {
             vec![self.client.clone()]
         };
+        wire_like.extend(self.router.clone());
         for h in wire_like {
             self.exec(
                 &h.ns,
@@ -240,6 +282,88 @@ impl Lab {
                 Duration::from_secs(10),
                 || Ok(self.curl(&url)?.trim() == h.name),
             )?;
+        }
+        Ok(())
+    }
+
+    /// The client behind `router`: a veth pair on the client's subnet,
+    /// forwarding on, the lowered path MTU toward the client, and routes to
+    /// the client's subnet via the router on the LB node and the backends.
+    fn build_client_path(&mut self, router: &Host) -> Result<()> {
+        let mtu = self
+            .client_path_mtu
+            .context("a router without a client path MTU")?;
+        let client = self.client.clone();
+        self.add_namespace(&client.ns)?;
+        let router_side = Ipv4Addr::new(CLIENT_NET[0], CLIENT_NET[1], CLIENT_NET[2], 1);
+        let subnet = format!("{}.{}.{}.0/24", CLIENT_NET[0], CLIENT_NET[1], CLIENT_NET[2]);
+        run(&[
+            "ip", "-n", &router.ns, "link", "add", "eth1", "type", "veth", "peer", "name", "eth0",
+            "netns", &client.ns,
+        ])?;
+        run(&[
+            "ip",
+            "-n",
+            &router.ns,
+            "addr",
+            "add",
+            &format!("{router_side}/24"),
+            "dev",
+            "eth1",
+        ])?;
+        run(&["ip", "-n", &router.ns, "link", "set", "eth1", "up"])?;
+        run(&[
+            "ip",
+            "-n",
+            &client.ns,
+            "addr",
+            "add",
+            &format!("{}/24", client.addr),
+            "dev",
+            "eth0",
+        ])?;
+        run(&["ip", "-n", &client.ns, "link", "set", "eth0", "up"])?;
+        run(&[
+            "ip",
+            "-n",
+            &client.ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &router_side.to_string(),
+        ])?;
+        self.exec(&router.ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        // Forwarded packets obey the route's MTU; `lock` keeps it fixed.
+        run(&[
+            "ip",
+            "-n",
+            &router.ns,
+            "route",
+            "replace",
+            &format!("{}/32", client.addr),
+            "dev",
+            "eth1",
+            "mtu",
+            "lock",
+            &mtu.to_string(),
+        ])?;
+        // GRO would merge the client's segments into frames larger than
+        // the MTU, which the LB's XDP program cannot take.
+        self.exec(&router.ns, &["ethtool", "-K", "eth1", "gro", "off"])?;
+        let mut routed = vec![self.lb.clone()];
+        routed.extend(self.backends.iter().cloned());
+        for h in routed {
+            run(&[
+                "ip",
+                "-n",
+                &h.ns,
+                "route",
+                "add",
+                &subnet,
+                "via",
+                &router.addr.to_string(),
+            ])?;
         }
         Ok(())
     }
@@ -413,6 +537,22 @@ impl Lab {
     /// GET `url` from the client (2 s limit); the body.
     pub fn curl(&self, url: &str) -> Result<String> {
         self.exec(&self.client.ns, &["curl", "-sS", "--max-time", "2", url])
+    }
+
+    /// A TCP connection from the client's namespace to `to` (2 s connect
+    /// limit), for tests that hold one open and decide when it talks. The
+    /// socket stays in the client's namespace wherever it is used.
+    pub fn connect_from_client(&self, to: SocketAddr) -> Result<TcpStream> {
+        let path = format!("/var/run/netns/{}", self.client.ns);
+        std::thread::spawn(move || -> Result<TcpStream> {
+            let file = fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("entering {path}"))?;
+            TcpStream::connect_timeout(&to, Duration::from_secs(2))
+                .with_context(|| format!("connecting to {to} from the client"))
+        })
+        .join()
+        .map_err(|_| anyhow!("the thread connecting from the client panicked"))?
     }
 
     /// The control socket of this lab's foobar.

@@ -167,6 +167,7 @@ async fn serve(
         digest,
         std::time::Duration::from_millis(config.datapath.wlc_period_ms),
     );
+    owner.set_retire_idle(config.datapath.retire_idle);
     owner.start()?;
     owner.datapath.attach(&iface, mode)?;
     info!(iface = %iface, mode = mode.name(), vips = owner.state.vips().len(), "attached; forwarding");

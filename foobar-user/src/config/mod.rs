@@ -17,6 +17,9 @@ pub const MAX_WEIGHT: u32 = 256;
 /// Bounds of the flow table size (entries).
 pub const FLOW_TABLE_MIN: u32 = 1024;
 pub const FLOW_TABLE_MAX: u32 = 1 << 24;
+/// Bounds of `datapath.retire_idle`, in seconds (1 s to a day).
+pub const RETIRE_IDLE_MIN_S: u32 = 1;
+pub const RETIRE_IDLE_MAX_S: u32 = 86_400;
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -116,6 +119,7 @@ struct RawDatapath {
     affinity_table_size: Option<i64>,
     hash_seed: Option<i64>,
     wlc_period_ms: Option<i64>,
+    retire_idle: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -231,6 +235,10 @@ pub struct DatapathConfig {
     pub hash_seed: u32,
     /// How often "wlc" VIPs are re-weighted from active connection counts.
     pub wlc_period_ms: u64,
+    /// How long a removed backend's flows may stay idle before its entry
+    /// (and id) is freed; also how recently a flow must have been seen to
+    /// count as an active connection for "wlc".
+    pub retire_idle: std::time::Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

@@ -157,6 +157,7 @@ fn scheduler_keys_are_validated() {
         r#"
         [datapath]
         hash_seed = 7
+        retire_idle = "2s"
         [[vip]]
         name = "a"
         address = "192.0.2.1"
@@ -177,6 +178,7 @@ fn scheduler_keys_are_validated() {
     )
     .unwrap();
     assert_eq!(c.datapath.hash_seed, 7);
+    assert_eq!(c.datapath.retire_idle, std::time::Duration::from_secs(2));
     assert_eq!(c.vips[0].scheduler, Scheduler::Maglev);
     assert_eq!(c.vips[0].maglev_table_size, 4099);
     assert_eq!(c.vips[0].affinity_timeout_s, Some(300));
@@ -187,6 +189,7 @@ fn scheduler_keys_are_validated() {
         r#"
         [datapath]
         wlc_period_ms = 5
+        retire_idle = "0s"
         [[vip]]
         name = "a"
         address = "192.0.2.1"
@@ -210,6 +213,7 @@ fn scheduler_keys_are_validated() {
     assert_eq!(
         got,
         vec![
+            "datapath.retire_idle",
             "datapath.wlc_period_ms",
             "vip[0].maglev_table_size",
             "vip[0].persistence.timeout",
@@ -217,6 +221,13 @@ fn scheduler_keys_are_validated() {
             "vip[1].persistence.timeout",
         ]
     );
+    for bad in ["25h", "soon", "-1s"] {
+        let text = format!(
+            "[datapath]\nretire_idle = \"{bad}\"\n[[vip]]\nname = \"a\"\n\
+             address = \"192.0.2.1\"\nport = 80\n[[vip.backend]]\naddress = \"10.0.0.1\"\n"
+        );
+        assert_eq!(keys(&text), vec!["datapath.retire_idle"], "{bad}");
+    }
     assert_eq!(parse_duration_s("90"), Ok(90));
     assert_eq!(parse_duration_s("2h"), Ok(7200));
     assert!(parse_duration_s("5d").is_err());

@@ -4,6 +4,7 @@ use std::{
     collections::HashSet,
     net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
+    time::Duration,
 };
 
 use foobar_common::{FLOW_TABLE_DEFAULT, MAX_BACKENDS, MAX_VIPS, RING_CAPACITY};
@@ -202,6 +203,25 @@ fn validate_datapath(raw: &RawDatapath, p: &mut Problems) -> Option<DatapathConf
             None
         }
     };
+    let retire_idle = match parse_duration_s(raw.retire_idle.as_deref().unwrap_or("60s")) {
+        Ok(s) if (RETIRE_IDLE_MIN_S..=RETIRE_IDLE_MAX_S).contains(&s) => {
+            Some(Duration::from_secs(u64::from(s)))
+        }
+        Ok(s) => {
+            p.add(
+                "datapath.retire_idle",
+                format!(
+                    "{s}s is out of range {RETIRE_IDLE_MIN_S}s..={RETIRE_IDLE_MAX_S}s \
+                     (shorter resets idle connections to removed backends sooner)"
+                ),
+            );
+            None
+        }
+        Err(e) => {
+            p.add("datapath.retire_idle", e);
+            None
+        }
+    };
     Some(DatapathConfig {
         interface: raw.interface.clone(),
         xdp_mode: xdp_mode?,
@@ -209,6 +229,7 @@ fn validate_datapath(raw: &RawDatapath, p: &mut Problems) -> Option<DatapathConf
         affinity_table_size: affinity_table_size?,
         hash_seed: hash_seed?,
         wlc_period_ms: wlc_period_ms?,
+        retire_idle: retire_idle?,
     })
 }
 
