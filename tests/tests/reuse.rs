@@ -5,21 +5,17 @@
 use std::{
     io::{ErrorKind, Read as _, Write as _},
     net::{SocketAddr, TcpStream},
-    path::PathBuf,
     time::Duration,
 };
 
 use foobar_tests::lab::{self, Lab, LabOptions, VIP};
+use foobar_tests::ops::foobar;
 use serde_json::Value;
 
 const RETIRE_IDLE: &str = "2s";
 /// retire_idle, plus the daemon's 5 s walk period, plus slack for two busy
 /// cores.
 const FREED_WITHIN: Duration = Duration::from_secs(20);
-
-fn foobar() -> PathBuf {
-    lab::foobar_bin().unwrap()
-}
 
 /// `foobar ARGS --json` against the lab's daemon.
 fn cli_json(lab: &Lab, args: &[&str]) -> Value {
