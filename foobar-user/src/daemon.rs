@@ -239,7 +239,13 @@ impl Owner {
             Ok(())
         });
         if let Err(e) = applied {
+            // A rollback re-saved the old state under the new digest: save
+            // it again under the old one, or a restart would take the old
+            // runtime state for the new config's.
             self.config_sha256 = old_digest;
+            if let Err(save) = self.save() {
+                warn!(err = %save, "re-saving the state after a refused reload failed");
+            }
             return Err(format!("{}: {e}", path.display()));
         }
         self.base = Some(config);

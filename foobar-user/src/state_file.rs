@@ -171,8 +171,11 @@ pub fn restore(config: &Config, path: &Path, digest: &str) -> (Vec<SavedVip>, So
                 ),
             }
         }
-        Err(Bad::Unsafe(why)) => refused(path, why, None),
-        Err(Bad::Corrupt(why)) => {
+        // In a directory others can write, moving it could be raced:
+        // leave it. In a safe one, keep it aside (a later save would
+        // replace it).
+        Err(Bad::Unsafe(why)) if unsafe_dir(path).is_some() => refused(path, why, None),
+        Err(Bad::Unsafe(why) | Bad::Corrupt(why)) => {
             let kept = corrupt_path(path);
             match fs::rename(path, &kept) {
                 Ok(()) => refused(path, why, Some(kept)),
@@ -199,7 +202,7 @@ fn refused(path: &Path, why: String, kept: Option<PathBuf>) -> Source {
 enum Bad {
     /// Written on top of another config.
     Stale,
-    /// Not ours to trust or move (a link, others may write it).
+    /// Not to be trusted (a link, others may have written it).
     Unsafe(String),
     /// Unreadable, not JSON, truncated, or values the rules refuse.
     Corrupt(String),
@@ -508,23 +511,27 @@ address = "10.0.0.2"
         let (vips, _) = restore(&config, &path, &config_digest(CONFIG));
         assert_eq!(vips, changed(&config));
 
-        // A link as the state file itself is not read (nor moved).
+        // A link as the state file itself is not read; the link (not its
+        // target) is kept aside.
         fs::remove_file(&path).unwrap();
         let elsewhere = dir.join("elsewhere.json");
         save(&elsewhere, changed(&config));
         std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
         let (vips, source) = restore(&config, &path, &config_digest(CONFIG));
-        let still_link = fs::symlink_metadata(&path)
-            .unwrap()
-            .file_type()
-            .is_symlink();
+        let kept_link = match &source {
+            Source::Refused {
+                why,
+                kept: Some(kept),
+            } if why.contains("symbolic link") => {
+                fs::symlink_metadata(kept).unwrap().file_type().is_symlink()
+            }
+            other => panic!("{other:?}"),
+        };
+        let target = fs::read_to_string(&elsewhere).unwrap();
         fs::remove_dir_all(&dir).unwrap();
         assert_eq!(vips, state::saved_from_config(&config));
-        assert!(
-            matches!(&source, Source::Refused { why, kept: None } if why.contains("symbolic link")),
-            "{source:?}"
-        );
-        assert!(still_link);
+        assert!(kept_link, "the link itself is kept aside");
+        assert!(target.contains("\"weight\": 7"), "its target is untouched");
     }
 
     #[test]

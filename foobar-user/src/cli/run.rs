@@ -7,7 +7,7 @@ use std::{net::Ipv4Addr, path::PathBuf};
 
 use anyhow::{bail, Context as _};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::{
     api,
@@ -89,6 +89,10 @@ async fn serve(
     state_file: PathBuf,
     digest: String,
 ) -> anyhow::Result<()> {
+    // Before anything slow: SIGHUP's default action would end the daemon.
+    // Signals that arrive before the API serves wait in the stream.
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
     let mut addrs: Vec<Ipv4Addr> = saved
         .iter()
         .flat_map(|v| v.backends.iter().map(|b| b.address))
@@ -159,7 +163,7 @@ async fn serve(
 
     let (api_tx, api_rx) = mpsc::channel(16);
     let (metrics_tx, metrics_rx) = mpsc::channel(4);
-    let reload_task = tokio::spawn(reload_on_sighup(api_tx.clone()));
+    let reload_task = tokio::spawn(reload_on_sighup(hangup, api_tx.clone()));
     let api_task = tokio::spawn(api::serve(api_listener, api_tx));
     info!(socket = %config.socket.display(), "control API listening");
     let metrics_task = metrics_listener.map(|l| {
@@ -221,15 +225,7 @@ impl Drop for RemoveOnDrop {
 
 /// SIGHUP is `foobar reload`: the same request, through the same queue,
 /// answered into the log (the daemon logs every change and refusal).
-async fn reload_on_sighup(api_tx: mpsc::Sender<api::Call>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            warn!(err = %e, "cannot install the SIGHUP handler: use foobar reload");
-            return;
-        }
-    };
+async fn reload_on_sighup(mut hup: tokio::signal::unix::Signal, api_tx: mpsc::Sender<api::Call>) {
     while hup.recv().await.is_some() {
         info!("SIGHUP: reloading the config");
         let (tx, rx) = tokio::sync::oneshot::channel();
