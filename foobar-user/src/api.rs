@@ -102,6 +102,9 @@ pub enum Request {
         address: String,
         weight: u32,
     },
+    /// Re-read the daemon's config file and apply what changed (see
+    /// `reload`); a config with any problem is refused whole.
+    Reload,
     /// Forget the source-affinity choices of one VIP (or of every VIP):
     /// clients' next new connections are scheduled afresh.
     AffinityPurge {

@@ -25,7 +25,7 @@ use tracing::{info, warn};
 
 use crate::{
     api::{self, Request, Response},
-    config::{Forwarding, Protocol, Scheduler},
+    config::{Config, Forwarding, Protocol, Scheduler},
     datapath::{Datapath, FlowUsage, FlowWalker, Stats},
     health::{self, Transition},
     metrics,
@@ -67,15 +67,13 @@ pub fn config_digest(text: &str) -> String {
         .collect()
 }
 
-/// Writes the state file atomically (temporary file, fsync, rename).
+/// Writes the state file atomically (see `state_file::write`: exclusive,
+/// never-followed temporary file, fsync, rename; refused in a directory
+/// others can write).
 pub fn save_state_file(path: &Path, file: &StateFile) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(serde_json::to_string_pretty(file)?.as_bytes())?;
-    f.write_all(b"\n")?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    let mut text = serde_json::to_string_pretty(file)?;
+    text.push('\n');
+    crate::state_file::write(path, text.as_bytes())
 }
 
 pub struct Owner {
@@ -109,6 +107,16 @@ pub struct Owner {
     neigh_rx: mpsc::Receiver<HashMap<Ipv4Addr, Neighbour>>,
     neigh_tx: mpsc::Sender<HashMap<Ipv4Addr, Neighbour>>,
     neigh_task: Option<JoinHandle<()>>,
+    /// Why the latest state could not be saved (None: saved): changes
+    /// still apply, but do not survive a restart.
+    unsaved: Option<String>,
+    /// The config file `foobar reload` and SIGHUP re-read, and the VIPs it
+    /// described when last loaded (what a reload compares the new one to).
+    config_path: Option<PathBuf>,
+    base: Option<Config>,
+    /// The datapath was loaded with a source-affinity table (a reload may
+    /// add a VIP with `persistence` only then).
+    affinity_table: bool,
 }
 
 /// A flow-table walk's result, back from its blocking thread.
@@ -169,6 +177,131 @@ impl Owner {
             neigh_rx,
             neigh_tx,
             neigh_task: None,
+            unsaved: None,
+            config_path: None,
+            base: None,
+            affinity_table: false,
+        }
+    }
+
+    /// The config file a reload re-reads and what it held at start;
+    /// whether the datapath has a source-affinity table.
+    pub fn set_config(&mut self, path: PathBuf, config: &Config, affinity_table: bool) {
+        self.config_path = Some(path);
+        self.base = Some(config.clone());
+        self.affinity_table = affinity_table;
+    }
+
+    /// `foobar reload` / SIGHUP: re-reads the config, validates it whole
+    /// (a problem refuses it, naming FILE: KEY), and applies what the edit
+    /// changed in one transaction, as the CLI's operations do
+    /// (`reload::diff` says what is kept of the run-time changes; each kept
+    /// one is logged and listed in the answer). Settings that need a new
+    /// datapath (`[datapath]`, `[api]`, `[metrics]`) take effect at the
+    /// next restart, which the answer says.
+    fn reload(&mut self) -> Result<serde_json::Value, String> {
+        let path = self
+            .config_path
+            .clone()
+            .ok_or("this daemon was started without a config file; nothing to reload")?;
+        let (config, text) = crate::config::load_with_text(&path).map_err(|e| e.to_string())?;
+        let digest = config_digest(&text);
+        let base = self
+            .base
+            .as_ref()
+            .map(crate::state::saved_from_config)
+            .unwrap_or_default();
+        let new = crate::state::saved_from_config(&config);
+        let diff = crate::reload::diff(&base, &self.state.saved(), &new);
+        if !self.affinity_table {
+            let wants = diff.ops.iter().find_map(|op| match op {
+                crate::reload::Op::AddVip(v) if v.affinity_timeout_s.is_some() => {
+                    Some(v.name.clone())
+                }
+                _ => None,
+            });
+            if let Some(name) = wants {
+                return Err(format!(
+                    "{}: VIP {name}: persistence needs the source-affinity table, which this                      daemon started without (no VIP had persistence); nothing was applied:                      restart foobar to serve it, or set datapath.affinity_table_size before                      the next start",
+                    path.display()
+                ));
+            }
+        }
+        let restart = self
+            .base
+            .as_ref()
+            .map(|b| restart_only_changes(b, &config))
+            .unwrap_or_default();
+        let before = self.state.clone();
+        let old_digest = std::mem::replace(&mut self.config_sha256, digest);
+        let ops = diff.ops.clone();
+        let applied = self.transact(|s| {
+            for op in &ops {
+                apply_op(s, op)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = applied {
+            // A rollback re-saved the old state under the new digest: save
+            // it again under the old one, or a restart would take the old
+            // runtime state for the new config's.
+            self.config_sha256 = old_digest;
+            if let Err(save) = self.save() {
+                warn!(err = %save, "re-saving the state after a refused reload failed");
+            }
+            return Err(format!("{}: {e}", path.display()));
+        }
+        self.base = Some(config);
+        self.follow_checkers(&before);
+        for k in &diff.kept {
+            warn!(kept = %k, "reload keeps a run-time change");
+        }
+        for r in &restart {
+            warn!(setting = %r, "reload: takes effect at the next restart");
+        }
+        let ops: Vec<String> = diff.ops.iter().map(op_text).collect();
+        for op in &ops {
+            info!(op = %op, "reload applied");
+        }
+        Ok(json!({
+            "config": path,
+            "applied": ops,
+            "kept_runtime_changes": diff.kept,
+            "at_next_restart": restart,
+        }))
+    }
+
+    /// Starts, stops or restarts health checkers after a change: a checker
+    /// per current backend, with its current spec.
+    fn follow_checkers(&mut self, before: &State) {
+        let spec_of = |s: &State, id: u32| {
+            s.backend(id).map(|(v, b)| {
+                (
+                    b.spec.address,
+                    b.spec.health.port_for(v.spec.port),
+                    b.spec.health.clone(),
+                )
+            })
+        };
+        let now: Vec<u32> = self
+            .state
+            .vips()
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|b| b.id))
+            .collect();
+        let gone: Vec<u32> = self
+            .checkers
+            .keys()
+            .copied()
+            .filter(|id| !now.contains(id))
+            .collect();
+        for id in gone {
+            self.stop_checker(id);
+        }
+        for id in now {
+            if !self.checkers.contains_key(&id) || spec_of(before, id) != spec_of(&self.state, id) {
+                self.start_checker(id);
+            }
         }
     }
 
@@ -185,13 +318,18 @@ impl Owner {
         self.datapath
             .apply(&self.state.plan())
             .context("programming the BPF maps")?;
-        self.save().with_context(|| {
-            format!(
-                "cannot write the state file {} (runtime changes must survive a restart); \
-                 make its directory writable",
-                self.state_file.display()
-            )
-        })?;
+        if let Err(e) = self.save() {
+            // Forwarding matters more than remembering: start, and say at
+            // every change that it is not kept.
+            tracing::error!(
+                file = %self.state_file.display(),
+                err = %e,
+                "CANNOT WRITE THE STATE FILE: foobar serves, but runtime changes will NOT \
+                 survive a restart until it can be written (read-only or full disk? \
+                 unsafe directory?)"
+            );
+            self.unsaved = Some(e.to_string());
+        }
         let ids: Vec<u32> = self
             .state
             .vips()
@@ -385,42 +523,64 @@ impl Owner {
     }
 
     /// Applies `change` to a copy of the state, saves it, writes the maps;
-    /// on any failure puts everything back and returns the error.
+    /// if the maps cannot be written, puts everything back and returns the
+    /// error. A state file that cannot be written (read-only or full disk)
+    /// does not stop the change: an emergency drain must reach the
+    /// datapath. It is then applied unsaved, logged loudly, and the answer
+    /// carries a warning (see `handle`).
     fn transact<T>(
         &mut self,
         change: impl FnOnce(&mut State) -> Result<T, StateError>,
     ) -> Result<T, String> {
         let before = self.state.clone();
         let result = change(&mut self.state).map_err(|e| e.to_string())?;
-        if let Err(e) = self.save() {
-            self.state = before;
-            return Err(format!(
-                "not applied: cannot write the state file {}: {e}",
-                self.state_file.display()
-            ));
-        }
+        let saved = match self.save() {
+            Ok(()) => {
+                if self.unsaved.take().is_some() {
+                    info!(file = %self.state_file.display(), "the state file is written again");
+                }
+                true
+            }
+            Err(e) => {
+                self.unsaved = Some(format!(
+                    "the state file {} cannot be written ({e}): this change is applied but \
+                     will NOT survive a restart; fix the disk or directory, then repeat any \
+                     change to save the whole state",
+                    self.state_file.display()
+                ));
+                false
+            }
+        };
         if let Err(e) = self.datapath.apply(&self.state.plan()) {
             let mut message = format!("not applied: writing the BPF maps failed: {e}");
-            if let Some(problem) = self.roll_back(before, true) {
+            if let Some(problem) = self.roll_back(before, saved) {
                 message.push_str(&format!("; and undoing it failed: {problem}"));
             }
             return Err(message);
+        }
+        if let Some(warning) = &self.unsaved {
+            tracing::error!(warning = %warning, "CHANGE NOT SAVED");
         }
         Ok(result)
     }
 
     async fn handle(&mut self, request: Request) -> Response {
         let op = request_name(&request);
+        let changes = !matches!(request, Request::Status | Request::Stats);
         let result = self.dispatch(request).await;
         match result {
-            Ok(value) => {
-                if op != "status" && op != "stats" {
+            Ok(mut value) => {
+                if changes {
                     info!(op, result = %value, "control request applied");
+                    // A change applied but not saved says so in its answer.
+                    if let (Some(warning), Some(map)) = (&self.unsaved, value.as_object_mut()) {
+                        map.insert("warning".into(), json!(warning));
+                    }
                 }
                 Response::ok(value)
             }
             Err(message) => {
-                if op != "status" && op != "stats" {
+                if changes {
                     warn!(op, error = %message, "control request refused");
                 }
                 Response::error(message)
@@ -431,6 +591,7 @@ impl Owner {
     async fn dispatch(&mut self, request: Request) -> Result<serde_json::Value, String> {
         match request {
             Request::Status => Ok(self.status()),
+            Request::Reload => self.reload(),
             Request::Stats => self.stats_json(),
             Request::VipAdd {
                 name,
@@ -807,6 +968,11 @@ impl Owner {
                 "walk_ms": self.last_walk.as_secs_f64() * 1e3,
             },
             "health_checks_not_run": health::checks_not_run(),
+            "state_file": {
+                "path": self.state_file,
+                "saved": self.unsaved.is_none(),
+                "problem": self.unsaved,
+            },
             "vips": vips,
             "removed_backends": removed,
         })
@@ -893,8 +1059,120 @@ impl Owner {
     }
 }
 
+/// Applies one reload operation as the matching CLI operation would.
+fn apply_op(s: &mut State, op: &crate::reload::Op) -> Result<(), StateError> {
+    use crate::reload::Op;
+    match op {
+        Op::RemoveVip(name) => s.remove_vip(name).map(drop),
+        Op::AddVip(spec) => s.add_vip(spec.clone()).map(drop),
+        Op::RemoveBackend { vip, address } => s.remove_backend(vip, *address).map(drop),
+        Op::SetWeight {
+            vip,
+            address,
+            weight,
+        } => s.set_weight(vip, *address, *weight).map(drop),
+        Op::SetHealth {
+            vip,
+            address,
+            health,
+        } => s.set_health_spec(vip, *address, health.clone()).map(drop),
+        Op::AddBackend { vip, spec } => {
+            // A MAC known from another backend at this address; if none,
+            // the neighbour watcher resolves it (no traffic until then).
+            let mac = s.mac_of(spec.address);
+            s.add_backend(vip, spec.clone(), mac).map(drop)
+        }
+    }
+}
+
+/// An operation as the reload's answer and log show it.
+fn op_text(op: &crate::reload::Op) -> String {
+    use crate::reload::Op;
+    match op {
+        Op::RemoveVip(name) => format!("vip remove {name}"),
+        Op::AddVip(v) => format!(
+            "vip add {} {}:{}/{}",
+            v.name,
+            v.address,
+            v.port,
+            v.protocol.name()
+        ),
+        Op::RemoveBackend { vip, address } => format!("backend remove {vip} {address}"),
+        Op::SetWeight {
+            vip,
+            address,
+            weight,
+        } => format!("backend weight {vip} {address} {weight}"),
+        Op::SetHealth { vip, address, .. } => format!("backend health {vip} {address}"),
+        Op::AddBackend { vip, spec } => format!(
+            "backend add {vip} {} weight {}{}",
+            spec.address,
+            spec.weight,
+            if spec.admin == Admin::Drained {
+                " (drained)"
+            } else {
+                ""
+            }
+        ),
+    }
+}
+
+/// Settings a running daemon cannot change (they shape the loaded
+/// datapath or the bound sockets), as `KEY: OLD -> NEW`.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cmp = |key: &str, a: String, b: String| {
+        if a != b {
+            out.push(format!("{key}: {a} -> {b}"));
+        }
+    };
+    let (a, b) = (&old.datapath, &new.datapath);
+    cmp(
+        "datapath.interface",
+        format!("{:?}", a.interface),
+        format!("{:?}", b.interface),
+    );
+    cmp(
+        "datapath.xdp_mode",
+        a.xdp_mode.name().into(),
+        b.xdp_mode.name().into(),
+    );
+    cmp(
+        "datapath.flow_table_size",
+        a.flow_table_size.to_string(),
+        b.flow_table_size.to_string(),
+    );
+    cmp(
+        "datapath.affinity_table_size",
+        format!("{:?}", a.affinity_table_size),
+        format!("{:?}", b.affinity_table_size),
+    );
+    cmp(
+        "datapath.hash_seed",
+        a.hash_seed.to_string(),
+        b.hash_seed.to_string(),
+    );
+    cmp(
+        "datapath.wlc_period_ms",
+        a.wlc_period_ms.to_string(),
+        b.wlc_period_ms.to_string(),
+    );
+    cmp(
+        "api.socket",
+        old.socket.display().to_string(),
+        new.socket.display().to_string(),
+    );
+    cmp(
+        "metrics.listen",
+        format!("{:?}", old.metrics_listen),
+        format!("{:?}", new.metrics_listen),
+    );
+    out
+}
+
 fn request_name(r: &Request) -> &'static str {
     match r {
+        Request::Reload => "reload",
         Request::Status => "status",
         Request::Stats => "stats",
         Request::VipAdd { .. } => "vip add",
@@ -1027,5 +1305,74 @@ mod tests {
             "the refused backend's entry (id 1) is gone from the map"
         );
         assert_eq!(entries_after[1], foobar_common::Backend::default());
+    }
+
+    #[tokio::test]
+    async fn an_emergency_drain_reaches_the_datapath_when_the_state_cannot_be_saved() {
+        let mut state = State::default();
+        state
+            .add_vip(vip("web", 10, Scheduler::RoundRobin, 65537))
+            .unwrap();
+        for last in [1, 2] {
+            let spec = BackendSpec {
+                address: Ipv4Addr::new(10, 0, 0, last),
+                weight: 1,
+                admin: Admin::Enabled,
+                health: HealthSpec::default(),
+            };
+            state
+                .add_backend("web", spec, [2, 0, 0, 0, 0, last])
+                .unwrap();
+        }
+        // Its directory is gone (as a disk that went away): nothing can be saved.
+        let state_file = std::env::temp_dir()
+            .join(format!("foobar-nowhere-{}", std::process::id()))
+            .join("foobar.state.json");
+        let dp = Datapath::load(&LoadOptions {
+            flow_table_size: 1024,
+            ..LoadOptions::default()
+        })
+        .expect("datapath loads (root needed)");
+        let mut owner = Owner::new(
+            state,
+            dp,
+            "lo".into(),
+            1,
+            state_file.clone(),
+            "digest".into(),
+            Duration::from_secs(1),
+        );
+        owner.datapath.apply(&owner.state.plan()).unwrap();
+        let new_flows = |o: &Owner, id| {
+            o.datapath.backend(id).unwrap().flags & foobar_common::BACKEND_NEW_FLOWS != 0
+        };
+        assert!(new_flows(&owner, 0));
+
+        let response = owner
+            .handle(Request::BackendDrain {
+                vip: "web".into(),
+                address: "10.0.0.1".into(),
+            })
+            .await;
+        assert!(response.ok, "{response:?}");
+        let warning = response.result.unwrap()["warning"]
+            .as_str()
+            .expect("the answer warns")
+            .to_owned();
+        assert!(warning.contains("will NOT survive a restart"), "{warning}");
+        assert!(!new_flows(&owner, 0), "the drain reached the datapath");
+        assert!(new_flows(&owner, 1));
+        assert_eq!(owner.status()["state_file"]["saved"], false);
+        assert!(!state_file.exists());
+
+        let response = owner
+            .handle(Request::BackendWeight {
+                vip: "web".into(),
+                address: "10.0.0.2".into(),
+                weight: 0,
+            })
+            .await;
+        assert!(response.ok, "{response:?}");
+        assert!(!new_flows(&owner, 1), "weight 0 reached the datapath");
     }
 }

@@ -10,5 +10,7 @@ pub mod maglev;
 pub mod metrics;
 pub mod neigh;
 pub mod plan;
+pub mod reload;
 pub mod ring;
 pub mod state;
+pub mod state_file;

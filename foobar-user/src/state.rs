@@ -470,6 +470,19 @@ impl State {
         Ok(b.id)
     }
 
+    /// Changes how a backend is checked (`foobar reload`); its health so
+    /// far stands until the new checks decide.
+    pub fn set_health_spec(
+        &mut self,
+        vip: &str,
+        address: Ipv4Addr,
+        health: HealthSpec,
+    ) -> Result<u32, StateError> {
+        let b = self.backend_mut(vip, address)?;
+        b.spec.health = health;
+        Ok(b.id)
+    }
+
     /// Applies a health result; true if the backend's state changed.
     pub fn set_health(&mut self, id: u32, up: bool, reason: &str) -> bool {
         for v in &mut self.vips {

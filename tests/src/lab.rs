@@ -643,6 +643,11 @@ impl Lab {
         Ok((ok, out))
     }
 
+    /// The running daemon's pid (`ip netns exec` execs it), to signal it.
+    pub fn foobar_pid(&self) -> Option<u32> {
+        self.foobar.as_ref().map(Child::id)
+    }
+
     pub fn foobar_log(&self) -> String {
         let mut s = String::new();
         if let Ok(mut f) = fs::File::open(self.dir.join("foobar.log")) {

@@ -4,6 +4,7 @@
 mod backend;
 mod check;
 mod completions;
+mod reload;
 mod run;
 mod stats;
 mod status;
@@ -31,6 +32,9 @@ pub enum Command {
     Run(run::RunArgs),
     /// Validate a config file and print what it would serve (no root needed).
     Check(check::CheckArgs),
+    /// Re-read the config file and apply what changed, keeping run-time
+    /// changes the edit did not touch (as SIGHUP; see README "Reload").
+    Reload(reload::ReloadArgs),
     /// VIPs and backends: weight, admin state, health, traffic rates.
     Status(status::StatusArgs),
     /// The datapath's counters: per verdict reason, VIP and backend.
@@ -49,6 +53,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run::run(args),
         Command::Check(args) => check::check(args),
+        Command::Reload(args) => reload::reload(&cli.socket, args),
         Command::Status(args) => status::status(&cli.socket, args),
         Command::Stats(args) => stats::stats(&cli.socket, args),
         Command::Vip(cmd) => vip::vip(&cli.socket, cmd),
@@ -73,5 +78,13 @@ fn change(
     } else {
         println!("{line}");
     }
+    print_warning(&result);
     Ok(())
+}
+
+/// A change the daemon applied but could not save says so on stderr.
+fn print_warning(result: &serde_json::Value) {
+    if let Some(w) = result["warning"].as_str() {
+        eprintln!("WARNING: {w}");
+    }
 }

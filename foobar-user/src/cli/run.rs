@@ -1,21 +1,22 @@
 //! `foobar run`: validate the config, restore runtime changes from the
 //! state file, resolve backend MACs, load, program and attach the datapath,
 //! then serve the control API, metrics and health checks until SIGINT or
-//! SIGTERM; then detach and print the final counters. Every refusal happens
+//! SIGTERM (SIGHUP reloads the config, as `foobar reload`); then detach and print the final counters. Every refusal happens
 //! before anything is attached.
 use std::{net::Ipv4Addr, path::PathBuf};
 
 use anyhow::{bail, Context as _};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::{
     api,
     config::{self, Config},
-    daemon::{self, Owner, StateFile, NEIGH_TIMEOUT},
+    daemon::{self, Owner, NEIGH_TIMEOUT},
     datapath::{AttachMode, Datapath, LoadOptions, Stats},
     metrics, neigh,
-    state::{self, SavedVip, State},
+    state::{SavedVip, State},
+    state_file,
 };
 
 #[derive(Debug, clap::Args)]
@@ -54,14 +55,22 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("interface {iface} does not exist (see `ip link`)"))?;
     let state_file = daemon::state_file_for(&args.config);
     let digest = daemon::config_digest(&text);
-    let saved = saved_vips(&config, &state_file, &digest)?;
+    // Never fails: a bad state file is kept aside and the config used.
+    let (saved, _) = state_file::restore(&config, &state_file, &digest);
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     let result = runtime.block_on(serve(
-        config, saved, iface, ifindex, mode, state_file, digest,
+        config,
+        args.config.clone(),
+        saved,
+        iface,
+        ifindex,
+        mode,
+        state_file,
+        digest,
     ));
     // A flow-table walk still running on a blocking thread holds nothing
     // but its own map handle: do not wait for it to finish.
@@ -69,44 +78,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     result
 }
 
-/// The VIPs to start with: the state file's, if it was written on top of
-/// this very config text; the config's otherwise (a state file made on an
-/// older config is kept aside as NAME.state.json.stale, never dropped).
-fn saved_vips(
-    config: &Config,
-    state_file: &std::path::Path,
-    digest: &str,
-) -> anyhow::Result<Vec<SavedVip>> {
-    let text = match std::fs::read_to_string(state_file) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(state::saved_from_config(config))
-        }
-        Err(e) => bail!("cannot read the state file {}: {e}", state_file.display()),
-    };
-    let file: StateFile = serde_json::from_str(&text).with_context(|| {
-        format!(
-            "the state file {} is not readable; move it away to start from the config alone",
-            state_file.display()
-        )
-    })?;
-    if file.config_sha256 == digest {
-        info!(file = %state_file.display(), "restoring runtime changes");
-        return Ok(file.vips);
-    }
-    let stale = state_file.with_extension("json.stale");
-    std::fs::rename(state_file, &stale)
-        .with_context(|| format!("moving the outdated state file to {}", stale.display()))?;
-    warn!(
-        kept = %stale.display(),
-        "the config changed since the runtime changes were saved: starting from the config; \
-         the earlier runtime state is kept aside"
-    );
-    Ok(state::saved_from_config(config))
-}
-
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     config: Config,
+    config_path: PathBuf,
     saved: Vec<SavedVip>,
     iface: String,
     ifindex: u32,
@@ -114,6 +89,10 @@ async fn serve(
     state_file: PathBuf,
     digest: String,
 ) -> anyhow::Result<()> {
+    // Before anything slow: SIGHUP's default action would end the daemon.
+    // Signals that arrive before the API serves wait in the stream.
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
     let mut addrs: Vec<Ipv4Addr> = saved
         .iter()
         .flat_map(|v| v.backends.iter().map(|b| b.address))
@@ -168,6 +147,7 @@ async fn serve(
         std::time::Duration::from_millis(config.datapath.wlc_period_ms),
     );
     owner.set_retire_idle(config.datapath.retire_idle);
+    owner.set_config(config_path, &config, affinity_table_size > 1);
     owner.start()?;
     owner.datapath.attach(&iface, mode)?;
     info!(iface = %iface, mode = mode.name(), vips = owner.state.vips().len(), "attached; forwarding");
@@ -184,6 +164,7 @@ async fn serve(
 
     let (api_tx, api_rx) = mpsc::channel(16);
     let (metrics_tx, metrics_rx) = mpsc::channel(4);
+    let reload_task = tokio::spawn(reload_on_sighup(hangup, api_tx.clone()));
     let api_task = tokio::spawn(api::serve(api_listener, api_tx));
     info!(socket = %config.socket.display(), "control API listening");
     let metrics_task = metrics_listener.map(|l| {
@@ -198,6 +179,7 @@ async fn serve(
         .await;
     info!(signal, "shutting down");
     api_task.abort();
+    reload_task.abort();
     if let Some(t) = metrics_task {
         t.abort();
     }
@@ -239,6 +221,20 @@ impl Drop for RemoveOnDrop {
         if std::fs::symlink_metadata(&self.0).is_ok_and(|m| m.file_type().is_socket()) {
             let _ = std::fs::remove_file(&self.0);
         }
+    }
+}
+
+/// SIGHUP is `foobar reload`: the same request, through the same queue,
+/// answered into the log (the daemon logs every change and refusal).
+async fn reload_on_sighup(mut hup: tokio::signal::unix::Signal, api_tx: mpsc::Sender<api::Call>) {
+    while hup.recv().await.is_some() {
+        info!("SIGHUP: reloading the config");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if api_tx.send((api::Request::Reload, tx)).await.is_err() {
+            return;
+        }
+        // The owner logs the outcome; wait for it so reloads never overlap.
+        let _ = rx.await;
     }
 }
 

@@ -415,6 +415,79 @@ impl fmt::Display for ConfigError {
     }
 }
 
+impl Vip {
+    /// Every problem the config's rules find in this VIP when it comes from
+    /// elsewhere than a validated file (the state file): the same ranges,
+    /// names and addresses, so a value the file refuses is refused there
+    /// too. A VIP may have no backend, or only weight-0 ones (run-time
+    /// changes can leave it so). Keys start with `key`.
+    pub fn problems(&self, key: &str) -> Vec<Problem> {
+        validate::validate_saved_vip(key, &RawVip::from(self))
+    }
+}
+
+impl From<&HealthSpec> for RawHealth {
+    fn from(h: &HealthSpec) -> Self {
+        let (check, http_path, http_host, http_status) = match &h.check {
+            Check::None => ("none", None, None, None),
+            Check::Tcp => ("tcp", None, None, None),
+            Check::Http {
+                path,
+                host,
+                status_min,
+                status_max,
+            } => (
+                "http",
+                Some(path.clone()),
+                host.clone(),
+                Some(vec![i64::from(*status_min), i64::from(*status_max)]),
+            ),
+        };
+        RawHealth {
+            check: Some(check.into()),
+            port: h.port.map(i64::from),
+            interval_ms: Some(h.interval_ms.min(i64::MAX as u64) as i64),
+            timeout_ms: Some(h.timeout_ms.min(i64::MAX as u64) as i64),
+            rise: Some(i64::from(h.rise)),
+            fall: Some(i64::from(h.fall)),
+            http_path,
+            http_host,
+            http_status,
+        }
+    }
+}
+
+/// A validated VIP back in the file's raw form (what `validate` reads).
+impl From<&Vip> for RawVip {
+    fn from(v: &Vip) -> Self {
+        RawVip {
+            name: Some(v.name.clone()),
+            address: Some(v.address.to_string()),
+            port: Some(i64::from(v.port)),
+            protocol: Some(v.protocol.name().into()),
+            scheduler: Some(v.scheduler.name().into()),
+            maglev_table_size: (v.scheduler == Scheduler::Maglev)
+                .then_some(i64::from(v.maglev_table_size)),
+            persistence: v.affinity_timeout_s.map(|s| RawPersistence {
+                timeout: Some(format!("{s}s")),
+            }),
+            forwarding: Some(v.forwarding.name().into()),
+            vlan: v.vlan.map(i64::from),
+            closed_ports: Some(if v.pass_closed_ports { "pass" } else { "drop" }.into()),
+            health: RawHealth::from(&v.health),
+            backends: v
+                .backends
+                .iter()
+                .map(|b| RawBackend {
+                    address: Some(b.address.to_string()),
+                    weight: Some(i64::from(b.weight)),
+                    health: RawHealth::from(&b.health),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Largest config file foobar reads (a real one is a few KiB).
 pub const MAX_FILE_SIZE: u64 = 1 << 20;
 

@@ -90,7 +90,7 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
     let mut vips = Vec::new();
     for (i, raw_vip) in raw.vips.iter().enumerate() {
         let key = format!("vip[{i}]");
-        if let Some(vip) = validate_vip(&key, raw_vip, &mut p) {
+        if let Some(vip) = validate_vip(&key, raw_vip, Origin::File, &mut p) {
             if !names.insert(vip.name.clone()) {
                 p.add(
                     format!("{key}.name"),
@@ -233,7 +233,24 @@ fn validate_datapath(raw: &RawDatapath, p: &mut Problems) -> Option<DatapathConf
     })
 }
 
-fn validate_vip(key: &str, raw: &RawVip, p: &mut Problems) -> Option<Vip> {
+/// Where a VIP comes from: the file must give every VIP a backend that
+/// takes traffic; a VIP saved at run time may have none (`foobar vip add`
+/// makes an empty VIP; `backend weight 0` and removals may follow).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Origin {
+    File,
+    Runtime,
+}
+
+/// Problems of one VIP saved at run time (the state file), by the rules
+/// the file follows (keys are `key`'s, e.g. `vips[0].health.interval_ms`).
+pub(super) fn validate_saved_vip(key: &str, raw: &RawVip) -> Vec<Problem> {
+    let mut p = Problems(Vec::new());
+    validate_vip(key, raw, Origin::Runtime, &mut p);
+    p.0
+}
+
+fn validate_vip(key: &str, raw: &RawVip, origin: Origin, p: &mut Problems) -> Option<Vip> {
     let name = match raw.name.as_deref() {
         None | Some("") => {
             p.add(format!("{key}.name"), "missing; every VIP needs a name");
@@ -339,7 +356,7 @@ fn validate_vip(key: &str, raw: &RawVip, p: &mut Problems) -> Option<Vip> {
         }
     };
 
-    if raw.backends.is_empty() {
+    if raw.backends.is_empty() && origin == Origin::File {
         p.add(
             format!("{key}.backend"),
             "none; a VIP without backends drops all its traffic: \
@@ -401,7 +418,8 @@ fn validate_vip(key: &str, raw: &RawVip, p: &mut Problems) -> Option<Vip> {
             });
         }
     }
-    if !backends.is_empty()
+    if origin == Origin::File
+        && !backends.is_empty()
         && backends.len() == raw.backends.len()
         && backends.iter().all(|b| b.weight == 0)
     {
