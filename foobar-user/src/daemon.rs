@@ -821,6 +821,7 @@ impl Owner {
                     "protocol": v.spec.protocol.name(),
                     "scheduler": v.spec.scheduler.name(),
                     "forwarding": v.spec.forwarding.name(),
+                    "vlan": v.spec.vlan,
                     "packets_per_s": pps,
                     "bytes_per_s": bps,
                     "backends": backends,

@@ -271,7 +271,7 @@ async fn dump(
 /// The VLAN subinterfaces whose parent is `parent` (link kind "vlan",
 /// IFLA_LINK = parent), by VLAN id. The datapath reads one tag, 802.1Q or
 /// 802.1ad, so a link of either protocol serves its VLAN id.
-pub async fn vlan_interfaces(
+async fn vlan_interfaces(
     handle: &rtnetlink::Handle,
     parent: u32,
 ) -> Result<VlanInterfaces, NeighError> {

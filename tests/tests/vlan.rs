@@ -240,6 +240,8 @@ fn a_vlan_vip_without_its_interface_starts_down_and_tagged_frames_match_only_the
         "VIP web100 is on VLAN {VLAN_ID} but {LB_IFACE} has no VLAN {VLAN_ID} interface: \
          ip link add link {LB_IFACE} name {LB_IFACE}.{VLAN_ID} type vlan id {VLAN_ID}"
     );
+    assert_eq!(vip(&s, "web100")["vlan"], VLAN_ID, "{s}");
+    assert_eq!(vip(&s, "web")["vlan"], Value::Null, "{s}");
     let web100 = vip(&s, "web100")["backends"].as_array().unwrap();
     assert_eq!(web100.len(), 2, "{s}");
     for b in web100 {
