@@ -102,10 +102,17 @@ pub struct Owner {
     walk_rx: mpsc::Receiver<WalkDone>,
     /// How long the latest walk took (for `foobar status`).
     last_walk: Duration,
-    /// Backend addresses whose MACs the neighbour watcher follows.
-    wanted: watch::Sender<Vec<Ipv4Addr>>,
-    neigh_rx: mpsc::Receiver<HashMap<Ipv4Addr, Neighbour>>,
-    neigh_tx: mpsc::Sender<HashMap<Ipv4Addr, Neighbour>>,
+    /// Backend addresses (with their VLANs) whose MACs the neighbour
+    /// watcher follows.
+    wanted: watch::Sender<Vec<neigh::Wanted>>,
+    /// The VLAN each address was last followed on: a removed backend's
+    /// entry keeps its VLAN after its VIP is gone.
+    segments: HashMap<Ipv4Addr, Option<u16>>,
+    /// The datapath interface's VLAN subinterfaces, as last seen (the
+    /// start's resolve, then the watcher).
+    pub vlan_interfaces: neigh::VlanInterfaces,
+    neigh_rx: mpsc::Receiver<neigh::Report>,
+    neigh_tx: mpsc::Sender<neigh::Report>,
     neigh_task: Option<JoinHandle<()>>,
     /// Why the latest state could not be saved (None: saved): changes
     /// still apply, but do not survive a restart.
@@ -174,6 +181,8 @@ impl Owner {
             walk_rx,
             last_walk: Duration::ZERO,
             wanted: watch::Sender::new(Vec::new()),
+            segments: HashMap::new(),
+            vlan_interfaces: neigh::VlanInterfaces::new(),
             neigh_rx,
             neigh_tx,
             neigh_task: None,
@@ -341,10 +350,11 @@ impl Owner {
         }
         for v in self.state.vips() {
             for b in v.backends.iter().filter(|b| b.mac.is_none()) {
-                warn!(vip = %v.spec.name, backend = %b.spec.address, reason = %neigh::no_mac_reason(b.spec.address, &self.iface), "backend starts down");
+                warn!(vip = %v.spec.name, backend = %b.spec.address, reason = %self.no_mac_reason(v.spec.vlan, &v.spec.name, b.spec.address), "backend starts down");
             }
         }
-        self.wanted.send_replace(self.state.addresses());
+        let wanted = wanted(&self.state, &mut self.segments);
+        self.wanted.send_replace(wanted);
         self.neigh_task = Some(tokio::spawn(neigh::watch(
             self.ifindex,
             self.wanted.subscribe(),
@@ -390,8 +400,10 @@ impl Owner {
                 _ = rate_tick.tick() => self.sample_rates(),
                 _ = scan_tick.tick() => self.scan_flows(),
             }
+            let segments = &mut self.segments;
+            let state = &self.state;
             self.wanted.send_if_modified(|w| {
-                let now = self.state.addresses();
+                let now = wanted(state, segments);
                 let changed = *w != now;
                 *w = now;
                 changed
@@ -448,16 +460,40 @@ impl Owner {
         }
     }
 
+    /// Why the backend at `address` of VIP `vip` (on `vlan`) has no MAC:
+    /// its VLAN has no interface here, or nothing answered ARP there.
+    fn no_mac_reason(&self, vlan: Option<u16>, vip: &str, address: Ipv4Addr) -> String {
+        match vlan {
+            None => neigh::no_mac_reason(address, &self.iface),
+            Some(v) => match self.vlan_interfaces.get(&v) {
+                Some(i) => neigh::no_mac_reason(address, &i.name),
+                None => neigh::no_vlan_interface_reason(vip, v, &self.iface),
+            },
+        }
+    }
+
     /// The neighbour watcher's latest view of the backends' next hops:
-    /// a changed MAC is written to the backend's entry, a failed one takes
-    /// the backend out until it resolves again.
-    fn on_neighbours(&mut self, table: HashMap<Ipv4Addr, Neighbour>) {
+    /// a changed MAC is written to the backend's entry, a failed one (or
+    /// one whose VLAN has no interface) takes the backend out until it
+    /// resolves again.
+    fn on_neighbours(&mut self, report: neigh::Report) {
+        for (vlan, i) in &report.vlan_interfaces {
+            if self.vlan_interfaces.get(vlan) != Some(i) {
+                info!(vlan, interface = %i.name, parent = %self.iface, "VLAN interface found");
+            }
+        }
+        for (vlan, i) in &self.vlan_interfaces {
+            if !report.vlan_interfaces.contains_key(vlan) {
+                warn!(vlan, interface = %i.name, parent = %self.iface, "VLAN interface gone");
+            }
+        }
+        self.vlan_interfaces = report.vlan_interfaces;
         let before = self.state.clone();
         let mut changes = Vec::new();
-        for (address, n) in table {
+        for (address, n) in report.neighbours {
             let mac = match n {
                 Neighbour::Known(mac) => Some(mac),
-                Neighbour::Failed => None,
+                Neighbour::Failed | Neighbour::NoVlanInterface => None,
             };
             let old = before
                 .vips()
@@ -480,7 +516,14 @@ impl Owner {
                             info!(backend = %address, old = %mac_text(old), new = %mac_text(Some(mac)), "next-hop MAC changed")
                         }
                         None => {
-                            warn!(backend = %address, old = %mac_text(old), reason = %neigh::no_mac_reason(address, &self.iface), "backend has no MAC; out until it resolves")
+                            let (vlan, vip) = self
+                                .state
+                                .vips()
+                                .iter()
+                                .find(|v| v.backends.iter().any(|b| b.spec.address == address))
+                                .map(|v| (v.spec.vlan, v.spec.name.clone()))
+                                .unwrap_or_default();
+                            warn!(backend = %address, old = %mac_text(old), reason = %self.no_mac_reason(vlan, &vip, address), "backend has no MAC; out until it resolves")
                         }
                     }
                 }
@@ -931,7 +974,7 @@ impl Owner {
                             "health": if b.up && b.mac.is_some() { "up" } else { "down" },
                             "last_check": match b.mac {
                                 Some(_) => b.last_check.clone(),
-                                None => neigh::no_mac_reason(b.spec.address, &self.iface),
+                                None => self.no_mac_reason(v.spec.vlan, &v.spec.name, b.spec.address),
                             },
                             "mac": mac_text(b.mac),
                             "packets": c.packets,
@@ -948,6 +991,7 @@ impl Owner {
                     "protocol": v.spec.protocol.name(),
                     "scheduler": v.spec.scheduler.name(),
                     "forwarding": v.spec.forwarding.name(),
+                    "vlan": v.spec.vlan,
                     "packets_per_s": pps,
                     "bytes_per_s": bps,
                     "backends": backends,
@@ -1186,6 +1230,32 @@ fn request_name(r: &Request) -> &'static str {
     }
 }
 
+/// Every address whose MAC the daemon follows, current backends and
+/// removed ones, each with the VLAN it is reached on: its VIP's; for a
+/// removed backend whose VIP is gone, the VLAN it was last followed on
+/// (`segments` remembers, and forgets addresses no longer wanted). One
+/// address is one host: a backend address is on one VLAN only (config
+/// validation and `backend add` refuse more), so the first VIP decides.
+fn wanted(state: &State, segments: &mut HashMap<Ipv4Addr, Option<u16>>) -> Vec<neigh::Wanted> {
+    let mut now: HashMap<Ipv4Addr, Option<u16>> = HashMap::new();
+    for v in state.vips() {
+        for b in &v.backends {
+            now.entry(b.spec.address).or_insert(v.spec.vlan);
+        }
+    }
+    for r in state.retired() {
+        let vlan = match state.vip(&r.vip) {
+            Ok(v) => v.spec.vlan,
+            Err(_) => segments.get(&r.address).copied().flatten(),
+        };
+        now.entry(r.address).or_insert(vlan);
+    }
+    *segments = now;
+    let mut all: Vec<neigh::Wanted> = segments.iter().map(|(a, v)| (*v, *a)).collect();
+    all.sort_by_key(|(v, a)| (*a, *v));
+    all
+}
+
 /// A MAC as `ip neigh` prints it, or "none".
 fn mac_text(mac: Option<[u8; 6]>) -> String {
     match mac {
@@ -1232,6 +1302,45 @@ mod tests {
             vlan: None,
             pass_closed_ports: false,
         }
+    }
+
+    #[test]
+    fn backends_are_followed_on_their_vip_vlan_and_removed_ones_keep_theirs() {
+        let backend = |last: u8| BackendSpec {
+            address: Ipv4Addr::new(10, 0, 0, last),
+            weight: 1,
+            admin: Admin::Enabled,
+            health: HealthSpec::default(),
+        };
+        let mut state = State::default();
+        state
+            .add_vip(VipSpec {
+                vlan: Some(100),
+                ..vip("web100", 10, Scheduler::RoundRobin, 65537)
+            })
+            .unwrap();
+        state
+            .add_vip(vip("web", 11, Scheduler::RoundRobin, 65537))
+            .unwrap();
+        for (v, last) in [("web100", 1), ("web100", 2), ("web", 3)] {
+            state.add_backend(v, backend(last), None).unwrap();
+        }
+        let mut segments = HashMap::new();
+        let ip = |last| Ipv4Addr::new(10, 0, 0, last);
+        assert_eq!(
+            wanted(&state, &mut segments),
+            vec![(Some(100), ip(1)), (Some(100), ip(2)), (None, ip(3))]
+        );
+        // Its VIP removed, 10.0.0.1 is retired (its flows still go to it):
+        // still followed on VLAN 100.
+        state.remove_vip("web100").unwrap();
+        assert_eq!(
+            wanted(&state, &mut segments),
+            vec![(Some(100), ip(1)), (Some(100), ip(2)), (None, ip(3))]
+        );
+        state.free_retired(&Default::default());
+        assert_eq!(wanted(&state, &mut segments), vec![(None, ip(3))]);
+        assert_eq!(segments.len(), 1, "forgotten once no longer wanted");
     }
 
     #[tokio::test]

@@ -1,18 +1,22 @@
 //! Next-hop MACs of backends, from the kernel's neighbour table (netlink).
 //! A backend the table does not know yet is nudged with one empty UDP
 //! datagram to its discard port, which makes the kernel resolve it (ARP).
-//! `resolve` waits for a set of addresses once, at start; `watch` follows
-//! the table for as long as the daemon runs and reports changes. Neither
-//! touches the daemon's state: they report, the owner decides.
+//! A backend of a VIP on VLAN N is looked up on the datapath interface's
+//! 802.1Q subinterface for N (found by a link dump: kind "vlan", parent
+//! and id, never by name). `resolve` waits for a set of addresses once, at
+//! start; `watch` follows the table for as long as the daemon runs and
+//! reports changes. Neither touches the daemon's state: they report, the
+//! owner decides.
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     net::{Ipv4Addr, UdpSocket},
     time::{Duration, Instant},
 };
 
 use futures::TryStreamExt as _;
-use rtnetlink::packet_route::neighbour::{
-    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
+use rtnetlink::packet_route::{
+    link::{InfoData, InfoKind, InfoVlan, LinkAttribute, LinkInfo, LinkMessage},
+    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
 };
 use tokio::sync::{mpsc, watch as tokio_watch};
 
@@ -30,40 +34,77 @@ pub fn no_mac_reason(address: Ipv4Addr, iface: &str) -> String {
     )
 }
 
-/// Resolves the addresses in `addrs` on the interface with index
-/// `ifindex`, waiting up to `timeout`; returns those it found (the caller
-/// decides what a missing one means).
+/// Why a backend of a VIP on a VLAN has no MAC when the datapath
+/// interface has no subinterface for that VLAN.
+pub fn no_vlan_interface_reason(vip: &str, vlan: u16, iface: &str) -> String {
+    format!(
+        "VIP {vip} is on VLAN {vlan} but {iface} has no VLAN {vlan} interface: \
+         ip link add link {iface} name {iface}.{vlan} type vlan id {vlan} \
+         (then give it an address on the VLAN's subnet and set it up)"
+    )
+}
+
+/// A backend address and the 802.1Q VLAN it is reached on (None: the
+/// datapath interface itself, untagged).
+pub type Wanted = (Option<u16>, Ipv4Addr);
+
+/// The 802.1Q subinterfaces of the datapath interface, by VLAN id.
+pub type VlanInterfaces = BTreeMap<u16, VlanInterface>;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VlanInterface {
+    pub ifindex: u32,
+    pub name: String,
+}
+
+/// What the watcher knows of the wanted addresses.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    /// By address; an address the table has no entry for is left out.
+    pub neighbours: HashMap<Ipv4Addr, Neighbour>,
+    /// The datapath interface's VLAN subinterfaces (they may come and go).
+    pub vlan_interfaces: VlanInterfaces,
+}
+
+/// Resolves the addresses in `wanted` (each on the datapath interface
+/// `ifindex` or its subinterface for the address's VLAN), waiting up to
+/// `timeout`; returns the MACs it found (the caller decides what a missing
+/// one means) and the VLAN subinterfaces it saw.
 pub async fn resolve(
     ifindex: u32,
-    addrs: &[Ipv4Addr],
+    wanted: &[Wanted],
     timeout: Duration,
-) -> Result<HashMap<Ipv4Addr, [u8; 6]>, NeighError> {
+) -> Result<(HashMap<Ipv4Addr, [u8; 6]>, VlanInterfaces), NeighError> {
     let (conn, handle, _) =
         rtnetlink::new_connection().map_err(|e| NeighError::Netlink(e.to_string()))?;
     let conn = tokio::spawn(conn);
     let deadline = Instant::now() + timeout;
     let mut nudged = false;
     let result = loop {
-        let known: HashMap<Ipv4Addr, [u8; 6]> = match dump(&handle, ifindex).await {
-            Ok(table) => table
-                .into_iter()
-                .filter_map(|(a, n)| match n {
-                    Neighbour::Known(mac) => Some((a, mac)),
-                    Neighbour::Failed => None,
-                })
-                .collect(),
+        let report = match read(&handle, ifindex, wanted).await {
+            Ok(r) => r,
             Err(e) => break Err(e),
         };
-        let missing: Vec<Ipv4Addr> = addrs
+        let known: HashMap<Ipv4Addr, [u8; 6]> = report
+            .neighbours
             .iter()
-            .filter(|a| !known.contains_key(a))
-            .copied()
+            .filter_map(|(a, n)| match n {
+                Neighbour::Known(mac) => Some((*a, *mac)),
+                _ => None,
+            })
+            .collect();
+        // An address on a VLAN without an interface cannot resolve: no
+        // point waiting for it.
+        let missing: Vec<Ipv4Addr> = wanted
+            .iter()
+            .map(|(_, a)| *a)
+            .filter(|a| {
+                !known.contains_key(a)
+                    && report.neighbours.get(a) != Some(&Neighbour::NoVlanInterface)
+            })
             .collect();
         if missing.is_empty() || Instant::now() >= deadline {
-            break Ok(addrs
-                .iter()
-                .filter_map(|a| Some((*a, *known.get(a)?)))
-                .collect());
+            break Ok((known, report.vlan_interfaces));
         }
         if !nudged {
             nudge(&missing);
@@ -85,20 +126,25 @@ pub enum Neighbour {
     Known([u8; 6]),
     /// Resolution failed: nothing answered ARP.
     Failed,
+    /// The address's VLAN has no subinterface on the datapath interface:
+    /// there is nowhere to ask.
+    NoVlanInterface,
 }
 
-/// Follows the kernel's neighbour table on `ifindex` for the addresses in
-/// `wanted`: every `period` (and at once when `wanted` changes) reads the
-/// table, nudges the addresses it has no usable entry for, and sends what
-/// it knows of the wanted addresses whenever that changes. After a nudge it
+/// Follows the kernel's neighbour table for the addresses in `wanted` (on
+/// `ifindex`, or on its subinterface for an address's VLAN): every
+/// `period` (and at once when `wanted` changes) reads the table and the
+/// VLAN subinterfaces, nudges the addresses it has no usable entry for,
+/// and sends what it knows whenever that changes (so a VLAN interface
+/// created while the daemon runs brings its backends up). After a nudge it
 /// looks again sooner (50 ms, doubling up to `period`), so a new backend
 /// that answers ARP takes traffic within milliseconds. An address the
 /// table has no entry for is left out (its last MAC stands: the kernel
 /// forgets idle entries). Ends when the receiver goes away.
 pub async fn watch(
     ifindex: u32,
-    mut wanted: tokio_watch::Receiver<Vec<Ipv4Addr>>,
-    tx: mpsc::Sender<HashMap<Ipv4Addr, Neighbour>>,
+    mut wanted: tokio_watch::Receiver<Vec<Wanted>>,
+    tx: mpsc::Sender<Report>,
     period: Duration,
 ) {
     let (conn, handle, _) = match rtnetlink::new_connection() {
@@ -112,7 +158,7 @@ pub async fn watch(
     const FIRST_RETRY: Duration = Duration::from_millis(50);
     const RESEND: Duration = Duration::from_secs(30);
     let mut last_sent = Instant::now();
-    let mut last: Option<HashMap<Ipv4Addr, Neighbour>> = None;
+    let mut last: Option<Report> = None;
     let mut failing = false;
     let mut wait = Duration::ZERO;
     loop {
@@ -126,10 +172,10 @@ pub async fn watch(
             }
         }
         let addrs = wanted.borrow_and_update().clone();
-        let table = match dump(&handle, ifindex).await {
-            Ok(t) => {
+        let report = match read(&handle, ifindex, &addrs).await {
+            Ok(r) => {
                 failing = false;
-                t
+                r
             }
             Err(e) => {
                 if !failing {
@@ -140,14 +186,15 @@ pub async fn watch(
                 continue;
             }
         };
-        let report: HashMap<Ipv4Addr, Neighbour> = addrs
-            .iter()
-            .filter_map(|a| Some((*a, *table.get(a)?)))
-            .collect();
         let unresolved: Vec<Ipv4Addr> = addrs
             .iter()
-            .filter(|a| !matches!(report.get(a), Some(Neighbour::Known(_))))
-            .copied()
+            .map(|(_, a)| *a)
+            .filter(|a| {
+                !matches!(
+                    report.neighbours.get(a),
+                    Some(Neighbour::Known(_) | Neighbour::NoVlanInterface)
+                )
+            })
             .collect();
         nudge(&unresolved);
         wait = if unresolved.is_empty() {
@@ -168,10 +215,45 @@ pub async fn watch(
     conn.abort();
 }
 
-async fn dump(
+/// One look at the links and the neighbour table: what the kernel says of
+/// each wanted address on the interface of its VLAN.
+async fn read(
     handle: &rtnetlink::Handle,
     ifindex: u32,
-) -> Result<HashMap<Ipv4Addr, Neighbour>, NeighError> {
+    wanted: &[Wanted],
+) -> Result<Report, NeighError> {
+    let vlan_interfaces = if wanted.iter().any(|(vlan, _)| vlan.is_some()) {
+        vlan_interfaces(handle, ifindex).await?
+    } else {
+        VlanInterfaces::new()
+    };
+    let table = dump(handle).await?;
+    let mut neighbours = HashMap::new();
+    for (vlan, address) in wanted {
+        let on = match vlan {
+            None => ifindex,
+            Some(v) => match vlan_interfaces.get(v) {
+                Some(i) => i.ifindex,
+                None => {
+                    neighbours.insert(*address, Neighbour::NoVlanInterface);
+                    continue;
+                }
+            },
+        };
+        if let Some(n) = table.get(&(on, *address)) {
+            neighbours.insert(*address, *n);
+        }
+    }
+    Ok(Report {
+        neighbours,
+        vlan_interfaces,
+    })
+}
+
+/// The neighbour table, by (interface index, address).
+async fn dump(
+    handle: &rtnetlink::Handle,
+) -> Result<HashMap<(u32, Ipv4Addr), Neighbour>, NeighError> {
     let mut entries = handle.neighbours().get().execute();
     let mut known = HashMap::new();
     while let Some(msg) = entries
@@ -179,20 +261,74 @@ async fn dump(
         .await
         .map_err(|e| NeighError::Netlink(e.to_string()))?
     {
-        if let Some((addr, n)) = entry(&msg, ifindex) {
-            known.insert(addr, n);
+        if let Some((addr, n)) = entry(&msg) {
+            known.insert((msg.header.ifindex, addr), n);
         }
     }
     Ok(known)
 }
 
-/// An IPv4 entry on `ifindex` whose MAC the kernel currently trusts, or
-/// that failed to resolve; None for anything else (other interfaces,
-/// resolution under way).
-fn entry(msg: &NeighbourMessage, ifindex: u32) -> Option<(Ipv4Addr, Neighbour)> {
-    if msg.header.ifindex != ifindex {
+/// The VLAN subinterfaces whose parent is `parent` (link kind "vlan",
+/// IFLA_LINK = parent), by VLAN id. The datapath reads one tag, 802.1Q or
+/// 802.1ad, so a link of either protocol serves its VLAN id.
+async fn vlan_interfaces(
+    handle: &rtnetlink::Handle,
+    parent: u32,
+) -> Result<VlanInterfaces, NeighError> {
+    let mut links = handle.link().get().execute();
+    let mut found = VlanInterfaces::new();
+    while let Some(msg) = links
+        .try_next()
+        .await
+        .map_err(|e| NeighError::Netlink(e.to_string()))?
+    {
+        if let Some((vlan, iface)) = vlan_link(&msg, parent) {
+            found.insert(vlan, iface);
+        }
+    }
+    Ok(found)
+}
+
+/// The VLAN id and name of `msg` if it is an 802.1Q link on `parent`.
+fn vlan_link(msg: &LinkMessage, parent: u32) -> Option<(u16, VlanInterface)> {
+    let mut on_parent = false;
+    let mut name = None;
+    let mut vlan = None;
+    for attr in &msg.attributes {
+        match attr {
+            LinkAttribute::Link(index) => on_parent = *index == parent,
+            LinkAttribute::IfName(n) => name = Some(n.clone()),
+            LinkAttribute::LinkInfo(infos) => {
+                let kind = infos
+                    .iter()
+                    .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Vlan)));
+                for info in infos {
+                    if let (true, LinkInfo::Data(InfoData::Vlan(data))) = (kind, info) {
+                        vlan = data.iter().find_map(|d| match d {
+                            InfoVlan::Id(id) => Some(*id),
+                            _ => None,
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if !on_parent {
         return None;
     }
+    Some((
+        vlan?,
+        VlanInterface {
+            ifindex: msg.header.index,
+            name: name?,
+        },
+    ))
+}
+
+/// An IPv4 entry whose MAC the kernel currently trusts, or that failed to
+/// resolve; None for anything else (resolution under way).
+fn entry(msg: &NeighbourMessage) -> Option<(Ipv4Addr, Neighbour)> {
     let failed = msg.header.state == NeighbourState::Failed;
     if !failed
         && !matches!(
@@ -232,5 +368,73 @@ fn nudge(addrs: &[Ipv4Addr]) {
         for a in addrs {
             let _ = sock.send_to(&[], (*a, 9));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(
+        index: u32,
+        name: &str,
+        parent: u32,
+        kind: InfoKind,
+        data: Option<InfoData>,
+    ) -> LinkMessage {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        let mut info = vec![LinkInfo::Kind(kind)];
+        info.extend(data.map(LinkInfo::Data));
+        msg.attributes = vec![
+            LinkAttribute::IfName(name.into()),
+            LinkAttribute::Link(parent),
+            LinkAttribute::LinkInfo(info),
+        ];
+        msg
+    }
+
+    #[test]
+    fn a_vlan_interface_is_found_by_kind_parent_and_id_not_by_name() {
+        let vlan = |id| Some(InfoData::Vlan(vec![InfoVlan::Id(id)]));
+        // eth0 is ifindex 2.
+        let found = vlan_link(&link(7, "web-vlan", 2, InfoKind::Vlan, vlan(100)), 2);
+        assert_eq!(
+            found,
+            Some((
+                100,
+                VlanInterface {
+                    ifindex: 7,
+                    name: "web-vlan".into()
+                }
+            ))
+        );
+        // The same id on another parent; a macvlan on eth0 named like a
+        // VLAN interface; a VLAN link without its id.
+        assert_eq!(
+            vlan_link(&link(8, "eth1.100", 3, InfoKind::Vlan, vlan(100)), 2),
+            None
+        );
+        assert_eq!(
+            vlan_link(&link(9, "eth0.200", 2, InfoKind::MacVlan, None), 2),
+            None
+        );
+        assert_eq!(
+            vlan_link(&link(10, "eth0.300", 2, InfoKind::Vlan, None), 2),
+            None
+        );
+        // eth0 itself has no IFLA_LINK.
+        let mut eth0 = LinkMessage::default();
+        eth0.header.index = 2;
+        eth0.attributes = vec![LinkAttribute::IfName("eth0".into())];
+        assert_eq!(vlan_link(&eth0, 2), None);
+    }
+
+    #[test]
+    fn the_missing_interface_reason_says_how_to_create_it() {
+        assert!(no_vlan_interface_reason("web100", 100, "eth0").starts_with(
+            "VIP web100 is on VLAN 100 but eth0 has no VLAN 100 interface: \
+             ip link add link eth0 name eth0.100 type vlan id 100"
+        ));
     }
 }

@@ -330,6 +330,21 @@ impl State {
         check_weight(spec.weight)?;
         config::rules::backend_address(spec.address, v.spec.address)
             .map_err(StateError::Invalid)?;
+        for other in &self.vips {
+            if other
+                .backends
+                .iter()
+                .any(|b| b.spec.address == spec.address)
+            {
+                config::rules::backend_vlan(
+                    spec.address,
+                    v.spec.vlan,
+                    &other.spec.name,
+                    other.spec.vlan,
+                )
+                .map_err(StateError::Invalid)?;
+            }
+        }
         if v.backends.iter().any(|b| b.spec.address == spec.address) {
             return Err(StateError::DuplicateBackend {
                 vip: vip.to_owned(),

@@ -13,6 +13,12 @@
 //! client's veth sends wire-like frames (checksum offload, TSO, GSO off), and
 //! the LB's bridge-side peer runs an XDP_PASS program so XDP_TX frames are
 //! delivered.
+//!
+//! A VLAN lab (`LabOptions::vlan_backends`) adds VLAN 100 on the same
+//! bridge: `eth0.100` on the client, the LB node and the first backends,
+//! with addresses on a second lab subnet (10.201.100.0/24). The LB's
+//! bridge-side peer sends with tx VLAN offload off, so the tag is in the
+//! frame the XDP program sees (veth fact 4).
 use std::{
     fs,
     io::Read as _,
@@ -37,6 +43,13 @@ pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 100);
 /// The client's own subnet when it sits behind the router
 /// (`LabOptions::client_path_mtu`): also only inside the lab.
 const CLIENT_NET: [u8; 3] = [10, 201, 1];
+/// The VLAN of a VLAN lab, its subnet (only inside the lab), and the VIP
+/// served on it (held by the LB node on its VLAN interface).
+pub const VLAN_ID: u16 = 100;
+const VLAN_NET: [u8; 3] = [10, 201, 100];
+pub const VLAN_VIP: Ipv4Addr = Ipv4Addr::new(10, 201, 100, 100);
+/// Every VLAN host's interface on VLAN_ID (its parent is `eth0`).
+pub const VLAN_IFACE: &str = "eth0.100";
 /// The LB node's NIC inside its namespace.
 pub const LB_IFACE: &str = "eth0";
 /// Health-check interval of the lab's config.
@@ -52,6 +65,8 @@ pub struct Host {
     pub name: String,
     pub ns: String,
     pub addr: Ipv4Addr,
+    /// Its address on VLAN_ID (on `eth0.100`), in a VLAN lab.
+    pub vlan_addr: Option<Ipv4Addr>,
 }
 
 #[derive(Clone, Debug)]
@@ -73,6 +88,14 @@ pub struct LabOptions {
     /// DF packets toward it make the router send ICMP "fragmentation
     /// needed" to their source.
     pub client_path_mtu: Option<u16>,
+    /// The LB's bridge-side peer sends 802.1Q tags inside the frame (tx
+    /// VLAN offload off), so the XDP program sees them: needed for any
+    /// tagged traffic to the LB.
+    pub vlan_tags: bool,
+    /// The first `vlan_backends` backends, the client and the LB node also
+    /// get an interface on VLAN_ID (0: no VLAN; more implies `vlan_tags`).
+    /// Needs a kernel with 802.1Q support (CONFIG_VLAN_8021Q).
+    pub vlan_backends: usize,
 }
 
 impl Default for LabOptions {
@@ -82,6 +105,8 @@ impl Default for LabOptions {
             slow: Vec::new(),
             wire_like_everywhere: false,
             client_path_mtu: None,
+            vlan_tags: false,
+            vlan_backends: 0,
         }
     }
 }
@@ -101,6 +126,7 @@ pub struct Lab {
     namespaces: Vec<String>,
     slow: Vec<String>,
     wire_like_everywhere: bool,
+    vlan_tags: bool,
     /// nginx masters by host name.
     servers: Vec<(String, Child)>,
     foobar: Option<Child>,
@@ -121,30 +147,33 @@ impl Lab {
         let dir = std::env::temp_dir().join(&id);
         fs::create_dir_all(dir.join("www"))
             .with_context(|| format!("creating {}", dir.display()))?;
-        let host = |name: &str, last: u8| Host {
+        let vlan = opts.vlan_backends > 0;
+        let host = |name: &str, last: u8, on_vlan: bool| Host {
             name: name.to_owned(),
             ns: format!("{id}-{name}"),
             addr: Ipv4Addr::new(NET[0], NET[1], NET[2], last),
+            vlan_addr: on_vlan.then(|| Ipv4Addr::new(VLAN_NET[0], VLAN_NET[1], VLAN_NET[2], last)),
         };
         let client = match opts.client_path_mtu {
-            None => host("client", 10),
+            None => host("client", 10, vlan),
             Some(_) => Host {
                 addr: Ipv4Addr::new(CLIENT_NET[0], CLIENT_NET[1], CLIENT_NET[2], 10),
-                ..host("client", 10)
+                ..host("client", 10, vlan)
             },
         };
         let mut lab = Lab {
             switch_ns: format!("{id}-sw"),
-            router: opts.client_path_mtu.map(|_| host("router", 3)),
+            router: opts.client_path_mtu.map(|_| host("router", 3, false)),
             client_path_mtu: opts.client_path_mtu,
             client,
-            lb: host("lb", 2),
+            lb: host("lb", 2, vlan),
             backends: (1..=opts.backends)
-                .map(|i| host(&format!("be{i}"), 10 + i as u8))
+                .map(|i| host(&format!("be{i}"), 10 + i as u8, i <= opts.vlan_backends))
                 .collect(),
             namespaces: Vec::new(),
             slow: opts.slow.clone(),
             wire_like_everywhere: opts.wire_like_everywhere,
+            vlan_tags: opts.vlan_tags || vlan,
             servers: Vec::new(),
             foobar: None,
             pass: None,
@@ -269,6 +298,13 @@ impl Lab {
             }
         }
         self.pass = Some(attach_pass_in(&sw, &format!("p-{}", self.lb.name))?);
+        if self.vlan_tags {
+            let port = format!("p-{}", self.lb.name);
+            self.exec(&sw, &["ethtool", "-K", &port, "txvlan", "off"])?;
+        }
+        if self.lb.vlan_addr.is_some() {
+            self.build_vlan()?;
+        }
 
         for b in self.backends.clone() {
             self.start_nginx(&b, &[80])?;
@@ -282,6 +318,15 @@ impl Lab {
                 Duration::from_secs(10),
                 || Ok(self.curl(&url)?.trim() == h.name),
             )?;
+            // ... and over the VLAN, from the client's VLAN interface.
+            if let Some(a) = h.vlan_addr {
+                let url = format!("http://{a}/");
+                wait_for(
+                    &format!("nginx on {} over VLAN {VLAN_ID}", h.name),
+                    Duration::from_secs(10),
+                    || Ok(self.curl(&url)?.trim() == h.name),
+                )?;
+            }
         }
         Ok(())
     }
@@ -366,6 +411,139 @@ impl Lab {
             ])?;
         }
         Ok(())
+    }
+
+    /// VLAN_ID on the same bridge: a VLAN interface on the client, the LB
+    /// node (holding VLAN_VIP, so it answers ARP for it there) and the VLAN
+    /// backends (VLAN_VIP on loopback, as the untagged VIP). The LB's
+    /// bridge-side peer sends tags in the frame, where XDP sees them.
+    fn build_vlan(&mut self) -> Result<()> {
+        let on_vlan: Vec<Host> = self
+            .hosts()
+            .into_iter()
+            .filter(|h| h.vlan_addr.is_some())
+            .collect();
+        for h in &on_vlan {
+            self.add_vlan_interface(h)?;
+        }
+        // The client's frames on the VLAN are wire-like too.
+        self.exec(&self.client.ns, &["ethtool", "-K", "eth0", "txvlan", "off"])?;
+        self.exec(
+            &self.client.ns,
+            &[
+                "ethtool", "-K", VLAN_IFACE, "tx", "off", "tso", "off", "gso", "off",
+            ],
+        )?;
+        for b in on_vlan.iter().filter(|h| h.name.starts_with("be")) {
+            run(&[
+                "ip",
+                "-n",
+                &b.ns,
+                "addr",
+                "add",
+                &format!("{VLAN_VIP}/32"),
+                "dev",
+                "lo",
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// Creates `host`'s interface on VLAN_ID (`eth0.100`, with its VLAN
+    /// address; on the LB node also VLAN_VIP) and sets it up.
+    pub fn add_vlan_interface(&self, host: &Host) -> Result<()> {
+        let addr = host
+            .vlan_addr
+            .with_context(|| format!("{} has no VLAN address in lab {}", host.name, self.id))?;
+        run(&[
+            "ip",
+            "-n",
+            &host.ns,
+            "link",
+            "add",
+            "link",
+            "eth0",
+            "name",
+            VLAN_IFACE,
+            "type",
+            "vlan",
+            "id",
+            &VLAN_ID.to_string(),
+        ])?;
+        run(&[
+            "ip",
+            "-n",
+            &host.ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            VLAN_IFACE,
+        ])?;
+        if host.name == self.lb.name {
+            run(&[
+                "ip",
+                "-n",
+                &host.ns,
+                "addr",
+                "add",
+                &format!("{VLAN_VIP}/32"),
+                "dev",
+                VLAN_IFACE,
+            ])?;
+        }
+        run(&["ip", "-n", &host.ns, "link", "set", VLAN_IFACE, "up"])?;
+        Ok(())
+    }
+
+    /// The MAC address of `iface` on `host`.
+    pub fn mac(&self, host: &Host, iface: &str) -> Result<[u8; 6]> {
+        let path = format!("/sys/class/net/{iface}/address");
+        let text = self.exec(&host.ns, &["cat", &path])?;
+        let bytes: Vec<u8> = text
+            .trim()
+            .split(':')
+            .map(|b| u8::from_str_radix(b, 16))
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("{path} in {}: \"{}\"", host.ns, text.trim()))?;
+        bytes
+            .try_into()
+            .map_err(|_| anyhow!("{path} in {}: \"{}\" is not a MAC", host.ns, text.trim()))
+    }
+
+    /// Sends `frame`, exactly as given (tags included), out of `host`'s
+    /// `eth0` with a packet socket.
+    pub fn send_frame(&self, host: &Host, frame: &[u8]) -> Result<()> {
+        let hex: String = frame.iter().map(|b| format!("{b:02x}")).collect();
+        self.exec(
+            &host.ns,
+            &[
+                "python3",
+                "-c",
+                "import socket, sys\n\
+                 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
+                 s.bind(('eth0', 0))\n\
+                 s.send(bytes.fromhex(sys.argv[1]))\n",
+                &hex,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Deletes `host`'s interface on VLAN_ID.
+    pub fn remove_vlan_interface(&self, host: &Host) -> Result<()> {
+        run(&["ip", "-n", &host.ns, "link", "del", VLAN_IFACE])?;
+        Ok(())
+    }
+
+    /// Packets `host` has received on its VLAN interface (from the kernel's
+    /// link statistics): frames that arrived with the VLAN's tag.
+    pub fn vlan_rx_packets(&self, host: &Host) -> Result<u64> {
+        let path = format!("/sys/class/net/{VLAN_IFACE}/statistics/rx_packets");
+        let text = self.exec(&host.ns, &["cat", &path])?;
+        text.trim()
+            .parse()
+            .with_context(|| format!("{path} in {}: \"{}\" is not a count", host.ns, text.trim()))
     }
 
     fn start_nginx(&mut self, host: &Host, ports: &[u16]) -> Result<()> {

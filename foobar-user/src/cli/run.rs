@@ -3,7 +3,7 @@
 //! then serve the control API, metrics and health checks until SIGINT or
 //! SIGTERM (SIGHUP reloads the config, as `foobar reload`); then detach and print the final counters. Every refusal happens
 //! before anything is attached.
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
 use tokio::sync::mpsc;
@@ -93,15 +93,18 @@ async fn serve(
     // Signals that arrive before the API serves wait in the stream.
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
-    let mut addrs: Vec<Ipv4Addr> = saved
+    // Each backend on its VIP's VLAN (its MAC is looked up on the VLAN's
+    // interface).
+    let mut wanted: Vec<neigh::Wanted> = saved
         .iter()
-        .flat_map(|v| v.backends.iter().map(|b| b.address))
+        .flat_map(|v| v.backends.iter().map(|b| (v.spec.vlan, b.address)))
         .collect();
-    addrs.sort();
-    addrs.dedup();
-    // Backends still unresolved after NEIGH_TIMEOUT start down; the
-    // daemon keeps resolving them in the background.
-    let macs = neigh::resolve(ifindex, &addrs, NEIGH_TIMEOUT).await?;
+    wanted.sort_by_key(|(v, a)| (*a, *v));
+    wanted.dedup_by_key(|(_, a)| *a);
+    // Backends still unresolved after NEIGH_TIMEOUT (or on a VLAN without
+    // an interface here) start down; the daemon keeps resolving them in
+    // the background.
+    let (macs, vlan_interfaces) = neigh::resolve(ifindex, &wanted, NEIGH_TIMEOUT).await?;
     let state = State::build_unresolved(&saved, &macs).with_context(|| {
         format!(
             "the saved runtime state in {} does not apply",
@@ -148,6 +151,7 @@ async fn serve(
     );
     owner.set_retire_idle(config.datapath.retire_idle);
     owner.set_config(config_path, &config, affinity_table_size > 1);
+    owner.vlan_interfaces = vlan_interfaces;
     owner.start()?;
     owner.datapath.attach(&iface, mode)?;
     info!(iface = %iface, mode = mode.name(), vips = owner.state.vips().len(), "attached; forwarding");

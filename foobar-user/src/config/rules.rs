@@ -98,6 +98,28 @@ pub fn backend_address(a: Ipv4Addr, vip: Ipv4Addr) -> Result<(), String> {
     ))
 }
 
+/// A backend address is one host on one L2 segment: its MAC is resolved,
+/// and its health checked, by address. So an address that backs a VIP on
+/// `vlan` must not also back a VIP (`other`) on `other_vlan`.
+pub fn backend_vlan(
+    a: Ipv4Addr,
+    vlan: Option<u16>,
+    other: &str,
+    other_vlan: Option<u16>,
+) -> Result<(), String> {
+    if vlan == other_vlan {
+        return Ok(());
+    }
+    let on = |v: Option<u16>| v.map_or("untagged".to_owned(), |v| format!("on VLAN {v}"));
+    Err(format!(
+        "{a} is a backend of VIP {other} {}, and this VIP is {}: one address is one host on \
+         one segment (its MAC and health are found by address); use the address the server \
+         has on this VIP's segment",
+        on(other_vlan),
+        on(vlan)
+    ))
+}
+
 /// The path of an HTTP check: starts with '/', visible ASCII only (a space
 /// or CR/LF would break the request line; percent-encode them).
 pub fn http_path(path: &str) -> Result<(), String> {

@@ -834,7 +834,9 @@ fn vlan_and_closed_ports_are_read_and_one_address_may_serve_each_vlan() {
             "vlan = 100\nclosed_ports = \"pass\"",
             "address = \"10.0.0.11\""
         ),
-        one_vip("", "address = \"10.0.0.11\"").replace("name = \"web\"", "name = \"web-untagged\"")
+        one_vip("", "address = \"10.0.0.21\"")
+            .replace("name = \"web\"", "name = \"web-untagged\"")
+            .replace("10.0.0.12", "10.0.0.22")
     );
     let c = parse(&text).expect("the same service on another VLAN is another VIP");
     assert_eq!(c.vips[0].vlan, Some(100));
@@ -843,5 +845,68 @@ fn vlan_and_closed_ports_are_read_and_one_address_may_serve_each_vlan() {
     assert!(
         !c.vips[1].pass_closed_ports,
         "closed ports are dropped by default"
+    );
+}
+
+#[test]
+fn a_backend_address_is_on_one_vlan_only() {
+    // 10.0.0.11 backs "web" on VLAN 100 and "web-untagged" untagged: its
+    // MAC and health are found by address, so it cannot be both hosts.
+    let text = format!(
+        "{}{}",
+        one_vip("vlan = 100", "address = \"10.0.0.11\""),
+        one_vip("", "address = \"10.0.0.11\"")
+            .replace("name = \"web\"", "name = \"web-untagged\"")
+            .replace("10.0.0.12", "10.0.0.22")
+    );
+    let problems = parse(&text).unwrap_err();
+    assert!(
+        problems.iter().any(|p| p.key == "vip[1].backend[0].address"
+            && p.message.starts_with(
+                "10.0.0.11 is a backend of VIP web on VLAN 100, and this VIP is untagged"
+            )),
+        "{problems:?}"
+    );
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    // The same address on the same VLAN, in two VIPs, is one host: fine.
+    let same = format!(
+        "{}{}",
+        one_vip("vlan = 100", "address = \"10.0.0.11\""),
+        one_vip("vlan = 100", "address = \"10.0.0.11\"")
+            .replace("name = \"web\"", "name = \"web2\"")
+            .replace("port = 80", "port = 443")
+    );
+    parse(&same).expect("one host behind two VIPs of its VLAN");
+}
+
+#[test]
+fn backend_add_keeps_an_address_on_one_vlan() {
+    use crate::state::{Admin, BackendSpec, State, StateError, VipSpec};
+    let config = parse(&one_vip("vlan = 100", "address = \"10.0.0.11\"")).unwrap();
+    let web100 = VipSpec {
+        name: "web100".into(),
+        ..VipSpec::from_config(&config.vips[0])
+    };
+    let mut state = State::default();
+    state.add_vip(web100.clone()).unwrap();
+    state
+        .add_vip(VipSpec {
+            name: "web".into(),
+            vlan: None,
+            ..web100
+        })
+        .unwrap();
+    let spec = BackendSpec {
+        address: "10.0.0.11".parse().unwrap(),
+        weight: 1,
+        admin: Admin::Enabled,
+        health: HealthSpec::default(),
+    };
+    state.add_backend("web100", spec.clone(), None).unwrap();
+    let err = state.add_backend("web", spec, None).unwrap_err();
+    assert!(
+        matches!(&err, StateError::Invalid(m)
+            if m.starts_with("10.0.0.11 is a backend of VIP web100 on VLAN 100, and this VIP is untagged")),
+        "{err}"
     );
 }

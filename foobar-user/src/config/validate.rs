@@ -87,6 +87,8 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
     let mut services = HashSet::new();
     // (address, VLAN) -> (closed_ports = "pass", the first VIP's key).
     let mut addresses = std::collections::HashMap::new();
+    // Backend address -> (VLAN, name) of the first VIP it backs.
+    let mut segments = std::collections::HashMap::new();
     let mut vips = Vec::new();
     for (i, raw_vip) in raw.vips.iter().enumerate() {
         let key = format!("vip[{i}]");
@@ -127,6 +129,14 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
                         vip.address
                     ),
                 );
+            }
+            for (j, b) in vip.backends.iter().enumerate() {
+                let (vlan, first) = segments
+                    .entry(b.address)
+                    .or_insert((vip.vlan, vip.name.clone()));
+                if let Err(e) = rules::backend_vlan(b.address, vip.vlan, first, *vlan) {
+                    p.add(format!("{key}.backend[{j}].address"), e);
+                }
             }
             vips.push(vip);
         }
