@@ -105,8 +105,9 @@ fn a_killed_backend_leaves_within_fall_intervals_and_returns_after_rise() {
     let back = wait_until("be2 back up", Duration::from_secs(10), || {
         backend(&status(&lab), &be2).is_some_and(|b| b["health"] == "up")
     });
+    // Slack as above; nginx's own start is in this figure too.
     assert!(
-        back <= interval * 3 + Duration::from_millis(700),
+        back <= interval * 3 + Duration::from_millis(1500),
         "up after {back:?}"
     );
     eprintln!("be2 marked down {detected:?} after the kill, up {back:?} after the restart");
