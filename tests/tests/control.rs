@@ -68,6 +68,16 @@ impl Prober {
 fn a_killed_backend_leaves_within_fall_intervals_and_returns_after_rise() {
     let mut lab = lab_running(3);
     let be2 = lab.backends[1].addr.to_string();
+    // A starting backend's first success settles it, and status says so.
+    wait_until(
+        "every backend shows its first check",
+        Duration::from_secs(5),
+        || {
+            status(&lab)["vips"][0]["backends"]
+                .as_array()
+                .is_some_and(|bs| bs.iter().all(|b| b["last_check"] != "not checked yet"))
+        },
+    );
     let wrk = lab.start_wrk(&format!("http://{VIP}/"), 8, 8).unwrap();
     std::thread::sleep(Duration::from_secs(1));
 

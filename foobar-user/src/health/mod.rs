@@ -111,6 +111,7 @@ pub async fn run_checker(
     // Checks not run in the current burst of local errors (logged once
     // when it starts and once when it ends).
     let mut not_run = 0u64;
+    let mut first = true;
     loop {
         ticker.tick().await;
         let outcome = probe(
@@ -136,7 +137,13 @@ pub async fn run_checker(
             info!(backend = %address, checks = not_run, "health checks run again");
             not_run = 0;
         }
-        if let Some(up) = tracker.record(ok) {
+        // A change of state, or the first result: a starting backend's
+        // first success settles it without a change, and the owner shows
+        // that result instead of "not checked yet".
+        let changed = tracker.record(ok);
+        let report = changed.or(first.then(|| tracker.is_up()));
+        first = false;
+        if let Some(up) = report {
             let sent = tx
                 .send(Transition {
                     backend_id,
