@@ -4,6 +4,7 @@
 mod backend;
 mod check;
 mod completions;
+mod detach;
 mod run;
 mod stats;
 mod status;
@@ -27,8 +28,12 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Attach the load balancer to the NIC and serve until SIGINT/SIGTERM.
+    /// Attach the load balancer to the NIC (or adopt the one a previous run
+    /// left pinned) and serve until SIGINT/SIGTERM; forwarding outlives it.
     Run(run::RunArgs),
+    /// Stop forwarding: detach the pinned XDP program and remove its pins
+    /// (refused while a daemon runs).
+    Detach(detach::DetachArgs),
     /// Validate a config file and print what it would serve (no root needed).
     Check(check::CheckArgs),
     /// VIPs and backends: weight, admin state, health, traffic rates.
@@ -48,6 +53,7 @@ pub enum Command {
 pub fn main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Detach(args) => detach::detach(&cli.socket, args),
         Command::Check(args) => check::check(args),
         Command::Status(args) => status::status(&cli.socket, args),
         Command::Stats(args) => stats::stats(&cli.socket, args),

@@ -1,18 +1,22 @@
-//! Loading the XDP object, taking its maps, attaching the load balancer to
-//! an interface and detaching it. The only place that creates programs,
-//! maps and links; it writes no map entry.
+//! Loading the XDP object (its maps pinned and reused, or not), taking its
+//! maps, attaching the load balancer to an interface — or taking over the
+//! pinned link of an earlier run — and detaching it. The only place that
+//! creates programs, maps and links; it writes no map entry.
 use aya::{
     maps::{Array, HashMap, Map, MapData, PerCpuArray},
     programs::{
-        xdp::{XdpLinkId, XdpMode},
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId, XdpMode},
         ProgramError, Xdp,
     },
     Ebpf, EbpfLoader,
 };
 
 use super::{
-    rings::RingWriter, stats::CounterMaps, Datapath, DatapathError, Maps, Result, Written,
-    LB_PROGRAM, OBJECT, PASS_PROGRAM,
+    pin::{PinDir, PINNED_MAPS},
+    rings::RingWriter,
+    stats::CounterMaps,
+    Attached, Datapath, DatapathError, Maps, Result, Written, LB_PROGRAM, OBJECT, PASS_PROGRAM,
 };
 
 /// Where XDP runs on an interface.
@@ -69,14 +73,40 @@ impl Default for LoadOptions {
 
 impl Datapath {
     /// Loads the object and both programs into the kernel (nothing is
-    /// attached yet, nothing forwards).
+    /// attached yet, nothing forwards). Nothing is pinned: dropping the
+    /// datapath detaches it.
     pub fn load(opts: &LoadOptions) -> Result<Self> {
-        let mut ebpf = EbpfLoader::new()
+        Datapath::load_with(opts, None)
+    }
+
+    /// As `load`, with every map pinned under `pins` (see the `pin`
+    /// module): maps pinned there already, by an earlier run on the same
+    /// interface, are reused with their entries — flows, affinity,
+    /// counters, VIPs, backends and rings — and `adopted` says so. The
+    /// flow and affinity tables keep their pinned sizes.
+    pub fn load_pinned(opts: &LoadOptions, pins: PinDir) -> Result<Self> {
+        Datapath::load_with(opts, Some(pins))
+    }
+
+    fn load_with(opts: &LoadOptions, pins: Option<PinDir>) -> Result<Self> {
+        let adopted = match &pins {
+            Some(p) => p.prepare()?,
+            None => false,
+        };
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries("FLOWS", opts.flow_table_size)
             .map_max_entries("AFFINITY", opts.affinity_table_size.max(1))
             .override_global("HASH_SEED", &opts.hash_seed, true)
-            .override_global("LB_MAC", &opts.lb_mac, true)
-            .load(OBJECT)?;
+            .override_global("LB_MAC", &opts.lb_mac, true);
+        let paths: Vec<(&'static str, std::path::PathBuf)> = match &pins {
+            Some(p) => PINNED_MAPS.iter().map(|&n| (n, p.map(n))).collect(),
+            None => Vec::new(),
+        };
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT)?;
         for name in [LB_PROGRAM, PASS_PROGRAM] {
             xdp_program(&mut ebpf, name)?
                 .load()
@@ -87,34 +117,122 @@ impl Datapath {
         }
         let rings = RingWriter::open(xdp_program(&mut ebpf, LB_PROGRAM)?)?;
         let maps = take_maps(&mut ebpf)?;
+        // A reused flow table keeps the size it was created with.
+        let flow_table_size = maps
+            .flows
+            .info()
+            .map(|i| i.max_entries())
+            .unwrap_or(opts.flow_table_size);
+        if flow_table_size != opts.flow_table_size {
+            tracing::warn!(
+                pinned = flow_table_size,
+                configured = opts.flow_table_size,
+                "the adopted flow table keeps its size; the configured one takes effect after \
+                 `foobar detach` and a start"
+            );
+        }
         Ok(Datapath {
             ebpf,
             maps,
             rings,
             attached: None,
-            flow_table_size: opts.flow_table_size,
+            pins,
+            adopted,
+            flow_table_size,
             written: Written::default(),
         })
     }
 
-    /// Attaches the load balancer to `iface`.
-    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<()> {
-        let link = attach_program(&mut self.ebpf, LB_PROGRAM, iface, mode)?;
-        self.attached = Some((iface.to_owned(), link));
-        Ok(())
+    /// Whether the maps were pinned by an earlier run and reused.
+    pub fn adopted(&self) -> bool {
+        self.adopted
     }
 
-    /// Detaches the load balancer if attached. Dropping the `Datapath` also
-    /// detaches (the link's file descriptor closes); this makes it explicit
-    /// and reports errors.
+    /// Attaches the load balancer to `iface`. With pins: a pinned link
+    /// there already gets this program in place of the old one, atomically
+    /// (BPF_LINK_UPDATE: no packet meets no program); otherwise the new
+    /// link is pinned. Returns whether an existing link was taken over.
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<bool> {
+        let Some(pins) = self.pins.clone() else {
+            let link = attach_program(&mut self.ebpf, LB_PROGRAM, iface, mode)?;
+            self.attached = Some(Attached::Owned(link));
+            return Ok(false);
+        };
+        let path = pins.link();
+        let link_error = |source| DatapathError::Link {
+            path: path.clone(),
+            source,
+        };
+        let prog = xdp_program(&mut self.ebpf, LB_PROGRAM)?;
+        let program_error = |source| DatapathError::Program {
+            program: LB_PROGRAM,
+            source,
+        };
+        let mut took_over = None;
+        if path.exists() {
+            let fd_link: FdLink = PinnedLink::from_pin(&path).map_err(link_error)?.into();
+            let link = XdpLink::try_from(fd_link).map_err(link_error)?;
+            match prog.attach_to_link(link) {
+                Ok(id) => took_over = Some(id),
+                // A link whose interface went away cannot be updated.
+                Err(err) => {
+                    tracing::warn!(link = %path.display(), %err, "the pinned link cannot be taken over; attaching anew");
+                    std::fs::remove_file(&path).map_err(|source| DatapathError::Pin {
+                        path: path.clone(),
+                        source,
+                    })?;
+                }
+            }
+        }
+        let adopted_link = took_over.is_some();
+        let id = match took_over {
+            Some(id) => id,
+            None => prog
+                .attach(iface, mode.xdp_mode())
+                .map_err(|source| classify_attach_error(iface, mode, source))?,
+        };
+        let link = prog.take_link(id).map_err(program_error)?;
+        let fd_link = FdLink::try_from(link).map_err(link_error)?;
+        let fd_link = if adopted_link {
+            fd_link
+        } else {
+            fd_link
+                .pin(&path)
+                .map_err(|e| DatapathError::Pin {
+                    path: path.clone(),
+                    source: std::io::Error::other(e),
+                })?
+                .into()
+        };
+        self.attached = Some(Attached::Pinned(fd_link));
+        Ok(adopted_link)
+    }
+
+    /// Detaches the load balancer and removes its pins, if any: forwarding
+    /// stops. Dropping a pinned `Datapath` keeps it forwarding (that is
+    /// the point of the pins); dropping an unpinned one detaches it too.
     pub fn detach(&mut self) -> Result<()> {
-        if let Some((_, link)) = self.attached.take() {
-            xdp_program(&mut self.ebpf, LB_PROGRAM)?
-                .detach(link)
-                .map_err(|source| DatapathError::Program {
-                    program: LB_PROGRAM,
-                    source,
-                })?;
+        match self.attached.take() {
+            Some(Attached::Owned(link)) => {
+                xdp_program(&mut self.ebpf, LB_PROGRAM)?
+                    .detach(link)
+                    .map_err(|source| DatapathError::Program {
+                        program: LB_PROGRAM,
+                        source,
+                    })?;
+            }
+            // Closing the last descriptor of an unpinned link detaches it.
+            Some(Attached::Pinned(link)) => {
+                if let Some(pins) = &self.pins {
+                    pins.remove()?;
+                }
+                drop(link);
+            }
+            None => {
+                if let Some(pins) = &self.pins {
+                    pins.remove()?;
+                }
+            }
         }
         Ok(())
     }
@@ -158,8 +276,11 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<Maps> {
 
 impl Drop for Datapath {
     fn drop(&mut self) {
-        if let Err(err) = self.detach() {
-            tracing::error!(%err, "detaching the XDP program failed");
+        // A pinned link stays attached: only an unpinned one goes.
+        if matches!(self.attached, Some(Attached::Owned(_))) {
+            if let Err(err) = self.detach() {
+                tracing::error!(%err, "detaching the XDP program failed");
+            }
         }
     }
 }

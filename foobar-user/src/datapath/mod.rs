@@ -9,6 +9,7 @@
 pub mod bench;
 mod flows;
 mod load;
+pub mod pin;
 mod rings;
 mod stats;
 
@@ -25,12 +26,13 @@ use foobar_common::{
 
 pub use flows::{FlowUsage, FlowWalker};
 pub use load::{AttachMode, LoadOptions, PassProgram};
+pub use pin::{PinDir, DEFAULT_PIN_ROOT};
 pub use rings::RingWriter;
 pub use stats::{Counters, Stats};
 
 use load::xdp_program;
 
-use crate::plan::Plan;
+use crate::plan::{MapsContent, Plan};
 
 /// The XDP object built by build.rs (foobar-ebpf's `foobar` binary).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/foobar"));
@@ -78,6 +80,32 @@ pub enum DatapathError {
         mode: &'static str,
         source: ProgramError,
     },
+    #[error("{}: {source}", path.display())]
+    Pin {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot mount bpffs at /sys/fs/bpf ({source}); mount it \
+         (`mount -t bpf bpf /sys/fs/bpf`) or give another --pin-root on a bpffs"
+    )]
+    Bpffs { source: std::io::Error },
+    #[error(
+        "{dir} holds a datapath pinned by a foobar binary of another map layout \
+         ({found}; this binary uses {want}): it cannot adopt it. Run `foobar detach` \
+         (forwarding stops; established connections are rescheduled when it starts \
+         again), then start this binary"
+    )]
+    LayoutMismatch {
+        dir: std::path::PathBuf,
+        found: String,
+        want: String,
+    },
+    #[error("the pinned XDP link {path}: {source}")]
+    Link {
+        path: std::path::PathBuf,
+        source: aya::programs::links::LinkError,
+    },
     #[error("the plan has {what} {got}, more than the datapath's limit {limit}")]
     TooMany {
         what: &'static str,
@@ -93,10 +121,24 @@ pub struct Datapath {
     ebpf: Ebpf,
     maps: Maps,
     rings: RingWriter,
-    attached: Option<(String, XdpLinkId)>,
+    attached: Option<Attached>,
+    /// Where the maps and the link are pinned (None: nothing is pinned, and
+    /// dropping the datapath detaches it, as tests and benchmarks want).
+    pins: Option<PinDir>,
+    /// The maps were pinned already at load: this instance adopted them.
+    adopted: bool,
     flow_table_size: u32,
     /// What the maps hold, as last written: `apply` writes differences only.
     written: Written,
+}
+
+/// How the load balancer is attached.
+enum Attached {
+    /// Through a link this process owns: closing it detaches.
+    Owned(XdpLinkId),
+    /// Through a pinned link: it stays attached after the process ends,
+    /// until the pin is removed.
+    Pinned(aya::programs::links::FdLink),
 }
 
 /// The maps this module writes or reads, taken from the object at load.
@@ -341,6 +383,28 @@ impl Datapath {
             vip_addrs4: addrs.clone(),
         };
         Ok(())
+    }
+
+    /// What the maps hold now: VIPs, backend entries in use, live rings
+    /// (read back from the kernel, for adopting pinned maps).
+    pub fn read_back(&self) -> Result<MapsContent> {
+        let map_err = |map| move |source| DatapathError::Map { map, source };
+        let mut content = MapsContent::default();
+        for entry in self.maps.vips.iter() {
+            let (key, service) = entry.map_err(map_err("VIPS"))?;
+            if service.vip_id < MAX_VIPS {
+                let ring = self.rings.read_live(service.vip_id)?;
+                content.rings.insert(service.vip_id, ring);
+            }
+            content.vips.push((key, service));
+        }
+        for id in 0..MAX_BACKENDS {
+            let backend = self.backend(id)?;
+            if backend.gen != 0 {
+                content.backends.insert(id, backend);
+            }
+        }
+        Ok(content)
     }
 
     /// The BACKENDS entry of backend id `id`, as the datapath reads it.

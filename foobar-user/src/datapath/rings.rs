@@ -78,6 +78,18 @@ impl RingWriter {
         h.halves[h.live].as_ref()
     }
 
+    /// The ring the datapath reads for `vip_id` now (a slot per entry).
+    pub(super) fn read_live(&self, vip_id: u32) -> Result<Vec<u32>> {
+        let map_err = |map| move |source| DatapathError::Map { map, source };
+        let word = self.state.get(&vip_id, 0).map_err(map_err("RING_STATE"))?;
+        let half = u32::from(word & RING_HALF_BIT != 0);
+        let len = (word & foobar_common::RING_LEN_MASK).min(RING_CAPACITY);
+        let base = vip_id * RING_STRIDE + half * RING_CAPACITY;
+        (0..len)
+            .map(|pos| self.rings.get(&(base + pos), 0).map_err(map_err("RINGS")))
+            .collect()
+    }
+
     pub fn set(&mut self, vip_id: u32, ring: &[u32]) -> Result<()> {
         if ring.len() > RING_CAPACITY as usize {
             return Err(DatapathError::TooMany {
