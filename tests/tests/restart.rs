@@ -359,6 +359,10 @@ fn a_second_load_adopts_the_pinned_maps() {
         assert!(!first.adopted());
         first.apply(&plan).unwrap();
         let written = first.read_back().unwrap();
+        // One datapath per pin directory: a second one is refused while the
+        // first lives (two daemons would fight over the maps).
+        let busy = Datapath::load_pinned(&opts, pins.clone()).err().unwrap();
+        assert!(busy.to_string().contains("stop it first"), "{busy}");
         drop(first);
         let second = Datapath::load_pinned(&opts, pins.clone()).unwrap();
         assert!(second.adopted());

@@ -57,6 +57,14 @@ pub fn detach(socket: &Path, args: DetachArgs) -> anyhow::Result<()> {
         );
     }
     let pins = PinDir::new(&args.pin_root, &iface);
+    // A daemon with another control socket still holds the pins' lock.
+    if pins.exists() && pins.try_lock()?.is_none() {
+        bail!(
+            "a foobar daemon serves {} (it holds its lock): stop it first, then run \
+             `foobar detach` again",
+            pins.path().display()
+        );
+    }
     if pins
         .remove()
         .with_context(|| format!("removing the pins in {}", pins.path().display()))?

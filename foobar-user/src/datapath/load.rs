@@ -89,9 +89,12 @@ impl Datapath {
     }
 
     fn load_with(opts: &LoadOptions, pins: Option<PinDir>) -> Result<Self> {
-        let adopted = match &pins {
-            Some(p) => p.prepare()?,
-            None => false,
+        let (adopted, pin_lock) = match &pins {
+            Some(p) => {
+                let (adopted, lock) = p.prepare()?;
+                (adopted, Some(lock))
+            }
+            None => (false, None),
         };
         let mut loader = EbpfLoader::new();
         loader
@@ -116,21 +119,32 @@ impl Datapath {
                 })?;
         }
         let rings = RingWriter::open(xdp_program(&mut ebpf, LB_PROGRAM)?)?;
-        let maps = take_maps(&mut ebpf)?;
-        // A reused flow table keeps the size it was created with.
-        let flow_table_size = maps
-            .flows
-            .info()
-            .map(|i| i.max_entries())
-            .unwrap_or(opts.flow_table_size);
-        if flow_table_size != opts.flow_table_size {
-            tracing::warn!(
-                pinned = flow_table_size,
-                configured = opts.flow_table_size,
-                "the adopted flow table keeps its size; the configured one takes effect after \
-                 `foobar detach` and a start"
-            );
+        // Reused flow and affinity tables keep the sizes they were made with.
+        let mut flow_table_size = opts.flow_table_size;
+        for (name, configured) in [
+            ("FLOWS", opts.flow_table_size),
+            ("AFFINITY", opts.affinity_table_size.max(1)),
+        ] {
+            let size = match ebpf.map(name) {
+                Some(Map::LruHashMap(d) | Map::HashMap(d)) => {
+                    d.info().map_or(configured, |i| i.max_entries())
+                }
+                _ => configured,
+            };
+            if size != configured {
+                tracing::warn!(
+                    map = name,
+                    pinned = size,
+                    configured,
+                    "an adopted table keeps its size; the configured one takes effect after \
+                     `foobar detach` and a start"
+                );
+            }
+            if name == "FLOWS" {
+                flow_table_size = size;
+            }
         }
+        let maps = take_maps(&mut ebpf)?;
         Ok(Datapath {
             ebpf,
             maps,
@@ -138,6 +152,7 @@ impl Datapath {
             attached: None,
             pins,
             adopted,
+            _pin_lock: pin_lock,
             flow_table_size,
             written: Written::default(),
         })

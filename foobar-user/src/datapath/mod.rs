@@ -101,6 +101,11 @@ pub enum DatapathError {
         found: String,
         want: String,
     },
+    #[error(
+        "another foobar daemon serves the datapath pinned in {dir} (it holds its lock); \
+         stop it first"
+    )]
+    InUse { dir: std::path::PathBuf },
     #[error("the pinned XDP link {path}: {source}")]
     Link {
         path: std::path::PathBuf,
@@ -127,6 +132,8 @@ pub struct Datapath {
     pins: Option<PinDir>,
     /// The maps were pinned already at load: this instance adopted them.
     adopted: bool,
+    /// The pin directory's lock, held while this datapath lives.
+    _pin_lock: Option<std::os::fd::OwnedFd>,
     flow_table_size: u32,
     /// What the maps hold, as last written: `apply` writes differences only.
     written: Written,

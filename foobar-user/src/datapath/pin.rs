@@ -12,7 +12,10 @@
 //! writes no map entry.
 use std::{
     ffi::CString,
-    os::unix::ffi::OsStrExt as _,
+    os::{
+        fd::{AsRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    },
     path::{Path, PathBuf},
 };
 
@@ -105,13 +108,23 @@ impl PinDir {
     }
 
     /// Mounts bpffs when the pins go below an unmounted /sys/fs/bpf,
-    /// creates the directory, and says whether maps of this binary's
-    /// layout are pinned there already (to be adopted). Refuses maps of
-    /// another layout.
-    pub(super) fn prepare(&self) -> Result<bool> {
+    /// creates the directory, takes its lock (held as long as the returned
+    /// descriptor is open: one daemon per instance), and says whether maps
+    /// of this binary's layout are pinned there already (to be adopted).
+    /// Refuses maps of another layout.
+    pub(super) fn prepare(&self) -> Result<(bool, OwnedFd)> {
         if self.dir.starts_with(BPFFS) {
             ensure_bpffs()?;
         }
+        std::fs::create_dir_all(&self.dir).map_err(|source| self.io_error(&self.dir, source))?;
+        let lock = match self.try_lock()? {
+            Some(fd) => fd,
+            None => {
+                return Err(DatapathError::InUse {
+                    dir: self.dir.clone(),
+                })
+            }
+        };
         let want = layout_name();
         let found = self.layouts()?;
         if let Some(other) = found.iter().find(|n| **n != want) {
@@ -124,7 +137,26 @@ impl PinDir {
         let adopt = !found.is_empty();
         std::fs::create_dir_all(self.maps_dir())
             .map_err(|source| self.io_error(&self.maps_dir(), source))?;
-        Ok(adopt)
+        Ok((adopt, lock))
+    }
+
+    /// Takes the instance's lock (an exclusive flock on its directory):
+    /// None if a running daemon holds it, or if nothing is pinned, a lock
+    /// on nothing.
+    pub fn try_lock(&self) -> Result<Option<OwnedFd>> {
+        let dir = match std::fs::File::open(&self.dir) {
+            Ok(d) => OwnedFd::from(d),
+            Err(source) => return Err(self.io_error(&self.dir, source)),
+        };
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(Some(dir));
+        }
+        let error = std::io::Error::last_os_error();
+        if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Ok(None);
+        }
+        Err(self.io_error(&self.dir, error))
     }
 
     /// Removes every pin of the instance (the link's first, so forwarding
