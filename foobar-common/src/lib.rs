@@ -163,6 +163,27 @@ const _: () = assert!(size_of::<Flow>() == 24);
 /// active connection, and a new SYN on its 5-tuple is a new flow.
 pub const FLOW_CLOSED: u32 = 1;
 
+/// Version of what the pinned maps hold and mean (see `LAYOUT_SIZES`).
+/// Bump it by hand whenever a map's key or value changes meaning, a map is
+/// added, removed or renamed, or a flag changes value: a daemon refuses to
+/// adopt maps pinned by a binary of another layout.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Sizes of the shared types the pinned maps hold, in the order FlowKey,
+/// Flow, Backend, VipKey, Service, AffinityKey, VipAddrKey, Counter: with
+/// `LAYOUT_VERSION`, the layout a pinned instance is tagged with, so a size
+/// change nobody remembered to version still refuses.
+pub const LAYOUT_SIZES: [usize; 8] = [
+    size_of::<FlowKey>(),
+    size_of::<Flow>(),
+    size_of::<Backend>(),
+    size_of::<VipKey>(),
+    size_of::<Service>(),
+    size_of::<AffinityKey>(),
+    size_of::<VipAddrKey>(),
+    size_of::<Counter>(),
+];
+
 /// Packets and bytes (per CPU in the maps; userspace sums the CPUs).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

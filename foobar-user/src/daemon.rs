@@ -231,7 +231,10 @@ impl Owner {
             });
             if let Some(name) = wants {
                 return Err(format!(
-                    "{}: VIP {name}: persistence needs the source-affinity table, which this                      daemon started without (no VIP had persistence); nothing was applied:                      restart foobar to serve it, or set datapath.affinity_table_size before                      the next start",
+                    "{}: VIP {name}: persistence needs the source-affinity table, which this \
+                     daemon started without (no VIP had persistence); nothing was applied: \
+                     restart foobar to serve it, or set datapath.affinity_table_size before \
+                     the next start",
                     path.display()
                 ));
             }
@@ -322,11 +325,20 @@ impl Owner {
 
     /// Writes the state to the maps and the state file, starts a health
     /// checker per backend and the neighbour watcher. Called once, before
-    /// attaching.
+    /// attaching. Adopted (pinned) maps are read back and only what
+    /// differs is rewritten (`Datapath::resync`), in an order that keeps
+    /// every packet served.
     pub fn start(&mut self) -> anyhow::Result<()> {
-        self.datapath
-            .apply(&self.state.plan())
-            .context("programming the BPF maps")?;
+        let plan = self.state.plan();
+        if self.datapath.adopted() {
+            self.datapath
+                .resync(&plan)
+                .context("reconciling the adopted BPF maps with the state")?;
+        } else {
+            self.datapath
+                .apply(&plan)
+                .context("programming the BPF maps")?;
+        }
         if let Err(e) = self.save() {
             // Forwarding matters more than remembering: start, and say at
             // every change that it is not kept.
@@ -423,6 +435,7 @@ impl Owner {
             b.spec.address,
             port,
             b.spec.health.clone(),
+            b.up,
             self.health_tx.clone(),
         ));
         if let Some((_, old)) = self.checkers.insert(id, (self.next_epoch, task)) {
@@ -451,7 +464,11 @@ impl Owner {
         let to = if t.up { "up" } else { "down" };
         match self.datapath.apply(&self.state.plan()) {
             Ok(()) => {
-                info!(vip = %vip, backend = %address, state = to, reason = %t.reason, "health changed")
+                info!(vip = %vip, backend = %address, state = to, reason = %t.reason, "health changed");
+                // Saved so that a restart starts the backend in this state.
+                if let Err(e) = self.save() {
+                    warn!(vip = %vip, backend = %address, file = %self.state_file.display(), %e, "health change not saved: a restart starts the backend in its earlier state");
+                }
             }
             Err(err) => {
                 warn!(vip = %vip, backend = %address, %err, "health change not applied to the datapath");

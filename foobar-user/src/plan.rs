@@ -28,6 +28,17 @@ pub struct Plan {
     pub addresses: HashMap<VipAddrKey, u32>,
 }
 
+/// What pinned maps hold, read back by a daemon that adopts them: the
+/// inverse of a plan, for `State::adopt`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MapsContent {
+    pub vips: Vec<(VipKey, Service)>,
+    /// Every backend entry with a generation (0: a free id).
+    pub backends: BTreeMap<u32, Backend>,
+    /// The live ring of each VIP id of `vips`.
+    pub rings: HashMap<u32, Vec<u32>>,
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("no MAC address is known for backend {address} of VIP {vip}")]
 pub struct MissingMac {

@@ -261,6 +261,7 @@ mod tests {
                 pass_closed_ports: false,
             },
             backends: backends.iter().map(|&(b, w)| backend(b, w)).collect(),
+            down: Vec::new(),
         }
     }
 

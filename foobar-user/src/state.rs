@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     config::{self, Forwarding, HealthSpec, Protocol, Scheduler, MAX_WEIGHT},
     maglev,
-    plan::{MissingMac, Plan, PlannedVip},
+    plan::{MapsContent, MissingMac, Plan, PlannedVip},
     ring,
 };
 
@@ -115,13 +115,30 @@ pub struct Retired {
     pub up: bool,
 }
 
-/// VIPs and backends as the state file keeps them (no ids, MACs or health:
-/// those are found again at start).
+/// VIPs and backends as the state file keeps them, with the backends the
+/// checks last found down (no ids or MACs: those are found again at start,
+/// or adopted from pinned maps).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedVip {
     #[serde(flatten)]
     pub spec: VipSpec,
     pub backends: Vec<BackendSpec>,
+    /// Backends (by address) that were down when the state was saved: they
+    /// start down, and take traffic after `rise` good checks. Absent in
+    /// older files: every backend starts up, at the edge.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub down: Vec<Ipv4Addr>,
+}
+
+/// What `State::adopt` kept and changed, for the log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Adoption {
+    pub vips_kept: usize,
+    pub backends_kept: usize,
+    pub backends_new: usize,
+    /// Pinned backends no VIP has any more, kept for their flows.
+    pub retired: usize,
+    pub next_gen: u32,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -203,6 +220,7 @@ pub fn saved_from_config(config: &config::Config) -> Vec<SavedVip> {
                     health: b.health.clone(),
                 })
                 .collect(),
+            down: Vec::new(),
         })
         .collect()
 }
@@ -242,7 +260,10 @@ impl State {
             state.add_vip(vip.spec.clone())?;
             for b in &vip.backends {
                 let mac = macs.get(&b.address).copied();
-                state.add_backend(&vip.spec.name, b.clone(), mac)?;
+                let id = state.add_backend(&vip.spec.name, b.clone(), mac)?;
+                if vip.down.contains(&b.address) {
+                    state.set_health(id, false, "down when the daemon stopped (saved state)");
+                }
             }
         }
         Ok(state)
@@ -584,6 +605,121 @@ impl State {
             .collect()
     }
 
+    /// Renumbers a state just built from the saved VIPs after the maps an
+    /// earlier run pinned, so that adopting them reschedules nothing:
+    /// a VIP keeps the id its service has in the maps (its ring, affinity
+    /// entries and counters), a backend keeps the id and generation of the
+    /// pinned entry for its address (preferring one its VIP's live ring
+    /// names), so every flow entry keeps matching it. Backends new since
+    /// then get free ids and generations above every pinned one, so no
+    /// flow entry can match them; pinned entries nobody claims (backends
+    /// removed from the config meanwhile) are retired — their flows go on
+    /// until the flow walk frees them. A backend without a MAC yet takes
+    /// the pinned one.
+    pub fn adopt(&mut self, pinned: &MapsContent) -> Adoption {
+        let mut report = Adoption::default();
+        // VIP ids.
+        let pinned_vip_ids: HashSet<u32> = pinned.vips.iter().map(|(_, s)| s.vip_id).collect();
+        let mut taken: HashSet<u32> = HashSet::new();
+        let mut unmatched = Vec::new();
+        for (i, v) in self.vips.iter_mut().enumerate() {
+            let key = vip_key(&v.spec);
+            match pinned
+                .vips
+                .iter()
+                .find(|(k, s)| *k == key && !taken.contains(&s.vip_id))
+            {
+                Some((_, s)) => {
+                    v.id = s.vip_id;
+                    taken.insert(s.vip_id);
+                    report.vips_kept += 1;
+                }
+                None => unmatched.push(i),
+            }
+        }
+        for i in unmatched {
+            // Not an id a stray pinned VIP still uses, while one is free.
+            let id = (0..MAX_VIPS)
+                .find(|id| !taken.contains(id) && !pinned_vip_ids.contains(id))
+                .or_else(|| (0..MAX_VIPS).find(|id| !taken.contains(id)))
+                .expect("no more VIPs than MAX_VIPS");
+            self.vips[i].id = id;
+            taken.insert(id);
+        }
+        // Backend ids and generations.
+        let mut claimed: HashSet<u32> = HashSet::new();
+        let mut fresh = Vec::new();
+        for (vi, v) in self.vips.iter_mut().enumerate() {
+            let ring: HashSet<u32> = pinned
+                .rings
+                .get(&v.id)
+                .map(|r| r.iter().copied().collect())
+                .unwrap_or_default();
+            for (bi, b) in v.backends.iter_mut().enumerate() {
+                let addr_be = u32::from(b.spec.address).to_be();
+                let candidates = || {
+                    pinned
+                        .backends
+                        .iter()
+                        .filter(|(id, e)| e.addr_be[0] == addr_be && !claimed.contains(id))
+                };
+                let found = candidates()
+                    .find(|(id, _)| ring.contains(id))
+                    .or_else(|| candidates().next())
+                    .map(|(&id, e)| (id, *e));
+                match found {
+                    Some((id, entry)) => {
+                        claimed.insert(id);
+                        b.id = id;
+                        b.gen = entry.gen;
+                        if b.mac.is_none() && entry.mac != [0; 6] {
+                            b.mac = Some(entry.mac);
+                        }
+                        report.backends_kept += 1;
+                    }
+                    None => fresh.push((vi, bi)),
+                }
+            }
+        }
+        for (&id, entry) in pinned
+            .backends
+            .iter()
+            .filter(|(id, _)| !claimed.contains(id))
+        {
+            let vip = pinned
+                .rings
+                .iter()
+                .find(|(_, r)| r.contains(&id))
+                .and_then(|(vip_id, _)| self.vips.iter().find(|v| v.id == *vip_id))
+                .map_or_else(|| "(adopted)".to_owned(), |v| v.spec.name.clone());
+            self.retired.push(Retired {
+                id,
+                vip,
+                address: Ipv4Addr::from(u32::from_be(entry.addr_be[0])),
+                mac: (entry.mac != [0; 6]).then_some(entry.mac),
+                gen: entry.gen,
+                up: entry.flags & BACKEND_UP != 0,
+            });
+            report.retired += 1;
+        }
+        let max_gen = pinned.backends.values().map(|b| b.gen).max().unwrap_or(0);
+        self.next_gen = max_gen.checked_add(1).unwrap_or(1).max(1);
+        let mut used: HashSet<u32> = pinned.backends.keys().copied().collect();
+        for (vi, bi) in fresh {
+            let id = (0..MAX_BACKENDS)
+                .find(|i| !used.contains(i))
+                .expect("no more backends than MAX_BACKENDS");
+            used.insert(id);
+            let b = &mut self.vips[vi].backends[bi];
+            b.id = id;
+            b.gen = self.next_gen;
+            self.next_gen = self.next_gen.checked_add(1).unwrap_or(1);
+            report.backends_new += 1;
+        }
+        report.next_gen = self.next_gen;
+        report
+    }
+
     /// What the state file keeps.
     pub fn saved(&self) -> Vec<SavedVip> {
         self.vips
@@ -591,6 +727,12 @@ impl State {
             .map(|v| SavedVip {
                 spec: v.spec.clone(),
                 backends: v.backends.iter().map(|b| b.spec.clone()).collect(),
+                down: v
+                    .backends
+                    .iter()
+                    .filter(|b| !b.up)
+                    .map(|b| b.spec.address)
+                    .collect(),
             })
             .collect()
     }
@@ -650,14 +792,7 @@ impl State {
             }
             plan.vips.push(PlannedVip {
                 name: v.spec.name.clone(),
-                key: VipKey {
-                    addr_be: [u32::from(v.spec.address).to_be(), 0, 0, 0],
-                    port_be: v.spec.port.to_be(),
-                    proto: v.spec.protocol.number(),
-                    family: AF_INET,
-                    vlan,
-                    _pad: 0,
-                },
+                key: vip_key(&v.spec),
                 service: Service {
                     vip_id: v.id,
                     scheduler: match v.spec.scheduler {
@@ -698,6 +833,18 @@ impl State {
                 .insert(r.id, entry(r.address, r.mac, r.gen, flags));
         }
         plan
+    }
+}
+
+/// The VIPS map key of a VIP.
+fn vip_key(spec: &VipSpec) -> VipKey {
+    VipKey {
+        addr_be: [u32::from(spec.address).to_be(), 0, 0, 0],
+        port_be: spec.port.to_be(),
+        proto: spec.protocol.number(),
+        family: AF_INET,
+        vlan: spec.vlan.unwrap_or(0),
+        _pad: 0,
     }
 }
 
@@ -905,6 +1052,126 @@ mod tests {
         let macs = [11, 12, 13].map(|n| (ip(n), mac(n))).into();
         let rebuilt = State::build(&back, &macs).unwrap();
         assert_eq!(rebuilt.plan(), s.plan());
+    }
+
+    #[test]
+    fn health_is_saved_and_restored() {
+        let mut s = web();
+        let id = s.vip("web").unwrap().backends[1].id;
+        s.set_health(id, false, "connection refused");
+        let json = serde_json::to_string(&s.saved()).unwrap();
+        let back: Vec<SavedVip> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back[0].down, vec![ip(12)]);
+        let macs = [11, 12, 13].map(|n| (ip(n), mac(n))).into();
+        let rebuilt = State::build(&back, &macs).unwrap();
+        let up: Vec<bool> = rebuilt.vips[0].backends.iter().map(|b| b.up).collect();
+        assert_eq!(up, [true, false, true]);
+        // A file written before `down` existed: every backend up.
+        let old = json.replace(",\"down\":[\"10.0.0.12\"]", "");
+        assert_ne!(old, json);
+        let old: Vec<SavedVip> = serde_json::from_str(&old).unwrap();
+        assert!(State::build(&old, &macs).unwrap().vips[0]
+            .backends
+            .iter()
+            .all(|b| b.up));
+    }
+
+    /// The maps a state's plan writes, as `Datapath::read_back` reads them.
+    fn pinned(s: &State) -> MapsContent {
+        let plan = s.plan();
+        MapsContent {
+            vips: plan.vips.iter().map(|v| (v.key, v.service)).collect(),
+            backends: plan.backends.clone(),
+            rings: plan
+                .vips
+                .iter()
+                .map(|v| (v.service.vip_id, v.ring.clone()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn adopting_pinned_maps_keeps_ids_and_generations() {
+        // An earlier run: a VIP added at run time first, so "web" has id 1,
+        // and a backend added and removed, so generations are not 1, 2, 3.
+        let mut before = State::default();
+        before.add_vip(vip("api", 20, 443)).unwrap();
+        before.add_vip(vip("web", 10, 80)).unwrap();
+        before.add_backend("web", backend(99, 1), mac(99)).unwrap();
+        before.remove_backend("web", ip(99)).unwrap();
+        before.free_retired(&HashSet::new());
+        for n in [13, 12, 11] {
+            before.add_backend("web", backend(n, 1), mac(n)).unwrap();
+        }
+        let maps = pinned(&before);
+        // The new run's config: web only, backend 13 gone, 14 new.
+        let mut after = State::default();
+        after.add_vip(vip("web", 10, 80)).unwrap();
+        for n in [11, 12, 14] {
+            after.add_backend("web", backend(n, 1), None).unwrap();
+        }
+        let report = after.adopt(&maps);
+        let web_before = before.vip("web").unwrap();
+        let web_after = after.vip("web").unwrap();
+        assert_eq!(web_after.id, web_before.id);
+        for n in [11, 12] {
+            let old = web_before
+                .backends
+                .iter()
+                .find(|b| b.spec.address == ip(n))
+                .unwrap();
+            let new = web_after
+                .backends
+                .iter()
+                .find(|b| b.spec.address == ip(n))
+                .unwrap();
+            assert_eq!((new.id, new.gen, new.mac), (old.id, old.gen, Some(mac(n))));
+        }
+        let max_gen = maps.backends.values().map(|b| b.gen).max().unwrap();
+        let new = web_after
+            .backends
+            .iter()
+            .find(|b| b.spec.address == ip(14))
+            .unwrap();
+        assert!(new.gen > max_gen, "{} > {max_gen}", new.gen);
+        assert!(!maps.backends.contains_key(&new.id));
+        // 13 is gone from the config: retired with its entry, for its flows.
+        let gone = web_before
+            .backends
+            .iter()
+            .find(|b| b.spec.address == ip(13))
+            .unwrap();
+        assert_eq!(after.retired().len(), 1);
+        assert_eq!(
+            (after.retired()[0].id, after.retired()[0].gen),
+            (gone.id, gone.gen)
+        );
+        assert_eq!(
+            (
+                report.vips_kept,
+                report.backends_kept,
+                report.backends_new,
+                report.retired
+            ),
+            (1, 2, 1, 1)
+        );
+        // The plan keeps every kept entry as pinned (bar the MAC-less new one).
+        let plan = after.plan();
+        for n in [11, 12] {
+            let id = web_after
+                .backends
+                .iter()
+                .find(|b| b.spec.address == ip(n))
+                .unwrap()
+                .id;
+            assert_eq!(plan.backends[&id], maps.backends[&id]);
+        }
+        // The retired one keeps its flows but takes no new ones.
+        let retired = Backend {
+            flags: BACKEND_UP,
+            ..maps.backends[&gone.id]
+        };
+        assert_eq!(plan.backends[&gone.id], retired);
     }
 
     #[test]

@@ -9,6 +9,12 @@
 //! [`cleanup_all`] (the demo's Ctrl-C handler), and for labs of dead
 //! processes at the next start ([`sweep_stale`]).
 //!
+//! foobar pins its datapath in bpffs, which lives in the host's mount
+//! namespace, not in the lab's network namespaces: each lab gives its
+//! daemon a pin root of its own (`/sys/fs/bpf/foobarlab-<pid>-<n>`), starts
+//! it with `nsenter --net` (so it sees that bpffs; `ip netns exec` would
+//! remount /sys, see DESIGN.md), and removes the pin root with the lab.
+//!
 //! What makes a veth lab forward at all (DESIGN.md, "veth facts"): the
 //! client's veth sends wire-like frames (checksum offload, TSO, GSO off), and
 //! the LB's bridge-side peer runs an XDP_PASS program so XDP_TX frames are
@@ -37,6 +43,8 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use foobar::datapath::{AttachMode, PassProgram};
 
 const PREFIX: &str = "foobarlab-";
+/// Where labs' pin roots go (each lab's daemon pins below its own).
+const BPFFS: &str = "/sys/fs/bpf";
 /// The lab's subnet: only inside the lab's namespaces.
 const NET: [u8; 3] = [10, 201, 0];
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 100);
@@ -114,6 +122,8 @@ impl Default for LabOptions {
 pub struct Lab {
     pub id: String,
     pub dir: PathBuf,
+    /// The daemon's `--pin-root` (its pins are in `<pin_root>/eth0`).
+    pub pin_root: PathBuf,
     pub client: Host,
     pub lb: Host,
     pub backends: Vec<Host>,
@@ -177,6 +187,7 @@ impl Lab {
             servers: Vec::new(),
             foobar: None,
             pass: None,
+            pin_root: Path::new(BPFFS).join(&id),
             id,
             dir,
         };
@@ -770,7 +781,8 @@ impl Lab {
     }
 
     /// Starts `foobar run` on the LB node with `config` and waits until its
-    /// program is attached. Its stdout and log go to the lab directory.
+    /// program is attached. Its stdout and log go to the lab directory (the
+    /// log is appended to: a restarted daemon's follows the earlier one's).
     pub fn start_foobar(&mut self, foobar: &Path, config: &str) -> Result<()> {
         if self.foobar.is_some() {
             bail!("foobar is already running in lab {}", self.id);
@@ -778,12 +790,20 @@ impl Lab {
         let conf = self.dir.join("foobar.toml");
         fs::write(&conf, config)?;
         let out = fs::File::create(self.dir.join("foobar.out"))?;
-        let log = fs::File::create(self.dir.join("foobar.log"))?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.lb.ns])
+        let log_path = self.dir.join("foobar.log");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
+        let log_start = fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0) as usize;
+        // nsenter --net: the lab's network, the host's mount namespace (and
+        // so the host's bpffs, where the pins must outlive the daemon).
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", self.lb.ns))
             .arg(foobar)
             .args(["run", "--config"])
             .arg(&conf)
+            .env("FOOBAR_PIN_ROOT", &self.pin_root)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(log)
@@ -795,7 +815,11 @@ impl Lab {
             exited = child.try_wait()?;
             // An exited foobar ends the wait at once; it is reported below.
             Ok(exited.is_some()
-                || (self.xdp_attached()? && self.foobar_log().contains("attached; forwarding")))
+                || (self.xdp_attached()?
+                    && self
+                        .foobar_log()
+                        .get(log_start..)
+                        .is_some_and(|l| l.contains("attached; forwarding"))))
         });
         if let Some(status) = exited {
             started = Err(anyhow!("foobar exited with {status}"));
@@ -813,7 +837,8 @@ impl Lab {
     }
 
     /// Sends SIGTERM to foobar and waits for it (10 s, then SIGKILL).
-    /// Returns whether it exited successfully and what it printed.
+    /// Returns whether it exited successfully and what it printed. The
+    /// datapath stays attached and pinned (see `detach_foobar`).
     pub fn stop_foobar(&mut self) -> Result<(bool, String)> {
         let mut child = self.foobar.take().context("foobar is not running")?;
         let ok = terminate(&mut child, Duration::from_secs(10))?;
@@ -821,9 +846,52 @@ impl Lab {
         Ok((ok, out))
     }
 
-    /// The running daemon's pid (`ip netns exec` execs it), to signal it.
+    /// The running daemon's pid (`nsenter` execs it), to signal it.
     pub fn foobar_pid(&self) -> Option<u32> {
         self.foobar.as_ref().map(Child::id)
+    }
+
+    /// SIGTERM, then `foobar detach`: the LB node is back to no XDP program
+    /// (what a benchmark needs before measuring another path).
+    pub fn stop_and_detach_foobar(&mut self) -> Result<(bool, String)> {
+        let (ok, out) = self.stop_foobar()?;
+        let (detached, text) = self.detach_foobar(&foobar_bin()?)?;
+        if !detached {
+            bail!("foobar detach failed: {text}");
+        }
+        Ok((ok, out))
+    }
+
+    /// SIGKILLs foobar (a crash) and reaps it; the datapath stays pinned.
+    pub fn kill_foobar(&mut self) -> Result<()> {
+        let mut child = self.foobar.take().context("foobar is not running")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// `foobar detach` for this lab's interface and pin root, run in the
+    /// host's mount namespace (where the pins are): (success, output).
+    pub fn detach_foobar(&self, foobar: &Path) -> Result<(bool, String)> {
+        let out = Command::new(foobar)
+            .arg("--socket")
+            .arg(self.socket())
+            .args(["detach", "--iface", LB_IFACE, "--pin-root"])
+            .arg(&self.pin_root)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {} detach", foobar.display()))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok((out.status.success(), text))
+    }
+
+    /// Whether anything is pinned under this lab's pin root.
+    pub fn pins_left(&self) -> bool {
+        fs::read_dir(&self.pin_root).is_ok_and(|mut d| d.next().is_some())
     }
 
     pub fn foobar_log(&self) -> String {
@@ -871,6 +939,9 @@ impl Lab {
         if let Some(mut child) = self.foobar.take() {
             let _ = terminate(&mut child, Duration::from_secs(10));
         }
+        // The daemon leaves its datapath pinned: removing the pins detaches
+        // it (the namespace's deletion would too) and frees the maps.
+        remove_pins(&self.pin_root);
         // nginx masters stop their workers and reap them on SIGTERM.
         for (_, child) in &mut self.servers {
             let _ = terminate(child, Duration::from_secs(3));
@@ -898,14 +969,28 @@ pub fn cleanup_all() {
     for ns in names.iter().rev() {
         remove_namespace(ns);
     }
-    if let Ok(entries) = fs::read_dir(std::env::temp_dir()) {
-        let mine = format!("{PREFIX}{}-", std::process::id());
-        for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with(&mine) {
-                let _ = fs::remove_dir_all(e.path());
+    let mine = format!("{PREFIX}{}-", std::process::id());
+    for dir in [std::env::temp_dir(), PathBuf::from(BPFFS)] {
+        if let Ok(entries) = fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&mine) {
+                    remove_pins(&e.path());
+                    let _ = fs::remove_dir_all(e.path());
+                }
             }
         }
     }
+}
+
+/// Removes a lab's pin root, link pins first (so forwarding stops before
+/// the maps go).
+fn remove_pins(root: &Path) {
+    if let Ok(ifaces) = fs::read_dir(root) {
+        for iface in ifaces.flatten() {
+            let _ = fs::remove_file(iface.path().join("link"));
+        }
+    }
+    let _ = fs::remove_dir_all(root);
 }
 
 /// Removes labs left behind by processes that no longer exist (a test run
@@ -927,6 +1012,19 @@ pub fn sweep_stale() {
                 if let Some((lab, _role)) = ns.rsplit_once('-') {
                     let _ = fs::remove_dir_all(std::env::temp_dir().join(lab));
                 }
+            }
+        }
+    }
+    // Pin roots of dead processes' labs (their namespaces may be gone).
+    if let Ok(entries) = fs::read_dir(BPFFS) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = name
+                .strip_prefix(PREFIX)
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|p| p.parse::<u32>().ok());
+            if pid.is_some_and(|pid| !process_alive(pid)) {
+                remove_pins(&e.path());
             }
         }
     }

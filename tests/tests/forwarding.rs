@@ -178,7 +178,7 @@ fn lb_own_address_is_left_to_the_kernel_and_closed_vip_ports_are_dropped() {
 }
 
 #[test]
-fn sigterm_detaches_and_leaves_nothing_attached() {
+fn sigterm_keeps_forwarding_and_detach_leaves_nothing_attached() {
     let mut lab = lab_with_foobar();
     assert!(lab.xdp_attached().unwrap());
     assert!(lab
@@ -193,15 +193,36 @@ fn sigterm_detaches_and_leaves_nothing_attached() {
     );
     assert!(out.contains("final counters"), "{out}");
     assert!(
-        lab.foobar_log().contains("detached"),
+        lab.foobar_log().contains("keeps forwarding"),
         "{}",
         lab.foobar_log()
     );
+    // The pinned datapath outlives the daemon: the VIP is still served by
+    // the backends, not by the LB node's own nginx.
+    assert!(lab.xdp_attached().unwrap(), "SIGTERM leaves it attached");
+    assert!(lab.pins_left());
+    assert!(lab
+        .curl(&format!("http://{VIP}/"))
+        .unwrap()
+        .starts_with("be"));
+
+    let (ok, text) = lab.detach_foobar(&lab::foobar_bin().unwrap()).unwrap();
+    assert!(ok, "foobar detach: {text}");
+    assert!(text.contains("detached"), "{text}");
     assert!(
-        !lab.xdp_attached().unwrap(),
-        "an XDP program is still attached"
+        !lab.pins_left(),
+        "no pin left in {}",
+        lab.pin_root.display()
     );
+    // The link goes with its last reference: at once, but poll briefly.
+    lab::wait_for("XDP detached", std::time::Duration::from_secs(5), || {
+        Ok(!lab.xdp_attached()?)
+    })
+    .unwrap();
     // With foobar gone the LB node's kernel owns the VIP again: port 80 there
     // is the LB's own nginx.
     assert_eq!(lab.curl(&format!("http://{VIP}/")).unwrap().trim(), "lb");
+    // A second detach has nothing to do, and says so.
+    let (ok, text) = lab.detach_foobar(&lab::foobar_bin().unwrap()).unwrap();
+    assert!(ok && text.contains("nothing pinned"), "{text}");
 }

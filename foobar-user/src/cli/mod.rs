@@ -4,6 +4,7 @@
 mod backend;
 mod check;
 mod completions;
+mod detach;
 mod reload;
 mod run;
 mod stats;
@@ -28,8 +29,12 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Attach the load balancer to the NIC and serve until SIGINT/SIGTERM.
+    /// Attach the load balancer to the NIC (or adopt the one a previous run
+    /// left pinned) and serve until SIGINT/SIGTERM; forwarding outlives it.
     Run(run::RunArgs),
+    /// Stop forwarding: detach the pinned XDP program and remove its pins
+    /// (refused while a daemon runs).
+    Detach(detach::DetachArgs),
     /// Validate a config file and print what it would serve (no root needed).
     Check(check::CheckArgs),
     /// Re-read the config file and apply what changed, keeping run-time
@@ -52,6 +57,7 @@ pub enum Command {
 pub fn main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Detach(args) => detach::detach(&cli.socket, args),
         Command::Check(args) => check::check(args),
         Command::Reload(args) => reload::reload(&cli.socket, args),
         Command::Status(args) => status::status(&cli.socket, args),

@@ -1,19 +1,22 @@
 //! `foobar run`: validate the config, restore runtime changes from the
-//! state file, resolve backend MACs, load, program and attach the datapath,
-//! then serve the control API, metrics and health checks until SIGINT or
-//! SIGTERM (SIGHUP reloads the config, as `foobar reload`); then detach and print the final counters. Every refusal happens
-//! before anything is attached.
+//! state file, resolve backend MACs, load the datapath with its maps pinned
+//! in bpffs — adopting the pinned maps and link of an earlier run on the
+//! same interface, if any — reconcile and attach it, then serve the control
+//! API, metrics and health checks until SIGINT or SIGTERM (SIGHUP reloads
+//! the config, as `foobar reload`); then exit and leave the datapath
+//! forwarding (`foobar detach` stops it). Every refusal happens before
+//! anything is attached.
 use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
 use tokio::sync::mpsc;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::{
     api,
     config::{self, Config},
     daemon::{self, Owner, NEIGH_TIMEOUT},
-    datapath::{AttachMode, Datapath, LoadOptions, Stats},
+    datapath::{AttachMode, Datapath, LoadOptions, PinDir, Stats, DEFAULT_PIN_ROOT},
     metrics, neigh,
     state::{SavedVip, State},
     state_file,
@@ -32,6 +35,10 @@ pub struct RunArgs {
     /// `datapath.xdp_mode`.
     #[arg(long, value_parser = ["native", "skb"])]
     pub xdp_mode: Option<String>,
+    /// bpffs directory the datapath is pinned under, one subdirectory per
+    /// interface (bpffs is mounted at /sys/fs/bpf first if absent).
+    #[arg(long, env = "FOOBAR_PIN_ROOT", default_value = DEFAULT_PIN_ROOT)]
+    pub pin_root: PathBuf,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -62,6 +69,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let pins = PinDir::new(&args.pin_root, &iface);
     let result = runtime.block_on(serve(
         config,
         args.config.clone(),
@@ -69,6 +77,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         iface,
         ifindex,
         mode,
+        pins,
         state_file,
         digest,
     ));
@@ -86,9 +95,11 @@ async fn serve(
     iface: String,
     ifindex: u32,
     mode: AttachMode,
+    pins: PinDir,
     state_file: PathBuf,
     digest: String,
 ) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     // Before anything slow: SIGHUP's default action would end the daemon.
     // Signals that arrive before the API serves wait in the stream.
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -105,7 +116,7 @@ async fn serve(
     // an interface here) start down; the daemon keeps resolving them in
     // the background.
     let (macs, vlan_interfaces) = neigh::resolve(ifindex, &wanted, NEIGH_TIMEOUT).await?;
-    let state = State::build_unresolved(&saved, &macs).with_context(|| {
+    let mut state = State::build_unresolved(&saved, &macs).with_context(|| {
         format!(
             "the saved runtime state in {} does not apply",
             state_file.display()
@@ -133,13 +144,40 @@ async fn serve(
             1
         },
     );
-    let datapath = Datapath::load(&LoadOptions {
-        flow_table_size: config.datapath.flow_table_size,
-        affinity_table_size,
-        hash_seed: config.datapath.hash_seed,
-        lb_mac,
-    })
-    .context("loading the XDP programs")?;
+    let had_pins = pins.exists();
+    let datapath = Datapath::load_pinned(
+        &LoadOptions {
+            flow_table_size: config.datapath.flow_table_size,
+            affinity_table_size,
+            hash_seed: config.datapath.hash_seed,
+            lb_mac,
+        },
+        pins.clone(),
+    )
+    .with_context(|| {
+        format!(
+            "loading the XDP programs (pinned in {})",
+            pins.path().display()
+        )
+    })?;
+    // Pins this start created are removed again if it fails before the
+    // program is attached; adopted ones keep forwarding, untouched.
+    let mut fresh_pins = RemovePinsOnDrop((!had_pins).then(|| pins.clone()));
+    if datapath.adopted() {
+        let content = datapath
+            .read_back()
+            .context("reading the adopted BPF maps back")?;
+        let a = state.adopt(&content);
+        info!(
+            dir = %pins.path().display(),
+            vips_kept = a.vips_kept,
+            backends_kept = a.backends_kept,
+            backends_new = a.backends_new,
+            retired = a.retired,
+            next_gen = a.next_gen,
+            "adopting the pinned datapath: flows, affinity and counters kept"
+        );
+    }
     let mut owner = Owner::new(
         state,
         datapath,
@@ -153,8 +191,17 @@ async fn serve(
     owner.set_config(config_path, &config, affinity_table_size > 1);
     owner.vlan_interfaces = vlan_interfaces;
     owner.start()?;
-    owner.datapath.attach(&iface, mode)?;
-    info!(iface = %iface, mode = mode.name(), vips = owner.state.vips().len(), "attached; forwarding");
+    let took_over = owner.datapath.attach(&iface, mode)?;
+    fresh_pins.0 = None;
+    info!(
+        iface = %iface,
+        mode = mode.name(),
+        vips = owner.state.vips().len(),
+        pins = %pins.path().display(),
+        link = if took_over { "adopted (program replaced in place)" } else { "new" },
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "attached; forwarding"
+    );
     for v in owner.state.vips() {
         info!(
             vip = %v.spec.name,
@@ -188,31 +235,52 @@ async fn serve(
         t.abort();
     }
     owner.stop();
-    owner
-        .datapath
-        .detach()
-        .context("detaching the XDP program")?;
-    info!(iface = %iface, "detached");
+    // The state (health included) is on disk already; the pinned link and
+    // maps keep forwarding until the next start adopts them.
+    info!(
+        iface = %iface,
+        pins = %pins.path().display(),
+        "exiting; the XDP program stays attached and keeps forwarding with the last maps \
+         (a restart adopts them; `foobar detach` stops forwarding)"
+    );
     let stats = owner.read_stats().map_err(anyhow::Error::msg)?;
     print!("{}", render_stats(&owner.state, &stats));
     Ok(())
 }
 
 /// The interface's own MAC: the only destination the datapath serves and
-/// the source of every frame it sends.
+/// the source of every frame it sends. Asked of the kernel through
+/// getifaddrs, not sysfs: under `nsenter --net` /sys still shows the
+/// namespace that mounted it.
 fn interface_mac(iface: &str) -> anyhow::Result<[u8; 6]> {
-    let path = format!("/sys/class/net/{iface}/address");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading the MAC address of {iface} from {path}"))?;
-    let bytes: Vec<u8> = text
-        .trim()
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16))
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("{path}: \"{}\" is not a MAC address", text.trim()))?;
-    bytes
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("{path}: \"{}\" is not an Ethernet MAC address", text.trim()))
+    let addrs = nix::ifaddrs::getifaddrs().context("listing the interfaces (getifaddrs)")?;
+    for ifa in addrs {
+        if ifa.interface_name != iface {
+            continue;
+        }
+        if let Some(mac) = ifa
+            .address
+            .as_ref()
+            .and_then(|a| a.as_link_addr())
+            .and_then(|l| l.addr())
+        {
+            return Ok(mac);
+        }
+    }
+    bail!("interface {iface} has no Ethernet MAC address (see `ip link show dev {iface}`)")
+}
+
+/// Removes pins a failed start created (None: nothing to remove).
+struct RemovePinsOnDrop(Option<PinDir>);
+
+impl Drop for RemovePinsOnDrop {
+    fn drop(&mut self) {
+        if let Some(pins) = self.0.take() {
+            if let Err(err) = pins.remove() {
+                warn!(%err, "removing the pins of a failed start");
+            }
+        }
+    }
 }
 
 /// Removes the control socket however `serve` ends, errors included (and

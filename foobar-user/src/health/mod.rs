@@ -96,16 +96,23 @@ pub fn checks_not_run() -> u64 {
 
 /// Runs checks of one backend forever (the owner aborts the task when the
 /// backend goes away); sends a `Transition` on every change of state.
-/// The backend starts up at the edge (`Tracker::starting`).
+/// A backend that starts up starts at the edge (`Tracker::starting`); one
+/// that was down when the daemon stopped (`up` false) needs `rise` good
+/// checks.
 pub async fn run_checker(
     backend_id: u32,
     epoch: u64,
     address: Ipv4Addr,
     port: u16,
     spec: HealthSpec,
+    up: bool,
     tx: mpsc::Sender<Transition>,
 ) {
-    let mut tracker = Tracker::starting(&spec);
+    let mut tracker = if up {
+        Tracker::starting(&spec)
+    } else {
+        Tracker::new(&spec, false)
+    };
     let mut ticker = tokio::time::interval(Duration::from_millis(spec.interval_ms));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Checks not run in the current burst of local errors (logged once

@@ -736,7 +736,7 @@ impl Path {
     fn stop(self, lab: &mut Lab) -> Result<()> {
         match self {
             Path::Direct => Ok(()),
-            Path::Foobar => lab.stop_foobar().map(|_| ()),
+            Path::Foobar => lab.stop_and_detach_foobar().map(|_| ()),
             Path::Haproxy => peers::stop_haproxy(lab),
             Path::Nft => peers::stop_nft(lab),
         }
@@ -981,6 +981,6 @@ fn health_detection(lab: &mut Lab, times: usize) -> Result<Vec<f64>> {
             Ok(health(lab)? == "up")
         })?;
     }
-    lab.stop_foobar()?;
+    lab.stop_and_detach_foobar()?;
     Ok(samples)
 }

@@ -113,11 +113,17 @@ fn demo(foobar: &std::path::Path, requests: usize, backends: usize) -> Result<()
         );
     }
     let (clean, counters) = lab.stop_foobar()?;
-    println!("\nfoobar stopped (SIGTERM), program detached; its {counters}");
+    println!("\nfoobar stopped (SIGTERM); its {counters}");
+    println!(
+        "XDP still attached to {LB_IFACE} (pinned; a restart adopts it): {}",
+        lab.xdp_attached()?
+    );
+    let (detached, text) = lab.detach_foobar(&lab::foobar_bin()?)?;
+    print!("foobar detach: {text}");
     println!("XDP still attached to {LB_IFACE}: {}", lab.xdp_attached()?);
     drop(lab);
     println!("lab removed");
-    if ok != requests || !clean {
+    if ok != requests || !clean || !detached {
         bail!("demo failed: {ok} of {requests} requests OK, foobar exited cleanly: {clean}");
     }
     Ok(())

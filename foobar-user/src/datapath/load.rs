@@ -1,0 +1,398 @@
+//! Loading the XDP object (its maps pinned and reused, or not), taking its
+//! maps, attaching the load balancer to an interface — or taking over the
+//! pinned link of an earlier run — and detaching it. The only place that
+//! creates programs, maps and links; it writes no map entry.
+use aya::{
+    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId, XdpMode},
+        ProgramError, Xdp,
+    },
+    Ebpf, EbpfLoader,
+};
+
+use super::{
+    pin::{PinDir, PINNED_MAPS},
+    rings::RingWriter,
+    stats::CounterMaps,
+    Attached, Datapath, DatapathError, Maps, Result, Written, LB_PROGRAM, OBJECT, PASS_PROGRAM,
+};
+
+/// Where XDP runs on an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// In the driver, before an skb exists (the fast path).
+    Native,
+    /// Generic XDP in the kernel stack: works on every interface, slower.
+    Skb,
+}
+
+impl AttachMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            AttachMode::Native => "native",
+            AttachMode::Skb => "skb",
+        }
+    }
+
+    fn xdp_mode(self) -> XdpMode {
+        match self {
+            AttachMode::Native => XdpMode::Driver,
+            AttachMode::Skb => XdpMode::Skb,
+        }
+    }
+}
+
+/// Load-time settings of the datapath.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Entries of the flow table.
+    pub flow_table_size: u32,
+    /// Entries of the source-affinity table (1 when no VIP uses it: a map
+    /// cannot have 0).
+    pub affinity_table_size: u32,
+    /// Seed of the Maglev flow hash (a global of the program).
+    pub hash_seed: u32,
+    /// MAC of the interface the program serves: only frames addressed to it
+    /// are handled, and it is the source MAC of every frame sent.
+    pub lb_mac: [u8; 6],
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            flow_table_size: foobar_common::FLOW_TABLE_DEFAULT,
+            affinity_table_size: 1,
+            hash_seed: 0,
+            lb_mac: [0; 6],
+        }
+    }
+}
+
+impl Datapath {
+    /// Loads the object and both programs into the kernel (nothing is
+    /// attached yet, nothing forwards). Nothing is pinned: dropping the
+    /// datapath detaches it.
+    pub fn load(opts: &LoadOptions) -> Result<Self> {
+        Datapath::load_with(opts, None)
+    }
+
+    /// As `load`, with every map pinned under `pins` (see the `pin`
+    /// module): maps pinned there already, by an earlier run on the same
+    /// interface, are reused with their entries — flows, affinity,
+    /// counters, VIPs, backends and rings — and `adopted` says so. The
+    /// flow and affinity tables keep their pinned sizes.
+    pub fn load_pinned(opts: &LoadOptions, pins: PinDir) -> Result<Self> {
+        Datapath::load_with(opts, Some(pins))
+    }
+
+    fn load_with(opts: &LoadOptions, pins: Option<PinDir>) -> Result<Self> {
+        let (adopted, pin_lock) = match &pins {
+            Some(p) => {
+                let (adopted, lock) = p.prepare()?;
+                (adopted, Some(lock))
+            }
+            None => (false, None),
+        };
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries("FLOWS", opts.flow_table_size)
+            .map_max_entries("AFFINITY", opts.affinity_table_size.max(1))
+            .override_global("HASH_SEED", &opts.hash_seed, true)
+            .override_global("LB_MAC", &opts.lb_mac, true);
+        let paths: Vec<(&'static str, std::path::PathBuf)> = match &pins {
+            Some(p) => PINNED_MAPS.iter().map(|&n| (n, p.map(n))).collect(),
+            None => Vec::new(),
+        };
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT)?;
+        for name in [LB_PROGRAM, PASS_PROGRAM] {
+            xdp_program(&mut ebpf, name)?
+                .load()
+                .map_err(|source| DatapathError::Program {
+                    program: name,
+                    source,
+                })?;
+        }
+        let rings = RingWriter::open(xdp_program(&mut ebpf, LB_PROGRAM)?)?;
+        // Reused flow and affinity tables keep the sizes they were made with.
+        let mut flow_table_size = opts.flow_table_size;
+        for (name, configured) in [
+            ("FLOWS", opts.flow_table_size),
+            ("AFFINITY", opts.affinity_table_size.max(1)),
+        ] {
+            let size = match ebpf.map(name) {
+                Some(Map::LruHashMap(d) | Map::HashMap(d)) => {
+                    d.info().map_or(configured, |i| i.max_entries())
+                }
+                _ => configured,
+            };
+            if size != configured {
+                tracing::warn!(
+                    map = name,
+                    pinned = size,
+                    configured,
+                    "an adopted table keeps its size; the configured one takes effect after \
+                     `foobar detach` and a start"
+                );
+            }
+            if name == "FLOWS" {
+                flow_table_size = size;
+            }
+        }
+        let maps = take_maps(&mut ebpf)?;
+        Ok(Datapath {
+            ebpf,
+            maps,
+            rings,
+            attached: None,
+            pins,
+            adopted,
+            _pin_lock: pin_lock,
+            flow_table_size,
+            written: Written::default(),
+        })
+    }
+
+    /// Whether the maps were pinned by an earlier run and reused.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// Attaches the load balancer to `iface`. With pins: a pinned link
+    /// there already gets this program in place of the old one, atomically
+    /// (BPF_LINK_UPDATE: no packet meets no program); otherwise the new
+    /// link is pinned. Returns whether an existing link was taken over.
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<bool> {
+        let Some(pins) = self.pins.clone() else {
+            let link = attach_program(&mut self.ebpf, LB_PROGRAM, iface, mode)?;
+            self.attached = Some(Attached::Owned(link));
+            return Ok(false);
+        };
+        let path = pins.link();
+        let link_error = |source| DatapathError::Link {
+            path: path.clone(),
+            source,
+        };
+        let prog = xdp_program(&mut self.ebpf, LB_PROGRAM)?;
+        let program_error = |source| DatapathError::Program {
+            program: LB_PROGRAM,
+            source,
+        };
+        let mut took_over = None;
+        if path.exists() {
+            let fd_link: FdLink = PinnedLink::from_pin(&path).map_err(link_error)?.into();
+            let link = XdpLink::try_from(fd_link).map_err(link_error)?;
+            match prog.attach_to_link(link) {
+                Ok(id) => took_over = Some(id),
+                // A link whose interface went away cannot be updated.
+                Err(err) => {
+                    tracing::warn!(link = %path.display(), %err, "the pinned link cannot be taken over; attaching anew");
+                    std::fs::remove_file(&path).map_err(|source| DatapathError::Pin {
+                        path: path.clone(),
+                        source,
+                    })?;
+                }
+            }
+        }
+        let adopted_link = took_over.is_some();
+        let id = match took_over {
+            Some(id) => id,
+            None => prog
+                .attach(iface, mode.xdp_mode())
+                .map_err(|source| classify_attach_error(iface, mode, source))?,
+        };
+        let link = prog.take_link(id).map_err(program_error)?;
+        let fd_link = FdLink::try_from(link).map_err(link_error)?;
+        let fd_link = if adopted_link {
+            fd_link
+        } else {
+            fd_link
+                .pin(&path)
+                .map_err(|e| DatapathError::Pin {
+                    path: path.clone(),
+                    source: std::io::Error::other(e),
+                })?
+                .into()
+        };
+        self.attached = Some(Attached::Pinned(fd_link));
+        Ok(adopted_link)
+    }
+
+    /// Detaches the load balancer and removes its pins, if any: forwarding
+    /// stops. Dropping a pinned `Datapath` keeps it forwarding (that is
+    /// the point of the pins); dropping an unpinned one detaches it too.
+    pub fn detach(&mut self) -> Result<()> {
+        match self.attached.take() {
+            Some(Attached::Owned(link)) => {
+                xdp_program(&mut self.ebpf, LB_PROGRAM)?
+                    .detach(link)
+                    .map_err(|source| DatapathError::Program {
+                        program: LB_PROGRAM,
+                        source,
+                    })?;
+            }
+            // Closing the last descriptor of an unpinned link detaches it.
+            Some(Attached::Pinned(link)) => {
+                if let Some(pins) = &self.pins {
+                    pins.remove()?;
+                }
+                drop(link);
+            }
+            None => {
+                if let Some(pins) = &self.pins {
+                    pins.remove()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Takes the maps userspace writes or reads out of the object, typed, once
+/// (the programs keep their own references to them).
+fn take_maps(ebpf: &mut Ebpf) -> Result<Maps> {
+    fn take<T: TryFrom<Map, Error = aya::maps::MapError>>(
+        ebpf: &mut Ebpf,
+        name: &'static str,
+    ) -> Result<T> {
+        let map = ebpf
+            .take_map(name)
+            .ok_or(DatapathError::Missing { what: "map", name })?;
+        T::try_from(map).map_err(|source| DatapathError::Map { map: name, source })
+    }
+    let flows = match ebpf.take_map("FLOWS") {
+        Some(Map::LruHashMap(data) | Map::HashMap(data)) => data,
+        _ => {
+            return Err(DatapathError::Missing {
+                what: "hash map",
+                name: "FLOWS",
+            })
+        }
+    };
+    Ok(Maps {
+        backends: take::<Array<MapData, _>>(ebpf, "BACKENDS")?,
+        vips: take::<HashMap<MapData, _, _>>(ebpf, "VIPS")?,
+        vip_addrs4: take::<HashMap<MapData, _, _>>(ebpf, "VIP_ADDRS4")?,
+        affinity: take::<HashMap<MapData, _, _>>(ebpf, "AFFINITY")?,
+        flows,
+        counters: CounterMaps {
+            reasons: take::<PerCpuArray<MapData, _>>(ebpf, "REASONS")?,
+            events: take::<PerCpuArray<MapData, _>>(ebpf, "EVENTS")?,
+            vips: take::<PerCpuArray<MapData, _>>(ebpf, "VIP_STATS")?,
+            backends: take::<PerCpuArray<MapData, _>>(ebpf, "BACKEND_STATS")?,
+        },
+    })
+}
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        // A pinned link stays attached: only an unpinned one goes.
+        if matches!(self.attached, Some(Attached::Owned(_))) {
+            if let Err(err) = self.detach() {
+                tracing::error!(%err, "detaching the XDP program failed");
+            }
+        }
+    }
+}
+
+/// The `foobar_pass` program of a loaded object, attached on its own: the
+/// lab puts it on the peer of the LB's veth. Dropping it detaches it.
+pub struct PassProgram {
+    _ebpf: Ebpf,
+}
+
+impl PassProgram {
+    pub fn attach(iface: &str, mode: AttachMode) -> Result<Self> {
+        let mut ebpf = EbpfLoader::new()
+            // The pass program uses no map; keep the big tables tiny.
+            .map_max_entries("FLOWS", 1)
+            .map_max_entries("AFFINITY", 1)
+            .load(OBJECT)?;
+        xdp_program(&mut ebpf, PASS_PROGRAM)?
+            .load()
+            .map_err(|source| DatapathError::Program {
+                program: PASS_PROGRAM,
+                source,
+            })?;
+        attach_program(&mut ebpf, PASS_PROGRAM, iface, mode)?;
+        Ok(PassProgram { _ebpf: ebpf })
+    }
+}
+
+pub(super) fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp> {
+    let prog = ebpf.program_mut(name).ok_or(DatapathError::Missing {
+        what: "program",
+        name,
+    })?;
+    prog.try_into().map_err(|source| DatapathError::Program {
+        program: name,
+        source,
+    })
+}
+
+fn attach_program(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    iface: &str,
+    mode: AttachMode,
+) -> Result<XdpLinkId> {
+    let prog = xdp_program(ebpf, name)?;
+    prog.attach(iface, mode.xdp_mode())
+        .map_err(|source| classify_attach_error(iface, mode, source))
+}
+
+fn classify_attach_error(iface: &str, mode: AttachMode, source: ProgramError) -> DatapathError {
+    let errno = match &source {
+        ProgramError::UnknownInterface { .. } => {
+            return DatapathError::UnknownInterface {
+                iface: iface.to_owned(),
+            }
+        }
+        ProgramError::SyscallError(e) => e.io_error.raw_os_error(),
+        other => io_errno_in(&other.to_string()),
+    };
+    match errno {
+        Some(libc::EOPNOTSUPP) => DatapathError::ModeUnsupported {
+            iface: iface.to_owned(),
+            mode: mode.name(),
+        },
+        Some(libc::EBUSY) | Some(libc::EEXIST) => DatapathError::Busy {
+            iface: iface.to_owned(),
+        },
+        _ => DatapathError::Attach {
+            iface: iface.to_owned(),
+            mode: mode.name(),
+            source,
+        },
+    }
+}
+
+/// The netlink fallback reports errors as text ("... (os error 95)").
+fn io_errno_in(text: &str) -> Option<i32> {
+    let start = text.rfind("os error ")? + "os error ".len();
+    text[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::io_errno_in;
+
+    #[test]
+    fn errno_is_read_from_netlink_error_text() {
+        assert_eq!(
+            io_errno_in("netlink error: Operation not supported (os error 95)"),
+            Some(95)
+        );
+        assert_eq!(io_errno_in("no number here"), None);
+    }
+}

@@ -1,0 +1,90 @@
+//! The datapath's per-CPU counters, summed: per verdict reason, event, VIP
+//! and backend. Read-only.
+use aya::maps::{MapData, PerCpuArray};
+use foobar_common::{Counter, Event, Reason};
+
+use super::{DatapathError, Result};
+
+/// Summed per-CPU counters, as the datapath sees them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Stats {
+    /// Indexed by `Reason as usize`.
+    pub reasons: Vec<(&'static str, Counters)>,
+    /// Indexed by `Event as usize` (packets only).
+    pub events: Vec<(&'static str, u64)>,
+    /// Indexed by VIP id.
+    pub vips: Vec<Counters>,
+    /// Indexed by backend id.
+    pub backends: Vec<Counters>,
+}
+
+impl Stats {
+    pub fn reason(&self, reason: Reason) -> &Counters {
+        &self.reasons[reason as usize].1
+    }
+
+    pub fn event(&self, event: Event) -> u64 {
+        self.events.get(event as usize).map_or(0, |e| e.1)
+    }
+
+    /// The counters of VIP id `id` (zero if it was not read).
+    pub fn vip(&self, id: u32) -> Counters {
+        self.vips.get(id as usize).cloned().unwrap_or_default()
+    }
+
+    /// The counters of backend id `id` (zero if it was not read).
+    pub fn backend(&self, id: u32) -> Counters {
+        self.backends.get(id as usize).cloned().unwrap_or_default()
+    }
+}
+
+/// The four counter arrays, taken from the object once at load.
+pub(super) struct CounterMaps {
+    pub(super) reasons: PerCpuArray<MapData, Counter>,
+    pub(super) events: PerCpuArray<MapData, Counter>,
+    pub(super) vips: PerCpuArray<MapData, Counter>,
+    pub(super) backends: PerCpuArray<MapData, Counter>,
+}
+
+impl CounterMaps {
+    /// Reads and sums every per-CPU counter of VIP ids below `vip_count`
+    /// and backend ids below `backend_count`.
+    pub(super) fn read(&self, vip_count: usize, backend_count: usize) -> Result<Stats> {
+        let reasons = Reason::ALL
+            .iter()
+            .map(|r| Ok((r.name(), sum(&self.reasons, "REASONS", *r as u32)?)))
+            .collect::<Result<_>>()?;
+        let events = Event::ALL
+            .iter()
+            .map(|e| Ok((e.name(), sum(&self.events, "EVENTS", *e as u32)?.packets)))
+            .collect::<Result<_>>()?;
+        let vips = (0..vip_count as u32)
+            .map(|id| sum(&self.vips, "VIP_STATS", id))
+            .collect::<Result<_>>()?;
+        let backends = (0..backend_count as u32)
+            .map(|id| sum(&self.backends, "BACKEND_STATS", id))
+            .collect::<Result<_>>()?;
+        Ok(Stats {
+            reasons,
+            events,
+            vips,
+            backends,
+        })
+    }
+}
+
+fn sum(array: &PerCpuArray<MapData, Counter>, map: &'static str, index: u32) -> Result<Counters> {
+    let per_cpu = array
+        .get(&index, 0)
+        .map_err(|source| DatapathError::Map { map, source })?;
+    Ok(per_cpu.iter().fold(Counters::default(), |acc, c| Counters {
+        packets: acc.packets + c.packets,
+        bytes: acc.bytes + c.bytes,
+    }))
+}

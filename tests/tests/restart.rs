@@ -1,0 +1,381 @@
+//! Restarts without a hitch, as an operator lives them: the daemon killed
+//! with SIGKILL (a crash) or stopped with SIGTERM (a restart, an upgrade)
+//! under wrk load with long downloads in flight, then started again. The
+//! pinned datapath forwards on its own meanwhile; the new daemon adopts it.
+//! Also: `foobar detach`, its refusal while a daemon runs, a layout
+//! mismatch, and adoption at the map level.
+//! Needs root; lab tests run under `flock -o /tmp/foobar-lab.lock`.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use foobar::{
+    datapath::{Datapath, LoadOptions, PinDir},
+    plan,
+};
+use foobar_tests::lab::{self, Lab, LabOptions, VIP};
+use foobar_tests::ops::{backend, cli, foobar, request, status, wait_until};
+
+/// Size of each long download: 10 s at the slow backends' 32 KB/s.
+const DOWNLOAD_BYTES: usize = 320 * 1024;
+const DOWNLOADS: usize = 10;
+
+/// A lab whose three backends send at 32 KB/s, with foobar running rr.
+fn slow_lab() -> Lab {
+    let mut lab = Lab::start(&LabOptions {
+        backends: 3,
+        slow: vec!["be1".into(), "be2".into(), "be3".into()],
+        ..LabOptions::default()
+    })
+    .expect("lab starts");
+    lab.make_file("long.bin", DOWNLOAD_BYTES).unwrap();
+    let config = lab.config();
+    lab.start_foobar(&foobar(), &config)
+        .expect("foobar run attaches");
+    lab
+}
+
+/// Client addresses (ip:port) with an established connection to port 80,
+/// per backend, as each backend's kernel sees them.
+fn established(lab: &Lab) -> BTreeMap<String, BTreeSet<String>> {
+    lab.backends
+        .iter()
+        .map(|b| {
+            let out = lab
+                .exec(
+                    &b.ns,
+                    &["ss", "-Htn", "state", "established", "( sport = :80 )"],
+                )
+                .unwrap();
+            let peers = out
+                .lines()
+                .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
+                .collect();
+            (b.name.clone(), peers)
+        })
+        .collect()
+}
+
+/// Starts `DOWNLOADS` downloads of long.bin from the client; each prints
+/// its status, size and the X-Backend header of the backend that served it.
+fn start_downloads(lab: &Lab) -> Vec<Child> {
+    (0..DOWNLOADS)
+        .map(|_| {
+            Command::new("ip")
+                .args(["netns", "exec", &lab.client.ns, "curl", "-sS"])
+                .args(["--max-time", "60", "-o", "/dev/null", "-D", "-"])
+                .args(["-w", "result %{http_code} %{size_download}\n"])
+                .arg(format!("http://{VIP}/long.bin"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("starting curl")
+        })
+        .collect()
+}
+
+/// New connections to the VIP from a thread until stopped: the failures.
+struct Prober {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<(usize, Vec<String>)>,
+}
+
+impl Prober {
+    fn start(client_ns: &str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ns, flag) = (client_ns.to_owned(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let start = Instant::now();
+            let (mut sent, mut failed) = (0, Vec::new());
+            // Bounded, whatever the test does.
+            while !flag.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(120) {
+                sent += 1;
+                if let Err(e) = request(&ns) {
+                    failed.push(format!("{:?}: {e}", start.elapsed()));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (sent, failed)
+        });
+        Prober { stop, thread }
+    }
+
+    fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("prober thread")
+    }
+}
+
+enum Stop {
+    Kill,
+    Term,
+}
+
+/// wrk keep-alive load, long downloads and new connections through a
+/// stop, a few seconds without any daemon, and a start: nothing fails,
+/// no established connection changes backend.
+fn restart_under_load(stop: Stop) {
+    let mut lab = slow_lab();
+    // A runtime change first, so ids and generations are not what a fresh
+    // start from the saved state would give (be2 0/1, be3 1/2, be1 2/3):
+    // only adoption keeps every flow entry on its backend.
+    let be1 = lab.backends[0].addr.to_string();
+    for change in ["remove", "add"] {
+        let (ok, _, err) = cli(&lab, &["backend", change, "web", &be1]);
+        assert!(ok, "backend {change}: {err}");
+    }
+    let downloads = start_downloads(&lab);
+    let wrk = lab.start_wrk(&format!("http://{VIP}/"), 10, 12).unwrap();
+    let prober = Prober::start(&lab.client.ns);
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = established(&lab);
+    let long_lived: usize = before.values().map(BTreeSet::len).sum();
+    assert!(
+        long_lived >= DOWNLOADS + 10,
+        "downloads and wrk connections established: {before:?}"
+    );
+
+    let stopped_at = Instant::now();
+    match stop {
+        Stop::Kill => lab.kill_foobar().unwrap(),
+        Stop::Term => {
+            let (ok, _) = lab.stop_foobar().unwrap();
+            assert!(ok, "exit 0 on SIGTERM: {}", lab.foobar_log());
+            assert!(lab.foobar_log().contains("keeps forwarding"));
+        }
+    }
+    // No daemon: the pinned datapath forwards on its own.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        lab.xdp_attached().unwrap(),
+        "still attached without a daemon"
+    );
+    let restart = Instant::now();
+    lab.start_foobar(&foobar(), &lab.config()).unwrap();
+    let to_serving = restart.elapsed();
+    let without_daemon = restart.duration_since(stopped_at);
+    let log = lab.foobar_log();
+    assert!(
+        log.contains("adopting the pinned datapath"),
+        "the restart adopts: {log}"
+    );
+    assert!(log.contains("adopted (program replaced in place)"), "{log}");
+
+    // Every connection established before the stop and still open now is
+    // on the backend it had; none moved to another one.
+    let after = established(&lab);
+    let mut kept = 0;
+    for (backend, peers) in &before {
+        for peer in peers {
+            for (other, now) in &after {
+                if now.contains(peer) {
+                    assert_eq!(
+                        other, backend,
+                        "{peer} moved from {backend} to {other}: {before:?} -> {after:?}"
+                    );
+                    kept += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        kept >= DOWNLOADS + 10,
+        "the long-lived connections are still established: kept {kept} of {long_lived}"
+    );
+
+    for d in downloads {
+        let out = d.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "a download failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains(&format!("result 200 {DOWNLOAD_BYTES}")),
+            "a download was cut: {text}"
+        );
+        assert!(
+            text.to_ascii_lowercase().contains("x-backend: be"),
+            "{text}"
+        );
+    }
+    let wrk = lab::finish_wrk(wrk).unwrap();
+    assert!(wrk.requests > 0, "{}", wrk.text);
+    assert_eq!(wrk.socket_errors, 0, "{}", wrk.text);
+    assert_eq!(wrk.non_2xx_3xx, 0, "{}", wrk.text);
+    let (sent, failed) = prober.finish();
+    assert!(sent > 50, "{sent} probes");
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} new connections failed: {failed:?}",
+        failed.len()
+    );
+    // The daemon's own figure for start to attached: in its log.
+    let elapsed_ms = log
+        .lines()
+        .rfind(|l| l.contains("attached; forwarding"))
+        .and_then(|l| l.split("elapsed_ms=").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or("?")
+        .to_owned();
+    eprintln!(
+        "no daemon for {without_daemon:?}; start to adopted and serving: {to_serving:?} \
+         (daemon's own figure {elapsed_ms} ms); wrk {} requests, 0 errors; {sent} new \
+         connections, 0 failed; {kept} established connections kept their backend",
+        wrk.requests
+    );
+}
+
+#[test]
+fn kill_9_and_start_again_loses_nothing() {
+    restart_under_load(Stop::Kill);
+}
+
+#[test]
+fn sigterm_and_start_again_loses_nothing() {
+    restart_under_load(Stop::Term);
+}
+
+#[test]
+fn a_backend_down_before_the_restart_starts_down() {
+    let mut lab = Lab::start(&LabOptions::default()).unwrap();
+    let config = lab.config();
+    lab.start_foobar(&foobar(), &config).unwrap();
+    let be2 = lab.backends[1].addr.to_string();
+    lab.kill_backend("be2").unwrap();
+    wait_until("be2 marked down", Duration::from_secs(10), || {
+        backend(&status(&lab), &be2).is_some_and(|b| b["health"] == "down")
+    });
+    let (ok, _) = lab.stop_foobar().unwrap();
+    assert!(ok);
+    lab.start_foobar(&foobar(), &config).unwrap();
+    // At once, before any check could have run: still down.
+    let s = status(&lab);
+    let b = backend(&s, &be2).unwrap();
+    assert_eq!(b["health"], "down", "{s}");
+    assert!(
+        b["last_check"].as_str().unwrap().contains("saved state"),
+        "{s}"
+    );
+    for _ in 0..20 {
+        let served = request(&lab.client.ns).expect("the other backends serve");
+        assert_ne!(served, "be2");
+    }
+    // And it comes back the usual way: `rise` good checks.
+    lab.start_backend("be2").unwrap();
+    wait_until("be2 back up", Duration::from_secs(10), || {
+        backend(&status(&lab), &be2).is_some_and(|b| b["health"] == "up")
+    });
+}
+
+#[test]
+fn detach_is_refused_while_the_daemon_runs_and_removes_everything_after() {
+    let mut lab = Lab::start(&LabOptions::default()).unwrap();
+    let config = lab.config();
+    lab.start_foobar(&foobar(), &config).unwrap();
+    let (ok, text) = lab.detach_foobar(&foobar()).unwrap();
+    assert!(!ok, "refused while the daemon runs: {text}");
+    assert!(text.contains("daemon is running"), "{text}");
+    assert!(lab.xdp_attached().unwrap() && lab.pins_left());
+
+    lab.kill_foobar().unwrap();
+    let (ok, text) = lab.detach_foobar(&foobar()).unwrap();
+    assert!(ok, "{text}");
+    assert!(!lab.pins_left(), "pins left in {}", lab.pin_root.display());
+    lab::wait_for("XDP detached", Duration::from_secs(5), || {
+        Ok(!lab.xdp_attached()?)
+    })
+    .unwrap();
+    assert_eq!(lab.curl(&format!("http://{VIP}/")).unwrap().trim(), "lb");
+
+    // A start after a detach begins afresh.
+    lab.start_foobar(&foobar(), &config).unwrap();
+    assert!(!lab
+        .foobar_log()
+        .rsplit("control API listening")
+        .next()
+        .unwrap()
+        .contains("adopting"));
+}
+
+#[test]
+fn maps_of_another_layout_are_refused_with_what_to_do() {
+    let mut lab = Lab::start(&LabOptions::default()).unwrap();
+    let config = lab.config();
+    lab.start_foobar(&foobar(), &config).unwrap();
+    lab.kill_foobar().unwrap();
+    // What an older binary would have left: a layout of another name.
+    let dir = lab.pin_root.join(lab::LB_IFACE);
+    std::fs::create_dir(dir.join("layout-v0-old")).unwrap();
+    let err = lab.start_foobar(&foobar(), &config).unwrap_err();
+    let text = format!("{err:#}");
+    assert!(text.contains("another map layout"), "{text}");
+    assert!(text.contains("foobar detach"), "{text}");
+    // Refused without touching the running datapath.
+    assert!(lab.xdp_attached().unwrap());
+    assert!(lab
+        .curl(&format!("http://{VIP}/"))
+        .unwrap()
+        .starts_with("be"));
+}
+
+/// At the map level, without a lab: entries written through one pinned
+/// datapath are there, unchanged, for the next one on the same pins.
+#[test]
+fn a_second_load_adopts_the_pinned_maps() {
+    let root = std::env::temp_dir().join(format!("foobar-pin-test-{}", std::process::id()));
+    // The pins need a bpffs: mount a private one for the test.
+    std::fs::create_dir_all(&root).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "bpf", "bpf"])
+        .arg(&root)
+        .status()
+        .unwrap()
+        .success();
+    assert!(mounted, "mounting bpffs at {}", root.display());
+    let result = std::panic::catch_unwind(|| {
+        let pins = PinDir::new(&root, "test0");
+        let opts = LoadOptions::default();
+        let config = foobar::config::parse(
+            "[[vip]]\nname = \"web\"\naddress = \"192.0.2.10\"\nport = 80\n\
+             [[vip.backend]]\naddress = \"10.0.0.11\"\n[[vip.backend]]\naddress = \"10.0.0.12\"\n",
+        )
+        .unwrap();
+        let macs = [
+            ("10.0.0.11".parse().unwrap(), [2, 0, 0, 0, 0, 11]),
+            ("10.0.0.12".parse().unwrap(), [2, 0, 0, 0, 0, 12]),
+        ]
+        .into();
+        let plan = plan::build(&config, &macs).unwrap();
+        let mut first = Datapath::load_pinned(&opts, pins.clone()).unwrap();
+        assert!(!first.adopted());
+        first.apply(&plan).unwrap();
+        let written = first.read_back().unwrap();
+        // One datapath per pin directory: a second one is refused while the
+        // first lives (two daemons would fight over the maps).
+        let busy = Datapath::load_pinned(&opts, pins.clone()).err().unwrap();
+        assert!(busy.to_string().contains("stop it first"), "{busy}");
+        drop(first);
+        let second = Datapath::load_pinned(&opts, pins.clone()).unwrap();
+        assert!(second.adopted());
+        assert_eq!(second.read_back().unwrap(), written);
+        assert_eq!(written.backends.len(), 2);
+        assert_eq!(written.rings[&0].len(), plan.vips[0].ring.len());
+        drop(second);
+        assert!(pins.remove().unwrap());
+        assert!(!pins.exists());
+    });
+    let _ = Command::new("umount").arg(&root).status();
+    let _ = std::fs::remove_dir(&root);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
