@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     config::{self, Forwarding, HealthSpec, Protocol, Scheduler, MAX_WEIGHT},
     maglev,
-    plan::{MapsContent, MissingMac, Plan, PlannedVip},
+    plan::{MapsContent, Plan, PlannedVip},
     ring,
 };
 
@@ -881,6 +881,23 @@ fn check_ring(weights: impl IntoIterator<Item = u32>) -> Result<(), StateError> 
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("no MAC address is known for backend {address} of VIP {vip}")]
+pub struct MissingMac {
+    pub vip: String,
+    pub address: Ipv4Addr,
+}
+
+/// The plan of a config as it starts: ids in config order (VIPs from 0,
+/// backends from 0 across VIPs; a server behind two VIPs gets two ids, so
+/// its counters stay per VIP).
+pub fn plan_of_config(
+    config: &config::Config,
+    macs: &HashMap<Ipv4Addr, [u8; 6]>,
+) -> Result<Plan, BuildError> {
+    Ok(State::build(&saved_from_config(config), macs)?.plan())
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BuildError {
     #[error(transparent)]
     MissingMac(#[from] MissingMac),
@@ -1188,5 +1205,80 @@ mod tests {
         assert!(err.to_string().contains("maglev_table_size"), "{err}");
         assert_eq!(s.vip("m").unwrap().backends[0].spec.weight, 1, "unchanged");
         s.set_weight("m", ip(1), 3).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use super::*;
+    use crate::config;
+    use foobar_common::{BACKEND_NEW_FLOWS, BACKEND_UP};
+
+    const TEXT: &str = r#"
+        [[vip]]
+        name = "web"
+        address = "192.0.2.10"
+        port = 80
+        [[vip.backend]]
+        address = "10.0.0.11"
+        weight = 2
+        [[vip.backend]]
+        address = "10.0.0.12"
+
+        [[vip]]
+        name = "all-udp"
+        address = "192.0.2.10"
+        port = 0
+        protocol = "udp"
+        [[vip.backend]]
+        address = "10.0.0.12"
+    "#;
+
+    fn macs() -> HashMap<Ipv4Addr, [u8; 6]> {
+        HashMap::from([
+            ("10.0.0.11".parse().unwrap(), [2, 0, 0, 0, 0, 11]),
+            ("10.0.0.12".parse().unwrap(), [2, 0, 0, 0, 0, 12]),
+        ])
+    }
+
+    #[test]
+    fn keys_are_in_network_byte_order_and_ids_follow_config_order() {
+        let plan = plan_of_config(&config::parse(TEXT).unwrap(), &macs()).unwrap();
+        assert_eq!(plan.vips.len(), 2);
+        let web = &plan.vips[0];
+        assert_eq!(web.key.addr_be[0].to_ne_bytes(), [192, 0, 2, 10]);
+        assert_eq!(web.key.port_be.to_ne_bytes(), [0, 80]);
+        assert_eq!(web.key.proto, 6);
+        assert_eq!(web.service.vip_id, 0);
+        assert_eq!(web.backend_ids, vec![0, 1]);
+        assert_eq!(web.ring, vec![0, 1, 0]);
+
+        let udp = &plan.vips[1];
+        assert_eq!(udp.key.port_be, 0);
+        assert_eq!(udp.key.proto, 17);
+        assert_eq!(udp.service.vip_id, 1);
+        assert_eq!(udp.backend_ids, vec![2], "same server, its own id per VIP");
+
+        assert_eq!(plan.backends.len(), 3);
+        assert_eq!(plan.backends[&2].addr_be[0].to_ne_bytes(), [10, 0, 0, 12]);
+        assert_eq!(plan.backends[&2].mac, [2, 0, 0, 0, 0, 12]);
+        assert!(plan
+            .backends
+            .values()
+            .all(|b| b.flags == BACKEND_UP | BACKEND_NEW_FLOWS));
+    }
+
+    #[test]
+    fn a_backend_without_a_mac_is_an_error_naming_it() {
+        let mut m = macs();
+        m.remove(&"10.0.0.11".parse().unwrap());
+        let err = plan_of_config(&config::parse(TEXT).unwrap(), &m).unwrap_err();
+        assert_eq!(
+            err,
+            BuildError::MissingMac(MissingMac {
+                vip: "web".into(),
+                address: "10.0.0.11".parse().unwrap()
+            })
+        );
     }
 }

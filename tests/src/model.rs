@@ -696,7 +696,11 @@ mod tests {
             .into_iter()
             .map(|n| (Ipv4Addr::new(10, 0, 0, n), [2, 0xbe, 0, 0, 0, n]))
             .collect();
-        Model::new(&foobar::plan::build(&config, &macs).unwrap(), LB, 0)
+        Model::new(
+            &foobar::state::plan_of_config(&config, &macs).unwrap(),
+            LB,
+            0,
+        )
     }
 
     #[test]

@@ -15,10 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use foobar::{
-    datapath::{Datapath, LoadOptions, PinDir},
-    plan,
-};
+use foobar::datapath::{Datapath, LoadOptions, PinDir};
 use foobar_tests::lab::{self, Lab, LabOptions, VIP};
 use foobar_tests::ops::{backend, cli, foobar, request, status, wait_until};
 
@@ -356,7 +353,7 @@ fn a_second_load_adopts_the_pinned_maps() {
             ("10.0.0.12".parse().unwrap(), [2, 0, 0, 0, 0, 12]),
         ]
         .into();
-        let plan = plan::build(&config, &macs).unwrap();
+        let plan = foobar::state::plan_of_config(&config, &macs).unwrap();
         let mut first = Datapath::load_pinned(&opts, pins.clone()).unwrap();
         assert!(!first.adopted());
         first.apply(&plan).unwrap();

@@ -10,8 +10,6 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::datapath::AttachMode;
-
 /// Most weight one backend may have (HAProxy's limit).
 pub const MAX_WEIGHT: u32 = 256;
 /// Bounds of the flow table size (entries).
@@ -218,6 +216,25 @@ impl Default for HealthSpec {
             timeout_ms: 1000,
             rise: 2,
             fall: 3,
+        }
+    }
+}
+
+/// Where XDP runs on an interface (`datapath.xdp_mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// In the driver, before an skb exists (the fast path).
+    Native,
+    /// Generic XDP in the kernel stack: works on every interface, slower.
+    Skb,
+}
+
+impl AttachMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            AttachMode::Native => "native",
+            AttachMode::Skb => "skb",
         }
     }
 }

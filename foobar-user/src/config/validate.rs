@@ -9,8 +9,9 @@ use std::{
 
 use foobar_common::{FLOW_TABLE_DEFAULT, MAX_BACKENDS, MAX_VIPS, RING_CAPACITY};
 
+use super::AttachMode;
 use super::{rules, *};
-use crate::{datapath::AttachMode, ring};
+use crate::ring;
 
 pub(super) struct Problems(Vec<Problem>);
 

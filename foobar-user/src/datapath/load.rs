@@ -19,29 +19,13 @@ use super::{
     Attached, Datapath, DatapathError, Maps, Result, Written, LB_PROGRAM, OBJECT, PASS_PROGRAM,
 };
 
-/// Where XDP runs on an interface.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AttachMode {
-    /// In the driver, before an skb exists (the fast path).
-    Native,
-    /// Generic XDP in the kernel stack: works on every interface, slower.
-    Skb,
-}
+pub use crate::config::AttachMode;
 
-impl AttachMode {
-    pub fn name(self) -> &'static str {
-        match self {
-            AttachMode::Native => "native",
-            AttachMode::Skb => "skb",
-        }
-    }
-
-    fn xdp_mode(self) -> XdpMode {
-        match self {
-            AttachMode::Native => XdpMode::Driver,
-            AttachMode::Skb => XdpMode::Skb,
-        }
+/// The aya attach flag of an attach mode.
+fn xdp_mode(mode: AttachMode) -> XdpMode {
+    match mode {
+        AttachMode::Native => XdpMode::Driver,
+        AttachMode::Skb => XdpMode::Skb,
     }
 }
 
@@ -203,7 +187,7 @@ impl Datapath {
         let id = match took_over {
             Some(id) => id,
             None => prog
-                .attach(iface, mode.xdp_mode())
+                .attach(iface, xdp_mode(mode))
                 .map_err(|source| classify_attach_error(iface, mode, source))?,
         };
         let link = prog.take_link(id).map_err(program_error)?;
@@ -342,7 +326,7 @@ fn attach_program(
     mode: AttachMode,
 ) -> Result<XdpLinkId> {
     let prog = xdp_program(ebpf, name)?;
-    prog.attach(iface, mode.xdp_mode())
+    prog.attach(iface, xdp_mode(mode))
         .map_err(|source| classify_attach_error(iface, mode, source))
 }
 
