@@ -641,6 +641,12 @@ fn a_reused_backend_id_never_inherits_old_flows() {
     assert_eq!(id, 0, "the new backend takes the freed id");
     let plan = st.plan();
     dp.apply(&plan).unwrap();
+    let stats = dp.stats(plan.vips.len(), 5).unwrap();
+    assert_eq!(
+        stats.backend(0).packets,
+        0,
+        "the id's new holder starts with its own counters"
+    );
     // Only the remaining old backends in the ring: a rescheduled flow can
     // land on .12 or .13; the old entry alone could send it to .14.
     dp.set_ring(plan.vips[0].service.vip_id, &[1, 2]).unwrap();

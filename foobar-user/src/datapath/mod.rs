@@ -236,7 +236,13 @@ impl Datapath {
                 map: "VIPS",
                 source,
             })?;
-            self.written.vips.remove(&key);
+            if let Some(service) = self.written.vips.remove(&key) {
+                // Its id goes back to the pool: the next VIP to take it
+                // starts its counters from zero.
+                if !plan.vips.iter().any(|v| v.service.vip_id == service.vip_id) {
+                    self.maps.counters.clear_vip(service.vip_id)?;
+                }
+            }
         }
         let prefilter = &mut self.maps.vip_addrs4;
         let stale: Vec<VipAddrKey> = self
@@ -268,8 +274,10 @@ impl Datapath {
             .copied()
             .collect();
         for id in freed {
-            // Generation 0 and no flags: no flow or affinity entry matches.
+            // Generation 0 and no flags: no flow or affinity entry matches;
+            // and the next backend to take the id counts from zero.
             self.set_backend(id, &Backend::default())?;
+            self.maps.counters.clear_backend(id)?;
             self.written.backends.remove(&id);
         }
         Ok(())

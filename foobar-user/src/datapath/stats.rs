@@ -1,6 +1,6 @@
 //! The datapath's per-CPU counters, summed: per verdict reason, event, VIP
 //! and backend. Read-only.
-use aya::maps::{MapData, PerCpuArray};
+use aya::maps::{MapData, PerCpuArray, PerCpuValues};
 use foobar_common::{Counter, Event, Reason};
 
 use super::{DatapathError, Result};
@@ -77,6 +77,33 @@ impl CounterMaps {
             backends,
         })
     }
+}
+
+impl CounterMaps {
+    /// Zeroes the counters of a backend id that was freed.
+    pub(super) fn clear_backend(&mut self, id: u32) -> Result<()> {
+        clear(&mut self.backends, "BACKEND_STATS", id)
+    }
+
+    /// Zeroes the counters of a VIP id that was freed.
+    pub(super) fn clear_vip(&mut self, id: u32) -> Result<()> {
+        clear(&mut self.vips, "VIP_STATS", id)
+    }
+}
+
+fn clear(array: &mut PerCpuArray<MapData, Counter>, map: &'static str, index: u32) -> Result<()> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Map {
+        map,
+        source: aya::maps::MapError::IoError(e),
+    })?;
+    let zeros =
+        PerCpuValues::try_from(vec![Counter::default(); cpus]).map_err(|e| DatapathError::Map {
+            map,
+            source: aya::maps::MapError::IoError(e),
+        })?;
+    array
+        .set(index, zeros, 0)
+        .map_err(|source| DatapathError::Map { map, source })
 }
 
 fn sum(array: &PerCpuArray<MapData, Counter>, map: &'static str, index: u32) -> Result<Counters> {
