@@ -193,6 +193,9 @@ async fn serve(
     owner.start()?;
     let took_over = owner.datapath.attach(&iface, mode)?;
     fresh_pins.0 = None;
+    if took_over {
+        warn_if_link_mode_differs(ifindex, &iface, mode).await;
+    }
     info!(
         iface = %iface,
         mode = mode.name(),
@@ -353,4 +356,51 @@ pub fn render_stats(state: &State, stats: &Stats) -> String {
         }
     }
     out
+}
+
+/// An adopted link keeps the XDP mode it was attached in (BPF_LINK_UPDATE
+/// swaps only the program): when that is not the configured mode, say so
+/// and what to do. Reads the interface's attach mode over netlink; a
+/// failed look is logged and changes nothing.
+async fn warn_if_link_mode_differs(ifindex: u32, iface: &str, configured: AttachMode) {
+    use futures::TryStreamExt as _;
+    use rtnetlink::packet_route::link::{LinkAttribute, LinkXdp, XdpAttached};
+    let attached = async {
+        let (conn, handle, _) = rtnetlink::new_connection()?;
+        let conn = tokio::spawn(conn);
+        let msg = handle
+            .link()
+            .get()
+            .match_index(ifindex)
+            .execute()
+            .try_next()
+            .await;
+        conn.abort();
+        let mode = msg?
+            .into_iter()
+            .flat_map(|m| m.attributes)
+            .find_map(|a| match a {
+                LinkAttribute::Xdp(xdp) => xdp.into_iter().find_map(|x| match x {
+                    LinkXdp::Attached(XdpAttached::Driver) => Some(AttachMode::Native),
+                    LinkXdp::Attached(XdpAttached::SocketBuffer) => Some(AttachMode::Skb),
+                    _ => None,
+                }),
+                _ => None,
+            });
+        anyhow::Ok(mode)
+    };
+    match attached.await {
+        Ok(Some(pinned)) if pinned != configured => warn!(
+            iface,
+            pinned = pinned.name(),
+            configured = configured.name(),
+            "the adopted XDP link keeps its mode: it runs in {} mode, not the configured {}; \
+             to change it, stop the daemon, run `foobar detach` (established flows are \
+             rescheduled), then start it again",
+            pinned.name(),
+            configured.name()
+        ),
+        Ok(_) => {}
+        Err(err) => warn!(iface, %err, "cannot read the adopted XDP link's mode"),
+    }
 }
