@@ -1,9 +1,10 @@
 //! What an operator does against a lab's running daemon, shared by the
 //! lab tests: the `foobar` CLI, `foobar status --json`, one new client
-//! connection through the VIP, and bounded waiting for a condition.
+//! connection through the VIP, long downloads, and bounded waiting for a
+//! condition.
 use std::{
     path::PathBuf,
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -70,4 +71,51 @@ pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -
         std::thread::sleep(Duration::from_millis(25));
     }
     panic!("{what}: not within {limit:?}");
+}
+
+/// Starts `n` downloads of `www/FILE` through the VIP from the client
+/// (60 s limit each); `finish_downloads` checks them.
+pub fn start_downloads(lab: &Lab, file: &str, n: usize) -> Vec<Child> {
+    (0..n)
+        .map(|_| {
+            Command::new("ip")
+                .args(["netns", "exec", &lab.client.ns, "curl", "-sS"])
+                .args(["--max-time", "60", "-o", "/dev/null", "-D", "-"])
+                .args(["-w", "result %{http_code} %{size_download}\n"])
+                .arg(format!("http://{VIP}/{file}"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("starting curl")
+        })
+        .collect()
+}
+
+/// Waits for the downloads of `start_downloads` and panics unless each
+/// got a 200 and all `bytes`; returns the backend that served each.
+pub fn finish_downloads(downloads: Vec<Child>, bytes: usize) -> Vec<String> {
+    downloads
+        .into_iter()
+        .map(|d| {
+            let out = d.wait_with_output().expect("waiting for curl");
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "a download failed: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                text.contains(&format!("result 200 {bytes}")),
+                "a download was cut: {text}"
+            );
+            text.lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("x-backend")
+                        .then(|| v.trim().to_owned())
+                })
+                .unwrap_or_else(|| panic!("no X-Backend header: {text}"))
+        })
+        .collect()
 }

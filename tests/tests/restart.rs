@@ -1,13 +1,16 @@
 //! Restarts without a hitch, as an operator lives them: the daemon killed
-//! with SIGKILL (a crash) or stopped with SIGTERM (a restart, an upgrade)
+//! with SIGKILL (a crash) or stopped with SIGTERM (a restart), or stopped
+//! and replaced by another binary file (an upgrade of the same layout),
 //! under wrk load with long downloads in flight, then started again. The
 //! pinned datapath forwards on its own meanwhile; the new daemon adopts it.
 //! Also: `foobar detach`, its refusal while a daemon runs, a layout
-//! mismatch, and adoption at the map level.
+//! mismatch, an adopted link of another XDP mode, and adoption at the map
+//! level.
 //! Needs root; lab tests run under `flock -o /tmp/foobar-lab.lock`.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    process::{Child, Command, Stdio},
+    path::PathBuf,
+    process::Command,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -17,11 +20,15 @@ use std::{
 
 use foobar::datapath::{Datapath, LoadOptions, PinDir};
 use foobar_tests::lab::{self, Lab, LabOptions, VIP};
-use foobar_tests::ops::{backend, cli, foobar, request, status, wait_until};
+use foobar_tests::ops::{
+    backend, cli, finish_downloads, foobar, request, start_downloads, status, wait_until,
+};
 
 /// Size of each long download: 10 s at the slow backends' 32 KB/s.
 const DOWNLOAD_BYTES: usize = 320 * 1024;
-const DOWNLOADS: usize = 10;
+/// As many as the issue asks for (each runs 10 s: the lab's slow backends
+/// limit each connection, not each backend).
+const DOWNLOADS: usize = 20;
 
 /// A lab whose three backends send at 32 KB/s, with foobar running rr.
 fn slow_lab() -> Lab {
@@ -55,25 +62,6 @@ fn established(lab: &Lab) -> BTreeMap<String, BTreeSet<String>> {
                 .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
                 .collect();
             (b.name.clone(), peers)
-        })
-        .collect()
-}
-
-/// Starts `DOWNLOADS` downloads of long.bin from the client; each prints
-/// its status, size and the X-Backend header of the backend that served it.
-fn start_downloads(lab: &Lab) -> Vec<Child> {
-    (0..DOWNLOADS)
-        .map(|_| {
-            Command::new("ip")
-                .args(["netns", "exec", &lab.client.ns, "curl", "-sS"])
-                .args(["--max-time", "60", "-o", "/dev/null", "-D", "-"])
-                .args(["-w", "result %{http_code} %{size_download}\n"])
-                .arg(format!("http://{VIP}/long.bin"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("starting curl")
         })
         .collect()
 }
@@ -113,6 +101,39 @@ impl Prober {
 enum Stop {
     Kill,
     Term,
+    /// SIGTERM, then the start runs another binary file (see
+    /// `sigterm_and_start_another_binary_of_the_same_layout_loses_nothing`).
+    Upgrade,
+}
+
+/// The id of the XDP program attached to the LB node's NIC (from
+/// `ip -d link show`: "prog/xdp id N").
+fn xdp_program_id(lab: &Lab) -> Option<u32> {
+    let out = lab
+        .exec(
+            &lab.lb.ns,
+            &["ip", "-d", "link", "show", "dev", lab::LB_IFACE],
+        )
+        .ok()?;
+    out.split("prog/xdp id ")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The "new release": a copy of the foobar binary under another path in
+/// the lab directory.
+fn upgraded_binary(lab: &Lab) -> PathBuf {
+    let path = lab.dir.join("foobar-upgraded");
+    std::fs::copy(foobar(), &path).expect("copying the foobar binary");
+    path
+}
+
+/// The executable a process runs.
+fn exe_of(pid: u32) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/exe")).expect("reading /proc/PID/exe")
 }
 
 /// wrk keep-alive load, long downloads and new connections through a
@@ -128,7 +149,7 @@ fn restart_under_load(stop: Stop) {
         let (ok, _, err) = cli(&lab, &["backend", change, "web", &be1]);
         assert!(ok, "backend {change}: {err}");
     }
-    let downloads = start_downloads(&lab);
+    let downloads = start_downloads(&lab, "long.bin", DOWNLOADS);
     let wrk = lab.start_wrk(&format!("http://{VIP}/"), 10, 12).unwrap();
     let prober = Prober::start(&lab.client.ns);
     std::thread::sleep(Duration::from_millis(1500));
@@ -139,10 +160,15 @@ fn restart_under_load(stop: Stop) {
         "downloads and wrk connections established: {before:?}"
     );
 
+    let program_before = xdp_program_id(&lab).expect("an XDP program is attached");
+    let binary = match stop {
+        Stop::Upgrade => upgraded_binary(&lab),
+        Stop::Kill | Stop::Term => foobar(),
+    };
     let stopped_at = Instant::now();
     match stop {
         Stop::Kill => lab.kill_foobar().unwrap(),
-        Stop::Term => {
+        Stop::Term | Stop::Upgrade => {
             let (ok, _) = lab.stop_foobar().unwrap();
             assert!(ok, "exit 0 on SIGTERM: {}", lab.foobar_log());
             assert!(lab.foobar_log().contains("keeps forwarding"));
@@ -155,8 +181,16 @@ fn restart_under_load(stop: Stop) {
         "still attached without a daemon"
     );
     let restart = Instant::now();
-    lab.start_foobar(&foobar(), &lab.config()).unwrap();
+    lab.start_foobar(&binary, &lab.config()).unwrap();
     let to_serving = restart.elapsed();
+    assert_eq!(
+        exe_of(lab.foobar_pid().unwrap()),
+        binary,
+        "the daemon runs the binary it was started from"
+    );
+    // The new daemon loaded its own program and put it on the pinned link.
+    let program_after = xdp_program_id(&lab).expect("an XDP program is attached");
+    assert_ne!(program_before, program_after, "the program was replaced");
     let without_daemon = restart.duration_since(stopped_at);
     let log = lab.foobar_log();
     assert!(
@@ -187,23 +221,8 @@ fn restart_under_load(stop: Stop) {
         "the long-lived connections are still established: kept {kept} of {long_lived}"
     );
 
-    for d in downloads {
-        let out = d.wait_with_output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "a download failed: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            text.contains(&format!("result 200 {DOWNLOAD_BYTES}")),
-            "a download was cut: {text}"
-        );
-        assert!(
-            text.to_ascii_lowercase().contains("x-backend: be"),
-            "{text}"
-        );
-    }
+    let served = finish_downloads(downloads, DOWNLOAD_BYTES);
+    assert!(served.iter().all(|b| b.starts_with("be")), "{served:?}");
     let wrk = lab::finish_wrk(wrk).unwrap();
     assert!(wrk.requests > 0, "{}", wrk.text);
     assert_eq!(wrk.socket_errors, 0, "{}", wrk.text);
@@ -239,6 +258,67 @@ fn kill_9_and_start_again_loses_nothing() {
 #[test]
 fn sigterm_and_start_again_loses_nothing() {
     restart_under_load(Stop::Term);
+}
+
+/// Test 3 of the hitless-restart issue, "a rebuilt binary over a running
+/// one (same layout)". The new binary is a copy of the foobar binary at
+/// another path (`foobar-upgraded` in the lab directory), not a rebuild
+/// with different program bytes: building a second eBPF object inside a
+/// test is not cheap, and a marker global would change nothing the kernel
+/// checks. What it proves: a daemon started from another executable file
+/// (checked through /proc/PID/exe) adopts the pinned maps of the old one,
+/// loads its own copy of the XDP program (a new program id on the
+/// interface) and swaps it onto the pinned link with BPF_LINK_UPDATE,
+/// under load, with nothing failed, cut or moved. That the two programs'
+/// instructions are identical does not matter to that path: the kernel
+/// swaps whatever program it is given, and the layout check (the layout
+/// directory's name) is what decides whether another build may adopt the
+/// maps (`maps_of_another_layout_are_refused_with_what_to_do`).
+#[test]
+fn sigterm_and_start_another_binary_of_the_same_layout_loses_nothing() {
+    restart_under_load(Stop::Upgrade);
+}
+
+/// A link adopted from a run in another XDP mode keeps that mode
+/// (BPF_LINK_UPDATE swaps only the program): the daemon says so, and what
+/// to do.
+#[test]
+fn an_adopted_link_of_another_xdp_mode_is_reported() {
+    let mut lab = Lab::start(&LabOptions::default()).unwrap();
+    let native = lab.config();
+    assert!(native.contains("xdp_mode = \"native\""));
+    lab.start_foobar(&foobar(), &native).unwrap();
+    lab.kill_foobar().unwrap();
+    let skb = native.replace("xdp_mode = \"native\"", "xdp_mode = \"skb\"");
+    lab.start_foobar(&foobar(), &skb).unwrap();
+    let log = lab.foobar_log();
+    let after = log.rsplit("adopting the pinned datapath").next().unwrap();
+    assert!(
+        after.contains("runs in native mode, not the configured skb")
+            && after.contains("foobar detach"),
+        "{log}"
+    );
+    let link = lab
+        .exec(
+            &lab.lb.ns,
+            &["ip", "-d", "link", "show", "dev", lab::LB_IFACE],
+        )
+        .unwrap();
+    assert!(
+        link.contains("xdp ") || link.contains("xdpdrv"),
+        "still native: {link}"
+    );
+    assert!(!link.contains("xdpgeneric"), "{link}");
+    // The same mode again: no warning.
+    lab.kill_foobar().unwrap();
+    lab.start_foobar(&foobar(), &native).unwrap();
+    let log = lab.foobar_log();
+    let last = log.rsplit("adopting the pinned datapath").next().unwrap();
+    assert!(!last.contains("keeps its mode"), "{log}");
+    assert!(lab
+        .curl(&format!("http://{VIP}/"))
+        .unwrap()
+        .starts_with("be"));
 }
 
 #[test]
