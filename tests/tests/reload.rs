@@ -12,10 +12,16 @@ use std::{
 };
 
 use foobar_tests::lab::{self, Lab, LabOptions, VIP};
-use foobar_tests::ops::{backend, cli, foobar, request, status, wait_until};
+use foobar_tests::ops::{
+    backend, cli, finish_downloads, foobar, request, start_downloads, status, wait_until,
+};
 
 fn lab_running(backends_in_config: usize) -> Lab {
-    let mut lab = Lab::start(&LabOptions::default()).expect("lab starts");
+    lab_running_with(backends_in_config, &LabOptions::default())
+}
+
+fn lab_running_with(backends_in_config: usize, opts: &LabOptions) -> Lab {
+    let mut lab = Lab::start(opts).expect("lab starts");
     let config = lab.config_with_backends(backends_in_config);
     lab.start_foobar(&foobar(), &config)
         .expect("foobar run attaches");
@@ -92,11 +98,25 @@ fn served_by(lab: &Lab, name: &str, limit: Duration) -> Duration {
     })
 }
 
+/// Size of each long download: 10 s at the slow backends' 32 KB/s.
+const DOWNLOAD_BYTES: usize = 320 * 1024;
+const DOWNLOADS: usize = 20;
+
 #[test]
 fn reload_adds_reweighs_and_removes_backends_under_load_without_a_failed_request() {
-    let mut lab = lab_running(2);
+    // Slow backends (32 KB/s per connection) keep the downloads running
+    // through every reload; wrk's tiny responses do not notice the limit.
+    let mut lab = lab_running_with(
+        2,
+        &LabOptions {
+            slow: vec!["be1".into(), "be2".into(), "be3".into()],
+            ..LabOptions::default()
+        },
+    );
+    lab.make_file("long.bin", DOWNLOAD_BYTES).unwrap();
     let [be1, be2, be3] = [0, 1, 2].map(|i| lab.backends[i].addr.to_string());
     let base = lab.config_with_backends(2);
+    let downloads = start_downloads(&lab, "long.bin", DOWNLOADS);
     let wrk = lab.start_wrk(&format!("http://{VIP}/"), 8, 14).unwrap();
     let prober = Prober::start(&lab.client.ns);
     std::thread::sleep(Duration::from_secs(1));
@@ -145,14 +165,21 @@ fn reload_adds_reweighs_and_removes_backends_under_load_without_a_failed_request
 
     let probes = prober.finish();
     let wrk = lab::finish_wrk(wrk).unwrap();
+    // Every download ends whole, those on the removed be1 included (its
+    // flows finish on it).
+    let served = finish_downloads(downloads, DOWNLOAD_BYTES);
     let log = lab.foobar_log();
     let _ = lab.stop_foobar();
     eprintln!(
-        "wrk: {} requests, {} socket errors, {} non-2xx; {} probes",
+        "wrk: {} requests, {} socket errors, {} non-2xx; {} probes; downloads served by {served:?}",
         wrk.requests,
         wrk.socket_errors,
         wrk.non_2xx_3xx,
         probes.len()
+    );
+    assert!(
+        served.iter().any(|b| b == "be1"),
+        "some downloads ran on the removed backend: {served:?}"
     );
     assert!(wrk.requests > 1000, "{}", wrk.text);
     assert_eq!(wrk.socket_errors, 0, "{}", wrk.text);
