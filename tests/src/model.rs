@@ -199,6 +199,12 @@ impl Model {
     /// This function is the only place that reads foobar-common's map
     /// layouts, so a layout change is adapted here only.
     pub fn apply_plan(&mut self, plan: &Plan) {
+        // An id that leaves the maps goes back to the pool with its
+        // counters zeroed (the next holder counts from zero).
+        let vip_ids: Vec<u32> = plan.vips.iter().map(|v| v.service.vip_id).collect();
+        self.vip_counters.retain(|id, _| vip_ids.contains(id));
+        self.backend_counters
+            .retain(|id, _| plan.backends.contains_key(id));
         self.vips.clear();
         self.addrs.clear();
         self.rings.clear();
