@@ -224,8 +224,8 @@ pub fn l4(ctx: &XdpContext, ip: &L3) -> Result<Packet, Verdict> {
 #[inline(always)]
 fn flow_key(src_be: u32, dst_be: u32, sport_be: u16, dport_be: u16, proto: u8) -> FlowKey {
     FlowKey {
-        src_be: [src_be, 0, 0, 0],
-        dst_be: [dst_be, 0, 0, 0],
+        src_be,
+        dst_be,
         sport_be,
         dport_be,
         proto,

@@ -665,13 +665,8 @@ fn control_plane(quick: bool) -> Result<String> {
 /// A flow of the walk's table: client `i` to the bench's VIP.
 fn walk_key(i: u32) -> FlowKey {
     FlowKey {
-        src_be: [
-            u32::from(Ipv4Addr::from(0x0a80_0000u32.wrapping_add(i))).to_be(),
-            0,
-            0,
-            0,
-        ],
-        dst_be: [u32::from_be_bytes([192, 0, 2, 10]).to_be(), 0, 0, 0],
+        src_be: u32::from(Ipv4Addr::from(0x0a80_0000u32.wrapping_add(i))).to_be(),
+        dst_be: u32::from_be_bytes([192, 0, 2, 10]).to_be(),
         sport_be: (1024 + (i % 60000) as u16).to_be(),
         dport_be: 80u16.to_be(),
         proto: 6,
