@@ -63,6 +63,10 @@ struct Args {
 
 const SECTIONS: [&str; 5] = ["per-packet", "control", "flow-walk", "fuzz", "e2e"];
 
+/// In the --out file, everything from this line on is written by hand and
+/// kept when the report is regenerated.
+const HAND_WRITTEN: &str = "<!-- written by hand from here on; cargo xtask bench keeps it -->";
+
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 
@@ -109,6 +113,13 @@ fn main() -> Result<()> {
     }
     print!("{report}");
     if let Some(out) = &args.out {
+        // The analysis written by hand below the marker survives a rerun.
+        if let Ok(old) = std::fs::read_to_string(out) {
+            if let Some(at) = old.find(HAND_WRITTEN) {
+                report.push('\n');
+                report.push_str(&old[at..]);
+            }
+        }
         std::fs::write(out, &report).with_context(|| format!("writing {}", out.display()))?;
         println!("\nwritten to {}", out.display());
     }
