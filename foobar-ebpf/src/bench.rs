@@ -51,6 +51,29 @@ pub fn xdp_tx(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
 
+/// The minimal XDP forwarder: rewrites both MACs to fixed values (one
+/// backend) and sends the frame back out, nothing else. The ceiling for any
+/// XDP balancer's forward, measured beside foobar's paths.
+#[xdp]
+pub fn forwarder(ctx: XdpContext) -> u32 {
+    const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+    const BACKEND_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
+    let start = ctx.data();
+    // The verifier needs this check before the direct packet writes.
+    if start + MACS_LEN > ctx.data_end() {
+        return xdp_action::XDP_PASS;
+    }
+    let frame = start as *mut u8;
+    // SAFETY: the frame holds at least MACS_LEN bytes (checked above).
+    unsafe {
+        for i in 0..6 {
+            *frame.add(i) = BACKEND_MAC[i];
+            *frame.add(6 + i) = LB_MAC[i];
+        }
+    }
+    xdp_action::XDP_TX
+}
+
 #[xdp]
 pub fn harness(ctx: XdpContext) -> u32 {
     let start = ctx.data();

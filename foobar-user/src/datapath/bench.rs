@@ -44,7 +44,7 @@ pub struct Sample {
 impl Harness {
     pub fn load() -> Result<Self> {
         let mut ebpf = EbpfLoader::new().load(OBJECT)?;
-        for name in ["harness", "xdp_tx"] {
+        for name in ["harness", "xdp_tx", "forwarder"] {
             program(&mut ebpf, name)?
                 .load()
                 .map_err(|source| DatapathError::Program {
@@ -67,6 +67,21 @@ impl Harness {
                 })?;
         fd.try_clone().map_err(|e| DatapathError::Program {
             program: "xdp_tx",
+            source: e.into(),
+        })
+    }
+
+    /// The minimal forwarder's fd (a MAC rewrite to one fixed backend,
+    /// nothing else): the ceiling for any XDP balancer's forward.
+    pub fn forwarder_fd(&mut self) -> Result<ProgramFd> {
+        let fd = program(&mut self.ebpf, "forwarder")?
+            .fd()
+            .map_err(|source| DatapathError::Program {
+                program: "forwarder",
+                source,
+            })?;
+        fd.try_clone().map_err(|e| DatapathError::Program {
+            program: "forwarder",
             source: e.into(),
         })
     }

@@ -346,11 +346,16 @@ fn per_packet(quick: bool) -> Result<String> {
     // The check: the pass path (which changes nothing) run directly, with
     // `repeat`, against the same path behind the harness minus its cost.
     let mut pass_direct = Vec::new();
+    let forwarder_fd = harness.forwarder_fd()?;
+    let mut forwarder = Vec::new();
     for _ in 0..rounds {
         floor.push(harness.floor(&vip, repeat)?.ns_per_packet);
         for (i, r) in variants.iter().enumerate() {
             with_harness[i].push(harness.run(&floor_fd, &vip, *r, repeat)?.ns_per_packet);
         }
+        let s = harness.run(&forwarder_fd, &vip, Restore::Macs, repeat)?;
+        ensure!(s.action == XDP_TX, "minimal forwarder: action {}", s.action);
+        forwarder.push(s.ns_per_packet);
         for case in &mut cases {
             if case.fresh {
                 let opts = LoadOptions {
@@ -415,6 +420,12 @@ fn per_packet(quick: bool) -> Result<String> {
             cost_of(r)
         )?;
     }
+    let forwarder = median(forwarder) - cost_of(Restore::Macs);
+    writeln!(
+        out,
+        "| minimal XDP forwarder (MAC rewrite to one backend, nothing else) | {forwarder:.1} | {:.2} | |",
+        forwarder / floor
+    )?;
     let mut pass_behind = 0.0;
     for case in &cases {
         let cost = median(case.samples.clone()) - cost_of(case.restore);
