@@ -5,6 +5,7 @@
 #![no_std]
 #![no_main]
 
+mod clock;
 mod flow;
 mod forward;
 mod maps;

@@ -1,6 +1,7 @@
 //! Every map of the datapath, on one screen. Userspace (foobar-user's
 //! `datapath` module) is their only writer, except the flow table, the
 //! round-robin cursors and the counters, which the datapath writes.
+use crate::clock::Reading;
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
@@ -61,3 +62,7 @@ pub static REASONS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_
 /// Per event (foobar_common::Event): counted besides the packet's reason.
 #[map]
 pub static EVENTS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(EVENT_COUNT, 0);
+
+/// Per CPU: the clock's latest reading (clock.rs).
+#[map]
+pub static CLOCK: PerCpuArray<Reading> = PerCpuArray::with_max_entries(1, 0);

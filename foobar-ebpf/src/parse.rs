@@ -224,8 +224,8 @@ pub fn l4(ctx: &XdpContext, ip: &L3) -> Result<Packet, Verdict> {
 #[inline(always)]
 fn flow_key(src_be: u32, dst_be: u32, sport_be: u16, dport_be: u16, proto: u8) -> FlowKey {
     FlowKey {
-        src_be: [src_be, 0, 0, 0],
-        dst_be: [dst_be, 0, 0, 0],
+        src_be,
+        dst_be,
         sport_be,
         dport_be,
         proto,
@@ -291,11 +291,16 @@ fn icmp_error(ctx: &XdpContext, ip: &L3) -> Result<Packet, Verdict> {
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
         return Err(Verdict::pass(Reason::Malformed));
     }
+    // Verifier: the frame bounds check comes before the length check below,
+    // which implies it (the IP total length was checked against the frame):
+    // in the other order LLVM drops this check as redundant, and the
+    // verifier, which cannot follow that reasoning, rejects the read. Both
+    // checks give the same verdict.
+    let ports: *const Ports = ptr_at(ctx, inner_l3 + ihl)?;
     let quoted = ICMP_HDR_LEN + ihl + size_of::<Ports>();
     if quoted > ip.l4_len {
         return Err(Verdict::pass(Reason::Malformed));
     }
-    let ports: *const Ports = ptr_at(ctx, inner_l3 + ihl)?;
     // SAFETY: bounds checked by ptr_at.
     let (sport, dport) = unsafe { ((*ports).src, (*ports).dst) };
     Ok(Packet {

@@ -27,7 +27,7 @@ pub fn pick(pkt: &Packet, service: &Service, now: u64) -> Result<(u32, Backend),
         return from_ring(pkt, service);
     }
     let key = AffinityKey {
-        client_be: pkt.flow.src_be,
+        client_be: [pkt.flow.src_be, 0, 0, 0],
         vip_id: service.vip_id,
     };
     let timeout_ns = u64::from(service.affinity_timeout_s) * 1_000_000_000;

@@ -31,7 +31,7 @@ pub fn lookup(pkt: &Packet, addr_flags: u32) -> Result<Service, Verdict> {
     // For an ICMP error the service is the one of the flow it is about,
     // whose destination is the VIP.
     let mut key = VipKey {
-        addr_be: pkt.flow.dst_be,
+        addr_be: [pkt.flow.dst_be, 0, 0, 0],
         port_be: pkt.flow.dport_be,
         proto: pkt.flow.proto,
         family: AF_INET,

@@ -357,8 +357,8 @@ impl Model {
                 let (sport_be, dport_be, tcp_flags) =
                     l4_ports(f, l4, l4_len, ip.proto).ok_or(pass(Reason::Malformed))?;
                 let key = FlowKey {
-                    src_be: [ip.src_be, 0, 0, 0],
-                    dst_be: [ip.dst_be, 0, 0, 0],
+                    src_be: ip.src_be,
+                    dst_be: ip.dst_be,
                     sport_be,
                     dport_be,
                     proto: ip.proto,
@@ -430,8 +430,8 @@ impl Model {
         let vip_port_be = ne16(f, inner + ihl);
         let client_port_be = ne16(f, inner + ihl + 2);
         let key = FlowKey {
-            src_be: [client_be, 0, 0, 0],
-            dst_be: [vip_be, 0, 0, 0],
+            src_be: client_be,
+            dst_be: vip_be,
             sport_be: client_port_be,
             dport_be: vip_port_be,
             proto,
@@ -516,7 +516,7 @@ impl Model {
             return self.ring_choice(key, service, updates);
         }
         let akey = AffinityKey {
-            client_be: key.src_be,
+            client_be: [key.src_be, 0, 0, 0],
             vip_id: service.vip_id,
         };
         if let Some(a) = self.affinity.get(&akey) {

@@ -435,8 +435,8 @@ fn status_and_health_keep_their_timing_while_the_daemon_walks_4m_flows() {
     let t = Instant::now();
     for i in 0..FILLED {
         let key = FlowKey {
-            src_be: [i.to_be(), 0, 0, 0],
-            dst_be: [u32::from(VIP).to_be(), 0, 0, 0],
+            src_be: i.to_be(),
+            dst_be: u32::from(VIP).to_be(),
             sport_be: 40000u16.to_be(),
             dport_be: 80u16.to_be(),
             proto: 6,

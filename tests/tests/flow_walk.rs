@@ -22,8 +22,8 @@ const BACKENDS: u32 = 7;
 
 fn key(i: u32) -> FlowKey {
     FlowKey {
-        src_be: [i.to_be(), 0, 0, 0],
-        dst_be: [u32::from_be_bytes([10, 201, 0, 100]).to_be(), 0, 0, 0],
+        src_be: i.to_be(),
+        dst_be: u32::from_be_bytes([10, 201, 0, 100]).to_be(),
         sport_be: ((i % 60000) as u16).to_be(),
         dport_be: 80u16.to_be(),
         proto: 6,

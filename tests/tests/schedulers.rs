@@ -128,8 +128,8 @@ fn the_datapath_picks_what_the_table_and_the_hash_say() {
     for i in 0..2_000 {
         let f = flow(i);
         let key = FlowKey {
-            src_be: [u32::from_ne_bytes(f.src), 0, 0, 0],
-            dst_be: [u32::from_ne_bytes(f.dst), 0, 0, 0],
+            src_be: u32::from_ne_bytes(f.src),
+            dst_be: u32::from_ne_bytes(f.dst),
             sport_be: f.sport.to_be(),
             dport_be: f.dport.to_be(),
             proto: IPPROTO_TCP,

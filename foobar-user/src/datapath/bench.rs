@@ -1,7 +1,8 @@
 //! The per-packet benchmark harness (foobar-ebpf's `foobar-bench` object):
-//! BPF_PROG_TEST_RUN with `repeat` on `harness`, which restores a template
-//! frame each iteration (new-flow mode: with a 5-tuple never seen before)
-//! and tail-calls the program under test. Used by `cargo xtask bench` only.
+//! BPF_PROG_TEST_RUN with `repeat` on `harness`, which restores what the
+//! program under test changed in the frame (`Restore`; new flows: also a
+//! 5-tuple never seen before) and tail-calls it. Used by `cargo xtask bench`
+//! only.
 use aya::{
     maps::{Array, MapData, ProgramArray},
     programs::{ProgramFd, TestRun as _, TestRunOptions, Xdp},
@@ -12,8 +13,21 @@ use super::{DatapathError, Result};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/foobar-bench"));
 
-/// Every benchmark frame is this long (the harness restores exactly this).
+/// Every benchmark frame is this long.
 pub const FRAME_LEN: usize = 128;
+
+/// What the harness restores before each iteration (its MODE values): only
+/// what the program under test changes, so its own cost stays small.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Restore {
+    /// Nothing: the program leaves the frame as it was (the pass path).
+    Nothing = 0,
+    /// The 12 MAC bytes a DSR forward rewrites.
+    Macs = 1,
+    /// The MACs, and a source address and port never seen before (the
+    /// CPU's number is part of the address, so CPUs never share a 5-tuple).
+    NewFlow = 2,
+}
 
 pub struct Harness {
     ebpf: Ebpf,
@@ -30,7 +44,7 @@ pub struct Sample {
 impl Harness {
     pub fn load() -> Result<Self> {
         let mut ebpf = EbpfLoader::new().load(OBJECT)?;
-        for name in ["harness", "xdp_tx"] {
+        for name in ["harness", "xdp_tx", "forwarder"] {
             program(&mut ebpf, name)?
                 .load()
                 .map_err(|source| DatapathError::Program {
@@ -57,20 +71,35 @@ impl Harness {
         })
     }
 
+    /// The minimal forwarder's fd (a MAC rewrite to one fixed backend,
+    /// nothing else): the ceiling for any XDP balancer's forward.
+    pub fn forwarder_fd(&mut self) -> Result<ProgramFd> {
+        let fd = program(&mut self.ebpf, "forwarder")?
+            .fd()
+            .map_err(|source| DatapathError::Program {
+                program: "forwarder",
+                source,
+            })?;
+        fd.try_clone().map_err(|e| DatapathError::Program {
+            program: "forwarder",
+            source: e.into(),
+        })
+    }
+
     /// The floor: `xdp_tx` alone, `repeat` times on `frame`.
     pub fn floor(&mut self, frame: &[u8; FRAME_LEN], repeat: u32) -> Result<Sample> {
         run(program(&mut self.ebpf, "xdp_tx")?, frame, repeat)
     }
 
-    /// `target` behind the harness, `repeat` times; `new_flows` gives every
-    /// iteration a new source address and port.
-    pub fn run(
+    /// Points the harness at `target` with `frame` and `restore`, without
+    /// running it (for callers that run `harness_fd` themselves, e.g. on
+    /// several CPUs at once).
+    pub fn prepare(
         &mut self,
         target: &ProgramFd,
         frame: &[u8; FRAME_LEN],
-        new_flows: bool,
-        repeat: u32,
-    ) -> Result<Sample> {
+        restore: Restore,
+    ) -> Result<()> {
         let map_err = |map: &'static str| move |source| DatapathError::Map { map, source };
         let mut targets: ProgramArray<&mut MapData> = self
             .ebpf
@@ -101,9 +130,35 @@ impl Harness {
             })?
             .try_into()
             .map_err(map_err("MODE"))?;
-        mode.set(0, u32::from(new_flows), 0)
-            .map_err(map_err("MODE"))?;
+        mode.set(0, restore as u32, 0).map_err(map_err("MODE"))?;
+        Ok(())
+    }
+
+    /// `target` behind the harness, `repeat` times, restoring `restore`.
+    pub fn run(
+        &mut self,
+        target: &ProgramFd,
+        frame: &[u8; FRAME_LEN],
+        restore: Restore,
+        repeat: u32,
+    ) -> Result<Sample> {
+        self.prepare(target, frame, restore)?;
         run(program(&mut self.ebpf, "harness")?, frame, repeat)
+    }
+
+    /// The harness program's fd.
+    pub fn harness_fd(&mut self) -> Result<ProgramFd> {
+        let fd =
+            program(&mut self.ebpf, "harness")?
+                .fd()
+                .map_err(|source| DatapathError::Program {
+                    program: "harness",
+                    source,
+                })?;
+        fd.try_clone().map_err(|e| DatapathError::Program {
+            program: "harness",
+            source: e.into(),
+        })
     }
 }
 
