@@ -371,7 +371,10 @@ mod tests {
 
     #[test]
     fn decode_reads_the_hand_built_packet() {
-        assert_eq!(Advert::decode(&hand_built(), SRC, MULTICAST_V4), Ok(advert()));
+        assert_eq!(
+            Advert::decode(&hand_built(), SRC, MULTICAST_V4),
+            Ok(advert())
+        );
     }
 
     #[test]
@@ -428,29 +431,49 @@ mod tests {
         };
         let cases: Vec<(&str, Vec<u8>, DecodeError)> = vec![
             ("empty", vec![], DecodeError::TooShort { len: 0 }),
-            ("7 bytes", good[..7].to_vec(), DecodeError::TooShort { len: 7 }),
+            (
+                "7 bytes",
+                good[..7].to_vec(),
+                DecodeError::TooShort { len: 7 },
+            ),
             ("version 2", with(&|m| m[0] = 0x21), DecodeError::Version(2)),
             ("version 0", with(&|m| m[0] = 0x01), DecodeError::Version(0)),
             ("type 2", with(&|m| m[0] = 0x32), DecodeError::Type(2)),
             (
                 "count says 3",
                 with(&|m| m[3] = 3),
-                DecodeError::Length { len: 16, count: 3, expected: 20 },
+                DecodeError::Length {
+                    len: 16,
+                    count: 3,
+                    expected: 20,
+                },
             ),
             (
                 "count says 1",
                 with(&|m| m[3] = 1),
-                DecodeError::Length { len: 16, count: 1, expected: 12 },
+                DecodeError::Length {
+                    len: 16,
+                    count: 1,
+                    expected: 12,
+                },
             ),
             (
                 "trailing bytes",
                 with(&|m| m.extend_from_slice(&[0, 0, 0, 0])),
-                DecodeError::Length { len: 20, count: 2, expected: 16 },
+                DecodeError::Length {
+                    len: 20,
+                    count: 2,
+                    expected: 16,
+                },
             ),
             (
                 "truncated address",
                 good[..14].to_vec(),
-                DecodeError::Length { len: 14, count: 2, expected: 16 },
+                DecodeError::Length {
+                    len: 14,
+                    count: 2,
+                    expected: 16,
+                },
             ),
         ];
         for (name, msg, want) in cases {
@@ -468,7 +491,11 @@ mod tests {
             let mut m = good.clone();
             m[byte] ^= 0x01;
             match Advert::decode(&m, SRC, MULTICAST_V4) {
-                Err(DecodeError::Checksum { received, computed: c, .. }) => {
+                Err(DecodeError::Checksum {
+                    received,
+                    computed: c,
+                    ..
+                }) => {
                     assert_eq!(received, computed, "byte {byte}");
                     assert_ne!(c, computed, "byte {byte}");
                 }
@@ -484,8 +511,14 @@ mod tests {
         m[6..8].fill(0);
         let sum = reference_checksum([192, 168, 1, 10], [224, 0, 0, 18], &m);
         m[6..8].copy_from_slice(&sum);
-        assert_eq!(Advert::decode(&m, SRC, MULTICAST_V4).unwrap().interval_cs, 100);
-        let max = Advert { interval_cs: MAX_ADVERT_INTERVAL_CS, ..advert() };
+        assert_eq!(
+            Advert::decode(&m, SRC, MULTICAST_V4).unwrap().interval_cs,
+            100
+        );
+        let max = Advert {
+            interval_cs: MAX_ADVERT_INTERVAL_CS,
+            ..advert()
+        };
         let bytes = max.encode(SRC, MULTICAST_V4).unwrap();
         assert_eq!(bytes[4..6], [0x0f, 0xff]);
     }
@@ -494,7 +527,11 @@ mod tests {
     fn encode_refuses_what_the_wire_cannot_carry() {
         for interval_cs in [0, 4096, u16::MAX] {
             assert_eq!(
-                Advert { interval_cs, ..advert() }.encode(SRC, MULTICAST_V4),
+                Advert {
+                    interval_cs,
+                    ..advert()
+                }
+                .encode(SRC, MULTICAST_V4),
                 Err(EncodeError::Interval { interval_cs })
             );
         }
@@ -514,11 +551,19 @@ mod tests {
 
     #[test]
     fn decode_error_reasons_map_to_counters() {
-        assert_eq!(DecodeError::TooShort { len: 1 }.reason(), DropReason::Length);
+        assert_eq!(
+            DecodeError::TooShort { len: 1 }.reason(),
+            DropReason::Length
+        );
         assert_eq!(DecodeError::Version(2).reason(), DropReason::Version);
         assert_eq!(DecodeError::Type(7).reason(), DropReason::Type);
         assert_eq!(
-            DecodeError::Length { len: 1, count: 1, expected: 12 }.reason(),
+            DecodeError::Length {
+                len: 1,
+                count: 1,
+                expected: 12
+            }
+            .reason(),
             DropReason::Length
         );
     }
@@ -532,53 +577,107 @@ mod tests {
             primary: Ipv4Addr::new(192, 168, 1, 11),
             addrs: &vips,
         };
-        let ok = Received { src: SRC, ttl: 255, advert: advert() };
+        let ok = Received {
+            src: SRC,
+            ttl: 255,
+            advert: advert(),
+        };
         let cases: Vec<(&str, Received, Instance<'_>, Result<(), DropReason>)> = vec![
             ("valid", ok.clone(), ours.clone(), Ok(())),
             (
                 "addresses in another order",
                 Received {
-                    advert: Advert { addrs: vec![vips[1], vips[0]], ..advert() },
+                    advert: Advert {
+                        addrs: vec![vips[1], vips[0]],
+                        ..advert()
+                    },
                     ..ok.clone()
                 },
                 ours.clone(),
                 Ok(()),
             ),
-            ("ttl 254", Received { ttl: 254, ..ok.clone() }, ours.clone(), Err(DropReason::Ttl)),
-            ("ttl 1", Received { ttl: 1, ..ok.clone() }, ours.clone(), Err(DropReason::Ttl)),
+            (
+                "ttl 254",
+                Received {
+                    ttl: 254,
+                    ..ok.clone()
+                },
+                ours.clone(),
+                Err(DropReason::Ttl),
+            ),
+            (
+                "ttl 1",
+                Received {
+                    ttl: 1,
+                    ..ok.clone()
+                },
+                ours.clone(),
+                Err(DropReason::Ttl),
+            ),
             (
                 "ttl beats everything",
-                Received { ttl: 64, advert: Advert { vrid: 9, ..advert() }, ..ok.clone() },
+                Received {
+                    ttl: 64,
+                    advert: Advert {
+                        vrid: 9,
+                        ..advert()
+                    },
+                    ..ok.clone()
+                },
                 ours.clone(),
                 Err(DropReason::Ttl),
             ),
             (
                 "other vrid",
-                Received { advert: Advert { vrid: 52, ..advert() }, ..ok.clone() },
+                Received {
+                    advert: Advert {
+                        vrid: 52,
+                        ..advert()
+                    },
+                    ..ok.clone()
+                },
                 ours.clone(),
                 Err(DropReason::OtherVrid),
             ),
             (
                 "our own advert",
-                Received { src: ours.primary, ..ok.clone() },
+                Received {
+                    src: ours.primary,
+                    ..ok.clone()
+                },
                 ours.clone(),
                 Err(DropReason::OwnAdvert),
             ),
             (
                 "we own the addresses",
                 ok.clone(),
-                Instance { priority: 255, ..ours.clone() },
+                Instance {
+                    priority: 255,
+                    ..ours.clone()
+                },
                 Err(DropReason::LocalOwner),
             ),
             (
                 "zero interval",
-                Received { advert: Advert { interval_cs: 0, ..advert() }, ..ok.clone() },
+                Received {
+                    advert: Advert {
+                        interval_cs: 0,
+                        ..advert()
+                    },
+                    ..ok.clone()
+                },
                 ours.clone(),
                 Err(DropReason::ZeroInterval),
             ),
             (
                 "one address missing",
-                Received { advert: Advert { addrs: vec![vips[0]], ..advert() }, ..ok.clone() },
+                Received {
+                    advert: Advert {
+                        addrs: vec![vips[0]],
+                        ..advert()
+                    },
+                    ..ok.clone()
+                },
                 ours.clone(),
                 Err(DropReason::AddressList),
             ),
@@ -597,7 +696,10 @@ mod tests {
             (
                 "a duplicate instead of the second",
                 Received {
-                    advert: Advert { addrs: vec![vips[0], vips[0]], ..advert() },
+                    advert: Advert {
+                        addrs: vec![vips[0], vips[0]],
+                        ..advert()
+                    },
                     ..ok.clone()
                 },
                 ours.clone(),
