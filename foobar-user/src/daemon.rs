@@ -1228,6 +1228,26 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
         format!("{:?}", old.metrics_listen),
         format!("{:?}", new.metrics_listen),
     );
+    // The VRRP tasks run with the config they started with.
+    let vrrp = |c: &Config| {
+        c.vrrp
+            .iter()
+            .map(|v| {
+                format!(
+                    "vrid {} priority {} advert {}cs preempt {} delay {:?} iface {:?} {:?}",
+                    v.vrid,
+                    v.priority,
+                    v.advert_interval_cs,
+                    v.preempt,
+                    v.preempt_delay,
+                    v.interface,
+                    v.addresses
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    cmp("vrrp", vrrp(old), vrrp(new));
     out
 }
 
@@ -1500,5 +1520,33 @@ mod tests {
             .await;
         assert!(response.ok, "{response:?}");
         assert!(!new_flows(&owner, 1), "weight 0 reached the datapath");
+    }
+}
+
+#[cfg(test)]
+mod vrrp_reload_tests {
+    use super::restart_only_changes;
+
+    const BASE: &str = "[[vip]]\nname = \"web\"\naddress = \"192.0.2.10\"\nport = 80\n\
+        [[vip.backend]]\naddress = \"10.0.0.11\"\n";
+
+    #[test]
+    fn a_changed_vrrp_instance_takes_effect_at_the_next_restart() {
+        let with = |vrrp: &str| crate::config::parse(&format!("{BASE}{vrrp}")).unwrap();
+        let a = with("[[vrrp]]\nvrid = 51\nvips = [\"web\"]\n");
+        let b = with("[[vrrp]]\nvrid = 51\npriority = 150\nvips = [\"web\"]\n");
+        assert_eq!(restart_only_changes(&a, &a.clone()), Vec::<String>::new());
+        let changes = restart_only_changes(&a, &b);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert!(
+            changes[0].starts_with("vrrp: vrid 51 priority 100"),
+            "{changes:?}"
+        );
+        assert!(
+            changes[0].contains("-> vrid 51 priority 150"),
+            "{changes:?}"
+        );
+        let none = with("");
+        assert_eq!(restart_only_changes(&none, &a).len(), 1);
     }
 }

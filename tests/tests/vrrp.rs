@@ -17,6 +17,7 @@ use foobar::vrrp::{
     task::{self, Spec, Status},
 };
 use foobar_tests::lab::{wait_for, Lab, LabOptions, LB_IFACE};
+use foobar_tests::ops::foobar as foobar_bin;
 use tokio::sync::watch;
 
 /// Not the lab's VIP: this test is about VRRP only.
@@ -258,6 +259,63 @@ fn foobar_and_keepalived_elect_the_same_master_both_ways() {
     );
     foobar.stop();
     assert!(!holds_vip(&lab, &lab.lb.ns));
+}
+
+/// The daemon itself: `[[vrrp]]` in its config, the XDP program attached
+/// on the same interface (VRRP and gratuitous ARP must pass it untouched),
+/// keepalived as the peer; SIGTERM resigns so keepalived takes over fast.
+#[test]
+fn the_daemon_runs_vrrp_from_its_config_and_resigns_on_sigterm() {
+    which_keepalived();
+    let mut lab = Lab::start(&LabOptions {
+        backends: 1,
+        ..LabOptions::default()
+    })
+    .expect("lab starts");
+    start_keepalived(&mut lab, 100);
+    wait_for("keepalived becomes master", Duration::from_secs(10), || {
+        Ok(holds_vip(&lab, &lab.client.ns))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", keepalived_log(&lab)));
+
+    let config = format!(
+        "{}\n[[vip]]\nname = \"ha\"\naddress = \"{VVIP}\"\nport = 80\n\
+         [[vip.backend]]\naddress = \"{}\"\n\n\
+         [[vrrp]]\nvrid = {VRID}\npriority = 200\nadvert_interval_ms = 1000\nvips = [\"ha\"]\n",
+        lab.config(),
+        lab.backends[0].addr
+    );
+    lab.start_foobar(&foobar_bin(), &config)
+        .expect("foobar starts");
+    wait_for(
+        "the daemon (200) preempts keepalived (100)",
+        Duration::from_secs(10),
+        || Ok(holds_vip(&lab, &lab.lb.ns) && !holds_vip(&lab, &lab.client.ns)),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", lab.foobar_log(), keepalived_log(&lab)));
+    stays(&lab, Duration::from_secs(3), true);
+    let log = lab.foobar_log();
+    assert!(
+        log.contains("VRRP transition") && log.contains("to=\"master\""),
+        "the transition is logged with its cause:\n{log}"
+    );
+
+    let pid = lab.foobar_pid().expect("foobar runs");
+    let stopped = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM foobar");
+    wait_for("keepalived takes over", Duration::from_secs(5), || {
+        Ok(holds_vip(&lab, &lab.client.ns) && !holds_vip(&lab, &lab.lb.ns))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", lab.foobar_log(), keepalived_log(&lab)));
+    let gap = stopped.elapsed();
+    eprintln!("daemon SIGTERM: keepalived held the VIP {gap:?} later");
+    assert!(gap < Duration::from_secs(1), "takeover took {gap:?}");
+    let (clean, _) = lab.stop_foobar().expect("foobar exits");
+    assert!(clean, "foobar exits cleanly:\n{}", lab.foobar_log());
 }
 
 fn which_keepalived() {

@@ -259,3 +259,65 @@ impl Driver<'_> {
         }
     }
 }
+
+/// The daemon's running instances.
+pub struct Running {
+    instances: Vec<RunningInstance>,
+}
+
+struct RunningInstance {
+    vrid: u8,
+    stop: watch::Sender<bool>,
+    status: watch::Receiver<Status>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Spawn one task per instance. A task that cannot start (no such
+    /// interface, no address on it, no CAP_NET_RAW) logs why and ends:
+    /// this node then never takes those addresses, which is the safe side.
+    pub fn spawn(specs: Vec<Spec>) -> Running {
+        let instances = specs
+            .into_iter()
+            .map(|spec| {
+                let vrid = spec.vrid;
+                let (stop, stop_rx) = watch::channel(false);
+                let (status_tx, status) = watch::channel(Status::new(vrid, spec.priority));
+                let iface = spec.iface.clone();
+                let task = tokio::spawn(async move {
+                    if let Err(e) = run(spec, stop_rx, status_tx).await {
+                        tracing::error!(vrid, %iface, %e, "VRRP instance stopped; this node will not hold its addresses");
+                    }
+                });
+                RunningInstance {
+                    vrid,
+                    stop,
+                    status,
+                    task,
+                }
+            })
+            .collect();
+        Running { instances }
+    }
+
+    pub fn statuses(&self) -> Vec<Status> {
+        self.instances
+            .iter()
+            .map(|i| i.status.borrow().clone())
+            .collect()
+    }
+
+    /// Resign every instance (priority 0 advert, VIPs removed), waiting at
+    /// most `limit` for all of them.
+    pub async fn stop(self, limit: Duration) {
+        for i in &self.instances {
+            let _ = i.stop.send(true);
+        }
+        for mut i in self.instances {
+            if tokio::time::timeout(limit, &mut i.task).await.is_err() {
+                warn!(vrid = i.vrid, "VRRP instance did not stop in time; aborted");
+                i.task.abort();
+            }
+        }
+    }
+}
