@@ -111,6 +111,8 @@ pub struct Owner {
     /// The datapath interface's VLAN subinterfaces, as last seen (the
     /// start's resolve, then the watcher).
     pub vlan_interfaces: neigh::VlanInterfaces,
+    /// The VRRP instances (started after the attach; stopped before exit).
+    pub vrrp: Option<crate::vrrp::task::Running>,
     neigh_rx: mpsc::Receiver<neigh::Report>,
     neigh_tx: mpsc::Sender<neigh::Report>,
     neigh_task: Option<JoinHandle<()>>,
@@ -183,6 +185,7 @@ impl Owner {
             wanted: watch::Sender::new(Vec::new()),
             segments: HashMap::new(),
             vlan_interfaces: neigh::VlanInterfaces::new(),
+            vrrp: None,
             neigh_rx,
             neigh_tx,
             neigh_task: None,
@@ -1036,6 +1039,11 @@ impl Owner {
             },
             "vips": vips,
             "removed_backends": removed,
+            "vrrp": self
+                .vrrp
+                .as_ref()
+                .map(|r| r.statuses().iter().map(|s| s.to_json()).collect::<Vec<_>>())
+                .unwrap_or_default(),
         })
     }
 

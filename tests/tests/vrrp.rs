@@ -294,6 +294,20 @@ fn the_daemon_runs_vrrp_from_its_config_and_resigns_on_sigterm() {
     )
     .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", lab.foobar_log(), keepalived_log(&lab)));
     stays(&lab, Duration::from_secs(3), true);
+    let st = foobar_tests::ops::status(&lab);
+    let v = &st["vrrp"][0];
+    assert_eq!(v["vrid"], VRID, "{st:#}");
+    assert_eq!(v["state"], "master", "{st:#}");
+    assert_eq!(v["priority"], 200, "{st:#}");
+    assert_eq!(v["master"], lab.lb.addr.to_string(), "{st:#}");
+    assert_eq!(v["last_transition"]["from"], "backup", "{st:#}");
+    assert_eq!(
+        v["last_transition"]["cause"],
+        format!("preempted master {} of lower priority 100", lab.client.addr),
+        "{st:#}"
+    );
+    assert!(v["adverts_received"].as_u64() > Some(0), "{st:#}");
+    assert_eq!(v["adverts_dropped"], serde_json::json!({}), "{st:#}");
     let log = lab.foobar_log();
     assert!(
         log.contains("VRRP transition") && log.contains("to=\"master\""),

@@ -92,6 +92,24 @@ pub enum Cause {
     Shutdown,
 }
 
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cause::Startup => write!(f, "startup"),
+            Cause::AddressOwner => write!(f, "startup as the address owner (priority 255)"),
+            Cause::MasterDown => write!(f, "no advert within Master_Down_Interval"),
+            Cause::MasterResigned { master } => write!(f, "master {master} resigned (priority 0)"),
+            Cause::Preempted { master, priority } => {
+                write!(f, "preempted master {master} of lower priority {priority}")
+            }
+            Cause::HigherPriority { master, priority } => {
+                write!(f, "advert from {master} with priority {priority} wins")
+            }
+            Cause::Shutdown => write!(f, "shutdown"),
+        }
+    }
+}
+
 /// What the caller must do, in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -929,6 +947,40 @@ mod tests {
         m.handle(us(0), Event::Startup);
         m.handle(us(1), Event::Priority(0));
         assert_eq!(m.priority(), 1);
+    }
+
+    #[test]
+    fn causes_read_as_sentences() {
+        let rows = [
+            (Cause::Startup, "startup"),
+            (
+                Cause::AddressOwner,
+                "startup as the address owner (priority 255)",
+            ),
+            (Cause::MasterDown, "no advert within Master_Down_Interval"),
+            (
+                Cause::MasterResigned { master: HI },
+                "master 192.168.1.12 resigned (priority 0)",
+            ),
+            (
+                Cause::Preempted {
+                    master: LO,
+                    priority: 50,
+                },
+                "preempted master 192.168.1.10 of lower priority 50",
+            ),
+            (
+                Cause::HigherPriority {
+                    master: HI,
+                    priority: 200,
+                },
+                "advert from 192.168.1.12 with priority 200 wins",
+            ),
+            (Cause::Shutdown, "shutdown"),
+        ];
+        for (cause, text) in rows {
+            assert_eq!(cause.to_string(), text);
+        }
     }
 
     #[test]

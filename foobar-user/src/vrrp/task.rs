@@ -42,12 +42,41 @@ pub struct Status {
     pub primary: Option<Ipv4Addr>,
     /// The last transition; `at` counts from the instance's start.
     pub last_transition: Option<Transition>,
+    /// When it happened, by the wall clock.
+    pub last_transition_time: Option<std::time::SystemTime>,
     pub adverts_sent: u64,
     pub adverts_received: u64,
     pub drops: BTreeMap<DropReason, u64>,
 }
 
 impl Status {
+    /// For `foobar status --json`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let drops: serde_json::Map<String, serde_json::Value> = self
+            .drops
+            .iter()
+            .map(|(r, n)| (r.as_str().to_owned(), (*n).into()))
+            .collect();
+        serde_json::json!({
+            "vrid": self.vrid,
+            "state": self.state.as_str(),
+            "priority": self.priority,
+            "master": self.master,
+            "primary_address": self.primary,
+            "last_transition": self.last_transition.map(|t| serde_json::json!({
+                "from": t.from.as_str(),
+                "to": t.to.as_str(),
+                "cause": t.cause.to_string(),
+                "unix_time_s": self.last_transition_time
+                    .and_then(|w| w.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs()),
+            })),
+            "adverts_sent": self.adverts_sent,
+            "adverts_received": self.adverts_received,
+            "adverts_dropped": drops,
+        })
+    }
+
     pub fn new(vrid: u8, priority: u8) -> Status {
         Status {
             vrid,
@@ -56,6 +85,7 @@ impl Status {
             master: None,
             primary: None,
             last_transition: None,
+            last_transition_time: None,
             adverts_sent: 0,
             adverts_received: 0,
             drops: BTreeMap::new(),
@@ -226,10 +256,11 @@ impl Driver<'_> {
                         iface = %self.iface.name,
                         from = from.as_str(),
                         to = to.as_str(),
-                        ?cause,
+                        %cause,
                         priority = machine.priority(),
                         "VRRP transition"
                     );
+                    self.status.last_transition_time = Some(std::time::SystemTime::now());
                     Ok(())
                 }
                 Action::SendAdvert { priority } => {
