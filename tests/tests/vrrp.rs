@@ -332,6 +332,81 @@ fn the_daemon_runs_vrrp_from_its_config_and_resigns_on_sigterm() {
     assert!(clean, "foobar exits cleanly:\n{}", lab.foobar_log());
 }
 
+/// foobar against foobar: the daemon (200) on the LB node, the vrrp task
+/// (100) in the client's namespace. kill -9 of the daemon: the peer takes
+/// over within Master_Down_Interval (3 × 1 s + 609 ms) + 100 ms; the
+/// daemon, started again, comes back as Backup, removes the address the
+/// crash left, and preempts.
+#[test]
+fn a_crashed_master_is_replaced_in_time_and_preempts_on_return() {
+    let mut lab = Lab::start(&LabOptions {
+        backends: 1,
+        ..LabOptions::default()
+    })
+    .expect("lab starts");
+    let client_ns = lab.client.ns.clone();
+    let peer = FoobarVrrp::start(&client_ns, 100);
+    wait_for(
+        "the peer becomes master alone",
+        Duration::from_secs(10),
+        || Ok(holds_vip(&lab, &lab.client.ns)),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{:?}", peer.status()));
+    let config = format!(
+        "{}\n[[vip]]\nname = \"ha\"\naddress = \"{VVIP}\"\nport = 80\n\
+         [[vip.backend]]\naddress = \"{}\"\n\n\
+         [[vrrp]]\nvrid = {VRID}\npriority = 200\nvips = [\"ha\"]\n",
+        lab.config(),
+        lab.backends[0].addr
+    );
+    lab.start_foobar(&foobar_bin(), &config)
+        .expect("foobar starts");
+    wait_for("the daemon preempts", Duration::from_secs(10), || {
+        Ok(holds_vip(&lab, &lab.lb.ns) && !holds_vip(&lab, &lab.client.ns))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}\n{:?}", lab.foobar_log(), peer.status()));
+    stays(&lab, Duration::from_secs(2), true);
+    assert_eq!(peer.status().state, State::Backup);
+
+    let killed = std::time::SystemTime::now();
+    lab.kill_foobar().expect("kill -9 foobar");
+    wait_for("the peer takes over", Duration::from_secs(10), || {
+        Ok(peer.status().state == State::Master && holds_vip(&lab, &lab.client.ns))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{:?}", peer.status()));
+    let took = peer
+        .status()
+        .last_transition_time
+        .expect("a transition time")
+        .duration_since(killed)
+        .expect("after the kill");
+    eprintln!("kill -9: the peer became master {took:?} after the kill");
+    let limit = Duration::from_millis(3_000 + 609 + 100);
+    assert!(took <= limit, "takeover after {took:?}, limit {limit:?}");
+    // The crashed node never resigned: its address is still there (and
+    // harmless: the peer's gratuitous ARP moved the traffic).
+    assert!(holds_vip(&lab, &lab.lb.ns));
+
+    lab.start_foobar(&foobar_bin(), &config)
+        .expect("foobar starts again");
+    wait_for(
+        "the returning daemon preempts",
+        Duration::from_secs(10),
+        || {
+            Ok(holds_vip(&lab, &lab.lb.ns)
+                && !holds_vip(&lab, &lab.client.ns)
+                && peer.status().state == State::Backup)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}\n{:?}", lab.foobar_log(), peer.status()));
+    let log = lab.foobar_log();
+    assert!(
+        log.matches("cause=startup").count() == 2 && log.matches("preempted master").count() == 2,
+        "both starts went through Backup and preempted the peer:\n{log}"
+    );
+    lab.stop_foobar().expect("foobar stops");
+}
+
 fn which_keepalived() {
     let found = std::process::Command::new("keepalived")
         .arg("--version")
