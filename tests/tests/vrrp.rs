@@ -183,7 +183,13 @@ fn foobar_and_keepalived_elect_the_same_master_both_ways() {
     wait_for(
         "foobar (200) preempts keepalived (100)",
         Duration::from_secs(10),
-        || Ok(holds_vip(&lab, &lab.lb.ns) && !holds_vip(&lab, &lab.client.ns)),
+        // The status is published after the actions, so a little after
+        // the address is there.
+        || {
+            Ok(holds_vip(&lab, &lab.lb.ns)
+                && !holds_vip(&lab, &lab.client.ns)
+                && foobar.status().state == State::Master)
+        },
     )
     .unwrap_or_else(|e| panic!("{e:#}\n{:?}\n{}", foobar.status(), keepalived_log(&lab)));
     let st = foobar.status();
@@ -245,7 +251,7 @@ fn foobar_and_keepalived_elect_the_same_master_both_ways() {
     let stopped = Instant::now();
     lab.stop_server("keepalived").expect("keepalived stops");
     wait_for("foobar takes over", Duration::from_secs(5), || {
-        Ok(holds_vip(&lab, &lab.lb.ns))
+        Ok(holds_vip(&lab, &lab.lb.ns) && foobar.status().state == State::Master)
     })
     .unwrap_or_else(|e| panic!("{e:#}\n{:?}", foobar.status()));
     let gap = stopped.elapsed();

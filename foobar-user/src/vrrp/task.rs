@@ -128,6 +128,9 @@ pub async fn run(
     driver.apply(&machine, actions).await;
     status.send_replace(driver.snapshot(&machine));
     let mut buf = vec![0u8; 2048];
+    // A receive error ends the instance, but like a stop: a master that
+    // can no longer hear its peers resigns rather than hold on silently.
+    let mut failed = None;
     loop {
         let deadline = machine
             .next_deadline()
@@ -144,7 +147,13 @@ pub async fn run(
                 driver.apply(&machine, actions).await;
             }
             got = socket.recv(&mut buf) => {
-                let n = got?;
+                let n = match got {
+                    Ok(n) => n,
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                };
                 if let Some(event) = driver.receive(&machine, &buf[..n]) {
                     let actions = machine.handle(now(), event);
                     driver.apply(&machine, actions).await;
@@ -160,7 +169,7 @@ pub async fn run(
         warn!(vrid = spec.vrid, %e, "removing the VIPs on shutdown failed");
     }
     status.send_replace(driver.snapshot(&machine));
-    Ok(())
+    failed.map_or(Ok(()), Err)
 }
 
 struct Driver<'a> {
@@ -185,7 +194,7 @@ impl Driver<'_> {
         }
     }
 
-    fn drop(&mut self, src: Option<Ipv4Addr>, reason: DropReason, detail: &str) {
+    fn count_drop(&mut self, src: Option<Ipv4Addr>, reason: DropReason, detail: &str) {
         *self.status.drops.entry(reason).or_default() += 1;
         let src = src.unwrap_or(Ipv4Addr::UNSPECIFIED);
         if reason != DropReason::OtherVrid && self.logged.insert((src, reason)) {
@@ -204,14 +213,14 @@ impl Driver<'_> {
         let ip = match net::parse_ipv4(packet) {
             Ok(ip) => ip,
             Err(e) => {
-                self.drop(None, DropReason::Length, &e.to_string());
+                self.count_drop(None, DropReason::Length, &e.to_string());
                 return None;
             }
         };
         let advert = match Advert::decode(ip.payload, ip.src, ip.dst) {
             Ok(a) => a,
             Err(e) => {
-                self.drop(Some(ip.src), e.reason(), &e.to_string());
+                self.count_drop(Some(ip.src), e.reason(), &e.to_string());
                 return None;
             }
         };
@@ -235,7 +244,7 @@ impl Driver<'_> {
                 self.spec.vrid,
                 self.spec.vips
             );
-            self.drop(Some(ip.src), reason, &detail);
+            self.count_drop(Some(ip.src), reason, &detail);
             return None;
         }
         self.status.adverts_received += 1;
