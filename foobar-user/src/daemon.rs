@@ -111,6 +111,8 @@ pub struct Owner {
     /// The datapath interface's VLAN subinterfaces, as last seen (the
     /// start's resolve, then the watcher).
     pub vlan_interfaces: neigh::VlanInterfaces,
+    /// The VRRP instances (started after the attach; stopped before exit).
+    pub vrrp: Option<crate::vrrp::task::Running>,
     neigh_rx: mpsc::Receiver<neigh::Report>,
     neigh_tx: mpsc::Sender<neigh::Report>,
     neigh_task: Option<JoinHandle<()>>,
@@ -183,6 +185,7 @@ impl Owner {
             wanted: watch::Sender::new(Vec::new()),
             segments: HashMap::new(),
             vlan_interfaces: neigh::VlanInterfaces::new(),
+            vrrp: None,
             neigh_rx,
             neigh_tx,
             neigh_task: None,
@@ -1036,6 +1039,11 @@ impl Owner {
             },
             "vips": vips,
             "removed_backends": removed,
+            "vrrp": self
+                .vrrp
+                .as_ref()
+                .map(|r| r.statuses().iter().map(|s| s.to_json()).collect::<Vec<_>>())
+                .unwrap_or_default(),
         })
     }
 
@@ -1228,6 +1236,26 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
         format!("{:?}", old.metrics_listen),
         format!("{:?}", new.metrics_listen),
     );
+    // The VRRP tasks run with the config they started with.
+    let vrrp = |c: &Config| {
+        c.vrrp
+            .iter()
+            .map(|v| {
+                format!(
+                    "vrid {} priority {} advert {}cs preempt {} delay {:?} iface {:?} {:?}",
+                    v.vrid,
+                    v.priority,
+                    v.advert_interval_cs,
+                    v.preempt,
+                    v.preempt_delay,
+                    v.interface,
+                    v.addresses
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    cmp("vrrp", vrrp(old), vrrp(new));
     out
 }
 
@@ -1500,5 +1528,33 @@ mod tests {
             .await;
         assert!(response.ok, "{response:?}");
         assert!(!new_flows(&owner, 1), "weight 0 reached the datapath");
+    }
+}
+
+#[cfg(test)]
+mod vrrp_reload_tests {
+    use super::restart_only_changes;
+
+    const BASE: &str = "[[vip]]\nname = \"web\"\naddress = \"192.0.2.10\"\nport = 80\n\
+        [[vip.backend]]\naddress = \"10.0.0.11\"\n";
+
+    #[test]
+    fn a_changed_vrrp_instance_takes_effect_at_the_next_restart() {
+        let with = |vrrp: &str| crate::config::parse(&format!("{BASE}{vrrp}")).unwrap();
+        let a = with("[[vrrp]]\nvrid = 51\nvips = [\"web\"]\n");
+        let b = with("[[vrrp]]\nvrid = 51\npriority = 150\nvips = [\"web\"]\n");
+        assert_eq!(restart_only_changes(&a, &a.clone()), Vec::<String>::new());
+        let changes = restart_only_changes(&a, &b);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert!(
+            changes[0].starts_with("vrrp: vrid 51 priority 100"),
+            "{changes:?}"
+        );
+        assert!(
+            changes[0].contains("-> vrid 51 priority 150"),
+            "{changes:?}"
+        );
+        let none = with("");
+        assert_eq!(restart_only_changes(&none, &a).len(), 1);
     }
 }

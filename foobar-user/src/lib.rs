@@ -14,3 +14,4 @@ pub mod reload;
 pub mod ring;
 pub mod state;
 pub mod state_file;
+pub mod vrrp;

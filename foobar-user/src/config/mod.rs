@@ -30,6 +30,8 @@ struct RawConfig {
     metrics: RawMetrics,
     #[serde(default, rename = "vip")]
     vips: Vec<RawVip>,
+    #[serde(default)]
+    vrrp: Vec<vrrp::RawVrrp>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -163,6 +165,9 @@ pub struct Config {
     /// Where the Prometheus endpoint listens; None when "off".
     pub metrics_listen: Option<SocketAddr>,
     pub vips: Vec<Vip>,
+    /// VRRP instances holding the VIPs' addresses (none: this node holds
+    /// them however the operator arranged).
+    pub vrrp: Vec<VrrpInstance>,
 }
 
 pub const DEFAULT_SOCKET: &str = "/run/foobar/foobar.sock";
@@ -651,6 +656,8 @@ fn plain_serde_message(message: &str) -> String {
 
 pub mod rules;
 mod validate;
+mod vrrp;
+pub use vrrp::VrrpInstance;
 
 #[cfg(test)]
 mod tests;

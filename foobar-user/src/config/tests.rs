@@ -910,3 +910,122 @@ fn backend_add_keeps_an_address_on_one_vlan() {
         "{err}"
     );
 }
+
+#[test]
+fn vrrp_instances_resolve_vip_names_to_distinct_addresses() {
+    let text = format!(
+        "{GOOD}
+    [[vrrp]]
+    vrid = 51
+    priority = 150
+    advert_interval_ms = 100
+    preempt_delay_ms = 5000
+    vips = [\"web\", \"dns\"]
+
+    [[vrrp]]
+    vrid = 52
+    interface = \"eth1\"
+    preempt = false
+    vips = []
+"
+    );
+    // The second has no VIPs: refused, with the key.
+    assert_eq!(keys(&text), vec!["vrrp[1].vips"]);
+    let text = text.replace("vips = []", "vips = [\"other\"]")
+        + "[[vip]]\nname = \"other\"\naddress = \"192.0.2.20\"\nport = 443\n\
+           [[vip.backend]]\naddress = \"10.0.0.31\"\n";
+    let config = parse(&text).expect("valid");
+    assert_eq!(
+        config.vrrp,
+        vec![
+            VrrpInstance {
+                vrid: 51,
+                interface: None,
+                priority: 150,
+                advert_interval_cs: 10,
+                preempt: true,
+                preempt_delay: std::time::Duration::from_secs(5),
+                vip_names: vec!["web".into(), "dns".into()],
+                // web and dns share 192.0.2.10: held once.
+                addresses: vec!["192.0.2.10".parse().unwrap()],
+            },
+            VrrpInstance {
+                vrid: 52,
+                interface: Some("eth1".into()),
+                priority: 100,
+                advert_interval_cs: 100,
+                preempt: false,
+                preempt_delay: std::time::Duration::ZERO,
+                vip_names: vec!["other".into()],
+                addresses: vec!["192.0.2.20".parse().unwrap()],
+            },
+        ]
+    );
+    let spec = config.vrrp[0].spec("eth0");
+    assert_eq!(spec.iface, "eth0");
+    assert_eq!(
+        spec.vips,
+        vec!["192.0.2.10".parse::<std::net::Ipv4Addr>().unwrap()]
+    );
+    assert_eq!(config.vrrp[1].spec("eth0").iface, "eth1");
+}
+
+#[test]
+fn vrrp_problems_are_all_reported_at_their_keys() {
+    let text = format!(
+        "{GOOD}
+    [[vrrp]]
+    vrid = 0
+    priority = 0
+    advert_interval_ms = 15
+    preempt_delay_ms = -1
+    interface = \"\"
+    vips = [\"web\", \"nope\"]
+
+    [[vrrp]]
+    priority = 256
+    advert_interval_ms = 40960
+    vips = [\"dns\"]
+
+    [[vrrp]]
+    vrid = 7
+    preempt = false
+    preempt_delay_ms = 10
+    vips = [\"web\"]
+
+    [[vrrp]]
+    vrid = 7
+    vips = [\"web\"]
+"
+    );
+    let mut got = keys(&text);
+    got.sort();
+    let mut want = vec![
+        "vrrp[0].vrid",
+        "vrrp[0].priority",
+        "vrrp[0].advert_interval_ms",
+        "vrrp[0].preempt_delay_ms",
+        "vrrp[0].interface",
+        "vrrp[0].vips[1]",
+        "vrrp[1].vrid",
+        "vrrp[1].priority",
+        "vrrp[1].advert_interval_ms",
+        // dns has web's address, which vrrp[0] holds.
+        "vrrp[1].vips[0]",
+        "vrrp[2].preempt_delay_ms",
+        "vrrp[2].vips[0]",
+        "vrrp[3].vrid",
+        "vrrp[3].vips[0]",
+    ];
+    want.sort();
+    assert_eq!(got, want);
+    assert!(problems(&text)
+        .iter()
+        .any(|p| p.key == "vrrp[0].vips[1]" && p.message.contains("no [[vip]] is named \"nope\"")));
+}
+
+#[test]
+fn vrrp_unknown_keys_are_refused() {
+    let text = format!("{GOOD}\n[[vrrp]]\nvrid = 1\nvips = [\"web\"]\nunicast_peers = []\n");
+    assert_eq!(keys(&text), vec!["vrrp[0].unicast_peers"]);
+}

@@ -142,12 +142,17 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
             vips.push(vip);
         }
     }
+    let (vrrp, vrrp_problems) = super::vrrp::validate(&raw.vrrp, &vips);
+    for (key, message) in vrrp_problems {
+        p.add(key, message);
+    }
     match (datapath, p.0.is_empty()) {
         (Some(datapath), true) => Ok(Config {
             datapath,
             socket,
             metrics_listen,
             vips,
+            vrrp,
         }),
         _ => Err(p.0),
     }

@@ -1,0 +1,211 @@
+//! The `[[vrrp]]` tables: VRRPv3 instances that decide which LB node holds
+//! the VIPs' addresses. Validated here into the task's `Spec`s (minus the
+//! interface default, which `foobar run --iface` may still change).
+use std::{collections::HashSet, net::Ipv4Addr, time::Duration};
+
+use serde::Deserialize;
+
+use super::Vip;
+
+/// Advert interval bounds: the 12-bit centisecond field.
+pub const ADVERT_INTERVAL_MIN_MS: i64 = 10;
+pub const ADVERT_INTERVAL_MAX_MS: i64 = 40_950;
+pub const ADVERT_INTERVAL_DEFAULT_MS: u64 = 1000;
+pub const PRIORITY_DEFAULT: u8 = 100;
+/// Longest preempt delay accepted (keepalived's limit is 1000 s).
+pub const PREEMPT_DELAY_MAX_MS: i64 = 1_000_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawVrrp {
+    vrid: Option<i64>,
+    interface: Option<String>,
+    priority: Option<i64>,
+    advert_interval_ms: Option<i64>,
+    preempt: Option<bool>,
+    preempt_delay_ms: Option<i64>,
+    vips: Option<Vec<String>>,
+}
+
+/// One validated instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VrrpInstance {
+    pub vrid: u8,
+    /// None: the datapath's interface.
+    pub interface: Option<String>,
+    pub priority: u8,
+    pub advert_interval_cs: u16,
+    pub preempt: bool,
+    pub preempt_delay: Duration,
+    /// The names given, as written.
+    pub vip_names: Vec<String>,
+    /// Their distinct addresses, in order of first mention.
+    pub addresses: Vec<Ipv4Addr>,
+}
+
+/// Every problem as (key, message); the instances that passed.
+pub(super) fn validate(
+    raw: &[RawVrrp],
+    vips: &[Vip],
+) -> (Vec<VrrpInstance>, Vec<(String, String)>) {
+    let mut problems = Vec::new();
+    let mut out = Vec::new();
+    let mut vrids = HashSet::new();
+    let mut claimed: std::collections::HashMap<Ipv4Addr, String> = Default::default();
+    for (i, r) in raw.iter().enumerate() {
+        let key = format!("vrrp[{i}]");
+        let mut add = |k: &str, m: String| problems.push((format!("{key}.{k}"), m));
+        let vrid = match r.vrid {
+            None => {
+                add(
+                    "vrid",
+                    "missing: the virtual router id, 1..=255, the same on every node of the pair"
+                        .into(),
+                );
+                None
+            }
+            Some(v @ 1..=255) => Some(v as u8),
+            Some(v) => {
+                add("vrid", format!("{v} is outside 1..=255"));
+                None
+            }
+        };
+        let priority = match r.priority {
+            None => Some(PRIORITY_DEFAULT),
+            Some(v @ 1..=255) => Some(v as u8),
+            Some(v) => {
+                add(
+                    "priority",
+                    format!(
+                        "{v} is outside 1..=255 (255: this node owns the addresses; 0 is reserved)"
+                    ),
+                );
+                None
+            }
+        };
+        let interval = match r.advert_interval_ms {
+            None => Some((ADVERT_INTERVAL_DEFAULT_MS / 10) as u16),
+            Some(ms @ ADVERT_INTERVAL_MIN_MS..=ADVERT_INTERVAL_MAX_MS) if ms % 10 == 0 => {
+                Some((ms / 10) as u16)
+            }
+            Some(ms) => {
+                add(
+                    "advert_interval_ms",
+                    format!(
+                        "{ms} is not a multiple of 10 in {ADVERT_INTERVAL_MIN_MS}..={ADVERT_INTERVAL_MAX_MS} \
+                         (VRRPv3 carries centiseconds in 12 bits)"
+                    ),
+                );
+                None
+            }
+        };
+        let delay = match r.preempt_delay_ms {
+            None => Some(Duration::ZERO),
+            Some(ms @ 0..=PREEMPT_DELAY_MAX_MS) => Some(Duration::from_millis(ms as u64)),
+            Some(ms) => {
+                add(
+                    "preempt_delay_ms",
+                    format!("{ms} is outside 0..={PREEMPT_DELAY_MAX_MS}"),
+                );
+                None
+            }
+        };
+        if r.preempt == Some(false) && r.preempt_delay_ms.is_some_and(|d| d > 0) {
+            add(
+                "preempt_delay_ms",
+                "has no effect with preempt = false: remove one of them".into(),
+            );
+        }
+        let interface = match r.interface.as_deref() {
+            Some("") => {
+                add(
+                    "interface",
+                    "is empty; leave it out to use the datapath's interface".into(),
+                );
+                None
+            }
+            other => other.map(str::to_owned),
+        };
+        let names = r.vips.clone().unwrap_or_default();
+        if names.is_empty() {
+            add(
+                "vips",
+                "missing or empty: name the [[vip]] entries whose addresses this instance holds"
+                    .into(),
+            );
+        }
+        let mut addresses = Vec::new();
+        for (j, name) in names.iter().enumerate() {
+            match vips.iter().find(|v| &v.name == name) {
+                None => add(
+                    &format!("vips[{j}]"),
+                    format!("no [[vip]] is named \"{name}\""),
+                ),
+                Some(v) if addresses.contains(&v.address) => {}
+                Some(v) => {
+                    if let Some(first) = claimed.get(&v.address) {
+                        add(
+                            &format!("vips[{j}]"),
+                            format!(
+                                "{} ({name}) is already held by {first}: an address belongs to one instance",
+                                v.address
+                            ),
+                        );
+                    } else {
+                        claimed.insert(v.address, key.clone());
+                    }
+                    addresses.push(v.address);
+                }
+            }
+        }
+        if addresses.len() > 255 {
+            add(
+                "vips",
+                format!(
+                    "{} addresses; an advert carries at most 255",
+                    addresses.len()
+                ),
+            );
+        }
+        if let Some(vrid) = vrid {
+            // Instances on different interfaces could share a VRID, but
+            // the interface may only be known at run time: keep them apart.
+            if !vrids.insert(vrid) {
+                add("vrid", format!("{vrid} is used by an earlier instance"));
+            }
+        }
+        if let (Some(vrid), Some(priority), Some(interval), Some(delay)) =
+            (vrid, priority, interval, delay)
+        {
+            out.push(VrrpInstance {
+                vrid,
+                interface,
+                priority,
+                advert_interval_cs: interval,
+                preempt: r.preempt.unwrap_or(true),
+                preempt_delay: delay,
+                vip_names: names,
+                addresses,
+            });
+        }
+    }
+    (out, problems)
+}
+
+impl VrrpInstance {
+    /// The task's spec, on `default_iface` unless the instance names one.
+    pub fn spec(&self, default_iface: &str) -> crate::vrrp::task::Spec {
+        crate::vrrp::task::Spec {
+            iface: self
+                .interface
+                .clone()
+                .unwrap_or_else(|| default_iface.to_owned()),
+            vrid: self.vrid,
+            priority: self.priority,
+            advert_interval_cs: self.advert_interval_cs,
+            preempt: self.preempt,
+            preempt_delay: self.preempt_delay,
+            vips: self.addresses.clone(),
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! VRRPv3 (RFC 5798) for IPv4: who owns the VIPs between two or more LB
+//! nodes. `codec` turns adverts into bytes and back; `machine` is the RFC's
+//! state machine over a caller-supplied clock. Both are pure: no socket,
+//! no netlink, no datapath. `net` holds the effects (raw socket, VIPs by
+//! rtnetlink, gratuitous ARP) and `task` drives one instance with them,
+//! publishing its status; it never touches the datapath.
+pub mod codec;
+pub mod machine;
+pub mod net;
+pub mod task;

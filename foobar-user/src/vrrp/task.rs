@@ -1,0 +1,363 @@
+//! One VRRP instance, driven: the clock, the socket and the interface
+//! around the pure state machine. It publishes its status (state,
+//! priority, master, last transition, counters) on a watch channel; it
+//! never touches the datapath or the daemon's state.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    time::Duration,
+};
+
+use tokio::{sync::watch, time::Instant};
+use tracing::{info, warn};
+
+use super::{
+    codec::{self, Advert, DropReason, Instance, Received, MULTICAST_V4},
+    machine::{self, Action, Event, Machine, State, Transition},
+    net::{self, Addresses, AdvertSocket, Interface, NetError},
+};
+
+/// Gratuitous ARPs sent per VIP on becoming master (keepalived's
+/// garp_master_repeat default).
+pub const GARP_REPEAT: u32 = 5;
+
+/// One instance as configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Spec {
+    pub iface: String,
+    pub vrid: u8,
+    pub priority: u8,
+    pub advert_interval_cs: u16,
+    pub preempt: bool,
+    pub preempt_delay: Duration,
+    pub vips: Vec<Ipv4Addr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub vrid: u8,
+    pub state: State,
+    pub priority: u8,
+    pub master: Option<Ipv4Addr>,
+    pub primary: Option<Ipv4Addr>,
+    /// The last transition; `at` counts from the instance's start.
+    pub last_transition: Option<Transition>,
+    /// When it happened, by the wall clock.
+    pub last_transition_time: Option<std::time::SystemTime>,
+    pub adverts_sent: u64,
+    pub adverts_received: u64,
+    pub drops: BTreeMap<DropReason, u64>,
+}
+
+impl Status {
+    /// For `foobar status --json`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let drops: serde_json::Map<String, serde_json::Value> = self
+            .drops
+            .iter()
+            .map(|(r, n)| (r.as_str().to_owned(), (*n).into()))
+            .collect();
+        serde_json::json!({
+            "vrid": self.vrid,
+            "state": self.state.as_str(),
+            "priority": self.priority,
+            "master": self.master,
+            "primary_address": self.primary,
+            "last_transition": self.last_transition.map(|t| serde_json::json!({
+                "from": t.from.as_str(),
+                "to": t.to.as_str(),
+                "cause": t.cause.to_string(),
+                "unix_time_s": self.last_transition_time
+                    .and_then(|w| w.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs()),
+            })),
+            "adverts_sent": self.adverts_sent,
+            "adverts_received": self.adverts_received,
+            "adverts_dropped": drops,
+        })
+    }
+
+    pub fn new(vrid: u8, priority: u8) -> Status {
+        Status {
+            vrid,
+            state: State::Initialize,
+            priority,
+            master: None,
+            primary: None,
+            last_transition: None,
+            last_transition_time: None,
+            adverts_sent: 0,
+            adverts_received: 0,
+            drops: BTreeMap::new(),
+        }
+    }
+}
+
+/// Run the instance until `stop` says true (or its sender goes away),
+/// then resign: priority 0 advert, VIPs removed.
+pub async fn run(
+    spec: Spec,
+    mut stop: watch::Receiver<bool>,
+    status: watch::Sender<Status>,
+) -> Result<(), NetError> {
+    let addresses = Addresses::new(&spec.iface)?;
+    let iface = addresses.interface(&spec.vips).await?;
+    let socket = AdvertSocket::open(&iface)?;
+    let mut machine = Machine::new(machine::Config {
+        vrid: spec.vrid,
+        priority: spec.priority,
+        advert_interval_cs: spec.advert_interval_cs,
+        preempt: spec.preempt,
+        preempt_delay: spec.preempt_delay,
+        primary: iface.primary,
+    })?;
+    let mut driver = Driver {
+        spec: &spec,
+        iface: &iface,
+        addresses: &addresses,
+        socket: &socket,
+        status: Status {
+            primary: Some(iface.primary),
+            ..Status::new(spec.vrid, spec.priority)
+        },
+        logged: BTreeSet::new(),
+    };
+    let origin = Instant::now();
+    let now = || Instant::now().duration_since(origin);
+    let actions = machine.handle(now(), Event::Startup);
+    driver.apply(&machine, actions).await;
+    status.send_replace(driver.snapshot(&machine));
+    let mut buf = vec![0u8; 2048];
+    // A receive error ends the instance, but like a stop: a master that
+    // can no longer hear its peers resigns rather than hold on silently.
+    let mut failed = None;
+    loop {
+        let deadline = machine
+            .next_deadline()
+            .map(|d| origin + d)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    break;
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                let actions = machine.handle(now(), Event::Timer);
+                driver.apply(&machine, actions).await;
+            }
+            got = socket.recv(&mut buf) => {
+                let n = match got {
+                    Ok(n) => n,
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                };
+                if let Some(event) = driver.receive(&machine, &buf[..n]) {
+                    let actions = machine.handle(now(), event);
+                    driver.apply(&machine, actions).await;
+                }
+            }
+        }
+        status.send_replace(driver.snapshot(&machine));
+    }
+    let actions = machine.handle(now(), Event::Shutdown);
+    driver.apply(&machine, actions).await;
+    // Whatever the state was, leave no VIP behind.
+    if let Err(e) = addresses.remove(iface.index, &spec.vips).await {
+        warn!(vrid = spec.vrid, %e, "removing the VIPs on shutdown failed");
+    }
+    status.send_replace(driver.snapshot(&machine));
+    failed.map_or(Ok(()), Err)
+}
+
+struct Driver<'a> {
+    spec: &'a Spec,
+    iface: &'a Interface,
+    addresses: &'a Addresses,
+    socket: &'a AdvertSocket,
+    status: Status,
+    /// (sender, reason) pairs already logged: a misconfigured peer is
+    /// logged once, then only counted.
+    logged: BTreeSet<(Ipv4Addr, DropReason)>,
+}
+
+impl Driver<'_> {
+    fn snapshot(&self, machine: &Machine) -> Status {
+        Status {
+            state: machine.state(),
+            priority: machine.priority(),
+            master: machine.master(),
+            last_transition: machine.last_transition(),
+            ..self.status.clone()
+        }
+    }
+
+    fn count_drop(&mut self, src: Option<Ipv4Addr>, reason: DropReason, detail: &str) {
+        *self.status.drops.entry(reason).or_default() += 1;
+        let src = src.unwrap_or(Ipv4Addr::UNSPECIFIED);
+        if reason != DropReason::OtherVrid && self.logged.insert((src, reason)) {
+            warn!(
+                vrid = self.spec.vrid,
+                iface = %self.iface.name,
+                %src,
+                reason = reason.as_str(),
+                "dropping VRRP adverts: {detail} (logged once per sender and reason)"
+            );
+        }
+    }
+
+    /// A received packet, checked; the event it makes, if it passes.
+    fn receive(&mut self, machine: &Machine, packet: &[u8]) -> Option<Event> {
+        let ip = match net::parse_ipv4(packet) {
+            Ok(ip) => ip,
+            Err(e) => {
+                self.count_drop(None, DropReason::Length, &e.to_string());
+                return None;
+            }
+        };
+        let advert = match Advert::decode(ip.payload, ip.src, ip.dst) {
+            Ok(a) => a,
+            Err(e) => {
+                self.count_drop(Some(ip.src), e.reason(), &e.to_string());
+                return None;
+            }
+        };
+        let received = Received {
+            src: ip.src,
+            ttl: ip.ttl,
+            advert,
+        };
+        let ours = Instance {
+            vrid: self.spec.vrid,
+            priority: machine.config().priority,
+            primary: self.iface.primary,
+            addrs: &self.spec.vips,
+        };
+        if let Err(reason) = codec::validate(&received, &ours) {
+            let detail = format!(
+                "ttl {}, vrid {}, addresses {:?} (ours: vrid {}, {:?})",
+                received.ttl,
+                received.advert.vrid,
+                received.advert.addrs,
+                self.spec.vrid,
+                self.spec.vips
+            );
+            self.count_drop(Some(ip.src), reason, &detail);
+            return None;
+        }
+        self.status.adverts_received += 1;
+        Some(Event::Advert {
+            src: received.src,
+            priority: received.advert.priority,
+            interval_cs: received.advert.interval_cs,
+        })
+    }
+
+    async fn apply(&mut self, machine: &Machine, actions: Vec<Action>) {
+        let vrid = self.spec.vrid;
+        for action in actions {
+            let result = match action {
+                Action::Transition { from, to, cause } => {
+                    info!(
+                        vrid,
+                        iface = %self.iface.name,
+                        from = from.as_str(),
+                        to = to.as_str(),
+                        %cause,
+                        priority = machine.priority(),
+                        "VRRP transition"
+                    );
+                    self.status.last_transition_time = Some(std::time::SystemTime::now());
+                    Ok(())
+                }
+                Action::SendAdvert { priority } => {
+                    let advert = Advert {
+                        vrid,
+                        priority,
+                        interval_cs: self.spec.advert_interval_cs,
+                        addrs: self.spec.vips.clone(),
+                    };
+                    advert
+                        .encode(self.iface.primary, MULTICAST_V4)
+                        .map_err(NetError::from)
+                        .and_then(|bytes| self.socket.send(&bytes, MULTICAST_V4))
+                        .map(|()| self.status.adverts_sent += 1)
+                }
+                Action::AddVips => self.addresses.add(self.iface.index, &self.spec.vips).await,
+                Action::RemoveVips => {
+                    self.addresses
+                        .remove(self.iface.index, &self.spec.vips)
+                        .await
+                }
+                Action::GratuitousArp => net::announce(self.iface, &self.spec.vips, GARP_REPEAT),
+            };
+            if let Err(e) = result {
+                warn!(vrid, %e, ?action, "VRRP action failed");
+            }
+        }
+    }
+}
+
+/// The daemon's running instances.
+pub struct Running {
+    instances: Vec<RunningInstance>,
+}
+
+struct RunningInstance {
+    vrid: u8,
+    stop: watch::Sender<bool>,
+    status: watch::Receiver<Status>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Spawn one task per instance. A task that cannot start (no such
+    /// interface, no address on it, no CAP_NET_RAW) logs why and ends:
+    /// this node then never takes those addresses, which is the safe side.
+    pub fn spawn(specs: Vec<Spec>) -> Running {
+        let instances = specs
+            .into_iter()
+            .map(|spec| {
+                let vrid = spec.vrid;
+                let (stop, stop_rx) = watch::channel(false);
+                let (status_tx, status) = watch::channel(Status::new(vrid, spec.priority));
+                let iface = spec.iface.clone();
+                let task = tokio::spawn(async move {
+                    if let Err(e) = run(spec, stop_rx, status_tx).await {
+                        tracing::error!(vrid, %iface, %e, "VRRP instance stopped; this node will not hold its addresses");
+                    }
+                });
+                RunningInstance {
+                    vrid,
+                    stop,
+                    status,
+                    task,
+                }
+            })
+            .collect();
+        Running { instances }
+    }
+
+    pub fn statuses(&self) -> Vec<Status> {
+        self.instances
+            .iter()
+            .map(|i| i.status.borrow().clone())
+            .collect()
+    }
+
+    /// Resign every instance (priority 0 advert, VIPs removed), waiting at
+    /// most `limit` for all of them.
+    pub async fn stop(self, limit: Duration) {
+        for i in &self.instances {
+            let _ = i.stop.send(true);
+        }
+        for mut i in self.instances {
+            if tokio::time::timeout(limit, &mut i.task).await.is_err() {
+                warn!(vrid = i.vrid, "VRRP instance did not stop in time; aborted");
+                i.task.abort();
+            }
+        }
+    }
+}

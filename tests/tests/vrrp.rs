@@ -1,0 +1,425 @@
+//! VRRP against keepalived in the netns lab: foobar's vrrp task runs in
+//! the LB node's namespace, keepalived (Debian's, its own config and pid
+//! files) in the client's, on one bridge, same VRID and VIP. Both must
+//! agree on the master in both directions, hand over on a graceful stop
+//! within one advert interval, and never both hold the VIP once settled.
+//! Needs root and keepalived; run under `flock -o /tmp/foobar-lab.lock`.
+use std::{
+    fs,
+    net::Ipv4Addr,
+    os::fd::AsFd as _,
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use foobar::vrrp::{
+    machine::State,
+    task::{self, Spec, Status},
+};
+use foobar_tests::lab::{wait_for, Lab, LabOptions, LB_IFACE};
+use foobar_tests::ops::foobar as foobar_bin;
+use tokio::sync::watch;
+
+/// Not the lab's VIP: this test is about VRRP only.
+const VVIP: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 150);
+const VRID: u8 = 51;
+
+/// foobar's vrrp task on a thread inside namespace `ns`.
+struct FoobarVrrp {
+    stop: watch::Sender<bool>,
+    status: watch::Receiver<Status>,
+    thread: Option<JoinHandle<Result<(), String>>>,
+}
+
+impl FoobarVrrp {
+    fn start(ns: &str, priority: u8) -> FoobarVrrp {
+        let spec = Spec {
+            iface: LB_IFACE.to_owned(),
+            vrid: VRID,
+            priority,
+            advert_interval_cs: 100,
+            preempt: true,
+            preempt_delay: Duration::ZERO,
+            vips: vec![VVIP],
+        };
+        let (stop, stop_rx) = watch::channel(false);
+        let (status_tx, status) = watch::channel(Status::new(VRID, priority));
+        let path = format!("/var/run/netns/{ns}");
+        let thread = std::thread::spawn(move || -> Result<(), String> {
+            let file = fs::File::open(&path).map_err(|e| format!("opening {path}: {e}"))?;
+            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| format!("entering {path}: {e}"))?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(task::run(spec, stop_rx, status_tx))
+                .map_err(|e| e.to_string())
+        });
+        FoobarVrrp {
+            stop,
+            status,
+            thread: Some(thread),
+        }
+    }
+
+    fn status(&self) -> Status {
+        self.status.borrow().clone()
+    }
+
+    /// Graceful stop: priority 0 advert, VIPs removed.
+    fn stop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.thread.take() {
+            t.join()
+                .expect("the vrrp thread does not panic")
+                .expect("the vrrp task ends cleanly");
+        }
+    }
+}
+
+impl Drop for FoobarVrrp {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn keepalived_conf(priority: u8) -> String {
+    format!(
+        "global_defs {{
+    router_id foobarlab
+    vrrp_version 3
+    enable_script_security
+}}
+vrrp_instance VI_{VRID} {{
+    state BACKUP
+    interface eth0
+    virtual_router_id {VRID}
+    priority {priority}
+    advert_int 1
+    virtual_ipaddress {{
+        {VVIP}/32
+    }}
+}}
+"
+    )
+}
+
+fn start_keepalived(lab: &mut Lab, priority: u8) {
+    let conf = lab.dir.join("keepalived.conf");
+    fs::write(&conf, keepalived_conf(priority)).expect("writing keepalived.conf");
+    let pid = |n: &str| lab.dir.join(n).to_string_lossy().into_owned();
+    let (main_pid, vrrp_pid) = (pid("keepalived.pid"), pid("keepalived-vrrp.pid"));
+    let conf = conf.to_string_lossy().into_owned();
+    let ns = lab.client.ns.clone();
+    lab.start_server(
+        &ns,
+        "keepalived",
+        &[
+            "keepalived",
+            "--vrrp",
+            "--dont-fork",
+            "--log-console",
+            "--log-detail",
+            "--use-file",
+            &conf,
+            "--pid",
+            &main_pid,
+            "--vrrp_pid",
+            &vrrp_pid,
+        ],
+    )
+    .expect("keepalived starts (apt-get install keepalived)");
+}
+
+fn holds_vip(lab: &Lab, ns: &str) -> bool {
+    lab.exec(ns, &["ip", "-4", "-o", "addr", "show", "dev", "eth0"])
+        .map(|out| out.contains(&format!("{VVIP}/32")))
+        .unwrap_or(false)
+}
+
+fn keepalived_log(lab: &Lab) -> String {
+    fs::read_to_string(lab.dir.join("keepalived.log")).unwrap_or_default()
+}
+
+/// Exactly one side holds the VIP for `span` (sampled every 50 ms).
+fn stays(lab: &Lab, span: Duration, foobar_holds: bool) {
+    let start = Instant::now();
+    while start.elapsed() < span {
+        let lb = holds_vip(lab, &lab.lb.ns);
+        let kp = holds_vip(lab, &lab.client.ns);
+        assert_eq!(
+            (lb, kp),
+            (foobar_holds, !foobar_holds),
+            "after {:?}: foobar holds {lb}, keepalived holds {kp}\n{}",
+            start.elapsed(),
+            keepalived_log(lab)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn foobar_and_keepalived_elect_the_same_master_both_ways() {
+    which_keepalived();
+    let mut lab = Lab::start(&LabOptions {
+        backends: 0,
+        ..LabOptions::default()
+    })
+    .expect("lab starts");
+    let lb_ns = lab.lb.ns.clone();
+    let (lb_addr, kp_addr) = (lab.lb.addr, lab.client.addr);
+
+    // 1. keepalived (100) is master alone; foobar (200) joins and preempts.
+    start_keepalived(&mut lab, 100);
+    wait_for("keepalived becomes master", Duration::from_secs(10), || {
+        Ok(holds_vip(&lab, &lab.client.ns))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", keepalived_log(&lab)));
+    let mut foobar = FoobarVrrp::start(&lb_ns, 200);
+    wait_for(
+        "foobar (200) preempts keepalived (100)",
+        Duration::from_secs(10),
+        // The status is published after the actions, so a little after
+        // the address is there.
+        || {
+            Ok(holds_vip(&lab, &lab.lb.ns)
+                && !holds_vip(&lab, &lab.client.ns)
+                && foobar.status().state == State::Master)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{:?}\n{}", foobar.status(), keepalived_log(&lab)));
+    let st = foobar.status();
+    assert_eq!(st.state, State::Master);
+    assert_eq!(st.master, Some(lb_addr));
+    assert!(st.adverts_received > 0, "foobar heard keepalived: {st:?}");
+    assert!(
+        st.drops.is_empty(),
+        "no advert of keepalived's was refused: {st:?}"
+    );
+    // Settled: keepalived accepts foobar's adverts and stays backup.
+    stays(&lab, Duration::from_secs(4), true);
+    assert!(
+        keepalived_log(&lab).contains("Entering BACKUP STATE"),
+        "keepalived says it is backup:\n{}",
+        keepalived_log(&lab)
+    );
+
+    // 2. Graceful stop: foobar sends priority 0, keepalived takes over
+    //    after its Skew_Time (609 ms at 100), within one advert interval.
+    let stopped = Instant::now();
+    foobar.stop();
+    assert!(
+        !holds_vip(&lab, &lab.lb.ns),
+        "foobar removed the VIP on stop"
+    );
+    wait_for("keepalived takes over", Duration::from_secs(5), || {
+        Ok(holds_vip(&lab, &lab.client.ns))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", keepalived_log(&lab)));
+    let gap = stopped.elapsed();
+    eprintln!("graceful stop: keepalived held the VIP {gap:?} after foobar resigned");
+    assert!(gap < Duration::from_secs(1), "takeover took {gap:?}");
+
+    // 3. foobar back at 50: keepalived (100) stays master, foobar backup,
+    //    knowing keepalived as master.
+    let mut foobar = FoobarVrrp::start(&lb_ns, 50);
+    stays(&lab, Duration::from_secs(5), false);
+    // keepalived refused none of foobar's adverts (its own checks: TTL,
+    // type, checksum over the pseudo-header, interval, address list).
+    let log = keepalived_log(&lab);
+    for refusal in [
+        "TTL",
+        "Invalid VRRPv3 checksum",
+        "Invalid packet type",
+        "advertisement interval mismatch",
+        "ip address associated with VRID",
+    ] {
+        assert!(
+            !log.contains(refusal),
+            "keepalived logged {refusal:?}:\n{log}"
+        );
+    }
+    let st = foobar.status();
+    assert_eq!(st.state, State::Backup, "{st:?}");
+    assert_eq!(st.master, Some(kp_addr), "{st:?}");
+
+    // 4. keepalived stops gracefully: foobar takes over within one interval.
+    let stopped = Instant::now();
+    lab.stop_server("keepalived").expect("keepalived stops");
+    wait_for("foobar takes over", Duration::from_secs(5), || {
+        Ok(holds_vip(&lab, &lab.lb.ns) && foobar.status().state == State::Master)
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{:?}", foobar.status()));
+    let gap = stopped.elapsed();
+    eprintln!("keepalived stop: foobar held the VIP {gap:?} later");
+    assert!(gap < Duration::from_secs(2), "takeover took {gap:?}");
+    let st = foobar.status();
+    assert_eq!(st.state, State::Master, "{st:?}");
+    assert!(
+        !holds_vip(&lab, &lab.client.ns),
+        "keepalived removed the VIP on stop"
+    );
+    foobar.stop();
+    assert!(!holds_vip(&lab, &lab.lb.ns));
+}
+
+/// The daemon itself: `[[vrrp]]` in its config, the XDP program attached
+/// on the same interface (VRRP and gratuitous ARP must pass it untouched),
+/// keepalived as the peer; SIGTERM resigns so keepalived takes over fast.
+#[test]
+fn the_daemon_runs_vrrp_from_its_config_and_resigns_on_sigterm() {
+    which_keepalived();
+    let mut lab = Lab::start(&LabOptions {
+        backends: 1,
+        ..LabOptions::default()
+    })
+    .expect("lab starts");
+    start_keepalived(&mut lab, 100);
+    wait_for("keepalived becomes master", Duration::from_secs(10), || {
+        Ok(holds_vip(&lab, &lab.client.ns))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", keepalived_log(&lab)));
+
+    let config = format!(
+        "{}\n[[vip]]\nname = \"ha\"\naddress = \"{VVIP}\"\nport = 80\n\
+         [[vip.backend]]\naddress = \"{}\"\n\n\
+         [[vrrp]]\nvrid = {VRID}\npriority = 200\nadvert_interval_ms = 1000\nvips = [\"ha\"]\n",
+        lab.config(),
+        lab.backends[0].addr
+    );
+    lab.start_foobar(&foobar_bin(), &config)
+        .expect("foobar starts");
+    wait_for(
+        "the daemon (200) preempts keepalived (100)",
+        Duration::from_secs(10),
+        || Ok(holds_vip(&lab, &lab.lb.ns) && !holds_vip(&lab, &lab.client.ns)),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", lab.foobar_log(), keepalived_log(&lab)));
+    stays(&lab, Duration::from_secs(3), true);
+    let st = foobar_tests::ops::status(&lab);
+    let v = &st["vrrp"][0];
+    assert_eq!(v["vrid"], VRID, "{st:#}");
+    assert_eq!(v["state"], "master", "{st:#}");
+    assert_eq!(v["priority"], 200, "{st:#}");
+    assert_eq!(v["master"], lab.lb.addr.to_string(), "{st:#}");
+    assert_eq!(v["last_transition"]["from"], "backup", "{st:#}");
+    assert_eq!(
+        v["last_transition"]["cause"],
+        format!("preempted master {} of lower priority 100", lab.client.addr),
+        "{st:#}"
+    );
+    assert!(v["adverts_received"].as_u64() > Some(0), "{st:#}");
+    assert_eq!(v["adverts_dropped"], serde_json::json!({}), "{st:#}");
+    let log = lab.foobar_log();
+    assert!(
+        log.contains("VRRP transition") && log.contains("to=\"master\""),
+        "the transition is logged with its cause:\n{log}"
+    );
+
+    let pid = lab.foobar_pid().expect("foobar runs");
+    let stopped = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM foobar");
+    wait_for("keepalived takes over", Duration::from_secs(5), || {
+        Ok(holds_vip(&lab, &lab.client.ns) && !holds_vip(&lab, &lab.lb.ns))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", lab.foobar_log(), keepalived_log(&lab)));
+    let gap = stopped.elapsed();
+    eprintln!("daemon SIGTERM: keepalived held the VIP {gap:?} later");
+    assert!(gap < Duration::from_secs(1), "takeover took {gap:?}");
+    let (clean, _) = lab.stop_foobar().expect("foobar exits");
+    assert!(clean, "foobar exits cleanly:\n{}", lab.foobar_log());
+}
+
+/// foobar against foobar: the daemon (200) on the LB node, the vrrp task
+/// (100) in the client's namespace. kill -9 of the daemon: the peer takes
+/// over within Master_Down_Interval (3 × 1 s + 609 ms) + 100 ms; the
+/// daemon, started again, comes back as Backup, removes the address the
+/// crash left, and preempts.
+#[test]
+fn a_crashed_master_is_replaced_in_time_and_preempts_on_return() {
+    let mut lab = Lab::start(&LabOptions {
+        backends: 1,
+        ..LabOptions::default()
+    })
+    .expect("lab starts");
+    let client_ns = lab.client.ns.clone();
+    let peer = FoobarVrrp::start(&client_ns, 100);
+    wait_for(
+        "the peer becomes master alone",
+        Duration::from_secs(10),
+        || Ok(holds_vip(&lab, &lab.client.ns)),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{:?}", peer.status()));
+    let config = format!(
+        "{}\n[[vip]]\nname = \"ha\"\naddress = \"{VVIP}\"\nport = 80\n\
+         [[vip.backend]]\naddress = \"{}\"\n\n\
+         [[vrrp]]\nvrid = {VRID}\npriority = 200\nvips = [\"ha\"]\n",
+        lab.config(),
+        lab.backends[0].addr
+    );
+    lab.start_foobar(&foobar_bin(), &config)
+        .expect("foobar starts");
+    wait_for("the daemon preempts", Duration::from_secs(10), || {
+        Ok(holds_vip(&lab, &lab.lb.ns) && !holds_vip(&lab, &lab.client.ns))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}\n{:?}", lab.foobar_log(), peer.status()));
+    stays(&lab, Duration::from_secs(2), true);
+    assert_eq!(peer.status().state, State::Backup);
+
+    let killed = std::time::SystemTime::now();
+    lab.kill_foobar().expect("kill -9 foobar");
+    wait_for("the peer takes over", Duration::from_secs(10), || {
+        Ok(peer.status().state == State::Master && holds_vip(&lab, &lab.client.ns))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{:?}", peer.status()));
+    let took = peer
+        .status()
+        .last_transition_time
+        .expect("a transition time")
+        .duration_since(killed)
+        .expect("after the kill");
+    eprintln!("kill -9: the peer became master {took:?} after the kill");
+    let limit = Duration::from_millis(3_000 + 609 + 100);
+    assert!(took <= limit, "takeover after {took:?}, limit {limit:?}");
+    // The crashed node never resigned: its address is still there (and
+    // harmless: the peer's gratuitous ARP moved the traffic).
+    assert!(holds_vip(&lab, &lab.lb.ns));
+
+    lab.start_foobar(&foobar_bin(), &config)
+        .expect("foobar starts again");
+    wait_for(
+        "the returning daemon preempts",
+        Duration::from_secs(10),
+        || {
+            Ok(holds_vip(&lab, &lab.lb.ns)
+                && !holds_vip(&lab, &lab.client.ns)
+                && peer.status().state == State::Backup)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}\n{:?}", lab.foobar_log(), peer.status()));
+    let log = lab.foobar_log();
+    assert!(
+        log.matches("cause=startup").count() == 2 && log.matches("preempted master").count() == 2,
+        "both starts went through Backup and preempted the peer:\n{log}"
+    );
+    lab.stop_foobar().expect("foobar stops");
+}
+
+fn which_keepalived() {
+    let found = std::process::Command::new("keepalived")
+        .arg("--version")
+        .output()
+        .is_ok();
+    assert!(
+        found,
+        "keepalived is not installed: apt-get install keepalived"
+    );
+}
