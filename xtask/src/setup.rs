@@ -22,6 +22,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iputils-ping", "ping"),
     ("procps", "sysctl"),
     ("util-linux", "setpriv"),
+    // The VRRP peer of the interoperability tests.
+    ("keepalived", "keepalived"),
+    // Crafted frames sent from a lab namespace (tests/src/lab.rs send_frame).
+    ("python3", "python3"),
     // The benchmark's peers: an HAProxy and an nftables load balancer.
     ("haproxy", "haproxy"),
     ("nftables", "nft"),
