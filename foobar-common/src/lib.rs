@@ -68,6 +68,22 @@ const _: () = assert!(size_of::<VipAddrKey>() == 8);
 /// are not exposed on every VIP address.
 pub const ADDR_PASS_CLOSED_PORTS: u32 = 1;
 
+/// 64-bit words of the VIP-address prefilter (VIP_ADDR_BITS): 4096 bits.
+pub const VIP_ADDR_BITMAP_WORDS: u32 = 64;
+
+/// The prefilter bit of an IPv4 address (any VLAN): (word, mask) in
+/// VIP_ADDR_BITS. The bit is set while any (address, VLAN) of the
+/// VIP-address table hashes to it, so a clear bit proves the destination is
+/// no VIP address and the packet passes after one inlined array read; a set
+/// bit is confirmed in the VIP-address table. Fibonacci hashing of the
+/// address as the packet holds it (`addr_be`), top 12 bits. The XDP
+/// program and userspace both compile this one function.
+#[inline(always)]
+pub const fn vip_addr_bit(addr_be: u32) -> (u32, u64) {
+    let bit = addr_be.wrapping_mul(0x9e37_79b1) >> 20;
+    (bit >> 6, 1u64 << (bit & 63))
+}
+
 /// Value of the VIP map: what the datapath needs to serve one VIP.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -170,7 +186,7 @@ pub const FLOW_CLOSED: u32 = 1;
 /// Bump it by hand whenever a map's key or value changes meaning, a map is
 /// added, removed or renamed, or a flag changes value: a daemon refuses to
 /// adopt maps pinned by a binary of another layout.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Sizes of the shared types the pinned maps hold, in the order FlowKey,
 /// Flow, Backend, VipKey, Service, AffinityKey, VipAddrKey, Counter: with

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use foobar_common::{
     AffinityKey, Backend, Counter, Flow, FlowKey, Service, VipAddrKey, VipKey, EVENT_COUNT,
-    FLOW_TABLE_DEFAULT, MAX_BACKENDS, MAX_VIPS, REASON_COUNT, RING_STRIDE,
+    FLOW_TABLE_DEFAULT, MAX_BACKENDS, MAX_VIPS, REASON_COUNT, RING_STRIDE, VIP_ADDR_BITMAP_WORDS,
 };
 
 /// (IPv4 address, VLAN) pairs that have at least one VIP -> ADDR_* flags:
@@ -16,6 +16,13 @@ use foobar_common::{
 /// pass path) and says what to do with ports no VIP serves.
 #[map]
 pub static VIP_ADDRS4: HashMap<VipAddrKey, u32> = HashMap::with_max_entries(MAX_VIPS, 0);
+
+/// The pass path's prefilter: a bitmap of `vip_addr_bit` over the addresses
+/// of VIP_ADDRS4. A clear bit passes the packet without the hash lookup.
+/// Userspace sets a bit before the first VIP_ADDRS4 key of its addresses is
+/// added and clears it after the last is gone.
+#[map]
+pub static VIP_ADDR_BITS: Array<u64> = Array::with_max_entries(VIP_ADDR_BITMAP_WORDS, 0);
 
 /// (address, port, protocol) -> service. Port 0 is the every-port VIP.
 #[map]

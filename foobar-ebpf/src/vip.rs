@@ -1,12 +1,15 @@
 //! Step 2: is the packet for a VIP? `address` checks the destination
-//! (address, VLAN) against the VIP-address table: everything else is the
+//! (address, VLAN) against the VIP-address table, behind a bitmap prefilter
+//! that passes most other addresses with one array read: everything else is the
 //! node's own traffic and passes untouched. `lookup` finds the service of
 //! the (address, port, protocol, VLAN); a VIP with port 0 serves every port.
 //! A port no VIP serves is dropped unless the address passes closed ports.
-use foobar_common::{Reason, Service, VipAddrKey, VipKey, ADDR_PASS_CLOSED_PORTS, AF_INET};
+use foobar_common::{
+    vip_addr_bit, Reason, Service, VipAddrKey, VipKey, ADDR_PASS_CLOSED_PORTS, AF_INET,
+};
 
 use crate::{
-    maps::{VIPS, VIP_ADDRS4},
+    maps::{VIPS, VIP_ADDRS4, VIP_ADDR_BITS},
     parse::{Packet, L3},
     verdict::Verdict,
 };
@@ -14,6 +17,12 @@ use crate::{
 /// The flags of a VIP address (ADDR_*), or NotVip.
 #[inline(always)]
 pub fn address(ip: &L3) -> Result<u32, Verdict> {
+    let (word, mask) = vip_addr_bit(ip.dst_be);
+    // An inlined array read: most of the node's own traffic stops here.
+    match VIP_ADDR_BITS.get(word) {
+        Some(bits) if *bits & mask != 0 => {}
+        _ => return Err(Verdict::pass(Reason::NotVip)),
+    }
     let key = VipAddrKey {
         addr_be: ip.dst_be,
         vlan: ip.vlan,

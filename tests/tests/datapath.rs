@@ -610,6 +610,49 @@ fn removing_a_vip_hands_its_address_back_to_the_kernel() {
     assert_eq!(dp.test_run(&udp.build()).unwrap().0, XDP_TX);
 }
 
+/// The prefilter bitmap in front of the VIP-address table holds exactly
+/// the bits of the plan's addresses, after `apply` adds or removes one and
+/// after `resync`: a missing bit would pass a VIP's traffic, a stale one
+/// only costs the pass path a hash lookup.
+#[test]
+fn the_prefilter_bitmap_follows_the_vip_addresses() {
+    fn expected(plan: &Plan) -> Vec<u64> {
+        let mut bits = vec![0u64; foobar_common::VIP_ADDR_BITMAP_WORDS as usize];
+        for key in plan.addresses.keys() {
+            let (word, mask) = foobar_common::vip_addr_bit(key.addr_be);
+            bits[word as usize] |= mask;
+        }
+        bits
+    }
+    let (mut dp, plan) = datapath(CONFIG);
+    assert!(!plan.addresses.is_empty());
+    assert_eq!(dp.prefilter_bits().unwrap(), expected(&plan));
+    let config = config::parse(CONFIG).unwrap();
+    let saved = foobar::state::saved_from_config(&config);
+    let mut st = foobar::state::State::build(&saved, &macs()).unwrap();
+    let udp_addr = u32::from_ne_bytes([192, 0, 2, 20]);
+    let (word, mask) = foobar_common::vip_addr_bit(udp_addr);
+    assert_ne!(dp.prefilter_bits().unwrap()[word as usize] & mask, 0);
+    st.remove_vip("udp-any").unwrap();
+    let smaller = st.plan();
+    dp.apply(&smaller).unwrap();
+    assert_eq!(dp.prefilter_bits().unwrap(), expected(&smaller));
+    assert!(
+        smaller
+            .addresses
+            .keys()
+            .all(|k| foobar_common::vip_addr_bit(k.addr_be) != (word, mask)),
+        "the fixture's addresses must not share the removed address's bit"
+    );
+    assert_eq!(dp.prefilter_bits().unwrap()[word as usize] & mask, 0);
+    // The rollback path reads the map back: back to the full plan, then to
+    // the smaller one again.
+    dp.resync(&plan).unwrap();
+    assert_eq!(dp.prefilter_bits().unwrap(), expected(&plan));
+    dp.resync(&smaller).unwrap();
+    assert_eq!(dp.prefilter_bits().unwrap(), expected(&smaller));
+}
+
 /// An id freed by a removed backend and taken by another must never carry
 /// the old backend's flows or affinity choices to the new one: the new
 /// holder has a new generation, so the old entries no longer match.

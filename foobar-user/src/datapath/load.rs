@@ -262,6 +262,7 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<Maps> {
         backends: take::<Array<MapData, _>>(ebpf, "BACKENDS")?,
         vips: take::<HashMap<MapData, _, _>>(ebpf, "VIPS")?,
         vip_addrs4: take::<HashMap<MapData, _, _>>(ebpf, "VIP_ADDRS4")?,
+        vip_addr_bits: take::<Array<MapData, _>>(ebpf, "VIP_ADDR_BITS")?,
         affinity: take::<HashMap<MapData, _, _>>(ebpf, "AFFINITY")?,
         flows,
         counters: CounterMaps {

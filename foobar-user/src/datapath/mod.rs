@@ -20,8 +20,8 @@ use aya::{
 };
 
 use foobar_common::{
-    AffinityKey, Backend, Flow, FlowKey, Service, VipAddrKey, VipKey, BACKEND_UP, MAX_BACKENDS,
-    MAX_VIPS,
+    vip_addr_bit, AffinityKey, Backend, Flow, FlowKey, Service, VipAddrKey, VipKey, BACKEND_UP,
+    MAX_BACKENDS, MAX_VIPS, VIP_ADDR_BITMAP_WORDS,
 };
 
 pub use flows::{FlowUsage, FlowWalker};
@@ -153,6 +153,7 @@ struct Maps {
     backends: Array<MapData, Backend>,
     vips: HashMap<MapData, VipKey, Service>,
     vip_addrs4: HashMap<MapData, VipAddrKey, u32>,
+    vip_addr_bits: Array<MapData, u64>,
     affinity: HashMap<MapData, AffinityKey, Flow>,
     flows: MapData,
     counters: stats::CounterMaps,
@@ -164,6 +165,19 @@ struct Written {
     vips: std::collections::HashMap<VipKey, Service>,
     /// (IPv4 VIP address, VLAN) -> flags, as in the prefilter map.
     vip_addrs4: std::collections::HashMap<VipAddrKey, u32>,
+    /// The words of the prefilter bitmap (VIP_ADDR_BITS); empty: all zero,
+    /// as a freshly created map is.
+    addr_bits: Vec<u64>,
+}
+
+/// The prefilter bitmap of a set of VIP addresses (`vip_addr_bit`).
+fn addr_bits<'a>(keys: impl IntoIterator<Item = &'a VipAddrKey>) -> Vec<u64> {
+    let mut bits = vec![0; VIP_ADDR_BITMAP_WORDS as usize];
+    for key in keys {
+        let (word, mask) = vip_addr_bit(key.addr_be);
+        bits[word as usize] |= mask;
+    }
+    bits
 }
 
 impl Datapath {
@@ -199,8 +213,15 @@ impl Datapath {
             }
         }
         // Prefilter addresses before the VIP keys that need them, and
-        // removed after the keys that used them are gone.
+        // removed after the keys that used them are gone; the bitmap in
+        // front of them likewise: bits set before the addresses are added,
+        // cleared after they are removed.
         let addrs = &plan.addresses;
+        let mut bits = addr_bits(addrs.keys());
+        for (i, word) in bits.iter_mut().enumerate() {
+            *word |= self.written.addr_bits.get(i).copied().unwrap_or(0);
+        }
+        self.write_addr_bits(&bits)?;
         let prefilter = &mut self.maps.vip_addrs4;
         for (key, flags) in addrs {
             if self.written.vip_addrs4.get(key) != Some(flags) {
@@ -261,6 +282,7 @@ impl Datapath {
                 })?;
             self.written.vip_addrs4.remove(&key);
         }
+        self.write_addr_bits(&addr_bits(self.written.vip_addrs4.keys()))?;
         for (&id, backend) in &plan.backends {
             if backend.flags & BACKEND_UP == 0 && self.written.backends.get(&id) != Some(backend) {
                 self.write_backend(id, backend)?;
@@ -279,6 +301,42 @@ impl Datapath {
             self.set_backend(id, &Backend::default())?;
             self.maps.counters.clear_backend(id)?;
             self.written.backends.remove(&id);
+        }
+        Ok(())
+    }
+
+    /// The pass path's prefilter bitmap (VIP_ADDR_BITS) as the kernel
+    /// holds it, one word per entry.
+    pub fn prefilter_bits(&self) -> Result<Vec<u64>> {
+        (0..VIP_ADDR_BITMAP_WORDS)
+            .map(|i| {
+                self.maps
+                    .vip_addr_bits
+                    .get(&i, 0)
+                    .map_err(|source| DatapathError::Map {
+                        map: "VIP_ADDR_BITS",
+                        source,
+                    })
+            })
+            .collect()
+    }
+
+    /// Writes the prefilter words that differ from what it holds.
+    fn write_addr_bits(&mut self, bits: &[u64]) -> Result<()> {
+        for (i, &word) in bits.iter().enumerate() {
+            if self.written.addr_bits.get(i).copied().unwrap_or(0) != word {
+                self.maps
+                    .vip_addr_bits
+                    .set(i as u32, word, 0)
+                    .map_err(|source| DatapathError::Map {
+                        map: "VIP_ADDR_BITS",
+                        source,
+                    })?;
+                if self.written.addr_bits.len() <= i {
+                    self.written.addr_bits.resize(i + 1, 0);
+                }
+                self.written.addr_bits[i] = word;
+            }
         }
         Ok(())
     }
@@ -358,6 +416,14 @@ impl Datapath {
             self.rings.set(vip.service.vip_id, &vip.ring)?;
         }
         let addrs = &plan.addresses;
+        // The bitmap as the kernel holds it, plus the plan's addresses.
+        let held = self.prefilter_bits()?;
+        self.written.addr_bits = held.clone();
+        let mut bits = addr_bits(addrs.keys());
+        for (word, old) in bits.iter_mut().zip(&held) {
+            *word |= old;
+        }
+        self.write_addr_bits(&bits)?;
         let prefilter = &mut self.maps.vip_addrs4;
         for (key, flags) in addrs {
             prefilter
@@ -386,6 +452,7 @@ impl Datapath {
         for addr in stray {
             prefilter.remove(&addr).map_err(map_err("VIP_ADDRS4"))?;
         }
+        self.write_addr_bits(&addr_bits(addrs.keys()))?;
         for id in 0..MAX_BACKENDS {
             let want = plan.backends.get(&id).copied().unwrap_or_default();
             if self.backend(id)? != want {
@@ -396,6 +463,7 @@ impl Datapath {
             backends: plan.backends.iter().map(|(&id, b)| (id, *b)).collect(),
             vips: plan.vips.iter().map(|v| (v.key, v.service)).collect(),
             vip_addrs4: addrs.clone(),
+            addr_bits: addr_bits(addrs.keys()),
         };
         Ok(())
     }
