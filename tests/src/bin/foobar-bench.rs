@@ -955,7 +955,7 @@ enum Path {
     /// Client straight to be1.
     Direct,
     /// Client straight to the three backends, round-robin on the client
-    /// (three wrk processes, a third of the connections each): the same
+    /// (each of the WRK_PROCESSES wrk processes to one backend): the same
     /// work as a balancer's spread. HTTP only: iperf3 goes to be1 on every
     /// path, so its figures are Direct's.
     DirectSpread,
@@ -1296,9 +1296,14 @@ fn iperf3(lab: &Lab, host: &str, secs: u64, udp: bool) -> Result<f64> {
     }
 }
 
-/// wrk from the client: `connections` in all, split over `hosts` (one wrk
-/// process of one thread per host, run at once) when there are several,
-/// else one wrk of two threads; the summed result.
+/// Client processes on every path: one wrk of one thread each, run at
+/// once, a third of the connections each, so every path has the same
+/// client and direct ×3 can go round-robin over the three backends.
+const WRK_PROCESSES: u32 = 3;
+
+/// wrk from the client: `connections` in all over WRK_PROCESSES wrk
+/// processes of one thread, process `i` to `hosts[i % hosts.len()]` (one
+/// host: all to it); the summed result.
 fn wrk(
     lab: &Lab,
     path: Path,
@@ -1307,27 +1312,12 @@ fn wrk(
     connections: u32,
     d: &str,
 ) -> Result<lab::WrkResult> {
-    let results = if hosts.len() == 1 {
-        let c = connections.to_string();
-        vec![lab::parse_wrk(&run_in(
-            lab,
-            &[
-                "wrk",
-                "-t2",
-                "-c",
-                &c,
-                "-d",
-                d,
-                &format!("http://{}{url_path}", hosts[0]),
-            ],
-        )?)]
-    } else {
-        let n = hosts.len() as u32;
-        let children = hosts
-            .iter()
-            .enumerate()
-            .map(|(i, host)| {
-                let c = connections / n + u32::from((i as u32) < connections % n);
+    let results = {
+        let n = WRK_PROCESSES;
+        let children = (0..n)
+            .map(|i| {
+                let host = &hosts[i as usize % hosts.len()];
+                let c = connections / n + u32::from(i < connections % n);
                 std::process::Command::new("ip")
                     .args(["netns", "exec", &lab.client.ns, "wrk", "-t1", "-c"])
                     .args([&c.to_string(), "-d", d])
@@ -1477,8 +1467,9 @@ fn end_to_end(quick: bool) -> Result<String> {
          with wire-like offloads (tx checksum, TSO, GSO off), as XDP on veth needs. {rounds} \
          round(s) of {secs} s per workload, paths interleaved in each round ({}); medians, and \
          ratios as the median of per-round ratios. Paths: direct is the client straight to be1; \
-         direct ×3 straight to the three backends, round-robin on the client (three wrk \
-         processes of one thread, a third of the connections each); forwarder is the minimal \
+         direct ×3 straight to the three backends, round-robin on the client; on every path \
+         the client is three wrk processes of one thread, a third of the connections each \
+         (32 in all for small responses, 8 for 1 MB), each to one backend on direct ×3; forwarder is the minimal \
          XDP forwarder (both MACs rewritten to be1's and a fixed source, XDP_TX, nothing else) \
          attached natively on the LB's eth0 in foobar's place, the ceiling for any XDP \
          balancer on these veths; foobar ×1 is foobar with be1 alone behind the web VIP (the \
