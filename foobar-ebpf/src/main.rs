@@ -1,5 +1,5 @@
 //! foobar's XDP programs. `foobar` is the load balancer: it reads the pipeline
-//! of DESIGN.md top to bottom, each step a module that returns
+//! of docs/DATAPATH.md top to bottom, each step a module that returns
 //! `Result<_, Verdict>`. `foobar_pass` only returns XDP_PASS (the lab attaches
 //! it to the peer of a veth so XDP_TX frames are delivered).
 #![no_std]

@@ -13,9 +13,9 @@
 //! namespace, not in the lab's network namespaces: each lab gives its
 //! daemon a pin root of its own (`/sys/fs/bpf/foobarlab-<pid>-<n>`), starts
 //! it with `nsenter --net` (so it sees that bpffs; `ip netns exec` would
-//! remount /sys, see DESIGN.md), and removes the pin root with the lab.
+//! remount /sys, see docs/LAB.md), and removes the pin root with the lab.
 //!
-//! What makes a veth lab forward at all (DESIGN.md, "veth facts"): the
+//! What makes a veth lab forward at all (docs/LAB.md, "veth"): the
 //! client's veth sends wire-like frames (checksum offload, TSO, GSO off), and
 //! the LB's bridge-side peer runs an XDP_PASS program so XDP_TX frames are
 //! delivered.

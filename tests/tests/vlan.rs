@@ -15,25 +15,22 @@
 use std::{
     collections::BTreeMap,
     net::Ipv4Addr,
-    path::PathBuf,
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use foobar_tests::{
     frames::Spec,
     lab::{self, Lab, LabOptions, LB_IFACE, VIP, VLAN_ID, VLAN_VIP},
+    ops::{foobar, wait_until},
 };
 use serde_json::Value;
 
 /// Needs CONFIG_VLAN_8021Q (`ip link add ... type vlan` fails without it).
-const NEEDS_8021Q: &str = "needs a kernel with 802.1Q VLAN interfaces (CONFIG_VLAN_8021Q)";
+const NEEDS_8021Q: &str =
+    "needs a kernel with 802.1Q VLAN interfaces (CONFIG_VLAN_8021Q); the lab machines lack it (docs/LAB.md)";
 
 const REQUESTS: usize = 30;
-
-fn foobar() -> PathBuf {
-    lab::foobar_bin().unwrap()
-}
 
 fn cli_json(lab: &Lab, args: &[&str]) -> Value {
     let mut full = args.to_vec();
@@ -108,17 +105,6 @@ fn vip_packets(stats: &Value, name: &str) -> u64 {
     vip(stats, name)["packets"].as_u64().unwrap()
 }
 
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if done() {
-            return start.elapsed();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("{what}: not within {limit:?}");
-}
-
 fn all_up(lab: &Lab, name: &str) -> bool {
     let s = cli_json(lab, &["status"]);
     vip(&s, name)["backends"]
@@ -129,7 +115,7 @@ fn all_up(lab: &Lab, name: &str) -> bool {
 }
 
 #[test]
-#[ignore = "needs a kernel with 802.1Q VLAN interfaces (CONFIG_VLAN_8021Q)"]
+#[ignore = "needs a kernel with 802.1Q (CONFIG_VLAN_8021Q), which the lab machines lack: docs/LAB.md"]
 fn a_vlan_vip_is_served_by_its_vlan_backends_with_the_tag_kept() {
     let mut lab = Lab::start(&LabOptions {
         backends: 3,
@@ -324,7 +310,7 @@ fn a_vlan_vip_without_its_interface_starts_down_and_tagged_frames_match_only_the
 }
 
 #[test]
-#[ignore = "needs a kernel with 802.1Q VLAN interfaces (CONFIG_VLAN_8021Q)"]
+#[ignore = "needs a kernel with 802.1Q (CONFIG_VLAN_8021Q), which the lab machines lack: docs/LAB.md"]
 fn backends_come_up_when_their_vlan_interface_is_created() {
     let mut lab = Lab::start(&LabOptions {
         backends: 3,

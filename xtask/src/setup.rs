@@ -116,7 +116,7 @@ fn bpf_linker() -> Result<()> {
     if !ok {
         bail!(
             "building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM {llvm} failed \
-             (see above); DESIGN.md has the recipe"
+             (see above); `bpf_linker()` in xtask/src/setup.rs has the recipe"
         );
     }
     probe_bpf_linker().context("bpf-linker was built but still does not link a BPF object")

@@ -187,7 +187,7 @@ impl PinDir {
 
 /// Mounts bpffs at /sys/fs/bpf unless it is there (Cilium's agent does the
 /// same). In a mount namespace of its own (`ip netns exec`), the mount is
-/// private to it and gone for the next command: see DESIGN.md.
+/// private to it and gone for the next command: see docs/LAB.md.
 fn ensure_bpffs() -> Result<()> {
     let path = CString::new(Path::new(BPFFS).as_os_str().as_bytes()).expect("no NUL in a const");
     // SAFETY: statfs writes one `struct statfs` into `st`, which outlives
