@@ -402,70 +402,39 @@ impl Datapath {
     /// Makes the maps hold exactly `plan`, whatever they hold now: reads
     /// the VIP and backend maps back instead of trusting what `apply` last
     /// wrote (after an `apply` failed half-way, that record is not the
-    /// maps' content). The state owner's rollback. Same order as `apply`.
+    /// maps' content), then writes the difference with `apply`. The state
+    /// owner's rollback, and the reconciliation of adopted (pinned) maps.
     pub fn resync(&mut self, plan: &Plan) -> Result<()> {
         let map_err = |map| move |source| DatapathError::Map { map, source };
-        for (&id, backend) in plan
-            .backends
-            .iter()
-            .filter(|(_, b)| b.flags & BACKEND_UP != 0)
-        {
-            self.set_backend(id, backend)?;
-        }
-        for vip in &plan.vips {
-            self.rings.set(vip.service.vip_id, &vip.ring)?;
-        }
-        let addrs = &plan.addresses;
-        // The bitmap as the kernel holds it, plus the plan's addresses.
-        let held = self.prefilter_bits()?;
-        self.written.addr_bits = held.clone();
-        let mut bits = addr_bits(addrs.keys());
-        for (word, old) in bits.iter_mut().zip(&held) {
-            *word |= old;
-        }
-        self.write_addr_bits(&bits)?;
-        let prefilter = &mut self.maps.vip_addrs4;
-        for (key, flags) in addrs {
-            prefilter
-                .insert(key, flags, 0)
-                .map_err(map_err("VIP_ADDRS4"))?;
-        }
-        let vips = &mut self.maps.vips;
-        for vip in &plan.vips {
-            vips.insert(vip.key, vip.service, 0)
-                .map_err(map_err("VIPS"))?;
-        }
-        let stray: Vec<VipKey> = vips
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| !plan.vips.iter().any(|v| v.key == *k))
-            .collect();
-        for key in stray {
-            vips.remove(&key).map_err(map_err("VIPS"))?;
-        }
-        let prefilter = &mut self.maps.vip_addrs4;
-        let stray: Vec<VipAddrKey> = prefilter
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|a| !addrs.contains_key(a))
-            .collect();
-        for addr in stray {
-            prefilter.remove(&addr).map_err(map_err("VIP_ADDRS4"))?;
-        }
-        self.write_addr_bits(&addr_bits(addrs.keys()))?;
+        // Take what the maps hold as the record `apply` diffs against; the
+        // ring writer forgets its halves, so every ring is written whole.
+        let mut backends = std::collections::HashMap::new();
         for id in 0..MAX_BACKENDS {
-            let want = plan.backends.get(&id).copied().unwrap_or_default();
-            if self.backend(id)? != want {
-                self.set_backend(id, &want)?;
+            let backend = self.backend(id)?;
+            if backend != Backend::default() {
+                backends.insert(id, backend);
             }
         }
+        let vips = self
+            .maps
+            .vips
+            .iter()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(map_err("VIPS"))?;
+        let vip_addrs4 = self
+            .maps
+            .vip_addrs4
+            .iter()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(map_err("VIP_ADDRS4"))?;
         self.written = Written {
-            backends: plan.backends.iter().map(|(&id, b)| (id, *b)).collect(),
-            vips: plan.vips.iter().map(|v| (v.key, v.service)).collect(),
-            vip_addrs4: addrs.clone(),
-            addr_bits: addr_bits(addrs.keys()),
+            backends,
+            vips,
+            vip_addrs4,
+            addr_bits: self.prefilter_bits()?,
         };
-        Ok(())
+        self.rings.forget();
+        self.apply(plan)
     }
 
     /// What the maps hold now: VIPs, backend entries in use, live rings

@@ -73,6 +73,12 @@ impl RingWriter {
     }
 
     /// The ring this writer last made live for `vip_id`.
+    /// Forgets what the halves hold: the next `set` of each VIP writes
+    /// every slot (after the maps were changed behind this writer's back).
+    pub(super) fn forget(&mut self) {
+        self.written.clear();
+    }
+
     pub(super) fn live(&self, vip_id: u32) -> Option<&Vec<u32>> {
         let h = self.written.get(&vip_id)?;
         h.halves[h.live].as_ref()
