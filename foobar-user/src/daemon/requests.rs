@@ -1,0 +1,295 @@
+//! Control requests: dispatch, and `transact` (save, then apply; roll
+//! back both on failure).
+use std::net::Ipv4Addr;
+
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::Owner;
+use crate::{
+    api::{Request, Response},
+    config::{Forwarding, Protocol, Scheduler},
+    state::{Admin, BackendSpec, State, StateError, VipSpec},
+};
+
+impl Owner {
+    /// Puts `before` back in the state, the maps and (if `saved`) the state
+    /// file after a change failed half-way; returns what could not be
+    /// restored (also logged), so the caller can report it. The maps are
+    /// read back and rewritten (`Datapath::resync`), not patched from what
+    /// the failed write believed it had done.
+    pub(super) fn roll_back(&mut self, before: State, saved: bool) -> Option<String> {
+        self.state = before;
+        let mut failures = Vec::new();
+        if saved {
+            if let Err(e) = self.save() {
+                failures.push(format!(
+                    "the state file {} still holds the refused change ({e})",
+                    self.state_file.display()
+                ));
+            }
+        }
+        if let Err(e) = self.datapath.resync(&self.state.plan()) {
+            failures.push(format!(
+                "the BPF maps may hold part of the refused change ({e}); \
+                 restart foobar to rewrite them from the state"
+            ));
+        }
+        if failures.is_empty() {
+            return None;
+        }
+        let text = failures.join("; ");
+        tracing::error!(problem = %text, "rolling back a refused change failed");
+        Some(text)
+    }
+
+    /// Applies `change` to a copy of the state, saves it, writes the maps;
+    /// if the maps cannot be written, puts everything back and returns the
+    /// error. A state file that cannot be written (read-only or full disk)
+    /// does not stop the change: an emergency drain must reach the
+    /// datapath. It is then applied unsaved, logged loudly, and the answer
+    /// carries a warning (see `handle`).
+    pub(super) fn transact<T>(
+        &mut self,
+        change: impl FnOnce(&mut State) -> Result<T, StateError>,
+    ) -> Result<T, String> {
+        let before = self.state.clone();
+        let result = change(&mut self.state).map_err(|e| e.to_string())?;
+        let saved = match self.save() {
+            Ok(()) => {
+                if self.unsaved.take().is_some() {
+                    info!(file = %self.state_file.display(), "the state file is written again");
+                }
+                true
+            }
+            Err(e) => {
+                self.unsaved = Some(format!(
+                    "the state file {} cannot be written ({e}): this change is applied but \
+                     will NOT survive a restart; fix the disk or directory, then repeat any \
+                     change to save the whole state",
+                    self.state_file.display()
+                ));
+                false
+            }
+        };
+        if let Err(e) = self.datapath.apply(&self.state.plan()) {
+            let mut message = format!("not applied: writing the BPF maps failed: {e}");
+            if let Some(problem) = self.roll_back(before, saved) {
+                message.push_str(&format!("; and undoing it failed: {problem}"));
+            }
+            return Err(message);
+        }
+        if let Some(warning) = &self.unsaved {
+            tracing::error!(warning = %warning, "CHANGE NOT SAVED");
+        }
+        Ok(result)
+    }
+
+    pub(super) async fn handle(&mut self, request: Request) -> Response {
+        let op = request_name(&request);
+        let changes = !matches!(request, Request::Status | Request::Stats);
+        let result = self.dispatch(request).await;
+        match result {
+            Ok(mut value) => {
+                if changes {
+                    info!(op, result = %value, "control request applied");
+                    // A change applied but not saved says so in its answer.
+                    if let (Some(warning), Some(map)) = (&self.unsaved, value.as_object_mut()) {
+                        map.insert("warning".into(), json!(warning));
+                    }
+                }
+                Response::ok(value)
+            }
+            Err(message) => {
+                if changes {
+                    warn!(op, error = %message, "control request refused");
+                }
+                Response::error(message)
+            }
+        }
+    }
+
+    pub(super) async fn dispatch(&mut self, request: Request) -> Result<serde_json::Value, String> {
+        match request {
+            Request::Status => Ok(self.status()),
+            Request::Reload => self.reload(),
+            Request::Stats => self.stats_json(),
+            Request::VipAdd {
+                name,
+                address,
+                port,
+                protocol,
+                scheduler,
+                forwarding,
+            } => {
+                let spec = VipSpec {
+                    name: name.clone(),
+                    address: parse_ipv4(&address)?,
+                    port,
+                    protocol: Protocol::parse(protocol.as_deref().unwrap_or("tcp"))
+                        .map_err(|e| format!("protocol: {e}"))?,
+                    scheduler: Scheduler::parse(scheduler.as_deref().unwrap_or("rr"))
+                        .map_err(|e| format!("scheduler: {e}"))?,
+                    maglev_table_size: crate::maglev::DEFAULT_TABLE_SIZE,
+                    affinity_timeout_s: None,
+                    forwarding: Forwarding::parse(forwarding.as_deref().unwrap_or("dsr"))
+                        .map_err(|e| format!("forwarding: {e}"))?,
+                    vlan: None,
+                    pass_closed_ports: false,
+                    health: Default::default(),
+                };
+                let id = self.transact(|s| s.add_vip(spec))?;
+                Ok(json!({ "vip": name, "id": id }))
+            }
+            Request::AffinityPurge { vip } => {
+                let vip_id = match &vip {
+                    Some(name) => Some(self.state.vip(name).map_err(|e| e.to_string())?.id),
+                    None => None,
+                };
+                let purged = self
+                    .datapath
+                    .purge_affinity(vip_id)
+                    .map_err(|e| format!("purging the affinity table: {e}"))?;
+                info!(
+                    vip = vip.as_deref().unwrap_or("*"),
+                    purged, "source-affinity entries purged"
+                );
+                Ok(json!({ "vip": vip, "purged": purged }))
+            }
+            Request::VipRemove { name } => {
+                let vip = self.transact(|s| s.remove_vip(&name))?;
+                for b in &vip.backends {
+                    self.stop_checker(b.id);
+                }
+                Ok(json!({ "vip": name, "removed_backends": vip.backends.len() }))
+            }
+            Request::BackendAdd {
+                vip,
+                address,
+                weight,
+            } => {
+                let address = parse_ipv4(&address)?;
+                let spec = BackendSpec {
+                    address,
+                    weight: weight.unwrap_or(1),
+                    admin: Admin::Enabled,
+                    health: self
+                        .state
+                        .vip(&vip)
+                        .map_err(|e| e.to_string())?
+                        .spec
+                        .health
+                        .clone(),
+                };
+                // The MAC, if another backend at this address has one; if
+                // not, the neighbour watcher resolves it in the background
+                // (the backend takes traffic once it has a MAC).
+                let mac = self.state.mac_of(address);
+                let id = self.transact(|s| s.add_backend(&vip, spec, mac))?;
+                self.start_checker(id);
+                Ok(json!({
+                    "vip": vip,
+                    "backend": address,
+                    "id": id,
+                    "mac": if mac.is_some() { "known" } else { "resolving" },
+                }))
+            }
+            Request::BackendRemove {
+                vip,
+                address,
+                force,
+            } => {
+                let address = parse_ipv4(&address)?;
+                // The last backend taking new flows: without it the VIP
+                // black-holes them, so only on purpose (--force).
+                let serving = |b: &crate::state::BackendState| {
+                    b.spec.admin == Admin::Enabled && b.spec.weight > 0
+                };
+                let v = self.state.vip(&vip).map_err(|e| e.to_string())?;
+                let last = v
+                    .backends
+                    .iter()
+                    .any(|b| b.spec.address == address && serving(b))
+                    && !v
+                        .backends
+                        .iter()
+                        .any(|b| b.spec.address != address && serving(b));
+                if last && !force {
+                    return Err(format!(
+                        "{address} is the last backend of VIP {vip} that takes new flows: \
+                         without it the VIP drops its new traffic. Add or enable another \
+                         backend first, remove the VIP (foobar vip remove {vip}), or repeat \
+                         with --force"
+                    ));
+                }
+                let b = self.transact(|s| s.remove_backend(&vip, address))?;
+                self.stop_checker(b.id);
+                if last {
+                    warn!(vip = %vip, backend = %address, "last backend removed (--force): the VIP drops its new traffic");
+                }
+                Ok(
+                    json!({ "vip": vip, "backend": address, "state": "removed", "vip_drops_new_flows": last }),
+                )
+            }
+            Request::BackendDrain { vip, address } => {
+                let address = parse_ipv4(&address)?;
+                self.transact(|s| s.set_admin(&vip, address, Admin::Drained))?;
+                Ok(json!({ "vip": vip, "backend": address, "admin": "drained" }))
+            }
+            Request::BackendEnable { vip, address } => {
+                let address = parse_ipv4(&address)?;
+                self.transact(|s| s.set_admin(&vip, address, Admin::Enabled))?;
+                Ok(json!({ "vip": vip, "backend": address, "admin": "enabled" }))
+            }
+            Request::BackendWeight {
+                vip,
+                address,
+                weight,
+            } => {
+                let address = parse_ipv4(&address)?;
+                self.transact(|s| s.set_weight(&vip, address, weight))?;
+                Ok(json!({ "vip": vip, "backend": address, "weight": weight }))
+            }
+        }
+    }
+
+    pub(super) fn max_ids(&self) -> (usize, usize) {
+        let vips = self
+            .state
+            .vips()
+            .iter()
+            .map(|v| v.id + 1)
+            .max()
+            .unwrap_or(0);
+        let backends = self
+            .state
+            .vips()
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|b| b.id + 1))
+            .max()
+            .unwrap_or(0);
+        (vips as usize, backends as usize)
+    }
+}
+
+pub(super) fn request_name(r: &Request) -> &'static str {
+    match r {
+        Request::Reload => "reload",
+        Request::Status => "status",
+        Request::Stats => "stats",
+        Request::VipAdd { .. } => "vip add",
+        Request::VipRemove { .. } => "vip remove",
+        Request::AffinityPurge { .. } => "vip purge-affinity",
+        Request::BackendAdd { .. } => "backend add",
+        Request::BackendRemove { .. } => "backend remove",
+        Request::BackendDrain { .. } => "backend drain",
+        Request::BackendEnable { .. } => "backend enable",
+        Request::BackendWeight { .. } => "backend weight",
+    }
+}
+
+/// An IPv4 address, or an error that says what was expected.
+pub fn parse_ipv4(text: &str) -> Result<Ipv4Addr, String> {
+    text.parse()
+        .map_err(|_| format!("\"{text}\" is not an IPv4 address (for example 10.0.0.11)"))
+}
