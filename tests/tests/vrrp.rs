@@ -15,6 +15,7 @@ use std::{
 use foobar::vrrp::{
     machine::State,
     task::{self, Spec, Status},
+    track::Conditions,
 };
 use foobar_tests::lab::{wait_for, Lab, LabOptions, LB_IFACE};
 use foobar_tests::ops::foobar as foobar_bin;
@@ -31,19 +32,28 @@ struct FoobarVrrp {
     thread: Option<JoinHandle<Result<(), String>>>,
 }
 
+fn spec(priority: u8) -> Spec {
+    Spec {
+        iface: LB_IFACE.to_owned(),
+        vrid: VRID,
+        priority,
+        advert_interval_cs: 100,
+        preempt: true,
+        preempt_delay: Duration::ZERO,
+        vips: vec![VVIP],
+        vip_names: vec!["ha".into()],
+        track: Default::default(),
+    }
+}
+
 impl FoobarVrrp {
     fn start(ns: &str, priority: u8) -> FoobarVrrp {
-        let spec = Spec {
-            iface: LB_IFACE.to_owned(),
-            vrid: VRID,
-            priority,
-            advert_interval_cs: 100,
-            preempt: true,
-            preempt_delay: Duration::ZERO,
-            vips: vec![VVIP],
-        };
+        FoobarVrrp::start_spec(ns, spec(priority))
+    }
+
+    fn start_spec(ns: &str, spec: Spec) -> FoobarVrrp {
         let (stop, stop_rx) = watch::channel(false);
-        let (status_tx, status) = watch::channel(Status::new(VRID, priority));
+        let (status_tx, status) = watch::channel(Status::new(&spec));
         let path = format!("/var/run/netns/{ns}");
         let thread = std::thread::spawn(move || -> Result<(), String> {
             let file = fs::File::open(&path).map_err(|e| format!("opening {path}: {e}"))?;
@@ -53,7 +63,9 @@ impl FoobarVrrp {
                 .enable_all()
                 .build()
                 .map_err(|e| e.to_string())?;
-            rt.block_on(task::run(spec, stop_rx, status_tx))
+            // No tracking: the conditions never change.
+            let (_conditions, conditions_rx) = watch::channel(Conditions::default());
+            rt.block_on(task::run(spec, stop_rx, conditions_rx, status_tx))
                 .map_err(|e| e.to_string())
         });
         FoobarVrrp {
@@ -409,6 +421,156 @@ fn a_crashed_master_is_replaced_in_time_and_preempts_on_return() {
     assert!(
         log.matches("cause=startup").count() == 2 && log.matches("preempted master").count() == 2,
         "both starts went through Backup and preempted the peer:\n{log}"
+    );
+    lab.stop_foobar().expect("foobar stops");
+}
+
+/// The daemon's `[[vip]]` "ha" on VVIP with the lab's backends, health
+/// checked fast, and `extra` lines in its `[[vrrp]]` instance.
+fn ha_config(lab: &Lab, vrrp: &str) -> String {
+    let mut text = format!(
+        "{}\n[[vip]]\nname = \"ha\"\naddress = \"{VVIP}\"\nport = 80\n\
+         [vip.health]\ncheck = \"http\"\nhttp_path = \"/\"\ninterval_ms = 200\n\
+         timeout_ms = 150\nrise = 2\nfall = 2\n",
+        lab.config()
+    );
+    for b in &lab.backends {
+        text.push_str(&format!("[[vip.backend]]\naddress = \"{}\"\n", b.addr));
+    }
+    text.push_str(&format!(
+        "\n[[vrrp]]\nvrid = {VRID}\nvips = [\"ha\"]\n{vrrp}\n"
+    ));
+    text
+}
+
+/// Tracking: the daemon (200, track_no_backend = -100, track_detached =
+/// -150) against a foobar peer (150). All backends of its VIP die: it
+/// advertises 100 and the peer preempts; they come back: 200 again, and
+/// it preempts in turn. Its XDP link is detached under it: 50, the peer
+/// takes over.
+#[test]
+fn tracking_hands_the_vip_over_while_this_node_cannot_serve() {
+    let mut lab = Lab::start(&LabOptions {
+        backends: 2,
+        ..LabOptions::default()
+    })
+    .expect("lab starts");
+    let client_ns = lab.client.ns.clone();
+    let peer = FoobarVrrp::start(&client_ns, 150);
+    let config = ha_config(
+        &lab,
+        "priority = 200\ntrack_no_backend = -100\ntrack_detached = -150\n",
+    );
+    lab.start_foobar(&foobar_bin(), &config)
+        .expect("foobar starts");
+    let daemon_master = |lab: &Lab, peer: &FoobarVrrp| {
+        holds_vip(lab, &lab.lb.ns)
+            && !holds_vip(lab, &lab.client.ns)
+            && peer.status().state == State::Backup
+    };
+    let peer_master = |lab: &Lab, peer: &FoobarVrrp| {
+        !holds_vip(lab, &lab.lb.ns)
+            && holds_vip(lab, &lab.client.ns)
+            && peer.status().state == State::Master
+    };
+    wait_for(
+        "the daemon (200) is master",
+        Duration::from_secs(15),
+        || Ok(daemon_master(&lab, &peer)),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}\n{:?}", lab.foobar_log(), peer.status()));
+    let v = foobar_tests::ops::status(&lab)["vrrp"][0].clone();
+    assert_eq!(
+        (v["priority"].as_u64(), v["configured_priority"].as_u64()),
+        (Some(200), Some(200)),
+        "{v:#}"
+    );
+    assert_eq!(v["tracking"], serde_json::json!([]), "{v:#}");
+
+    // 1. Every backend of "ha" dies: 200 - 100 = 100 < 150.
+    let names: Vec<String> = lab.backends.iter().map(|b| b.name.clone()).collect();
+    let killed = Instant::now();
+    for n in &names {
+        lab.kill_backend(n).expect("kill a backend");
+    }
+    wait_for("the peer takes over", Duration::from_secs(15), || {
+        Ok(peer_master(&lab, &peer))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}\n{:?}", lab.foobar_log(), peer.status()));
+    eprintln!(
+        "no backend: the peer held the VIP {:?} after the kill",
+        killed.elapsed()
+    );
+    let v = foobar_tests::ops::status(&lab)["vrrp"][0].clone();
+    assert_eq!(v["state"], "backup", "{v:#}");
+    assert_eq!(v["priority"], 100, "{v:#}");
+    assert_eq!(v["configured_priority"], 200, "{v:#}");
+    assert_eq!(v["master"], lab.client.addr.to_string(), "{v:#}");
+    assert_eq!(
+        v["tracking"],
+        serde_json::json!(["no healthy backend for ha (-100)"]),
+        "{v:#}"
+    );
+    // The peer heard 100 (its cause names it) and stays master.
+    let pst = peer.status();
+    assert_eq!(
+        pst.last_transition.map(|t| t.cause.to_string()),
+        Some(format!(
+            "preempted master {} of lower priority 100",
+            lab.lb.addr
+        )),
+        "{pst:?}"
+    );
+    stays(&lab, Duration::from_secs(2), false);
+
+    // 2. One backend back: 200 again, the daemon preempts.
+    let back = Instant::now();
+    lab.start_backend(&names[0]).expect("backend starts");
+    wait_for(
+        "the daemon takes the VIP back",
+        Duration::from_secs(15),
+        || Ok(daemon_master(&lab, &peer)),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}\n{:?}", lab.foobar_log(), peer.status()));
+    eprintln!(
+        "backend back: the daemon held the VIP {:?} after nginx started",
+        back.elapsed()
+    );
+    let v = foobar_tests::ops::status(&lab)["vrrp"][0].clone();
+    assert_eq!(v["priority"], 200, "{v:#}");
+    assert_eq!(v["tracking"], serde_json::json!([]), "{v:#}");
+    assert_eq!(
+        v["last_transition"]["cause"],
+        format!("preempted master {} of lower priority 150", lab.client.addr),
+        "{v:#}"
+    );
+    let log = lab.foobar_log();
+    assert!(
+        log.contains("VRRP priority lowered by tracking")
+            && log.contains("VRRP priority raised by tracking"),
+        "both priority changes are logged:\n{log}"
+    );
+
+    // 3. The XDP link detached under the running daemon: 200 - 150 = 50.
+    let link = lab.pin_root.join(LB_IFACE).join("link");
+    let out = std::process::Command::new("bpftool")
+        .args(["link", "detach", "pinned"])
+        .arg(&link)
+        .output()
+        .expect("bpftool runs");
+    assert!(out.status.success(), "bpftool link detach: {out:?}");
+    wait_for(
+        "the peer takes over from a detached node",
+        Duration::from_secs(15),
+        || Ok(peer_master(&lab, &peer)),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}\n{:?}", lab.foobar_log(), peer.status()));
+    let v = foobar_tests::ops::status(&lab)["vrrp"][0].clone();
+    assert_eq!(v["priority"], 50, "{v:#}");
+    assert_eq!(
+        v["tracking"],
+        serde_json::json!(["the datapath is not attached (-150)"]),
+        "{v:#}"
     );
     lab.stop_foobar().expect("foobar stops");
 }

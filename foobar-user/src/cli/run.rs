@@ -227,9 +227,7 @@ async fn serve(
     });
 
     // Only now, forwarding: a node never holds a VIP it cannot serve.
-    owner.vrrp = Some(crate::vrrp::task::Running::spawn(
-        config.vrrp.iter().map(|v| v.spec(&iface)).collect(),
-    ));
+    owner.start_vrrp(config.vrrp.iter().map(|v| v.spec(&iface)).collect());
     for v in &config.vrrp {
         info!(
             vrid = v.vrid,
@@ -249,9 +247,7 @@ async fn serve(
         .await;
     info!(signal, "shutting down");
     // The peer takes over after its Skew_Time, not Master_Down_Interval.
-    if let Some(vrrp) = owner.vrrp.take() {
-        vrrp.stop(std::time::Duration::from_secs(2)).await;
-    }
+    owner.stop_vrrp(std::time::Duration::from_secs(2)).await;
     api_task.abort();
     reload_task.abort();
     if let Some(t) = metrics_task {

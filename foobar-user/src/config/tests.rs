@@ -948,6 +948,7 @@ fn vrrp_instances_resolve_vip_names_to_distinct_addresses() {
                 vip_names: vec!["web".into(), "dns".into()],
                 // web and dns share 192.0.2.10: held once.
                 addresses: vec!["192.0.2.10".parse().unwrap()],
+                track: Default::default(),
             },
             VrrpInstance {
                 vrid: 52,
@@ -958,6 +959,7 @@ fn vrrp_instances_resolve_vip_names_to_distinct_addresses() {
                 preempt_delay: std::time::Duration::ZERO,
                 vip_names: vec!["other".into()],
                 addresses: vec!["192.0.2.20".parse().unwrap()],
+                track: Default::default(),
             },
         ]
     );

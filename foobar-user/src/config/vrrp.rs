@@ -6,6 +6,10 @@ use std::{collections::HashSet, net::Ipv4Addr, time::Duration};
 use serde::Deserialize;
 
 use super::Vip;
+use crate::vrrp::track::Weights;
+
+/// Most a track weight may take off (a priority stays at least 1).
+pub const TRACK_WEIGHT_MAX: i64 = 254;
 
 /// Advert interval bounds: the 12-bit centisecond field.
 pub const ADVERT_INTERVAL_MIN_MS: i64 = 10;
@@ -25,6 +29,8 @@ pub(super) struct RawVrrp {
     preempt: Option<bool>,
     preempt_delay_ms: Option<i64>,
     vips: Option<Vec<String>>,
+    track_no_backend: Option<i64>,
+    track_detached: Option<i64>,
 }
 
 /// One validated instance.
@@ -41,6 +47,8 @@ pub struct VrrpInstance {
     pub vip_names: Vec<String>,
     /// Their distinct addresses, in order of first mention.
     pub addresses: Vec<Ipv4Addr>,
+    /// What tracking takes off the priority (0: not tracked).
+    pub track: Weights,
 }
 
 /// Every problem as (key, message); the instances that passed.
@@ -174,6 +182,32 @@ pub(super) fn validate(
                 add("vrid", format!("{vrid} is used by an earlier instance"));
             }
         }
+        let mut weight = |k: &str, v: Option<i64>| match v {
+            None => 0,
+            Some(w) if (-TRACK_WEIGHT_MAX..=0).contains(&w) => w.unsigned_abs() as u8,
+            Some(w) => {
+                add(
+                    k,
+                    format!(
+                        "{w} is outside -{TRACK_WEIGHT_MAX}..=0: a track weight is what the \
+                         priority loses while the condition holds"
+                    ),
+                );
+                0
+            }
+        };
+        let track = Weights {
+            no_backend: weight("track_no_backend", r.track_no_backend),
+            detached: weight("track_detached", r.track_detached),
+        };
+        if priority == Some(255) && track != Weights::default() {
+            add(
+                "priority",
+                "255 makes this node the address owner, whose priority RFC 5798 fixes at 255: \
+                 tracking cannot lower it. Use 254 or less with track_* weights, or drop them"
+                    .into(),
+            );
+        }
         if let (Some(vrid), Some(priority), Some(interval), Some(delay)) =
             (vrid, priority, interval, delay)
         {
@@ -186,6 +220,7 @@ pub(super) fn validate(
                 preempt_delay: delay,
                 vip_names: names,
                 addresses,
+                track,
             });
         }
     }
@@ -206,6 +241,72 @@ impl VrrpInstance {
             preempt: self.preempt,
             preempt_delay: self.preempt_delay,
             vips: self.addresses.clone(),
+            vip_names: self.vip_names.clone(),
+            track: self.track,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::parse;
+
+    const BASE: &str = "
+[datapath]
+interface = \"eth0\"
+
+[[vip]]
+name = \"web\"
+address = \"192.0.2.10\"
+port = 80
+[[vip.backend]]
+address = \"10.0.0.11\"
+";
+
+    fn problems(text: &str) -> Vec<(String, String)> {
+        match parse(text) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.into_iter().map(|p| (p.key, p.message)).collect(),
+        }
+    }
+
+    #[test]
+    fn track_weights_are_what_the_priority_loses() {
+        let c = parse(&format!(
+            "{BASE}[[vrrp]]\nvrid = 1\npriority = 150\nvips = [\"web\"]\n\
+             track_no_backend = -50\ntrack_detached = -100\n"
+        ))
+        .expect("valid");
+        let spec = c.vrrp[0].spec("eth0");
+        assert_eq!(spec.track.no_backend, 50);
+        assert_eq!(spec.track.detached, 100);
+        assert_eq!(spec.vip_names, vec!["web".to_owned()]);
+        // Absent: not tracked.
+        let c = parse(&format!("{BASE}[[vrrp]]\nvrid = 1\nvips = [\"web\"]\n")).unwrap();
+        assert_eq!(c.vrrp[0].track, Default::default());
+    }
+
+    #[test]
+    fn track_weights_out_of_range_or_on_an_owner_are_refused() {
+        let p = problems(&format!(
+            "{BASE}[[vrrp]]\nvrid = 1\nvips = [\"web\"]\n\
+             track_no_backend = 10\ntrack_detached = -255\n"
+        ));
+        let keys: Vec<&str> = p.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec!["vrrp[0].track_no_backend", "vrrp[0].track_detached"]
+        );
+        let p = problems(&format!(
+            "{BASE}[[vrrp]]\nvrid = 1\npriority = 255\nvips = [\"web\"]\ntrack_no_backend = -50\n"
+        ));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].0, "vrrp[0].priority");
+        assert!(p[0].1.contains("address owner"), "{p:?}");
+        // 255 without tracking is fine.
+        assert!(problems(&format!(
+            "{BASE}[[vrrp]]\nvrid = 1\npriority = 255\nvips = [\"web\"]\n"
+        ))
+        .is_empty());
     }
 }

@@ -3,8 +3,10 @@
 //! state machine over a caller-supplied clock. Both are pure: no socket,
 //! no netlink, no datapath. `net` holds the effects (raw socket, VIPs by
 //! rtnetlink, gratuitous ARP) and `task` drives one instance with them,
-//! publishing its status; it never touches the datapath.
+//! publishing its status; it never touches the datapath. `track` turns
+//! what the daemon knows about this node into the advertised priority.
 pub mod codec;
 pub mod machine;
 pub mod net;
 pub mod task;
+pub mod track;

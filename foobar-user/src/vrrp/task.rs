@@ -15,6 +15,7 @@ use super::{
     codec::{self, Advert, DropReason, Instance, Received, MULTICAST_V4},
     machine::{self, Action, Event, Machine, State, Transition},
     net::{self, Addresses, AdvertSocket, Interface, NetError},
+    track::{self, Conditions, Weights},
 };
 
 /// Gratuitous ARPs sent per VIP on becoming master (keepalived's
@@ -31,19 +32,29 @@ pub struct Spec {
     pub preempt: bool,
     pub preempt_delay: Duration,
     pub vips: Vec<Ipv4Addr>,
+    /// The `[[vip]]` names behind `vips` (what tracking looks at).
+    pub vip_names: Vec<String>,
+    /// What tracking takes off `priority`.
+    pub track: Weights,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Status {
     pub vrid: u8,
+    pub iface: String,
     pub state: State,
+    /// Effective priority (configured, less what tracking takes off).
     pub priority: u8,
+    pub configured_priority: u8,
+    /// Why `priority` is below `configured_priority`, one per condition.
+    pub tracking: Vec<String>,
     pub master: Option<Ipv4Addr>,
     pub primary: Option<Ipv4Addr>,
     /// The last transition; `at` counts from the instance's start.
     pub last_transition: Option<Transition>,
     /// When it happened, by the wall clock.
     pub last_transition_time: Option<std::time::SystemTime>,
+    pub transitions: u64,
     pub adverts_sent: u64,
     pub adverts_received: u64,
     pub drops: BTreeMap<DropReason, u64>,
@@ -59,8 +70,11 @@ impl Status {
             .collect();
         serde_json::json!({
             "vrid": self.vrid,
+            "interface": self.iface,
             "state": self.state.as_str(),
             "priority": self.priority,
+            "configured_priority": self.configured_priority,
+            "tracking": self.tracking,
             "master": self.master,
             "primary_address": self.primary,
             "last_transition": self.last_transition.map(|t| serde_json::json!({
@@ -71,21 +85,26 @@ impl Status {
                     .and_then(|w| w.duration_since(std::time::UNIX_EPOCH).ok())
                     .map(|d| d.as_secs()),
             })),
+            "transitions": self.transitions,
             "adverts_sent": self.adverts_sent,
             "adverts_received": self.adverts_received,
             "adverts_dropped": drops,
         })
     }
 
-    pub fn new(vrid: u8, priority: u8) -> Status {
+    pub fn new(spec: &Spec) -> Status {
         Status {
-            vrid,
+            vrid: spec.vrid,
+            iface: spec.iface.clone(),
             state: State::Initialize,
-            priority,
+            priority: spec.priority,
+            configured_priority: spec.priority,
+            tracking: Vec::new(),
             master: None,
             primary: None,
             last_transition: None,
             last_transition_time: None,
+            transitions: 0,
             adverts_sent: 0,
             adverts_received: 0,
             drops: BTreeMap::new(),
@@ -94,10 +113,12 @@ impl Status {
 }
 
 /// Run the instance until `stop` says true (or its sender goes away),
-/// then resign: priority 0 advert, VIPs removed.
+/// then resign: priority 0 advert, VIPs removed. `conditions` drives
+/// tracking (a sender that goes away leaves the last conditions in force).
 pub async fn run(
     spec: Spec,
     mut stop: watch::Receiver<bool>,
+    mut conditions: watch::Receiver<Conditions>,
     status: watch::Sender<Status>,
 ) -> Result<(), NetError> {
     let addresses = Addresses::new(&spec.iface)?;
@@ -118,12 +139,16 @@ pub async fn run(
         socket: &socket,
         status: Status {
             primary: Some(iface.primary),
-            ..Status::new(spec.vrid, spec.priority)
+            ..Status::new(&spec)
         },
         logged: BTreeSet::new(),
     };
     let origin = Instant::now();
     let now = || Instant::now().duration_since(origin);
+    // Tracking applies from the start: a node that cannot serve does not
+    // preempt a peer that can.
+    let initial = conditions.borrow_and_update().clone();
+    driver.track(&mut machine, now(), &initial).await;
     let actions = machine.handle(now(), Event::Startup);
     driver.apply(&machine, actions).await;
     status.send_replace(driver.snapshot(&machine));
@@ -131,6 +156,7 @@ pub async fn run(
     // A receive error ends the instance, but like a stop: a master that
     // can no longer hear its peers resigns rather than hold on silently.
     let mut failed = None;
+    let mut conditions_gone = false;
     loop {
         let deadline = machine
             .next_deadline()
@@ -140,6 +166,14 @@ pub async fn run(
             changed = stop.changed() => {
                 if changed.is_err() || *stop.borrow() {
                     break;
+                }
+            }
+            changed = conditions.changed(), if !conditions_gone => {
+                if changed.is_err() {
+                    conditions_gone = true;
+                } else {
+                    let c = conditions.borrow_and_update().clone();
+                    driver.track(&mut machine, now(), &c).await;
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {
@@ -184,6 +218,44 @@ struct Driver<'a> {
 }
 
 impl Driver<'_> {
+    /// Recompute the effective priority; a change is logged with its
+    /// cause and handed to the machine (a master advertises it at once).
+    async fn track(&mut self, machine: &mut Machine, now: Duration, conditions: &Conditions) {
+        let (priority, why) = track::effective(
+            self.spec.priority,
+            self.spec.track,
+            &self.spec.vip_names,
+            conditions,
+        );
+        if priority == machine.priority() {
+            self.status.tracking = why;
+            return;
+        }
+        let vrid = self.spec.vrid;
+        if priority < machine.priority() {
+            warn!(
+                vrid,
+                iface = %self.iface.name,
+                from = machine.priority(),
+                to = priority,
+                cause = %why.join("; "),
+                "VRRP priority lowered by tracking"
+            );
+        } else {
+            info!(
+                vrid,
+                iface = %self.iface.name,
+                from = machine.priority(),
+                to = priority,
+                cause = if why.is_empty() { "every tracked condition cleared".to_owned() } else { why.join("; ") },
+                "VRRP priority raised by tracking"
+            );
+        }
+        self.status.tracking = why;
+        let actions = machine.handle(now, Event::Priority(priority));
+        self.apply(machine, actions).await;
+    }
+
     fn snapshot(&self, machine: &Machine) -> Status {
         Status {
             state: machine.state(),
@@ -270,6 +342,7 @@ impl Driver<'_> {
                         "VRRP transition"
                     );
                     self.status.last_transition_time = Some(std::time::SystemTime::now());
+                    self.status.transitions += 1;
                     Ok(())
                 }
                 Action::SendAdvert { priority } => {
@@ -316,16 +389,18 @@ impl Running {
     /// Spawn one task per instance. A task that cannot start (no such
     /// interface, no address on it, no CAP_NET_RAW) logs why and ends:
     /// this node then never takes those addresses, which is the safe side.
-    pub fn spawn(specs: Vec<Spec>) -> Running {
+    /// Every instance follows `conditions` (tracking).
+    pub fn spawn(specs: Vec<Spec>, conditions: &watch::Receiver<Conditions>) -> Running {
         let instances = specs
             .into_iter()
             .map(|spec| {
                 let vrid = spec.vrid;
                 let (stop, stop_rx) = watch::channel(false);
-                let (status_tx, status) = watch::channel(Status::new(vrid, spec.priority));
+                let (status_tx, status) = watch::channel(Status::new(&spec));
                 let iface = spec.iface.clone();
+                let conditions = conditions.clone();
                 let task = tokio::spawn(async move {
-                    if let Err(e) = run(spec, stop_rx, status_tx).await {
+                    if let Err(e) = run(spec, stop_rx, conditions, status_tx).await {
                         tracing::error!(vrid, %iface, %e, "VRRP instance stopped; this node will not hold its addresses");
                     }
                 });
