@@ -511,6 +511,51 @@ fn tracking_hands_the_vip_over_while_this_node_cannot_serve() {
         serde_json::json!(["no healthy backend for ha (-100)"]),
         "{v:#}"
     );
+    // The operator sees it in `foobar status` and the metrics.
+    let (ok, text, err) = foobar_tests::ops::cli(&lab, &["status"]);
+    assert!(ok, "{err}");
+    let row = text
+        .lines()
+        .find(|l| l.starts_with(&format!("{VRID} ")))
+        .unwrap_or_else(|| panic!("no VRRP row:\n{text}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        &cols[..6],
+        [
+            "51",
+            LB_IFACE,
+            "backup",
+            "100",
+            "200",
+            &lab.client.addr.to_string()
+        ],
+        "{text}"
+    );
+    assert!(
+        text.contains("tracking: no healthy backend for ha (-100)"),
+        "{text}"
+    );
+    let metrics = lab
+        .exec(
+            &lab.lb.ns,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "2",
+                "http://127.0.0.1:9183/metrics",
+            ],
+        )
+        .expect("metrics scrape");
+    for want in [
+        format!("foobar_vrrp_priority{{vrid=\"{VRID}\",interface=\"{LB_IFACE}\"}} 100"),
+        format!("foobar_vrrp_state{{vrid=\"{VRID}\",interface=\"{LB_IFACE}\",state=\"backup\"}} 1"),
+        format!("foobar_vrrp_state{{vrid=\"{VRID}\",interface=\"{LB_IFACE}\",state=\"master\"}} 0"),
+    ] {
+        assert!(metrics.contains(&want), "missing {want}:\n{metrics}");
+    }
+    // backup -> master -> backup at least.
+    assert!(v["transitions"].as_u64() >= Some(2), "{v:#}");
     // The peer heard 100 (its cause names it) and stays master.
     let pst = peer.status();
     assert_eq!(

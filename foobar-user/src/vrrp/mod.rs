@@ -8,5 +8,6 @@
 pub mod codec;
 pub mod machine;
 pub mod net;
+pub mod status;
 pub mod task;
 pub mod track;

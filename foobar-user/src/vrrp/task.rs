@@ -2,18 +2,15 @@
 //! around the pure state machine. It publishes its status (state,
 //! priority, master, last transition, counters) on a watch channel; it
 //! never touches the datapath or the daemon's state.
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
-    time::Duration,
-};
+use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
 
 use tokio::{sync::watch, time::Instant};
 use tracing::{info, warn};
 
+pub use super::status::Status;
 use super::{
     codec::{self, Advert, DropReason, Instance, Received, MULTICAST_V4},
-    machine::{self, Action, Event, Machine, State, Transition},
+    machine::{self, Action, Event, Machine, State},
     net::{self, Addresses, AdvertSocket, Interface, NetError},
     track::{self, Conditions, Weights},
 };
@@ -36,80 +33,6 @@ pub struct Spec {
     pub vip_names: Vec<String>,
     /// What tracking takes off `priority`.
     pub track: Weights,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Status {
-    pub vrid: u8,
-    pub iface: String,
-    pub state: State,
-    /// Effective priority (configured, less what tracking takes off).
-    pub priority: u8,
-    pub configured_priority: u8,
-    /// Why `priority` is below `configured_priority`, one per condition.
-    pub tracking: Vec<String>,
-    pub master: Option<Ipv4Addr>,
-    pub primary: Option<Ipv4Addr>,
-    /// The last transition; `at` counts from the instance's start.
-    pub last_transition: Option<Transition>,
-    /// When it happened, by the wall clock.
-    pub last_transition_time: Option<std::time::SystemTime>,
-    pub transitions: u64,
-    pub adverts_sent: u64,
-    pub adverts_received: u64,
-    pub drops: BTreeMap<DropReason, u64>,
-}
-
-impl Status {
-    /// For `foobar status --json`.
-    pub fn to_json(&self) -> serde_json::Value {
-        let drops: serde_json::Map<String, serde_json::Value> = self
-            .drops
-            .iter()
-            .map(|(r, n)| (r.as_str().to_owned(), (*n).into()))
-            .collect();
-        serde_json::json!({
-            "vrid": self.vrid,
-            "interface": self.iface,
-            "state": self.state.as_str(),
-            "priority": self.priority,
-            "configured_priority": self.configured_priority,
-            "tracking": self.tracking,
-            "master": self.master,
-            "primary_address": self.primary,
-            "last_transition": self.last_transition.map(|t| serde_json::json!({
-                "from": t.from.as_str(),
-                "to": t.to.as_str(),
-                "cause": t.cause.to_string(),
-                "unix_time_s": self.last_transition_time
-                    .and_then(|w| w.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map(|d| d.as_secs()),
-            })),
-            "transitions": self.transitions,
-            "adverts_sent": self.adverts_sent,
-            "adverts_received": self.adverts_received,
-            "adverts_dropped": drops,
-        })
-    }
-
-    pub fn new(spec: &Spec) -> Status {
-        Status {
-            vrid: spec.vrid,
-            iface: spec.iface.clone(),
-            state: State::Initialize,
-            priority: spec.priority,
-            configured_priority: spec.priority,
-            tracking: Vec::new(),
-            master: None,
-            primary: None,
-            last_transition: None,
-            last_transition_time: None,
-            transitions: 0,
-            adverts_sent: 0,
-            adverts_received: 0,
-            drops: BTreeMap::new(),
-        }
-    }
 }
 
 /// Run the instance until `stop` says true (or its sender goes away),
@@ -332,15 +255,32 @@ impl Driver<'_> {
         for action in actions {
             let result = match action {
                 Action::Transition { from, to, cause } => {
-                    info!(
-                        vrid,
-                        iface = %self.iface.name,
-                        from = from.as_str(),
-                        to = to.as_str(),
-                        %cause,
-                        priority = machine.priority(),
-                        "VRRP transition"
-                    );
+                    // The peer went silent, or this node lost the
+                    // addresses: worth a look. Startup, preemption,
+                    // resignation and shutdown are the plan working.
+                    let alarming = matches!(cause, machine::Cause::MasterDown)
+                        || (from == State::Master && to == State::Backup);
+                    if alarming {
+                        warn!(
+                            vrid,
+                            iface = %self.iface.name,
+                            from = from.as_str(),
+                            to = to.as_str(),
+                            %cause,
+                            priority = machine.priority(),
+                            "VRRP transition"
+                        );
+                    } else {
+                        info!(
+                            vrid,
+                            iface = %self.iface.name,
+                            from = from.as_str(),
+                            to = to.as_str(),
+                            %cause,
+                            priority = machine.priority(),
+                            "VRRP transition"
+                        );
+                    }
                     self.status.last_transition_time = Some(std::time::SystemTime::now());
                     self.status.transitions += 1;
                     Ok(())
