@@ -43,6 +43,8 @@ fn spec(priority: u8) -> Spec {
         vips: vec![VVIP],
         vip_names: vec!["ha".into()],
         track: Default::default(),
+        unicast_peers: vec![],
+        unicast_source: None,
     }
 }
 
@@ -123,6 +125,10 @@ vrrp_instance VI_{VRID} {{
 fn start_keepalived(lab: &mut Lab, priority: u8) {
     let conf = lab.dir.join("keepalived.conf");
     fs::write(&conf, keepalived_conf(priority)).expect("writing keepalived.conf");
+    start_keepalived_with(lab, &conf);
+}
+
+fn start_keepalived_with(lab: &mut Lab, conf: &std::path::Path) {
     let pid = |n: &str| lab.dir.join(n).to_string_lossy().into_owned();
     let (main_pid, vrrp_pid) = (pid("keepalived.pid"), pid("keepalived-vrrp.pid"));
     let conf = conf.to_string_lossy().into_owned();
@@ -618,6 +624,182 @@ fn tracking_hands_the_vip_over_while_this_node_cannot_serve() {
         "{v:#}"
     );
     lab.stop_foobar().expect("foobar stops");
+}
+
+/// Every frame eth0 of namespace `ns` sees for `span` (an AF_PACKET socket
+/// on a thread inside it), with when it arrived; bounded in time and count.
+fn capture(ns: &str, span: Duration) -> JoinHandle<Vec<(Instant, Vec<u8>)>> {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = fs::File::open(&path).expect("the namespace exists");
+        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+            .expect("entering the namespace");
+        let all = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: plain syscalls on a descriptor this thread owns and closes.
+        unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(all));
+            assert!(
+                fd >= 0,
+                "AF_PACKET socket: {}",
+                std::io::Error::last_os_error()
+            );
+            let name = std::ffi::CString::new(LB_IFACE).unwrap();
+            let mut at: libc::sockaddr_ll = std::mem::zeroed();
+            at.sll_family = libc::AF_PACKET as u16;
+            at.sll_protocol = all;
+            at.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
+            let rc = libc::bind(
+                fd,
+                (&at as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            );
+            assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+            let tv = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 100_000,
+            };
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            );
+            let start = Instant::now();
+            let mut frames = Vec::new();
+            let mut buf = [0u8; 2048];
+            while start.elapsed() < span && frames.len() < 100_000 {
+                let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0);
+                if n > 0 {
+                    frames.push((Instant::now(), buf[..n as usize].to_vec()));
+                }
+            }
+            libc::close(fd);
+            frames
+        }
+    })
+}
+
+/// An IPv4 VRRP packet to 224.0.0.18 in an Ethernet frame.
+fn is_multicast_vrrp(frame: &[u8]) -> bool {
+    frame.len() >= 34
+        && frame[12..14] == [0x08, 0x00]
+        && frame[23] == 112
+        && frame[30..34] == [224, 0, 0, 18]
+}
+
+fn keepalived_unicast_conf(priority: u8, src: Ipv4Addr, peer: Ipv4Addr) -> String {
+    keepalived_conf(priority).replace(
+        "    advert_int 1\n",
+        &format!("    advert_int 1\n    unicast_src_ip {src}\n    unicast_peer {{\n        {peer}\n    }}\n"),
+    )
+}
+
+/// Unicast (`unicast_peers`): the daemon and keepalived (`unicast_peer`)
+/// elect over unicast adverts only — nothing goes to 224.0.0.18 — the
+/// daemon refuses a third node that is not its peer, and its priority 0
+/// on SIGTERM reaches keepalived by unicast too.
+#[test]
+fn unicast_peers_interoperate_with_keepalived_and_refuse_strangers() {
+    which_keepalived();
+    let mut lab = Lab::start(&LabOptions {
+        backends: 1,
+        ..LabOptions::default()
+    })
+    .expect("lab starts");
+    let (lb_addr, kp_addr) = (lab.lb.addr, lab.client.addr);
+    let conf = lab.dir.join("keepalived.conf");
+    fs::write(&conf, keepalived_unicast_conf(100, kp_addr, lb_addr)).unwrap();
+    start_keepalived_with(&mut lab, &conf);
+    wait_for("keepalived becomes master", Duration::from_secs(10), || {
+        Ok(holds_vip(&lab, &lab.client.ns))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", keepalived_log(&lab)));
+    let config = ha_config(
+        &lab,
+        &format!(
+            "priority = 200\nunicast_peers = [\"{kp_addr}\"]\nunicast_source = \"{lb_addr}\"\n"
+        ),
+    );
+    lab.start_foobar(&foobar_bin(), &config)
+        .expect("foobar starts");
+    wait_for(
+        "the daemon (200) preempts keepalived",
+        Duration::from_secs(10),
+        || Ok(holds_vip(&lab, &lab.lb.ns) && !holds_vip(&lab, &lab.client.ns)),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", lab.foobar_log(), keepalived_log(&lab)));
+    // Over 3 s: both sides settled, and not one advert to the group.
+    let backend_ns = lab.backends[0].ns.clone();
+    let watch = capture(&backend_ns, Duration::from_secs(3));
+    stays(&lab, Duration::from_secs(3), true);
+    let frames = watch.join().expect("capture thread");
+    // The capture works: the daemon's health checks of this backend.
+    assert!(frames.len() > 5, "the capture saw {} frames", frames.len());
+    let multicast = frames.iter().filter(|(_, f)| is_multicast_vrrp(f)).count();
+    assert_eq!(multicast, 0, "adverts went to 224.0.0.18 in unicast mode");
+    assert!(
+        keepalived_log(&lab).contains("Entering BACKUP STATE"),
+        "{}",
+        keepalived_log(&lab)
+    );
+    let v = foobar_tests::ops::status(&lab)["vrrp"][0].clone();
+    assert_eq!(
+        v["unicast_peers"],
+        serde_json::json!([kp_addr.to_string()]),
+        "{v:#}"
+    );
+    assert!(v["adverts_received"].as_u64() > Some(0), "{v:#}");
+    assert_eq!(v["adverts_dropped"], serde_json::json!({}), "{v:#}");
+    let log = keepalived_log(&lab);
+    for refusal in [
+        "Invalid VRRPv3 checksum",
+        "not a unicast peer",
+        "ip address associated with VRID",
+    ] {
+        assert!(
+            !log.contains(refusal),
+            "keepalived logged {refusal:?}:\n{log}"
+        );
+    }
+
+    // A stranger (priority 250) sends the daemon unicast adverts: refused.
+    let stranger = FoobarVrrp::start_spec(
+        &backend_ns,
+        Spec {
+            unicast_peers: vec![lb_addr],
+            ..spec(250)
+        },
+    );
+    wait_for(
+        "the stranger's adverts are refused",
+        Duration::from_secs(10),
+        || {
+            let v = foobar_tests::ops::status(&lab)["vrrp"][0].clone();
+            Ok(v["adverts_dropped"]["not_a_peer"].as_u64() >= Some(2))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}\n{:?}", lab.foobar_log(), stranger.status()));
+    let v = foobar_tests::ops::status(&lab)["vrrp"][0].clone();
+    assert_eq!(v["state"], "master", "a 250 stranger did not win: {v:#}");
+    assert_eq!(v["master"], lb_addr.to_string(), "{v:#}");
+    drop(stranger);
+
+    let pid = lab.foobar_pid().expect("foobar runs");
+    let stopped = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM foobar");
+    wait_for("keepalived takes over", Duration::from_secs(5), || {
+        Ok(holds_vip(&lab, &lab.client.ns) && !holds_vip(&lab, &lab.lb.ns))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}\n{}", lab.foobar_log(), keepalived_log(&lab)));
+    let gap = stopped.elapsed();
+    eprintln!("unicast, daemon SIGTERM: keepalived held the VIP {gap:?} later");
+    assert!(gap < Duration::from_secs(1), "takeover took {gap:?}");
+    lab.stop_foobar().expect("foobar exits");
 }
 
 fn which_keepalived() {

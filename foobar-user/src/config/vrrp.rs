@@ -31,6 +31,8 @@ pub(super) struct RawVrrp {
     vips: Option<Vec<String>>,
     track_no_backend: Option<i64>,
     track_detached: Option<i64>,
+    unicast_peers: Option<Vec<String>>,
+    unicast_source: Option<String>,
 }
 
 /// One validated instance.
@@ -49,6 +51,9 @@ pub struct VrrpInstance {
     pub addresses: Vec<Ipv4Addr>,
     /// What tracking takes off the priority (0: not tracked).
     pub track: Weights,
+    /// Unicast mode when non-empty.
+    pub unicast_peers: Vec<Ipv4Addr>,
+    pub unicast_source: Option<Ipv4Addr>,
 }
 
 /// Every problem as (key, message); the instances that passed.
@@ -208,6 +213,7 @@ pub(super) fn validate(
                     .into(),
             );
         }
+        let (unicast_peers, unicast_source) = unicast(r, &addresses, &mut add);
         if let (Some(vrid), Some(priority), Some(interval), Some(delay)) =
             (vrid, priority, interval, delay)
         {
@@ -221,10 +227,79 @@ pub(super) fn validate(
                 vip_names: names,
                 addresses,
                 track,
+                unicast_peers,
+                unicast_source,
             });
         }
     }
     (out, problems)
+}
+
+/// `unicast_peers` and `unicast_source`: addresses a host can have, not
+/// the instance's own VIPs, each peer once; a source only with peers.
+fn unicast(
+    r: &RawVrrp,
+    vips: &[Ipv4Addr],
+    add: &mut impl FnMut(&str, String),
+) -> (Vec<Ipv4Addr>, Option<Ipv4Addr>) {
+    let host = |text: &str| -> Result<Ipv4Addr, String> {
+        let a: Ipv4Addr = text
+            .parse()
+            .map_err(|_| format!("\"{text}\" is not an IPv4 address"))?;
+        if a.is_unspecified() || a.is_multicast() || a.is_broadcast() || a.is_loopback() {
+            return Err(format!("{a} is not a host's unicast address"));
+        }
+        if vips.contains(&a) {
+            return Err(format!(
+                "{a} is one of this instance's VIPs: name the nodes' own addresses"
+            ));
+        }
+        Ok(a)
+    };
+    let mut peers = Vec::new();
+    if let Some(list) = &r.unicast_peers {
+        if list.is_empty() {
+            add(
+                "unicast_peers",
+                "is empty: list the other nodes' addresses, or leave it out for multicast".into(),
+            );
+        }
+        for (j, text) in list.iter().enumerate() {
+            match host(text) {
+                Ok(a) if peers.contains(&a) => add(
+                    &format!("unicast_peers[{j}]"),
+                    format!("{a} is listed twice"),
+                ),
+                Ok(a) => peers.push(a),
+                Err(e) => add(&format!("unicast_peers[{j}]"), e),
+            }
+        }
+    }
+    let source = match r.unicast_source.as_deref().map(host) {
+        None => None,
+        Some(Err(e)) => {
+            add("unicast_source", e);
+            None
+        }
+        Some(Ok(_)) if r.unicast_peers.is_none() => {
+            add(
+                "unicast_source",
+                "only applies with unicast_peers (multicast adverts go from the \
+                 interface's first address)"
+                    .into(),
+            );
+            None
+        }
+        Some(Ok(a)) if peers.contains(&a) => {
+            add(
+                "unicast_source",
+                format!("{a} is also listed in unicast_peers: this node cannot be its own peer"),
+            );
+            None
+        }
+        Some(Ok(a)) => Some(a),
+    };
+    (peers, source)
 }
 
 impl VrrpInstance {
@@ -243,6 +318,8 @@ impl VrrpInstance {
             vips: self.addresses.clone(),
             vip_names: self.vip_names.clone(),
             track: self.track,
+            unicast_peers: self.unicast_peers.clone(),
+            unicast_source: self.unicast_source,
         }
     }
 }
@@ -284,6 +361,61 @@ address = \"10.0.0.11\"
         // Absent: not tracked.
         let c = parse(&format!("{BASE}[[vrrp]]\nvrid = 1\nvips = [\"web\"]\n")).unwrap();
         assert_eq!(c.vrrp[0].track, Default::default());
+    }
+
+    #[test]
+    fn unicast_peers_and_source_resolve_to_addresses() {
+        let c = parse(&format!(
+            "{BASE}[[vrrp]]\nvrid = 1\nvips = [\"web\"]\n\
+             unicast_peers = [\"10.1.0.2\", \"10.2.0.2\"]\nunicast_source = \"10.1.0.1\"\n"
+        ))
+        .expect("valid");
+        let spec = c.vrrp[0].spec("eth0");
+        assert_eq!(
+            spec.destinations(),
+            vec![
+                "10.1.0.2".parse::<std::net::Ipv4Addr>().unwrap(),
+                "10.2.0.2".parse().unwrap()
+            ]
+        );
+        assert_eq!(spec.unicast_source, Some("10.1.0.1".parse().unwrap()));
+        // Without peers: multicast.
+        let c = parse(&format!("{BASE}[[vrrp]]\nvrid = 1\nvips = [\"web\"]\n")).unwrap();
+        assert_eq!(
+            c.vrrp[0].spec("eth0").destinations(),
+            vec![crate::vrrp::codec::MULTICAST_V4]
+        );
+    }
+
+    #[test]
+    fn unicast_problems_name_their_keys() {
+        let p = problems(&format!(
+            "{BASE}[[vrrp]]\nvrid = 1\nvips = [\"web\"]\n\
+             unicast_peers = [\"10.1.0.2\", \"nope\", \"224.0.0.18\", \"192.0.2.10\", \"10.1.0.2\"]\n\
+             unicast_source = \"10.1.0.2\"\n\
+             [[vrrp]]\nvrid = 2\nvips = []\nunicast_peers = []\nunicast_source = \"10.1.0.1\"\n"
+        ));
+        let keys: Vec<&str> = p.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![
+                "vrrp[0].unicast_peers[1]",
+                "vrrp[0].unicast_peers[2]",
+                "vrrp[0].unicast_peers[3]",
+                "vrrp[0].unicast_peers[4]",
+                "vrrp[0].unicast_source",
+                "vrrp[1].vips",
+                "vrrp[1].unicast_peers",
+            ],
+            "{p:#?}"
+        );
+        assert!(p[2].1.contains("VIPs"), "{p:?}");
+        // A source alone is refused: it would do nothing.
+        let p = problems(&format!(
+            "{BASE}[[vrrp]]\nvrid = 1\nvips = [\"web\"]\nunicast_source = \"10.1.0.1\"\n"
+        ));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].1.contains("only applies with unicast_peers"), "{p:?}");
     }
 
     #[test]

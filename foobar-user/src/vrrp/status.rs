@@ -29,6 +29,8 @@ pub struct Status {
     pub tracking: Vec<String>,
     pub master: Option<Ipv4Addr>,
     pub primary: Option<Ipv4Addr>,
+    /// Unicast mode when non-empty.
+    pub unicast_peers: Vec<Ipv4Addr>,
     /// The last transition; `at` counts from the instance's start.
     pub last_transition: Option<Transition>,
     /// When it happened, by the wall clock.
@@ -56,6 +58,7 @@ impl Status {
             "tracking": self.tracking,
             "master": self.master,
             "primary_address": self.primary,
+            "unicast_peers": self.unicast_peers,
             "last_transition": self.last_transition.map(|t| serde_json::json!({
                 "from": t.from.as_str(),
                 "to": t.to.as_str(),
@@ -84,6 +87,7 @@ impl Status {
             tracking: Vec::new(),
             master: None,
             primary: None,
+            unicast_peers: spec.unicast_peers.clone(),
             last_transition: None,
             last_transition_time: None,
             transitions: 0,
@@ -295,6 +299,8 @@ mod tests {
                 detached: 0,
                 no_backend: 100,
             },
+            unicast_peers: vec![],
+            unicast_source: None,
         };
         let mut s = Status::new(&spec);
         s.state = State::Backup;

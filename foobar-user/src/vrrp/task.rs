@@ -33,6 +33,23 @@ pub struct Spec {
     pub vip_names: Vec<String>,
     /// What tracking takes off `priority`.
     pub track: Weights,
+    /// Unicast mode when non-empty: adverts go to each of these, and only
+    /// theirs are accepted.
+    pub unicast_peers: Vec<Ipv4Addr>,
+    /// The address adverts are sent from (default: the interface's first
+    /// address that is not a VIP).
+    pub unicast_source: Option<Ipv4Addr>,
+}
+
+impl Spec {
+    /// Where adverts go: each unicast peer, or the VRRP group.
+    pub fn destinations(&self) -> Vec<Ipv4Addr> {
+        if self.unicast_peers.is_empty() {
+            vec![MULTICAST_V4]
+        } else {
+            self.unicast_peers.clone()
+        }
+    }
 }
 
 /// Run the instance until `stop` says true (or its sender goes away),
@@ -45,8 +62,8 @@ pub async fn run(
     status: watch::Sender<Status>,
 ) -> Result<(), NetError> {
     let addresses = Addresses::new(&spec.iface)?;
-    let iface = addresses.interface(&spec.vips).await?;
-    let socket = AdvertSocket::open(&iface)?;
+    let iface = addresses.interface(&spec.vips, spec.unicast_source).await?;
+    let socket = AdvertSocket::open(&iface, !spec.unicast_peers.is_empty())?;
     let mut machine = Machine::new(machine::Config {
         vrid: spec.vrid,
         priority: spec.priority,
@@ -229,6 +246,7 @@ impl Driver<'_> {
             priority: machine.config().priority,
             primary: self.iface.primary,
             addrs: &self.spec.vips,
+            unicast_peers: &self.spec.unicast_peers,
         };
         if let Err(reason) = codec::validate(&received, &ours) {
             let detail = format!(
@@ -292,11 +310,14 @@ impl Driver<'_> {
                         interval_cs: self.spec.advert_interval_cs,
                         addrs: self.spec.vips.clone(),
                     };
-                    advert
-                        .encode(self.iface.primary, MULTICAST_V4)
-                        .map_err(NetError::from)
-                        .and_then(|bytes| self.socket.send(&bytes, MULTICAST_V4))
-                        .map(|()| self.status.adverts_sent += 1)
+                    // One per destination: the checksum covers it.
+                    self.spec.destinations().into_iter().try_for_each(|dst| {
+                        advert
+                            .encode(self.iface.primary, dst)
+                            .map_err(NetError::from)
+                            .and_then(|bytes| self.socket.send(&bytes, dst))
+                            .map(|()| self.status.adverts_sent += 1)
+                    })
                 }
                 Action::AddVips => self.addresses.add(self.iface.index, &self.spec.vips).await,
                 Action::RemoveVips => {
