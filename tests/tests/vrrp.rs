@@ -45,6 +45,7 @@ fn spec(priority: u8) -> Spec {
         track: Default::default(),
         unicast_peers: vec![],
         unicast_source: None,
+        garp: Default::default(),
     }
 }
 
@@ -686,6 +687,72 @@ fn is_multicast_vrrp(frame: &[u8]) -> bool {
         && frame[12..14] == [0x08, 0x00]
         && frame[23] == 112
         && frame[30..34] == [224, 0, 0, 18]
+}
+
+/// A gratuitous ARP for `vip` (sender and target address both the VIP).
+fn is_garp_for(frame: &[u8], vip: Ipv4Addr) -> bool {
+    frame.len() >= 42
+        && frame[12..14] == [0x08, 0x06]
+        && frame[28..32] == vip.octets()
+        && frame[38..42] == vip.octets()
+}
+
+/// Gratuitous ARP as keepalived repeats it: a burst on becoming master, a
+/// second burst `garp_master_delay` later, then refresh bursts; seen on
+/// the wire from the client's namespace.
+#[test]
+fn a_new_master_repeats_its_gratuitous_arps_on_schedule() {
+    let lab = Lab::start(&LabOptions {
+        backends: 0,
+        ..LabOptions::default()
+    })
+    .expect("lab starts");
+    let watch = capture(&lab.client.ns, Duration::from_secs(4));
+    let started = Instant::now();
+    let node = FoobarVrrp::start_spec(
+        &lab.lb.ns,
+        Spec {
+            // 100 ms adverts: alone, it is master after 3 x 100 + 61 ms.
+            advert_interval_cs: 10,
+            garp: foobar::vrrp::garp::Config {
+                master_repeat: 3,
+                master_delay: Duration::from_millis(1000),
+                master_refresh: Duration::from_millis(1500),
+                master_refresh_repeat: 1,
+            },
+            ..spec(100)
+        },
+    );
+    let frames = watch.join().expect("capture thread");
+    let st = node.status();
+    assert_eq!(st.state, State::Master, "{st:?}");
+    let garps: Vec<Instant> = frames
+        .iter()
+        .filter(|(_, f)| is_garp_for(f, VVIP) && f[6..12] == f[22..28])
+        .map(|(at, _)| *at)
+        .collect();
+    // Bursts: frames less than 200 ms apart.
+    let mut bursts: Vec<(Instant, usize)> = Vec::new();
+    for at in garps {
+        match bursts.last_mut() {
+            Some((last, n)) if at.duration_since(*last) < Duration::from_millis(200) => *n += 1,
+            _ => bursts.push((at, 1)),
+        }
+    }
+    let shape: Vec<(u128, usize)> = bursts
+        .iter()
+        .map(|(at, n)| (at.duration_since(started).as_millis(), *n))
+        .collect();
+    eprintln!("gratuitous ARP bursts (ms after start, frames): {shape:?}");
+    let sizes: Vec<usize> = bursts.iter().map(|(_, n)| *n).collect();
+    assert_eq!(sizes, vec![3, 3, 1, 1], "{shape:?}");
+    let gap = |i: usize| bursts[i + 1].0.duration_since(bursts[i].0);
+    let near = |d: Duration, want_ms: u64| {
+        d >= Duration::from_millis(want_ms - 100) && d <= Duration::from_millis(want_ms + 300)
+    };
+    assert!(near(gap(0), 1000), "second burst after {:?}", gap(0));
+    assert!(near(gap(0) + gap(1), 1500), "first refresh {shape:?}");
+    assert!(near(gap(2), 1500), "second refresh {shape:?}");
 }
 
 fn keepalived_unicast_conf(priority: u8, src: Ipv4Addr, peer: Ipv4Addr) -> String {

@@ -951,6 +951,7 @@ fn vrrp_instances_resolve_vip_names_to_distinct_addresses() {
                 track: Default::default(),
                 unicast_peers: vec![],
                 unicast_source: None,
+                garp: Default::default(),
             },
             VrrpInstance {
                 vrid: 52,
@@ -964,6 +965,7 @@ fn vrrp_instances_resolve_vip_names_to_distinct_addresses() {
                 track: Default::default(),
                 unicast_peers: vec![],
                 unicast_source: None,
+                garp: Default::default(),
             },
         ]
     );

@@ -6,10 +6,15 @@ use std::{collections::HashSet, net::Ipv4Addr, time::Duration};
 use serde::Deserialize;
 
 use super::Vip;
-use crate::vrrp::track::Weights;
+use crate::vrrp::{garp, track::Weights};
 
 /// Most a track weight may take off (a priority stays at least 1).
 pub const TRACK_WEIGHT_MAX: i64 = 254;
+/// Bounds of the gratuitous ARP keys.
+pub const GARP_DELAY_MAX_MS: i64 = 1_000_000;
+pub const GARP_REFRESH_MIN_MS: i64 = 100;
+pub const GARP_REFRESH_MAX_MS: i64 = 86_400_000;
+pub const GARP_REPEAT_MAX: i64 = 100;
 
 /// Advert interval bounds: the 12-bit centisecond field.
 pub const ADVERT_INTERVAL_MIN_MS: i64 = 10;
@@ -33,6 +38,10 @@ pub(super) struct RawVrrp {
     track_detached: Option<i64>,
     unicast_peers: Option<Vec<String>>,
     unicast_source: Option<String>,
+    garp_master_delay_ms: Option<i64>,
+    garp_master_repeat: Option<i64>,
+    garp_master_refresh_ms: Option<i64>,
+    garp_master_refresh_repeat: Option<i64>,
 }
 
 /// One validated instance.
@@ -54,6 +63,7 @@ pub struct VrrpInstance {
     /// Unicast mode when non-empty.
     pub unicast_peers: Vec<Ipv4Addr>,
     pub unicast_source: Option<Ipv4Addr>,
+    pub garp: garp::Config,
 }
 
 /// Every problem as (key, message); the instances that passed.
@@ -214,6 +224,7 @@ pub(super) fn validate(
             );
         }
         let (unicast_peers, unicast_source) = unicast(r, &addresses, &mut add);
+        let garp = gratuitous_arp(r, &mut add);
         if let (Some(vrid), Some(priority), Some(interval), Some(delay)) =
             (vrid, priority, interval, delay)
         {
@@ -229,6 +240,7 @@ pub(super) fn validate(
                 track,
                 unicast_peers,
                 unicast_source,
+                garp,
             });
         }
     }
@@ -302,6 +314,64 @@ fn unicast(
     (peers, source)
 }
 
+/// The `garp_master_*` keys (keepalived's, in milliseconds).
+fn gratuitous_arp(r: &RawVrrp, add: &mut impl FnMut(&str, String)) -> garp::Config {
+    let d = garp::Config::default();
+    let mut repeat = |key: &str, v: Option<i64>, default: u32| match v {
+        None => default,
+        Some(n) if (1..=GARP_REPEAT_MAX).contains(&n) => n as u32,
+        Some(n) => {
+            add(key, format!("{n} is outside 1..={GARP_REPEAT_MAX}"));
+            default
+        }
+    };
+    let master_repeat = repeat("garp_master_repeat", r.garp_master_repeat, d.master_repeat);
+    let master_refresh_repeat = repeat(
+        "garp_master_refresh_repeat",
+        r.garp_master_refresh_repeat,
+        d.master_refresh_repeat,
+    );
+    let master_delay = match r.garp_master_delay_ms {
+        None => d.master_delay,
+        Some(ms @ 0..=GARP_DELAY_MAX_MS) => Duration::from_millis(ms as u64),
+        Some(ms) => {
+            add(
+                "garp_master_delay_ms",
+                format!("{ms} is outside 0..={GARP_DELAY_MAX_MS} (0: no second burst)"),
+            );
+            d.master_delay
+        }
+    };
+    let master_refresh = match r.garp_master_refresh_ms {
+        None | Some(0) => Duration::ZERO,
+        Some(ms) if (GARP_REFRESH_MIN_MS..=GARP_REFRESH_MAX_MS).contains(&ms) => {
+            Duration::from_millis(ms as u64)
+        }
+        Some(ms) => {
+            add(
+                "garp_master_refresh_ms",
+                format!(
+                    "{ms} is neither 0 (no refresh) nor in {GARP_REFRESH_MIN_MS}..={GARP_REFRESH_MAX_MS}"
+                ),
+            );
+            Duration::ZERO
+        }
+    };
+    if r.garp_master_refresh_repeat.is_some() && r.garp_master_refresh_ms.unwrap_or(0) == 0 {
+        add(
+            "garp_master_refresh_repeat",
+            "has no effect without garp_master_refresh_ms: remove it or set a refresh period"
+                .into(),
+        );
+    }
+    garp::Config {
+        master_repeat,
+        master_delay,
+        master_refresh,
+        master_refresh_repeat,
+    }
+}
+
 impl VrrpInstance {
     /// The task's spec, on `default_iface` unless the instance names one.
     pub fn spec(&self, default_iface: &str) -> crate::vrrp::task::Spec {
@@ -320,6 +390,7 @@ impl VrrpInstance {
             track: self.track,
             unicast_peers: self.unicast_peers.clone(),
             unicast_source: self.unicast_source,
+            garp: self.garp,
         }
     }
 }
@@ -416,6 +487,46 @@ address = \"10.0.0.11\"
         ));
         assert_eq!(p.len(), 1, "{p:?}");
         assert!(p[0].1.contains("only applies with unicast_peers"), "{p:?}");
+    }
+
+    #[test]
+    fn gratuitous_arp_keys_default_to_keepalived_and_are_bounded() {
+        let c = parse(&format!("{BASE}[[vrrp]]\nvrid = 1\nvips = [\"web\"]\n")).unwrap();
+        let g = c.vrrp[0].spec("eth0").garp;
+        assert_eq!(g, crate::vrrp::garp::Config::default());
+        assert_eq!(
+            (g.master_repeat, g.master_delay.as_secs(), g.master_refresh),
+            (5, 5, std::time::Duration::ZERO)
+        );
+        let c = parse(&format!(
+            "{BASE}[[vrrp]]\nvrid = 1\nvips = [\"web\"]\ngarp_master_delay_ms = 0\n\
+             garp_master_repeat = 2\ngarp_master_refresh_ms = 60000\ngarp_master_refresh_repeat = 3\n"
+        ))
+        .unwrap();
+        let g = c.vrrp[0].garp;
+        assert_eq!(g.master_delay, std::time::Duration::ZERO);
+        assert_eq!(g.master_repeat, 2);
+        assert_eq!(g.master_refresh, std::time::Duration::from_secs(60));
+        assert_eq!(g.master_refresh_repeat, 3);
+        let p = problems(&format!(
+            "{BASE}[[vrrp]]\nvrid = 1\nvips = [\"web\"]\ngarp_master_delay_ms = -1\n\
+             garp_master_repeat = 0\ngarp_master_refresh_ms = 50\n\
+             [[vrrp]]\nvrid = 2\nvips = [\"web\"]\ngarp_master_refresh_repeat = 2\n"
+        ));
+        let mut keys: Vec<&str> = p.iter().map(|(k, _)| k.as_str()).collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            vec![
+                "vrrp[0].garp_master_delay_ms",
+                "vrrp[0].garp_master_refresh_ms",
+                "vrrp[0].garp_master_repeat",
+                "vrrp[1].garp_master_refresh_repeat",
+                // web's address is held by vrrp[0] already.
+                "vrrp[1].vips[0]",
+            ],
+            "{p:#?}"
+        );
     }
 
     #[test]

@@ -301,6 +301,7 @@ mod tests {
             },
             unicast_peers: vec![],
             unicast_source: None,
+            garp: Default::default(),
         };
         let mut s = Status::new(&spec);
         s.state = State::Backup;

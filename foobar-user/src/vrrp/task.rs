@@ -10,14 +10,11 @@ use tracing::{info, warn};
 pub use super::status::Status;
 use super::{
     codec::{self, Advert, DropReason, Instance, Received, MULTICAST_V4},
+    garp,
     machine::{self, Action, Event, Machine, State},
     net::{self, Addresses, AdvertSocket, Interface, NetError},
     track::{self, Conditions, Weights},
 };
-
-/// Gratuitous ARPs sent per VIP on becoming master (keepalived's
-/// garp_master_repeat default).
-pub const GARP_REPEAT: u32 = 5;
 
 /// One instance as configured.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,6 +36,8 @@ pub struct Spec {
     /// The address adverts are sent from (default: the interface's first
     /// address that is not a VIP).
     pub unicast_source: Option<Ipv4Addr>,
+    /// When the master repeats its gratuitous ARPs.
+    pub garp: garp::Config,
 }
 
 impl Spec {
@@ -82,8 +81,10 @@ pub async fn run(
             ..Status::new(&spec)
         },
         logged: BTreeSet::new(),
+        garp: garp::Schedule::new(spec.garp),
+        origin: Instant::now(),
     };
-    let origin = Instant::now();
+    let origin = driver.origin;
     let now = || Instant::now().duration_since(origin);
     // Tracking applies from the start: a node that cannot serve does not
     // preempt a peer that can.
@@ -98,8 +99,11 @@ pub async fn run(
     let mut failed = None;
     let mut conditions_gone = false;
     loop {
-        let deadline = machine
-            .next_deadline()
+        let next = match (machine.next_deadline(), driver.garp.next()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let deadline = next
             .map(|d| origin + d)
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
@@ -117,6 +121,9 @@ pub async fn run(
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {
+                driver.repeat_garp(now());
+                // Early for the machine when the wake-up was for a burst:
+                // it then does nothing.
                 let actions = machine.handle(now(), Event::Timer);
                 driver.apply(&machine, actions).await;
             }
@@ -155,9 +162,22 @@ struct Driver<'a> {
     /// (sender, reason) pairs already logged: a misconfigured peer is
     /// logged once, then only counted.
     logged: BTreeSet<(Ipv4Addr, DropReason)>,
+    garp: garp::Schedule,
+    /// The instance's clock starts here.
+    origin: Instant,
 }
 
 impl Driver<'_> {
+    /// A later gratuitous ARP burst, if one is due.
+    fn repeat_garp(&mut self, now: Duration) {
+        let count = self.garp.due(now);
+        if count > 0 {
+            if let Err(e) = net::announce(self.iface, &self.spec.vips, count) {
+                warn!(vrid = self.spec.vrid, %e, "repeating gratuitous ARP failed");
+            }
+        }
+    }
+
     /// Recompute the effective priority; a change is logged with its
     /// cause and handed to the machine (a master advertises it at once).
     async fn track(&mut self, machine: &mut Machine, now: Duration, conditions: &Conditions) {
@@ -301,6 +321,9 @@ impl Driver<'_> {
                     }
                     self.status.last_transition_time = Some(std::time::SystemTime::now());
                     self.status.transitions += 1;
+                    if to != State::Master {
+                        self.garp.stop();
+                    }
                     Ok(())
                 }
                 Action::SendAdvert { priority } => {
@@ -325,7 +348,10 @@ impl Driver<'_> {
                         .remove(self.iface.index, &self.spec.vips)
                         .await
                 }
-                Action::GratuitousArp => net::announce(self.iface, &self.spec.vips, GARP_REPEAT),
+                Action::GratuitousArp => {
+                    let count = self.garp.master(self.origin.elapsed());
+                    net::announce(self.iface, &self.spec.vips, count)
+                }
             };
             if let Err(e) = result {
                 warn!(vrid, %e, ?action, "VRRP action failed");
