@@ -228,17 +228,6 @@ async fn serve(
 
     // Only now, forwarding: a node never holds a VIP it cannot serve.
     owner.start_vrrp(config.vrrp.iter().map(|v| v.spec(&iface)).collect());
-    for v in &config.vrrp {
-        info!(
-            vrid = v.vrid,
-            iface = v.interface.as_deref().unwrap_or(&iface),
-            priority = v.priority,
-            advert_interval_ms = u64::from(v.advert_interval_cs) * 10,
-            preempt = v.preempt,
-            vips = ?v.vip_names,
-            "VRRP instance starting"
-        );
-    }
 
     let signal = owner
         .run(api_rx, metrics_rx, async {

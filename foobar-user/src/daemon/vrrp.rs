@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 use futures::TryStreamExt as _;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkXdp, XdpAttached};
 use tokio::sync::watch;
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::Owner;
 use crate::{
@@ -25,6 +25,20 @@ impl Owner {
     /// Starts one VRRP task per instance, and the attach watcher when an
     /// instance tracks the attachment.
     pub fn start_vrrp(&mut self, specs: Vec<Spec>) {
+        for s in &specs {
+            info!(
+                vrid = s.vrid,
+                iface = %s.iface,
+                priority = s.priority,
+                advert_interval_ms = u64::from(s.advert_interval_cs) * 10,
+                preempt = s.preempt,
+                vips = ?s.vip_names,
+                track_no_backend = -i16::from(s.track.no_backend),
+                track_detached = -i16::from(s.track.detached),
+                unicast_peers = ?s.unicast_peers,
+                "VRRP instance starting"
+            );
+        }
         let conditions = Arc::new(watch::Sender::new(Conditions {
             detached: false,
             without_backend: without_backend(&self.state),
