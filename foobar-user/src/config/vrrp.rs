@@ -397,6 +397,8 @@ impl VrrpInstance {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use crate::config::parse;
 
     const BASE: &str = "
@@ -416,6 +418,56 @@ address = \"10.0.0.11\"
             Ok(_) => Vec::new(),
             Err(e) => e.into_iter().map(|p| (p.key, p.message)).collect(),
         }
+    }
+
+    #[test]
+    fn the_example_vrrp_block_is_valid_once_uncommented() {
+        let example = include_str!("../../../examples/foobar.toml");
+        let at = example
+            .find("# [[vrrp]]")
+            .expect("the example has a [[vrrp]] block");
+        let (head, block) = example.split_at(at);
+        // One level: the block as an operator uncomments it. Two levels:
+        // the optional keys too ("# # key = ..."), prose left alone.
+        let uncomment = |optional: bool| -> String {
+            block
+                .lines()
+                .map(|l| {
+                    let l = l.strip_prefix("# ").unwrap_or(l);
+                    match l.strip_prefix("# ") {
+                        Some(key)
+                            if optional
+                                && key.split_once(" = ").is_some_and(|(k, _)| {
+                                    k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                                }) =>
+                        {
+                            key
+                        }
+                        _ => l,
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let v = |text: String| {
+            parse(&format!("{head}{text}\n"))
+                .unwrap_or_else(|p| panic!("{p:?}\n{text}"))
+                .vrrp[0]
+                .clone()
+        };
+        let plain = v(uncomment(false));
+        assert_eq!((plain.vrid, plain.priority), (51, 150));
+        assert_eq!((plain.track.no_backend, plain.track.detached), (100, 150));
+        assert!(plain.unicast_peers.is_empty());
+        assert_eq!(plain.garp, crate::vrrp::garp::Config::default());
+        let all = v(uncomment(true));
+        assert_eq!(all.interface.as_deref(), Some("eth0"));
+        assert_eq!(
+            all.unicast_peers,
+            vec!["10.0.0.3".parse::<Ipv4Addr>().unwrap()]
+        );
+        assert_eq!(all.unicast_source, Some("10.0.0.2".parse().unwrap()));
+        assert_eq!(all.garp.master_refresh, std::time::Duration::from_secs(60));
     }
 
     #[test]
