@@ -31,6 +31,8 @@ pub struct Snapshot {
     pub flow_capacity: u64,
     /// Health checks that could not run for a local reason (EMFILE, ...).
     pub health_checks_not_run: u64,
+    /// The VRRP instances (`foobar_vrrp_*`).
+    pub vrrp: Vec<crate::vrrp::status::Status>,
 }
 
 #[derive(Clone, Debug)]
@@ -182,6 +184,8 @@ pub fn render(s: &Snapshot) -> String {
     );
     not_run.inc_by(s.health_checks_not_run);
 
+    crate::vrrp::status::register_metrics(&mut registry, &s.vrrp);
+
     let mut text = String::new();
     encode(&mut text, &registry).expect("writing to a String cannot fail");
     text
@@ -327,6 +331,7 @@ mod tests {
             flow_entries: 4,
             flow_capacity: 65536,
             health_checks_not_run: 2,
+            vrrp: Vec::new(),
         };
         let text = render(&s);
         for line in [

@@ -227,20 +227,7 @@ async fn serve(
     });
 
     // Only now, forwarding: a node never holds a VIP it cannot serve.
-    owner.vrrp = Some(crate::vrrp::task::Running::spawn(
-        config.vrrp.iter().map(|v| v.spec(&iface)).collect(),
-    ));
-    for v in &config.vrrp {
-        info!(
-            vrid = v.vrid,
-            iface = v.interface.as_deref().unwrap_or(&iface),
-            priority = v.priority,
-            advert_interval_ms = u64::from(v.advert_interval_cs) * 10,
-            preempt = v.preempt,
-            vips = ?v.vip_names,
-            "VRRP instance starting"
-        );
-    }
+    owner.start_vrrp(config.vrrp.iter().map(|v| v.spec(&iface)).collect());
 
     let signal = owner
         .run(api_rx, metrics_rx, async {
@@ -249,9 +236,7 @@ async fn serve(
         .await;
     info!(signal, "shutting down");
     // The peer takes over after its Skew_Time, not Master_Down_Interval.
-    if let Some(vrrp) = owner.vrrp.take() {
-        vrrp.stop(std::time::Duration::from_secs(2)).await;
-    }
+    owner.stop_vrrp(std::time::Duration::from_secs(2)).await;
     api_task.abort();
     reload_task.abort();
     if let Some(t) = metrics_task {

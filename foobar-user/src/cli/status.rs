@@ -74,5 +74,6 @@ fn render(s: &Value) -> String {
             "\n{removed} removed backend(s) still carrying their established flows\n"
         ));
     }
+    out.push_str(&crate::vrrp::status::render_text(&s["vrrp"]));
     out
 }

@@ -948,6 +948,10 @@ fn vrrp_instances_resolve_vip_names_to_distinct_addresses() {
                 vip_names: vec!["web".into(), "dns".into()],
                 // web and dns share 192.0.2.10: held once.
                 addresses: vec!["192.0.2.10".parse().unwrap()],
+                track: Default::default(),
+                unicast_peers: vec![],
+                unicast_source: None,
+                garp: Default::default(),
             },
             VrrpInstance {
                 vrid: 52,
@@ -958,6 +962,10 @@ fn vrrp_instances_resolve_vip_names_to_distinct_addresses() {
                 preempt_delay: std::time::Duration::ZERO,
                 vip_names: vec!["other".into()],
                 addresses: vec!["192.0.2.20".parse().unwrap()],
+                track: Default::default(),
+                unicast_peers: vec![],
+                unicast_source: None,
+                garp: Default::default(),
             },
         ]
     );
@@ -1026,6 +1034,6 @@ fn vrrp_problems_are_all_reported_at_their_keys() {
 
 #[test]
 fn vrrp_unknown_keys_are_refused() {
-    let text = format!("{GOOD}\n[[vrrp]]\nvrid = 1\nvips = [\"web\"]\nunicast_peers = []\n");
-    assert_eq!(keys(&text), vec!["vrrp[0].unicast_peers"]);
+    let text = format!("{GOOD}\n[[vrrp]]\nvrid = 1\nvips = [\"web\"]\nunicast_peer = []\n");
+    assert_eq!(keys(&text), vec!["vrrp[0].unicast_peer"]);
 }

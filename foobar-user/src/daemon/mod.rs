@@ -38,6 +38,7 @@ mod report;
 mod requests;
 #[cfg(test)]
 mod tests;
+mod vrrp;
 
 use events::wanted;
 
@@ -121,6 +122,10 @@ pub struct Owner {
     pub vlan_interfaces: neigh::VlanInterfaces,
     /// The VRRP instances (started after the attach; stopped before exit).
     pub vrrp: Option<crate::vrrp::task::Running>,
+    /// What the instances track (None: no instance runs).
+    vrrp_conditions: Option<std::sync::Arc<watch::Sender<crate::vrrp::track::Conditions>>>,
+    /// Publishes whether the XDP program is attached (track_detached).
+    attach_watch: Option<JoinHandle<()>>,
     neigh_rx: mpsc::Receiver<neigh::Report>,
     neigh_tx: mpsc::Sender<neigh::Report>,
     neigh_task: Option<JoinHandle<()>>,
@@ -194,6 +199,8 @@ impl Owner {
             segments: HashMap::new(),
             vlan_interfaces: neigh::VlanInterfaces::new(),
             vrrp: None,
+            vrrp_conditions: None,
+            attach_watch: None,
             neigh_rx,
             neigh_tx,
             neigh_task: None,
@@ -315,6 +322,7 @@ impl Owner {
                 *w = now;
                 changed
             });
+            self.publish_tracking();
         }
     }
 

@@ -240,14 +240,19 @@ pub(super) fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
             .iter()
             .map(|v| {
                 format!(
-                    "vrid {} priority {} advert {}cs preempt {} delay {:?} iface {:?} {:?}",
+                    "vrid {} priority {} advert {}cs preempt {} delay {:?} iface {:?} {:?} \
+                     track {:?} unicast {:?} from {:?} garp {:?}",
                     v.vrid,
                     v.priority,
                     v.advert_interval_cs,
                     v.preempt,
                     v.preempt_delay,
                     v.interface,
-                    v.addresses
+                    v.addresses,
+                    v.track,
+                    v.unicast_peers,
+                    v.unicast_source,
+                    v.garp
                 )
             })
             .collect::<Vec<_>>()

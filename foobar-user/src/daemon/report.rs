@@ -134,6 +134,7 @@ impl Owner {
             flow_entries: self.flow_entries as u64,
             health_checks_not_run: health::checks_not_run(),
             flow_capacity: u64::from(self.datapath.flow_table_size()),
+            vrrp: self.vrrp.as_ref().map(|r| r.statuses()).unwrap_or_default(),
             ..Default::default()
         };
         for v in self.state.vips() {

@@ -228,5 +228,14 @@ mod vrrp_reload {
         );
         let none = with("");
         assert_eq!(restart_only_changes(&none, &a).len(), 1);
+        // Tracking, unicast and gratuitous ARP keys are part of it too.
+        for extra in [
+            "track_no_backend = -50\n",
+            "unicast_peers = [\"10.0.0.3\"]\n",
+            "garp_master_delay_ms = 0\n",
+        ] {
+            let c = with(&format!("[[vrrp]]\nvrid = 51\nvips = [\"web\"]\n{extra}"));
+            assert_eq!(restart_only_changes(&a, &c).len(), 1, "{extra}");
+        }
     }
 }

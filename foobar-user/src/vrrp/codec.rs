@@ -217,12 +217,14 @@ pub enum DropReason {
     OwnAdvert,
     /// The address list differs from ours: a misconfiguration on one side.
     AddressList,
+    /// Unicast mode: the sender is not one of our `unicast_peers`.
+    NotAPeer,
     /// A zero interval would have the backup time out at once.
     ZeroInterval,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::Ttl,
         DropReason::Version,
         DropReason::Type,
@@ -233,6 +235,7 @@ impl DropReason {
         DropReason::OwnAdvert,
         DropReason::AddressList,
         DropReason::ZeroInterval,
+        DropReason::NotAPeer,
     ];
 
     /// Label for metrics and `foobar status`.
@@ -248,6 +251,7 @@ impl DropReason {
             DropReason::OwnAdvert => "own_advert",
             DropReason::AddressList => "address_list",
             DropReason::ZeroInterval => "zero_interval",
+            DropReason::NotAPeer => "not_a_peer",
         }
     }
 }
@@ -269,6 +273,10 @@ pub struct Instance<'a> {
     /// The address we send from (the interface's primary address).
     pub primary: Ipv4Addr,
     pub addrs: &'a [Ipv4Addr],
+    /// Unicast mode (non-empty): adverts are accepted from these senders
+    /// only, and their TTL is not checked (peers may be routed), as
+    /// keepalived does with `unicast_peer` and `check_unicast_src`.
+    pub unicast_peers: &'a [Ipv4Addr],
 }
 
 /// The receive-side checks of RFC 5798 §7.1 that need our instance: the
@@ -277,7 +285,8 @@ pub struct Instance<'a> {
 /// pair never elects over different addresses). The order is the order of
 /// the counters' precedence: the first failing check is the reason.
 pub fn validate(received: &Received, ours: &Instance<'_>) -> Result<(), DropReason> {
-    if received.ttl != TTL {
+    let unicast = !ours.unicast_peers.is_empty();
+    if !unicast && received.ttl != TTL {
         return Err(DropReason::Ttl);
     }
     let advert = &received.advert;
@@ -286,6 +295,9 @@ pub fn validate(received: &Received, ours: &Instance<'_>) -> Result<(), DropReas
     }
     if received.src == ours.primary {
         return Err(DropReason::OwnAdvert);
+    }
+    if unicast && !ours.unicast_peers.contains(&received.src) {
+        return Err(DropReason::NotAPeer);
     }
     if ours.priority == PRIORITY_OWNER {
         return Err(DropReason::LocalOwner);
@@ -576,6 +588,12 @@ mod tests {
             priority: 100,
             primary: Ipv4Addr::new(192, 168, 1, 11),
             addrs: &vips,
+            unicast_peers: &[],
+        };
+        let peers = [SRC, Ipv4Addr::new(192, 168, 1, 12)];
+        let unicast = Instance {
+            unicast_peers: &peers,
+            ..ours.clone()
         };
         let ok = Received {
             src: SRC,
@@ -584,6 +602,38 @@ mod tests {
         };
         let cases: Vec<(&str, Received, Instance<'_>, Result<(), DropReason>)> = vec![
             ("valid", ok.clone(), ours.clone(), Ok(())),
+            ("unicast from a peer", ok.clone(), unicast.clone(), Ok(())),
+            (
+                "unicast: a routed peer's TTL is not checked",
+                Received {
+                    ttl: 62,
+                    ..ok.clone()
+                },
+                unicast.clone(),
+                Ok(()),
+            ),
+            (
+                "unicast from a stranger",
+                Received {
+                    src: Ipv4Addr::new(192, 168, 1, 99),
+                    ..ok.clone()
+                },
+                unicast.clone(),
+                Err(DropReason::NotAPeer),
+            ),
+            (
+                "unicast: another VRID is counted as such first",
+                Received {
+                    src: Ipv4Addr::new(192, 168, 1, 99),
+                    advert: Advert {
+                        vrid: 52,
+                        ..advert()
+                    },
+                    ..ok.clone()
+                },
+                unicast.clone(),
+                Err(DropReason::OtherVrid),
+            ),
             (
                 "addresses in another order",
                 Received {

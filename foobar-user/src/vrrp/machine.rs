@@ -1063,6 +1063,7 @@ mod tests {
                                     priority: theirs.priority,
                                     primary: theirs.primary,
                                     addrs: &self.vips,
+                                    unicast_peers: &[],
                                 };
                                 let received = Received {
                                     src: cfg.primary,

@@ -3,8 +3,13 @@
 //! state machine over a caller-supplied clock. Both are pure: no socket,
 //! no netlink, no datapath. `net` holds the effects (raw socket, VIPs by
 //! rtnetlink, gratuitous ARP) and `task` drives one instance with them,
-//! publishing its status; it never touches the datapath.
+//! publishing its status; it never touches the datapath. `track` turns
+//! what the daemon knows about this node into the advertised priority;
+//! `garp` says when a master repeats its gratuitous ARPs.
 pub mod codec;
+pub mod garp;
 pub mod machine;
 pub mod net;
+pub mod status;
 pub mod task;
+pub mod track;

@@ -40,6 +40,14 @@ pub enum NetError {
          (give it one: adverts carry the sender's primary address)"
     )]
     NoPrimaryAddress { iface: String },
+    #[error(
+        "VRRP on {iface}: unicast_source {source_addr} is not an address of this interface \
+         (see `ip -4 addr show dev {iface}`)"
+    )]
+    SourceNotHere {
+        iface: String,
+        source_addr: Ipv4Addr,
+    },
     #[error(transparent)]
     Config(#[from] super::machine::ConfigError),
     #[error(transparent)]
@@ -168,8 +176,13 @@ impl Addresses {
     }
 
     /// Index, MAC and primary address of the interface (VIPs skipped, so a
-    /// daemon restarted while master still sends from the right address).
-    pub async fn interface(&self, vips: &[Ipv4Addr]) -> Result<Interface, NetError> {
+    /// daemon restarted while master still sends from the right address),
+    /// or `source` as the primary address if given (and on the interface).
+    pub async fn interface(
+        &self,
+        vips: &[Ipv4Addr],
+        source: Option<Ipv4Addr>,
+    ) -> Result<Interface, NetError> {
         let mut links = self
             .handle
             .link()
@@ -193,15 +206,22 @@ impl Addresses {
                 _ => None,
             })
             .unwrap_or_default();
-        let primary = self
+        let mut own = self
             .ipv4_addresses(index)
             .await?
             .into_iter()
-            .map(|(addr, _)| addr)
-            .find(|a| !vips.contains(a))
-            .ok_or_else(|| NetError::NoPrimaryAddress {
+            .map(|(addr, _)| addr);
+        let primary = match source {
+            Some(source) => own.find(|a| *a == source).ok_or(NetError::SourceNotHere {
                 iface: self.iface.clone(),
-            })?;
+                source_addr: source,
+            })?,
+            None => own
+                .find(|a| !vips.contains(a))
+                .ok_or_else(|| NetError::NoPrimaryAddress {
+                    iface: self.iface.clone(),
+                })?,
+        };
         Ok(Interface {
             name: self.iface.clone(),
             index,
@@ -324,8 +344,10 @@ pub struct AdvertSocket {
 }
 
 impl AdvertSocket {
-    /// Open it on `iface`, joined to 224.0.0.18, sending from `primary`.
-    pub fn open(iface: &Interface) -> Result<AdvertSocket, NetError> {
+    /// Open it on `iface`, sending from `primary`: joined to 224.0.0.18,
+    /// or, with `unicast`, bound to `primary` (the source of unicast sends,
+    /// and the only destination it then receives).
+    pub fn open(iface: &Interface, unicast: bool) -> Result<AdvertSocket, NetError> {
         let err = |what| {
             let name = iface.name.clone();
             move |source| NetError::Io {
@@ -358,6 +380,23 @@ impl AdvertSocket {
             .map_err(err("setting the multicast TTL to 255"))?;
         setsockopt(&fd, libc::IPPROTO_IP, libc::IP_TTL, &ttl)
             .map_err(err("setting the TTL to 255"))?;
+        if unicast {
+            let at = sockaddr_in(iface.primary);
+            // SAFETY: `at` outlives the call; the length is its size.
+            let rc = unsafe {
+                libc::bind(
+                    fd.as_raw_fd(),
+                    (&at as *const libc::sockaddr_in).cast(),
+                    size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                )
+            };
+            if rc != 0 {
+                return Err(err("binding the socket to the unicast source address")(
+                    io::Error::last_os_error(),
+                ));
+            }
+            return AdvertSocket::register(fd, iface);
+        }
         let no: libc::c_int = 0;
         setsockopt(&fd, libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP, &no)
             .map_err(err("turning multicast loopback off"))?;
@@ -385,10 +424,17 @@ impl AdvertSocket {
             &mreq(MULTICAST_V4),
         )
         .map_err(err("joining 224.0.0.18"))?;
+        AdvertSocket::register(fd, iface)
+    }
+
+    fn register(fd: OwnedFd, iface: &Interface) -> Result<AdvertSocket, NetError> {
         // SAFETY: the OwnedFd moves into the AsyncFd, which closes it only
         // when dropped; nothing else holds or replaces the descriptor.
-        let fd = unsafe { AsyncFd::register(fd) }
-            .map_err(|e| err("registering the socket")(e.into_parts().1))?;
+        let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| NetError::Io {
+            iface: iface.name.clone(),
+            what: "registering the socket",
+            source: e.into_parts().1,
+        })?;
         Ok(AdvertSocket {
             fd,
             iface: iface.name.clone(),

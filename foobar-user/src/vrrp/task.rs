@@ -2,24 +2,19 @@
 //! around the pure state machine. It publishes its status (state,
 //! priority, master, last transition, counters) on a watch channel; it
 //! never touches the datapath or the daemon's state.
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
-    time::Duration,
-};
+use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
 
 use tokio::{sync::watch, time::Instant};
 use tracing::{info, warn};
 
+pub use super::status::Status;
 use super::{
     codec::{self, Advert, DropReason, Instance, Received, MULTICAST_V4},
-    machine::{self, Action, Event, Machine, State, Transition},
+    garp,
+    machine::{self, Action, Event, Machine, State},
     net::{self, Addresses, AdvertSocket, Interface, NetError},
+    track::{self, Conditions, Weights},
 };
-
-/// Gratuitous ARPs sent per VIP on becoming master (keepalived's
-/// garp_master_repeat default).
-pub const GARP_REPEAT: u32 = 5;
 
 /// One instance as configured.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,78 +26,43 @@ pub struct Spec {
     pub preempt: bool,
     pub preempt_delay: Duration,
     pub vips: Vec<Ipv4Addr>,
+    /// The `[[vip]]` names behind `vips` (what tracking looks at).
+    pub vip_names: Vec<String>,
+    /// What tracking takes off `priority`.
+    pub track: Weights,
+    /// Unicast mode when non-empty: adverts go to each of these, and only
+    /// theirs are accepted.
+    pub unicast_peers: Vec<Ipv4Addr>,
+    /// The address adverts are sent from (default: the interface's first
+    /// address that is not a VIP).
+    pub unicast_source: Option<Ipv4Addr>,
+    /// When the master repeats its gratuitous ARPs.
+    pub garp: garp::Config,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Status {
-    pub vrid: u8,
-    pub state: State,
-    pub priority: u8,
-    pub master: Option<Ipv4Addr>,
-    pub primary: Option<Ipv4Addr>,
-    /// The last transition; `at` counts from the instance's start.
-    pub last_transition: Option<Transition>,
-    /// When it happened, by the wall clock.
-    pub last_transition_time: Option<std::time::SystemTime>,
-    pub adverts_sent: u64,
-    pub adverts_received: u64,
-    pub drops: BTreeMap<DropReason, u64>,
-}
-
-impl Status {
-    /// For `foobar status --json`.
-    pub fn to_json(&self) -> serde_json::Value {
-        let drops: serde_json::Map<String, serde_json::Value> = self
-            .drops
-            .iter()
-            .map(|(r, n)| (r.as_str().to_owned(), (*n).into()))
-            .collect();
-        serde_json::json!({
-            "vrid": self.vrid,
-            "state": self.state.as_str(),
-            "priority": self.priority,
-            "master": self.master,
-            "primary_address": self.primary,
-            "last_transition": self.last_transition.map(|t| serde_json::json!({
-                "from": t.from.as_str(),
-                "to": t.to.as_str(),
-                "cause": t.cause.to_string(),
-                "unix_time_s": self.last_transition_time
-                    .and_then(|w| w.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map(|d| d.as_secs()),
-            })),
-            "adverts_sent": self.adverts_sent,
-            "adverts_received": self.adverts_received,
-            "adverts_dropped": drops,
-        })
-    }
-
-    pub fn new(vrid: u8, priority: u8) -> Status {
-        Status {
-            vrid,
-            state: State::Initialize,
-            priority,
-            master: None,
-            primary: None,
-            last_transition: None,
-            last_transition_time: None,
-            adverts_sent: 0,
-            adverts_received: 0,
-            drops: BTreeMap::new(),
+impl Spec {
+    /// Where adverts go: each unicast peer, or the VRRP group.
+    pub fn destinations(&self) -> Vec<Ipv4Addr> {
+        if self.unicast_peers.is_empty() {
+            vec![MULTICAST_V4]
+        } else {
+            self.unicast_peers.clone()
         }
     }
 }
 
 /// Run the instance until `stop` says true (or its sender goes away),
-/// then resign: priority 0 advert, VIPs removed.
+/// then resign: priority 0 advert, VIPs removed. `conditions` drives
+/// tracking (a sender that goes away leaves the last conditions in force).
 pub async fn run(
     spec: Spec,
     mut stop: watch::Receiver<bool>,
+    mut conditions: watch::Receiver<Conditions>,
     status: watch::Sender<Status>,
 ) -> Result<(), NetError> {
     let addresses = Addresses::new(&spec.iface)?;
-    let iface = addresses.interface(&spec.vips).await?;
-    let socket = AdvertSocket::open(&iface)?;
+    let iface = addresses.interface(&spec.vips, spec.unicast_source).await?;
+    let socket = AdvertSocket::open(&iface, !spec.unicast_peers.is_empty())?;
     let mut machine = Machine::new(machine::Config {
         vrid: spec.vrid,
         priority: spec.priority,
@@ -118,12 +78,18 @@ pub async fn run(
         socket: &socket,
         status: Status {
             primary: Some(iface.primary),
-            ..Status::new(spec.vrid, spec.priority)
+            ..Status::new(&spec)
         },
         logged: BTreeSet::new(),
+        garp: garp::Schedule::new(spec.garp),
+        origin: Instant::now(),
     };
-    let origin = Instant::now();
+    let origin = driver.origin;
     let now = || Instant::now().duration_since(origin);
+    // Tracking applies from the start: a node that cannot serve does not
+    // preempt a peer that can.
+    let initial = conditions.borrow_and_update().clone();
+    driver.track(&mut machine, now(), &initial).await;
     let actions = machine.handle(now(), Event::Startup);
     driver.apply(&machine, actions).await;
     status.send_replace(driver.snapshot(&machine));
@@ -131,9 +97,13 @@ pub async fn run(
     // A receive error ends the instance, but like a stop: a master that
     // can no longer hear its peers resigns rather than hold on silently.
     let mut failed = None;
+    let mut conditions_gone = false;
     loop {
-        let deadline = machine
-            .next_deadline()
+        let next = match (machine.next_deadline(), driver.garp.next()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let deadline = next
             .map(|d| origin + d)
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
@@ -142,7 +112,18 @@ pub async fn run(
                     break;
                 }
             }
+            changed = conditions.changed(), if !conditions_gone => {
+                if changed.is_err() {
+                    conditions_gone = true;
+                } else {
+                    let c = conditions.borrow_and_update().clone();
+                    driver.track(&mut machine, now(), &c).await;
+                }
+            }
             _ = tokio::time::sleep_until(deadline) => {
+                driver.repeat_garp(now());
+                // Early for the machine when the wake-up was for a burst:
+                // it then does nothing.
                 let actions = machine.handle(now(), Event::Timer);
                 driver.apply(&machine, actions).await;
             }
@@ -181,9 +162,60 @@ struct Driver<'a> {
     /// (sender, reason) pairs already logged: a misconfigured peer is
     /// logged once, then only counted.
     logged: BTreeSet<(Ipv4Addr, DropReason)>,
+    garp: garp::Schedule,
+    /// The instance's clock starts here.
+    origin: Instant,
 }
 
 impl Driver<'_> {
+    /// A later gratuitous ARP burst, if one is due.
+    fn repeat_garp(&mut self, now: Duration) {
+        let count = self.garp.due(now);
+        if count > 0 {
+            if let Err(e) = net::announce(self.iface, &self.spec.vips, count) {
+                warn!(vrid = self.spec.vrid, %e, "repeating gratuitous ARP failed");
+            }
+        }
+    }
+
+    /// Recompute the effective priority; a change is logged with its
+    /// cause and handed to the machine (a master advertises it at once).
+    async fn track(&mut self, machine: &mut Machine, now: Duration, conditions: &Conditions) {
+        let (priority, why) = track::effective(
+            self.spec.priority,
+            self.spec.track,
+            &self.spec.vip_names,
+            conditions,
+        );
+        if priority == machine.priority() {
+            self.status.tracking = why;
+            return;
+        }
+        let vrid = self.spec.vrid;
+        if priority < machine.priority() {
+            warn!(
+                vrid,
+                iface = %self.iface.name,
+                from = machine.priority(),
+                to = priority,
+                cause = %why.join("; "),
+                "VRRP priority lowered by tracking"
+            );
+        } else {
+            info!(
+                vrid,
+                iface = %self.iface.name,
+                from = machine.priority(),
+                to = priority,
+                cause = if why.is_empty() { "every tracked condition cleared".to_owned() } else { why.join("; ") },
+                "VRRP priority raised by tracking"
+            );
+        }
+        self.status.tracking = why;
+        let actions = machine.handle(now, Event::Priority(priority));
+        self.apply(machine, actions).await;
+    }
+
     fn snapshot(&self, machine: &Machine) -> Status {
         Status {
             state: machine.state(),
@@ -234,6 +266,7 @@ impl Driver<'_> {
             priority: machine.config().priority,
             primary: self.iface.primary,
             addrs: &self.spec.vips,
+            unicast_peers: &self.spec.unicast_peers,
         };
         if let Err(reason) = codec::validate(&received, &ours) {
             let detail = format!(
@@ -260,16 +293,37 @@ impl Driver<'_> {
         for action in actions {
             let result = match action {
                 Action::Transition { from, to, cause } => {
-                    info!(
-                        vrid,
-                        iface = %self.iface.name,
-                        from = from.as_str(),
-                        to = to.as_str(),
-                        %cause,
-                        priority = machine.priority(),
-                        "VRRP transition"
-                    );
+                    // The peer went silent, or this node lost the
+                    // addresses: worth a look. Startup, preemption,
+                    // resignation and shutdown are the plan working.
+                    let alarming = matches!(cause, machine::Cause::MasterDown)
+                        || (from == State::Master && to == State::Backup);
+                    if alarming {
+                        warn!(
+                            vrid,
+                            iface = %self.iface.name,
+                            from = from.as_str(),
+                            to = to.as_str(),
+                            %cause,
+                            priority = machine.priority(),
+                            "VRRP transition"
+                        );
+                    } else {
+                        info!(
+                            vrid,
+                            iface = %self.iface.name,
+                            from = from.as_str(),
+                            to = to.as_str(),
+                            %cause,
+                            priority = machine.priority(),
+                            "VRRP transition"
+                        );
+                    }
                     self.status.last_transition_time = Some(std::time::SystemTime::now());
+                    self.status.transitions += 1;
+                    if to != State::Master {
+                        self.garp.stop();
+                    }
                     Ok(())
                 }
                 Action::SendAdvert { priority } => {
@@ -279,11 +333,14 @@ impl Driver<'_> {
                         interval_cs: self.spec.advert_interval_cs,
                         addrs: self.spec.vips.clone(),
                     };
-                    advert
-                        .encode(self.iface.primary, MULTICAST_V4)
-                        .map_err(NetError::from)
-                        .and_then(|bytes| self.socket.send(&bytes, MULTICAST_V4))
-                        .map(|()| self.status.adverts_sent += 1)
+                    // One per destination: the checksum covers it.
+                    self.spec.destinations().into_iter().try_for_each(|dst| {
+                        advert
+                            .encode(self.iface.primary, dst)
+                            .map_err(NetError::from)
+                            .and_then(|bytes| self.socket.send(&bytes, dst))
+                            .map(|()| self.status.adverts_sent += 1)
+                    })
                 }
                 Action::AddVips => self.addresses.add(self.iface.index, &self.spec.vips).await,
                 Action::RemoveVips => {
@@ -291,7 +348,10 @@ impl Driver<'_> {
                         .remove(self.iface.index, &self.spec.vips)
                         .await
                 }
-                Action::GratuitousArp => net::announce(self.iface, &self.spec.vips, GARP_REPEAT),
+                Action::GratuitousArp => {
+                    let count = self.garp.master(self.origin.elapsed());
+                    net::announce(self.iface, &self.spec.vips, count)
+                }
             };
             if let Err(e) = result {
                 warn!(vrid, %e, ?action, "VRRP action failed");
@@ -316,16 +376,18 @@ impl Running {
     /// Spawn one task per instance. A task that cannot start (no such
     /// interface, no address on it, no CAP_NET_RAW) logs why and ends:
     /// this node then never takes those addresses, which is the safe side.
-    pub fn spawn(specs: Vec<Spec>) -> Running {
+    /// Every instance follows `conditions` (tracking).
+    pub fn spawn(specs: Vec<Spec>, conditions: &watch::Receiver<Conditions>) -> Running {
         let instances = specs
             .into_iter()
             .map(|spec| {
                 let vrid = spec.vrid;
                 let (stop, stop_rx) = watch::channel(false);
-                let (status_tx, status) = watch::channel(Status::new(vrid, spec.priority));
+                let (status_tx, status) = watch::channel(Status::new(&spec));
                 let iface = spec.iface.clone();
+                let conditions = conditions.clone();
                 let task = tokio::spawn(async move {
-                    if let Err(e) = run(spec, stop_rx, status_tx).await {
+                    if let Err(e) = run(spec, stop_rx, conditions, status_tx).await {
                         tracing::error!(vrid, %iface, %e, "VRRP instance stopped; this node will not hold its addresses");
                     }
                 });
