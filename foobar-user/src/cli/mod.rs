@@ -1,10 +1,13 @@
 //! The `foobar` command line: one file per subcommand. `run` is the daemon;
 //! the others but `check` and `completions` talk to it over the control
 //! socket.
+mod args;
 mod backend;
 mod check;
 mod completions;
 mod detach;
+pub mod exit;
+pub mod output;
 mod reload;
 mod run;
 mod stats;
@@ -68,6 +71,22 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+impl Cli {
+    /// Whether the command was asked for JSON output (errors then come as
+    /// JSON too; see docs/JSON.md).
+    pub fn wants_json(&self) -> bool {
+        match &self.command {
+            Command::Check(a) => a.json,
+            Command::Reload(a) => a.json,
+            Command::Status(a) => a.json,
+            Command::Stats(a) => a.json,
+            Command::Vip(c) => c.json(),
+            Command::Backend(c) => c.json(),
+            _ => false,
+        }
+    }
+}
+
 /// Default config location (the systemd unit and the docs use it).
 pub const DEFAULT_CONFIG: &str = "/etc/foobar/foobar.toml";
 
@@ -80,7 +99,7 @@ fn change(
 ) -> anyhow::Result<()> {
     let result = api::call(socket, &request)?;
     if json {
-        println!("{result}");
+        output::print_json(result.clone());
     } else {
         println!("{line}");
     }
