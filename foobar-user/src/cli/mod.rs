@@ -26,6 +26,10 @@ pub struct Cli {
     /// The daemon's control socket.
     #[arg(long, global = true, env = "FOOBAR_SOCKET", default_value = crate::config::DEFAULT_SOCKET)]
     pub socket: PathBuf,
+    /// How `foobar run` writes its log: text or json (one object a line).
+    /// Default: the config's `[log] format`, else text.
+    #[arg(long, global = true, value_enum, env = "FOOBAR_LOG_FORMAT")]
+    pub log_format: Option<crate::logging::LogFormat>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -59,7 +63,18 @@ pub enum Command {
 
 pub fn main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => {
+            // The config's [log] settings; a config that does not load is
+            // reported by `run` itself.
+            let log = crate::config::load(&args.config)
+                .map(|c| c.log)
+                .unwrap_or_default();
+            crate::logging::init(
+                cli.log_format.or(log.format).unwrap_or_default(),
+                log.level.as_deref(),
+            );
+            run::run(args)
+        }
         Command::Detach(args) => detach::detach(&cli.socket, args),
         Command::Check(args) => check::check(args),
         Command::Reload(args) => reload::reload(&cli.socket, args),

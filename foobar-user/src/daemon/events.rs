@@ -57,9 +57,9 @@ impl Owner {
             Ok(()) => {
                 // Down is what an operator must see (WARN); up is news (INFO).
                 if t.up {
-                    info!(vip = %vip, backend = %address, state = to, reason = %t.reason, "backend up");
+                    info!(vip = %vip, backend = %address, state = to, reason = %t.reason, "health changed");
                 } else {
-                    warn!(vip = %vip, backend = %address, state = to, reason = %t.reason, "backend down");
+                    warn!(vip = %vip, backend = %address, state = to, reason = %t.reason, "health changed");
                 }
                 // Saved so that a restart starts the backend in this state.
                 if let Err(e) = self.save() {
