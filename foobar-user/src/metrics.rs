@@ -278,6 +278,8 @@ pub fn render(s: &Snapshot) -> String {
     text
 }
 
+#[cfg(test)]
+mod docs_tests;
 mod server;
 
 pub use server::{bind, serve, serve_with, Limits};
@@ -413,6 +415,49 @@ mod tests {
             })
             .expect("active flows sample");
         assert!(matches!(active.value, prometheus_parse::Value::Gauge(v) if v == 42.0));
+
+        // The strict OpenMetrics parser of the Prometheus project's Python
+        // client (Debian: python3-prometheus-client), when installed.
+        strict_openmetrics_parse(&text);
+    }
+
+    /// Parses `text` with prometheus_client.openmetrics.parser (which
+    /// refuses a missing # EOF, bad suffixes, unsorted buckets...); says
+    /// so and returns if the module is not installed.
+    fn strict_openmetrics_parse(text: &str) {
+        use std::io::Write as _;
+        let script = "import sys\n\
+            from prometheus_client.openmetrics.parser import text_string_to_metric_families as p\n\
+            fams = list(p(sys.stdin.read()))\n\
+            print(len(fams))\n";
+        let probe = std::process::Command::new("/usr/bin/python3")
+            .args(["-c", "import prometheus_client.openmetrics.parser"])
+            .output();
+        if !probe.is_ok_and(|o| o.status.success()) {
+            eprintln!("skipped the strict parse: python3-prometheus-client is not installed");
+            return;
+        }
+        let mut child = std::process::Command::new("/usr/bin/python3")
+            .args(["-c", script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "the OpenMetrics parser refused the exposition: {}\n{text}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let families: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        assert_eq!(families, FAMILIES.len());
     }
 
     /// Every family foobar serves (vrrp families are checked where they are
