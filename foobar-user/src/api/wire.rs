@@ -333,3 +333,101 @@ impl std::fmt::Display for Caller {
 /// A request on its way to the state owner, with who sent it and where to
 /// send the answer.
 pub type Call = (Request, Caller, oneshot::Sender<Response>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_have_a_stable_typed_versioned_wire_form() {
+        let r = Request::BackendDrain {
+            vip: "web".into(),
+            address: "10.0.0.11".parse().unwrap(),
+        };
+        let text = r.encode();
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"v": 1, "op": "backend_drain", "vip": "web", "address": "10.0.0.11"})
+        );
+        assert_eq!(Request::decode(text.as_bytes()).unwrap(), r);
+        let decode = |line: &str| Request::decode(line.as_bytes());
+        // Typed: an address that is not one is refused by the decoder, not
+        // later by the daemon.
+        let bad = decode(r#"{"v":1,"op":"backend_drain","vip":"web","address":"10.0.0.300"}"#);
+        assert!(bad.unwrap_err().contains("malformed request"));
+        let bad = decode(
+            r#"{"v":1,"op":"vip_add","name":"w","address":"10.0.0.1","port":80,"scheduler":"lc"}"#,
+        );
+        assert!(bad.unwrap_err().contains("unknown variant `lc`"));
+        assert!(decode(r#"{"v":1,"op":"backend_drain","vip":"web"}"#).is_err());
+        assert!(decode(r#"{"v":1,"op":"explode"}"#).is_err());
+        assert!(decode(r#"{"v":1,"op":"status","extra":1}"#).is_err());
+        // Old, newer and garbled lines each say what they are.
+        let old = decode(r#"{"op":"status"}"#).unwrap_err();
+        assert!(old.contains("without a protocol version"), "{old}");
+        let newer = decode(r#"{"v":2,"op":"status"}"#).unwrap_err();
+        assert!(
+            newer.contains("protocol version 2") && newer.contains("protocol 1"),
+            "{newer}"
+        );
+        let garbled = decode("status please").unwrap_err();
+        assert!(garbled.contains("not JSON"), "{garbled}");
+        assert!(decode("[1,2]").unwrap_err().contains("not a JSON object"));
+        // Defaults: no force means false, weight 1, tcp/rr/dsr.
+        assert_eq!(
+            decode(r#"{"v":1,"op":"backend_remove","vip":"web","address":"10.0.0.11"}"#).unwrap(),
+            Request::BackendRemove {
+                vip: "web".into(),
+                address: "10.0.0.11".parse().unwrap(),
+                force: false
+            }
+        );
+        let add = decode(r#"{"v":1,"op":"vip_add","name":"w","address":"10.0.0.1","port":80}"#);
+        assert!(matches!(
+            add.unwrap(),
+            Request::VipAdd {
+                protocol: crate::config::Protocol::Tcp,
+                scheduler: crate::config::Scheduler::RoundRobin,
+                health: None,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn the_daemon_checks_the_configs_bounds_on_typed_requests() {
+        let weight = Request::BackendWeight {
+            vip: "web".into(),
+            address: "10.0.0.11".parse().unwrap(),
+            weight: 300,
+        };
+        assert!(weight
+            .validate()
+            .unwrap_err()
+            .contains("weight 300 is out of range"));
+        let vip = |health| Request::VipAdd {
+            name: "w".into(),
+            address: "10.0.0.1".parse().unwrap(),
+            port: 80,
+            protocol: crate::config::Protocol::Tcp,
+            scheduler: crate::config::Scheduler::RoundRobin,
+            forwarding: crate::config::Forwarding::Dsr,
+            maglev_table_size: None,
+            persistence_timeout_s: None,
+            health,
+        };
+        let good = crate::config::HealthSpec::default();
+        assert!(vip(Some(good.clone())).validate().is_ok());
+        let too_fast = crate::config::HealthSpec {
+            interval_ms: 5,
+            ..good.clone()
+        };
+        assert!(vip(Some(too_fast))
+            .validate()
+            .unwrap_err()
+            .contains("interval_ms 5"));
+        let rise0 = crate::config::HealthSpec { rise: 0, ..good };
+        assert!(vip(Some(rise0)).validate().is_err());
+    }
+}

@@ -102,6 +102,9 @@ pub fn ago(seconds: f64) -> String {
 }
 
 #[cfg(test)]
+pub use tests::assert_aligned;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -182,6 +185,3 @@ mod tests {
         assert_eq!(ago(3.0 * 86_400.0 + 4.0 * 3600.0), "3d04h");
     }
 }
-
-#[cfg(test)]
-pub use tests::assert_aligned;

@@ -21,8 +21,7 @@ impl Owner {
         let task = tokio::spawn(health::run_checker(
             id,
             self.next_epoch,
-            b.spec.address,
-            port,
+            std::net::SocketAddrV4::new(b.spec.address, port),
             b.spec.health.clone(),
             b.up,
             self.health_tx.clone(),
