@@ -72,6 +72,76 @@ fn each_failure_has_its_exit_code_and_a_json_error() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("no VIP named \"nope\""), "{err}");
 
+    // `vip add` takes the config's options, typed; the daemon refuses what
+    // it cannot serve (persistence without an affinity table).
+    let (code, out, err) = run(
+        &lab,
+        &[
+            "vip",
+            "add",
+            "w2",
+            "10.201.0.101",
+            "8080",
+            "--scheduler",
+            "maglev",
+            "--maglev-table-size",
+            "251",
+            "--check",
+            "http",
+            "--http-path",
+            "/",
+            "--interval-ms",
+            "500",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let added: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (added["vip"].as_str(), added["ok"].as_bool()),
+        (Some("w2"), Some(true))
+    );
+    let w2 = status(&lab)["vips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "w2")
+        .cloned()
+        .expect("w2 in status");
+    assert_eq!(
+        (w2["scheduler"].as_str(), w2["port"].as_u64()),
+        (Some("maglev"), Some(8080))
+    );
+    let (code, _, err) = run(
+        &lab,
+        &[
+            "vip",
+            "add",
+            "w3",
+            "10.201.0.102",
+            "80",
+            "--persistence",
+            "5m",
+        ],
+    );
+    assert_eq!(code, i32::from(exit::REFUSED), "{err}");
+    assert!(err.contains("source-affinity table"), "{err}");
+    let (code, _, err) = run(
+        &lab,
+        &[
+            "vip",
+            "add",
+            "w4",
+            "10.201.0.103",
+            "80",
+            "--maglev-table-size",
+            "250",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not a prime"), "{err}");
+    assert_eq!(run(&lab, &["vip", "remove", "w2"]).0, 0);
+
     // Unreachable.
     let out = Command::new(foobar())
         .args(["--socket", "/nonexistent/foobar.sock", "status", "--json"])

@@ -234,6 +234,12 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+        assert!(
+            answer.lines().any(|l| l.eq_ignore_ascii_case(
+                "content-type: application/openmetrics-text; version=1.0.0; charset=utf-8"
+            )),
+            "{answer}"
+        );
         assert!(answer.contains("foobar_up 1"), "{answer}");
     }
 }
