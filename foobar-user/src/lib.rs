@@ -6,6 +6,7 @@ pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod health;
+pub mod logging;
 pub mod maglev;
 pub mod metrics;
 pub mod neigh;

@@ -8,13 +8,14 @@ fn main() -> ExitCode {
     // SAFETY: setting a signal's disposition to the default has no
     // preconditions; no other thread exists yet.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    let cli = foobar::cli::Cli::parse();
+    // Exit codes and JSON errors: cli/exit.rs, docs/CLI.md.
+    let cli = match foobar::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return foobar::cli::exit::usage(err),
+    };
+    let json = cli.wants_json();
     match foobar::cli::main(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            // `{:#}` prints the whole context chain on one line.
-            eprintln!("foobar: error: {err:#}");
-            ExitCode::FAILURE
-        }
+        Err(err) => foobar::cli::exit::report(&err, json),
     }
 }

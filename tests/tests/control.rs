@@ -293,14 +293,37 @@ fn bad_cli_input_fails_with_one_line_and_changes_nothing() {
         assert!(err.contains(want), "{args:?}: {err}");
     };
     one_line(&["backend", "drain", "nope", &be1], "no VIP named \"nope\"");
-    one_line(
+    // Bad values stop at the argument parser (exit 2), before any request:
+    // the first line says what is wrong, clap adds a hint line.
+    let usage = |args: &[&str], want: &str| {
+        let out = lab.foobar_cli(&foobar(), args).expect("running foobar");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.lines().next().unwrap_or("").contains(want),
+            "{args:?}: {err}"
+        );
+    };
+    usage(
         &["backend", "add", "web", "10.201.0.300"],
         "\"10.201.0.300\" is not an IPv4 address",
     );
     one_line(&["backend", "add", "web", &be1], "already has backend");
-    one_line(
+    usage(
         &["backend", "weight", "web", &be1, "300"],
         "weight 300 is out of range",
+    );
+    usage(
+        &[
+            "vip",
+            "add",
+            "w2",
+            "10.201.0.101",
+            "80",
+            "--scheduler",
+            "lc",
+        ],
+        "is not a scheduler",
     );
     one_line(
         &["backend", "remove", "web", "10.201.0.99"],
@@ -319,6 +342,8 @@ fn bad_cli_input_fails_with_one_line_and_changes_nothing() {
         for b in s["vips"][0]["backends"].as_array_mut().unwrap() {
             for k in [
                 "last_check",
+                "check",
+                "health_since_s",
                 "packets",
                 "bytes",
                 "packets_per_s",

@@ -1,88 +1,105 @@
 //! `foobar backend add|remove|drain|enable|weight`.
-use std::path::Path;
+use std::{net::Ipv4Addr, path::Path};
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 
+use super::args;
 use crate::api::{self, Request};
+
+/// Which backend: a VIP's name and the backend's address.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// The VIP's name. Example: web
+    pub vip: String,
+    /// The backend's IPv4 address. Example: 10.0.0.11
+    #[arg(value_parser = args::ipv4)]
+    pub address: Ipv4Addr,
+    /// Print the daemon's answer as JSON (docs/JSON.md).
+    #[arg(long)]
+    pub json: bool,
+}
 
 #[derive(Debug, Subcommand)]
 pub enum BackendCmd {
     /// Add a backend to a VIP (its MAC is resolved first).
+    /// Example: foobar backend add web 10.0.0.11 --weight 2
     Add {
-        vip: String,
-        address: String,
-        #[arg(long, default_value_t = 1)]
+        #[command(flatten)]
+        target: Target,
+        /// 0..=256; 0 takes no new flows.
+        #[arg(long, default_value = "1", value_parser = args::weight)]
         weight: u32,
-        #[arg(long)]
-        json: bool,
     },
     /// Remove a backend: no new flows; established flows finish on it.
     /// Refused for the VIP's last backend that takes new flows, unless
     /// --force.
     Remove {
-        vip: String,
-        address: String,
+        #[command(flatten)]
+        target: Target,
         /// Remove it even if it is the VIP's last backend taking new flows:
         /// the VIP then drops its new traffic.
         #[arg(long)]
         force: bool,
-        #[arg(long)]
-        json: bool,
     },
     /// No new flows to the backend; established flows continue.
+    /// Example: foobar backend drain web 10.0.0.11
     Drain {
-        vip: String,
-        address: String,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        target: Target,
     },
     /// Let a drained backend take new flows again.
     Enable {
-        vip: String,
-        address: String,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        target: Target,
     },
-    /// Change a backend's weight (0..=256; 0 takes no new flows).
+    /// Change a backend's weight. Example: foobar backend weight web 10.0.0.11 0
     Weight {
-        vip: String,
-        address: String,
+        #[command(flatten)]
+        target: Target,
+        /// 0..=256; 0 takes no new flows.
+        #[arg(value_parser = args::weight)]
         weight: u32,
-        #[arg(long)]
-        json: bool,
     },
 }
 
+impl BackendCmd {
+    fn target(&self) -> &Target {
+        match self {
+            BackendCmd::Add { target, .. }
+            | BackendCmd::Remove { target, .. }
+            | BackendCmd::Drain { target }
+            | BackendCmd::Enable { target }
+            | BackendCmd::Weight { target, .. } => target,
+        }
+    }
+
+    pub fn json(&self) -> bool {
+        self.target().json
+    }
+}
+
 pub fn backend(socket: &Path, cmd: BackendCmd) -> anyhow::Result<()> {
-    let (request, json, line) = match cmd {
-        BackendCmd::Add {
-            vip,
-            address,
-            weight,
-            json,
-        } => (
+    let json = cmd.json();
+    let Target { vip, address, .. } = cmd.target();
+    let (vip, address) = (vip.clone(), *address);
+    let (request, line) = match cmd {
+        BackendCmd::Add { weight, .. } => (
             Request::BackendAdd {
                 vip: vip.clone(),
-                address: address.clone(),
-                weight: Some(weight),
+                address,
+                weight,
             },
-            json,
             format!("backend {address} added to VIP {vip} (weight {weight})"),
         ),
-        BackendCmd::Remove {
-            vip,
-            address,
-            force,
-            json,
-        } => {
+        BackendCmd::Remove { force, .. } => {
             let request = Request::BackendRemove {
                 vip: vip.clone(),
-                address: address.clone(),
+                address,
                 force,
             };
             let result = api::call(socket, &request)?;
             if json {
-                println!("{result}");
+                super::output::print_json(result.clone());
             } else {
                 println!("backend {address} removed from VIP {vip}; its established flows finish");
             }
@@ -94,34 +111,26 @@ pub fn backend(socket: &Path, cmd: BackendCmd) -> anyhow::Result<()> {
             }
             return Ok(());
         }
-        BackendCmd::Drain { vip, address, json } => (
+        BackendCmd::Drain { .. } => (
             Request::BackendDrain {
                 vip: vip.clone(),
-                address: address.clone(),
+                address,
             },
-            json,
             format!("backend {address} of VIP {vip} drained: no new flows"),
         ),
-        BackendCmd::Enable { vip, address, json } => (
+        BackendCmd::Enable { .. } => (
             Request::BackendEnable {
                 vip: vip.clone(),
-                address: address.clone(),
+                address,
             },
-            json,
             format!("backend {address} of VIP {vip} enabled"),
         ),
-        BackendCmd::Weight {
-            vip,
-            address,
-            weight,
-            json,
-        } => (
+        BackendCmd::Weight { weight, .. } => (
             Request::BackendWeight {
                 vip: vip.clone(),
-                address: address.clone(),
+                address,
                 weight,
             },
-            json,
             format!("backend {address} of VIP {vip}: weight {weight}"),
         ),
     };

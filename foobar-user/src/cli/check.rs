@@ -11,7 +11,7 @@ pub struct CheckArgs {
     /// Config file to validate.
     #[arg(long, short, default_value = super::DEFAULT_CONFIG)]
     pub config: PathBuf,
-    /// Print the validated config as JSON.
+    /// Print the validated config as JSON (docs/JSON.md).
     #[arg(long)]
     pub json: bool,
 }
@@ -34,7 +34,7 @@ pub fn check(args: CheckArgs) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::json!({ "valid": true, "vips": vips }));
+        super::output::print_json(serde_json::json!({ "valid": true, "vips": vips }));
     } else {
         println!("{}: valid", args.config.display());
         for v in &config.vips {

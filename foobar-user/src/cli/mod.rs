@@ -1,10 +1,13 @@
 //! The `foobar` command line: one file per subcommand. `run` is the daemon;
 //! the others but `check` and `completions` talk to it over the control
 //! socket.
+mod args;
 mod backend;
 mod check;
 mod completions;
 mod detach;
+pub mod exit;
+pub mod output;
 mod reload;
 mod run;
 mod stats;
@@ -23,6 +26,10 @@ pub struct Cli {
     /// The daemon's control socket.
     #[arg(long, global = true, env = "FOOBAR_SOCKET", default_value = crate::config::DEFAULT_SOCKET)]
     pub socket: PathBuf,
+    /// How `foobar run` writes its log: text or json (one object a line).
+    /// Default: the config's `[log] format`, else text.
+    #[arg(long, global = true, value_enum, env = "FOOBAR_LOG_FORMAT")]
+    pub log_format: Option<crate::logging::LogFormat>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -56,7 +63,18 @@ pub enum Command {
 
 pub fn main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => {
+            // The config's [log] settings; a config that does not load is
+            // reported by `run` itself.
+            let log = crate::config::load(&args.config)
+                .map(|c| c.log)
+                .unwrap_or_default();
+            crate::logging::init(
+                cli.log_format.or(log.format).unwrap_or_default(),
+                log.level.as_deref(),
+            );
+            run::run(args)
+        }
         Command::Detach(args) => detach::detach(&cli.socket, args),
         Command::Check(args) => check::check(args),
         Command::Reload(args) => reload::reload(&cli.socket, args),
@@ -65,6 +83,22 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Vip(cmd) => vip::vip(&cli.socket, cmd),
         Command::Backend(cmd) => backend::backend(&cli.socket, cmd),
         Command::Completions(args) => completions::completions(args),
+    }
+}
+
+impl Cli {
+    /// Whether the command was asked for JSON output (errors then come as
+    /// JSON too; see docs/JSON.md).
+    pub fn wants_json(&self) -> bool {
+        match &self.command {
+            Command::Check(a) => a.json,
+            Command::Reload(a) => a.json,
+            Command::Status(a) => a.json,
+            Command::Stats(a) => a.json,
+            Command::Vip(c) => c.json(),
+            Command::Backend(c) => c.json(),
+            _ => false,
+        }
     }
 }
 
@@ -80,7 +114,7 @@ fn change(
 ) -> anyhow::Result<()> {
     let result = api::call(socket, &request)?;
     if json {
-        println!("{result}");
+        output::print_json(result.clone());
     } else {
         println!("{line}");
     }

@@ -7,7 +7,7 @@ use crate::api::{self, Request};
 
 #[derive(Debug, clap::Args)]
 pub struct ReloadArgs {
-    /// Print the daemon's answer as JSON.
+    /// Print the daemon's answer as JSON (docs/JSON.md).
     #[arg(long)]
     pub json: bool,
 }
@@ -15,7 +15,7 @@ pub struct ReloadArgs {
 pub fn reload(socket: &Path, args: ReloadArgs) -> anyhow::Result<()> {
     let result = api::call(socket, &Request::Reload)?;
     if args.json {
-        println!("{result}");
+        super::output::print_json(result);
         return Ok(());
     }
     let list = |key: &str| -> Vec<String> {

@@ -310,7 +310,11 @@ async fn reload_on_sighup(mut hup: tokio::signal::unix::Signal, api_tx: mpsc::Se
     while hup.recv().await.is_some() {
         info!("SIGHUP: reloading the config");
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if api_tx.send((api::Request::Reload, tx)).await.is_err() {
+        if api_tx
+            .send((api::Request::Reload, api::Caller::Sighup, tx))
+            .await
+            .is_err()
+        {
             return;
         }
         // The owner logs the outcome; wait for it so reloads never overlap.

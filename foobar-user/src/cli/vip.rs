@@ -1,42 +1,79 @@
-//! `foobar vip add|remove`.
-use std::path::Path;
+//! `foobar vip add|remove|purge-affinity`.
+use std::{net::Ipv4Addr, path::Path};
 
 use clap::Subcommand;
 
-use crate::api::Request;
+use super::args::{self, HealthArgs};
+use crate::{
+    api::Request,
+    config::{Forwarding, Protocol, Scheduler},
+};
 
 #[derive(Debug, Subcommand)]
 pub enum VipCmd {
     /// Add a VIP (no backends yet: add them with `foobar backend add`).
+    /// Example: foobar vip add web 10.0.0.100 80 --scheduler maglev --check http
     Add {
-        /// A unique name.
+        /// A unique name (letters, digits, - and _). Example: web
         name: String,
         /// The virtual IPv4 address (the LB node must hold it).
-        address: String,
-        /// 1..=65535, or 0 for every port.
+        /// Example: 10.0.0.100
+        #[arg(value_parser = args::ipv4)]
+        address: Ipv4Addr,
+        /// 1..=65535, or 0 for every port. Example: 443
         port: u16,
-        #[arg(long, default_value = "tcp")]
-        protocol: String,
-        #[arg(long, default_value = "rr")]
-        scheduler: String,
-        #[arg(long, default_value = "dsr")]
-        forwarding: String,
+        /// tcp or udp.
+        #[arg(long, default_value = "tcp", value_parser = args::protocol)]
+        protocol: Protocol,
+        /// rr (weighted round-robin), maglev (consistent hashing) or wlc
+        /// (weighted least-connections).
+        #[arg(long, default_value = "rr", value_parser = args::scheduler)]
+        scheduler: Scheduler,
+        /// How packets reach the backends: dsr (the only mode today).
+        #[arg(long, default_value = "dsr", value_parser = args::forwarding)]
+        forwarding: Forwarding,
+        /// Slots of the Maglev table, a prime (default 65537); with
+        /// --scheduler maglev. Example: --maglev-table-size 251
+        #[arg(long, value_parser = args::maglev_table_size)]
+        maglev_table_size: Option<u32>,
+        /// Source affinity: a client's new connections go to its previous
+        /// backend for this long after its latest one ("300s", "5m", "1h").
+        /// Needs a daemon started with a source-affinity table.
+        #[arg(long, value_name = "DURATION", value_parser = args::duration_s)]
+        persistence: Option<u32>,
+        #[command(flatten)]
+        health: HealthArgs,
+        /// Print the daemon's answer as JSON (docs/JSON.md).
         #[arg(long)]
         json: bool,
     },
     /// Remove a VIP; established flows of its backends finish.
     Remove {
+        /// The VIP's name. Example: web
         name: String,
+        /// Print the daemon's answer as JSON (docs/JSON.md).
         #[arg(long)]
         json: bool,
     },
     /// Forget the source-affinity choices of a VIP (of every VIP without
     /// NAME): each client's next new connection is scheduled afresh.
     PurgeAffinity {
+        /// The VIP's name (none: every VIP). Example: web
         name: Option<String>,
+        /// Print the daemon's answer as JSON (docs/JSON.md).
         #[arg(long)]
         json: bool,
     },
+}
+
+impl VipCmd {
+    pub fn json(&self) -> bool {
+        match self {
+            VipCmd::Add { json, .. }
+            | VipCmd::Remove { json, .. }
+            | VipCmd::PurgeAffinity { json, .. } => *json,
+        }
+    }
 }
 
 pub fn vip(socket: &Path, cmd: VipCmd) -> anyhow::Result<()> {
@@ -48,16 +85,23 @@ pub fn vip(socket: &Path, cmd: VipCmd) -> anyhow::Result<()> {
             protocol,
             scheduler,
             forwarding,
+            maglev_table_size,
+            persistence,
+            health,
             json,
         } => {
-            let line = format!("VIP {name} added: {address}:{port}/{protocol}");
+            let health = health.spec().map_err(super::exit::UsageError)?;
+            let line = format!("VIP {name} added: {address}:{port}/{}", protocol.name());
             let request = Request::VipAdd {
                 name,
                 address,
                 port,
-                protocol: Some(protocol),
-                scheduler: Some(scheduler),
-                forwarding: Some(forwarding),
+                protocol,
+                scheduler,
+                forwarding,
+                maglev_table_size,
+                persistence_timeout_s: persistence,
+                health,
             };
             super::change(socket, request, json, line)
         }

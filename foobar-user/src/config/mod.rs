@@ -28,6 +28,8 @@ struct RawConfig {
     api: RawApi,
     #[serde(default)]
     metrics: RawMetrics,
+    #[serde(default)]
+    log: RawLog,
     #[serde(default, rename = "vip")]
     vips: Vec<RawVip>,
     #[serde(default)]
@@ -44,6 +46,23 @@ struct RawApi {
 #[serde(deny_unknown_fields)]
 struct RawMetrics {
     listen: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<String>,
+    format: Option<String>,
+}
+
+/// `[log]`: how `foobar run` logs (read at start; `FOOBAR_LOG` and
+/// `--log-format` override).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogConfig {
+    /// A tracing filter: "info", "debug", "foobar=debug,info"...
+    pub level: Option<String>,
+    /// None: text, or what `--log-format` says.
+    pub format: Option<crate::logging::LogFormat>,
 }
 
 /// Health-check keys; at VIP level they are the defaults of its backends,
@@ -168,6 +187,7 @@ pub struct Config {
     /// VRRP instances holding the VIPs' addresses (none: this node holds
     /// them however the operator arranged).
     pub vrrp: Vec<VrrpInstance>,
+    pub log: LogConfig,
 }
 
 pub const DEFAULT_SOCKET: &str = "/run/foobar/foobar.sock";

@@ -146,6 +146,7 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
     for (key, message) in vrrp_problems {
         p.add(key, message);
     }
+    let log = validate_log(&raw.log, &mut p);
     match (datapath, p.0.is_empty()) {
         (Some(datapath), true) => Ok(Config {
             datapath,
@@ -153,8 +154,36 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
             metrics_listen,
             vips,
             vrrp,
+            log,
         }),
         _ => Err(p.0),
+    }
+}
+
+fn validate_log(raw: &RawLog, p: &mut Problems) -> LogConfig {
+    if let Some(level) = &raw.level {
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(level) {
+            p.add(
+                "log.level",
+                format!("{level:?} is not a log level or filter ({e}); use e.g. \"info\", \"debug\" or \"foobar=debug,info\""),
+            );
+        }
+    }
+    let format = match raw.format.as_deref() {
+        None => None,
+        Some("text") => Some(crate::logging::LogFormat::Text),
+        Some("json") => Some(crate::logging::LogFormat::Json),
+        Some(other) => {
+            p.add(
+                "log.format",
+                format!("\"{other}\" is not a log format; use \"text\" or \"json\""),
+            );
+            None
+        }
+    };
+    LogConfig {
+        level: raw.level.clone(),
+        format,
     }
 }
 

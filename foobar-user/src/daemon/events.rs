@@ -21,11 +21,11 @@ impl Owner {
         let task = tokio::spawn(health::run_checker(
             id,
             self.next_epoch,
-            b.spec.address,
-            port,
+            std::net::SocketAddrV4::new(b.spec.address, port),
             b.spec.health.clone(),
             b.up,
             self.health_tx.clone(),
+            self.health_board.clone(),
         ));
         if let Some((_, old)) = self.checkers.insert(id, (self.next_epoch, task)) {
             old.abort();
@@ -36,6 +36,7 @@ impl Owner {
         if let Some((_, task)) = self.checkers.remove(&id) {
             task.abort();
         }
+        self.health_board.close(id);
     }
 
     pub(super) fn on_health(&mut self, t: Transition) {
@@ -53,7 +54,12 @@ impl Owner {
         let to = if t.up { "up" } else { "down" };
         match self.datapath.apply(&self.state.plan()) {
             Ok(()) => {
-                info!(vip = %vip, backend = %address, state = to, reason = %t.reason, "health changed");
+                // Down is what an operator must see (WARN); up is news (INFO).
+                if t.up {
+                    info!(vip = %vip, backend = %address, state = to, reason = %t.reason, "health changed");
+                } else {
+                    warn!(vip = %vip, backend = %address, state = to, reason = %t.reason, "health changed");
+                }
                 // Saved so that a restart starts the backend in this state.
                 if let Err(e) = self.save() {
                     warn!(vip = %vip, backend = %address, file = %self.state_file.display(), %e, "health change not saved: a restart starts the backend in its earlier state");

@@ -96,6 +96,8 @@ pub struct Owner {
     next_epoch: u64,
     health_tx: mpsc::Sender<Transition>,
     health_rx: mpsc::Receiver<Transition>,
+    /// Every check's latest result, written by the checkers.
+    health_board: crate::health::Board,
     rates: Rates,
     flow_entries: usize,
     /// The last walk found the table at FLOW_TABLE_WARN of its capacity.
@@ -184,6 +186,7 @@ impl Owner {
             next_epoch: 0,
             health_tx,
             health_rx,
+            health_board: Default::default(),
             rates: Rates::default(),
             flow_entries: 0,
             flow_table_near_full: false,
@@ -301,8 +304,8 @@ impl Owner {
         loop {
             tokio::select! {
                 signal = &mut shutdown => return signal,
-                Some((request, reply)) = api_rx.recv() => {
-                    let response = self.handle(request).await;
+                Some((request, caller, reply)) = api_rx.recv() => {
+                    let response = self.handle(request, caller).await;
                     let _ = reply.send(response);
                 }
                 Some(t) = self.health_rx.recv() => self.on_health(t),

@@ -23,6 +23,9 @@ impl Owner {
                     .map(|b| {
                         let (bpps, bbps) = rate(&self.rates.backends, b.id);
                         let c = stats.as_ref().map(|s| s.backend(b.id)).unwrap_or_default();
+                        let record = self.health_board.get(b.id);
+                        let now = std::time::Instant::now();
+                        let latest = record.as_ref().and_then(|r| r.last.clone());
                         json!({
                             "address": b.spec.address,
                             "id": b.id,
@@ -30,9 +33,26 @@ impl Owner {
                             "weight": b.spec.weight,
                             "admin": b.spec.admin.name(),
                             "health": if b.up && b.mac.is_some() { "up" } else { "down" },
-                            "last_check": match b.mac {
-                                Some(_) => b.last_check.clone(),
-                                None => self.no_mac_reason(v.spec.vlan, &v.spec.name, b.spec.address),
+                            "health_since_s": record.as_ref().map(|r| now.duration_since(r.since).as_secs_f64()),
+                            // The latest check, not only the one that
+                            // changed the health; a missing MAC says why.
+                            "last_check": match (b.mac, &latest) {
+                                (None, _) => self.no_mac_reason(v.spec.vlan, &v.spec.name, b.spec.address),
+                                (Some(_), Some(l)) => l.text.clone(),
+                                (Some(_), None) => b.last_check.clone(),
+                            },
+                            "check": match (&record, &latest) {
+                                (Some(r), Some(l)) => json!({
+                                    "result": l.result.name(),
+                                    "duration_ms": l.duration.as_secs_f64() * 1e3,
+                                    "age_s": now.duration_since(l.at).as_secs_f64(),
+                                    "consecutive_failures": r.consecutive_failures,
+                                    "passed": r.results[health::CheckResult::Passed as usize],
+                                    "failed": r.results[health::CheckResult::Failed as usize],
+                                    "not_run": r.results[health::CheckResult::NotRun as usize],
+                                    "transitions": r.transitions,
+                                }),
+                                _ => serde_json::Value::Null,
                             },
                             "mac": mac_text(b.mac),
                             "packets": c.packets,
@@ -149,6 +169,9 @@ impl Owner {
                     bytes: c.bytes,
                     up: b.up && b.mac.is_some(),
                     enabled: b.spec.admin == Admin::Enabled,
+                    weight: b.spec.weight,
+                    active_flows: u64::from(self.state.active(b.id)),
+                    checks: self.health_board.get(b.id),
                 });
             }
         }

@@ -1,14 +1,11 @@
 //! Control requests: dispatch, and `transact` (save, then apply; roll
 //! back both on failure).
-use std::net::Ipv4Addr;
-
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::Owner;
 use crate::{
-    api::{Request, Response},
-    config::{Forwarding, Protocol, Scheduler},
+    api::{Caller, ErrorKind, Request, Response},
     state::{Admin, BackendSpec, State, StateError, VipSpec},
 };
 
@@ -85,35 +82,57 @@ impl Owner {
         Ok(result)
     }
 
-    pub(super) async fn handle(&mut self, request: Request) -> Response {
-        let op = request_name(&request);
-        let changes = !matches!(request, Request::Status | Request::Stats);
-        let result = self.dispatch(request).await;
+    /// Answers one control request; logs it with who sent it (`uid`):
+    /// changes at INFO when applied and WARN when refused, reads at DEBUG.
+    pub(super) async fn handle(&mut self, request: Request, caller: Caller) -> Response {
+        let op = request.name();
+        let changes = request.changes();
+        let result = match request.validate() {
+            Ok(()) => self.dispatch(request).await,
+            Err(message) => Err((ErrorKind::Refused, message)),
+        };
         match result {
             Ok(mut value) => {
                 if changes {
-                    info!(op, result = %value, "control request applied");
+                    info!(uid = %caller, op, result = %value, "control request applied");
                     // A change applied but not saved says so in its answer.
                     if let (Some(warning), Some(map)) = (&self.unsaved, value.as_object_mut()) {
                         map.insert("warning".into(), json!(warning));
                     }
+                } else {
+                    debug!(uid = %caller, op, "control request answered");
                 }
                 Response::ok(value)
             }
-            Err(message) => {
+            Err((kind, message)) => {
                 if changes {
-                    warn!(op, error = %message, "control request refused");
+                    warn!(uid = %caller, op, error = %message, "control request refused");
+                } else {
+                    debug!(uid = %caller, op, error = %message, "control request refused");
                 }
-                Response::error(message)
+                Response::failed(kind, message)
             }
         }
     }
 
-    pub(super) async fn dispatch(&mut self, request: Request) -> Result<serde_json::Value, String> {
+    pub(super) async fn dispatch(
+        &mut self,
+        request: Request,
+    ) -> Result<serde_json::Value, (ErrorKind, String)> {
+        let refused = |message: String| (ErrorKind::Refused, message);
         match request {
             Request::Status => Ok(self.status()),
-            Request::Reload => self.reload(),
-            Request::Stats => self.stats_json(),
+            Request::Reload => {
+                // A config with problems is told apart from a refused
+                // change: the client exits with its own code.
+                if let Some(path) = &self.config_path {
+                    if let Err(e) = crate::config::load(path) {
+                        return Err((ErrorKind::ConfigInvalid, e.to_string()));
+                    }
+                }
+                self.reload().map_err(refused)
+            }
+            Request::Stats => self.stats_json().map_err(refused),
             Request::VipAdd {
                 name,
                 address,
@@ -121,35 +140,46 @@ impl Owner {
                 protocol,
                 scheduler,
                 forwarding,
+                maglev_table_size,
+                persistence_timeout_s,
+                health,
             } => {
+                let maglev_table_size =
+                    maglev_table_size.unwrap_or(crate::maglev::DEFAULT_TABLE_SIZE);
+                if persistence_timeout_s.is_some() && !self.affinity_table {
+                    return Err(refused(format!(
+                        "VIP {name}: persistence needs the source-affinity table, which this \
+                         daemon started without (no VIP had persistence); restart foobar with \
+                         datapath.affinity_table_size set, or add the VIP without persistence"
+                    )));
+                }
                 let spec = VipSpec {
                     name: name.clone(),
-                    address: parse_ipv4(&address)?,
+                    address,
                     port,
-                    protocol: Protocol::parse(protocol.as_deref().unwrap_or("tcp"))
-                        .map_err(|e| format!("protocol: {e}"))?,
-                    scheduler: Scheduler::parse(scheduler.as_deref().unwrap_or("rr"))
-                        .map_err(|e| format!("scheduler: {e}"))?,
-                    maglev_table_size: crate::maglev::DEFAULT_TABLE_SIZE,
-                    affinity_timeout_s: None,
-                    forwarding: Forwarding::parse(forwarding.as_deref().unwrap_or("dsr"))
-                        .map_err(|e| format!("forwarding: {e}"))?,
+                    protocol,
+                    scheduler,
+                    maglev_table_size,
+                    affinity_timeout_s: persistence_timeout_s,
+                    forwarding,
                     vlan: None,
                     pass_closed_ports: false,
-                    health: Default::default(),
+                    health: health.unwrap_or_default(),
                 };
-                let id = self.transact(|s| s.add_vip(spec))?;
+                let id = self.transact(|s| s.add_vip(spec)).map_err(refused)?;
                 Ok(json!({ "vip": name, "id": id }))
             }
             Request::AffinityPurge { vip } => {
                 let vip_id = match &vip {
-                    Some(name) => Some(self.state.vip(name).map_err(|e| e.to_string())?.id),
+                    Some(name) => {
+                        Some(self.state.vip(name).map_err(|e| refused(e.to_string()))?.id)
+                    }
                     None => None,
                 };
                 let purged = self
                     .datapath
                     .purge_affinity(vip_id)
-                    .map_err(|e| format!("purging the affinity table: {e}"))?;
+                    .map_err(|e| refused(format!("purging the affinity table: {e}")))?;
                 info!(
                     vip = vip.as_deref().unwrap_or("*"),
                     purged, "source-affinity entries purged"
@@ -157,7 +187,7 @@ impl Owner {
                 Ok(json!({ "vip": vip, "purged": purged }))
             }
             Request::VipRemove { name } => {
-                let vip = self.transact(|s| s.remove_vip(&name))?;
+                let vip = self.transact(|s| s.remove_vip(&name)).map_err(refused)?;
                 for b in &vip.backends {
                     self.stop_checker(b.id);
                 }
@@ -168,15 +198,14 @@ impl Owner {
                 address,
                 weight,
             } => {
-                let address = parse_ipv4(&address)?;
                 let spec = BackendSpec {
                     address,
-                    weight: weight.unwrap_or(1),
+                    weight,
                     admin: Admin::Enabled,
                     health: self
                         .state
                         .vip(&vip)
-                        .map_err(|e| e.to_string())?
+                        .map_err(|e| refused(e.to_string()))?
                         .spec
                         .health
                         .clone(),
@@ -185,7 +214,9 @@ impl Owner {
                 // not, the neighbour watcher resolves it in the background
                 // (the backend takes traffic once it has a MAC).
                 let mac = self.state.mac_of(address);
-                let id = self.transact(|s| s.add_backend(&vip, spec, mac))?;
+                let id = self
+                    .transact(|s| s.add_backend(&vip, spec, mac))
+                    .map_err(refused)?;
                 self.start_checker(id);
                 Ok(json!({
                     "vip": vip,
@@ -199,13 +230,12 @@ impl Owner {
                 address,
                 force,
             } => {
-                let address = parse_ipv4(&address)?;
                 // The last backend taking new flows: without it the VIP
                 // black-holes them, so only on purpose (--force).
                 let serving = |b: &crate::state::BackendState| {
                     b.spec.admin == Admin::Enabled && b.spec.weight > 0
                 };
-                let v = self.state.vip(&vip).map_err(|e| e.to_string())?;
+                let v = self.state.vip(&vip).map_err(|e| refused(e.to_string()))?;
                 let last = v
                     .backends
                     .iter()
@@ -215,14 +245,16 @@ impl Owner {
                         .iter()
                         .any(|b| b.spec.address != address && serving(b));
                 if last && !force {
-                    return Err(format!(
+                    return Err(refused(format!(
                         "{address} is the last backend of VIP {vip} that takes new flows: \
                          without it the VIP drops its new traffic. Add or enable another \
                          backend first, remove the VIP (foobar vip remove {vip}), or repeat \
                          with --force"
-                    ));
+                    )));
                 }
-                let b = self.transact(|s| s.remove_backend(&vip, address))?;
+                let b = self
+                    .transact(|s| s.remove_backend(&vip, address))
+                    .map_err(refused)?;
                 self.stop_checker(b.id);
                 if last {
                     warn!(vip = %vip, backend = %address, "last backend removed (--force): the VIP drops its new traffic");
@@ -232,13 +264,13 @@ impl Owner {
                 )
             }
             Request::BackendDrain { vip, address } => {
-                let address = parse_ipv4(&address)?;
-                self.transact(|s| s.set_admin(&vip, address, Admin::Drained))?;
+                self.transact(|s| s.set_admin(&vip, address, Admin::Drained))
+                    .map_err(refused)?;
                 Ok(json!({ "vip": vip, "backend": address, "admin": "drained" }))
             }
             Request::BackendEnable { vip, address } => {
-                let address = parse_ipv4(&address)?;
-                self.transact(|s| s.set_admin(&vip, address, Admin::Enabled))?;
+                self.transact(|s| s.set_admin(&vip, address, Admin::Enabled))
+                    .map_err(refused)?;
                 Ok(json!({ "vip": vip, "backend": address, "admin": "enabled" }))
             }
             Request::BackendWeight {
@@ -246,8 +278,8 @@ impl Owner {
                 address,
                 weight,
             } => {
-                let address = parse_ipv4(&address)?;
-                self.transact(|s| s.set_weight(&vip, address, weight))?;
+                self.transact(|s| s.set_weight(&vip, address, weight))
+                    .map_err(refused)?;
                 Ok(json!({ "vip": vip, "backend": address, "weight": weight }))
             }
         }
@@ -270,26 +302,4 @@ impl Owner {
             .unwrap_or(0);
         (vips as usize, backends as usize)
     }
-}
-
-pub(super) fn request_name(r: &Request) -> &'static str {
-    match r {
-        Request::Reload => "reload",
-        Request::Status => "status",
-        Request::Stats => "stats",
-        Request::VipAdd { .. } => "vip add",
-        Request::VipRemove { .. } => "vip remove",
-        Request::AffinityPurge { .. } => "vip purge-affinity",
-        Request::BackendAdd { .. } => "backend add",
-        Request::BackendRemove { .. } => "backend remove",
-        Request::BackendDrain { .. } => "backend drain",
-        Request::BackendEnable { .. } => "backend enable",
-        Request::BackendWeight { .. } => "backend weight",
-    }
-}
-
-/// An IPv4 address, or an error that says what was expected.
-pub fn parse_ipv4(text: &str) -> Result<Ipv4Addr, String> {
-    text.parse()
-        .map_err(|_| format!("\"{text}\" is not an IPv4 address (for example 10.0.0.11)"))
 }

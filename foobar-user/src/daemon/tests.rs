@@ -107,11 +107,14 @@ async fn a_refused_change_leaves_state_file_and_maps_as_they_were() {
         .collect();
 
     let response = owner
-        .handle(Request::BackendAdd {
-            vip: "big".into(),
-            address: "10.0.0.1".into(),
-            weight: None,
-        })
+        .handle(
+            Request::BackendAdd {
+                vip: "big".into(),
+                address: "10.0.0.1".parse().unwrap(),
+                weight: 1,
+            },
+            crate::api::Caller::Uid(0),
+        )
         .await;
     let file_after = std::fs::read_to_string(&state_file).unwrap();
     let entries_after: Vec<_> = (0..4)
@@ -177,10 +180,13 @@ async fn an_emergency_drain_reaches_the_datapath_when_the_state_cannot_be_saved(
     assert!(new_flows(&owner, 0));
 
     let response = owner
-        .handle(Request::BackendDrain {
-            vip: "web".into(),
-            address: "10.0.0.1".into(),
-        })
+        .handle(
+            Request::BackendDrain {
+                vip: "web".into(),
+                address: "10.0.0.1".parse().unwrap(),
+            },
+            crate::api::Caller::Uid(0),
+        )
         .await;
     assert!(response.ok, "{response:?}");
     let warning = response.result.unwrap()["warning"]
@@ -194,11 +200,14 @@ async fn an_emergency_drain_reaches_the_datapath_when_the_state_cannot_be_saved(
     assert!(!state_file.exists());
 
     let response = owner
-        .handle(Request::BackendWeight {
-            vip: "web".into(),
-            address: "10.0.0.2".into(),
-            weight: 0,
-        })
+        .handle(
+            Request::BackendWeight {
+                vip: "web".into(),
+                address: "10.0.0.2".parse().unwrap(),
+                weight: 0,
+            },
+            crate::api::Caller::Uid(0),
+        )
         .await;
     assert!(response.ok, "{response:?}");
     assert!(!new_flows(&owner, 1), "weight 0 reached the datapath");

@@ -1,12 +1,14 @@
 //! Backend health: a pure rise/fall tracker (HAProxy's semantics) and the
 //! probes (TCP connect, HTTP GET) that feed it. A checker task per backend
-//! reports transitions to the daemon's state owner; it never touches maps.
+//! reports transitions to the daemon's state owner and writes every
+//! result on the [`Board`]; it never touches maps.
 //! Checks go to the backend's own address, never to a VIP, so they never
 //! take the XDP program's VIP path.
+mod board;
 mod probe;
 
 use std::{
-    net::Ipv4Addr,
+    net::SocketAddrV4,
     sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
@@ -14,6 +16,7 @@ use std::{
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+pub use board::{Board, CheckResult, LastCheck, Record, DURATION_BUCKETS_S};
 pub use probe::{classify_connect_error, probe, Outcome};
 
 use crate::config::HealthSpec;
@@ -95,19 +98,22 @@ pub fn checks_not_run() -> u64 {
 }
 
 /// Runs checks of one backend forever (the owner aborts the task when the
-/// backend goes away); sends a `Transition` on every change of state.
+/// backend goes away); sends a `Transition` on every change of state and
+/// writes every result on `board`.
 /// A backend that starts up starts at the edge (`Tracker::starting`); one
 /// that was down when the daemon stopped (`up` false) needs `rise` good
 /// checks.
 pub async fn run_checker(
     backend_id: u32,
     epoch: u64,
-    address: Ipv4Addr,
-    port: u16,
+    target: SocketAddrV4,
     spec: HealthSpec,
     up: bool,
     tx: mpsc::Sender<Transition>,
+    board: Board,
 ) {
+    board.open(backend_id, epoch, up);
+    let (address, port) = (*target.ip(), target.port());
     let mut tracker = if up {
         Tracker::starting(&spec)
     } else {
@@ -121,6 +127,7 @@ pub async fn run_checker(
     let mut first = true;
     loop {
         ticker.tick().await;
+        let began = std::time::Instant::now();
         let outcome = probe(
             &spec.check,
             address,
@@ -128,9 +135,20 @@ pub async fn run_checker(
             Duration::from_millis(spec.timeout_ms),
         )
         .await;
+        let took = began.elapsed();
         let (ok, reason) = match outcome {
             Outcome::NotRun(why) => {
                 CHECKS_NOT_RUN.fetch_add(1, Ordering::Relaxed);
+                let up = tracker.is_up();
+                board.record(
+                    backend_id,
+                    epoch,
+                    CheckResult::NotRun,
+                    &why,
+                    took,
+                    up,
+                    false,
+                );
                 if not_run == 0 {
                     warn!(backend = %address, reason = %why, "health check could not run (a local problem, not the backend's); the backend keeps its state");
                 }
@@ -148,6 +166,21 @@ pub async fn run_checker(
         // first success settles it without a change, and the owner shows
         // that result instead of "not checked yet".
         let changed = tracker.record(ok);
+        let result = if ok {
+            CheckResult::Passed
+        } else {
+            CheckResult::Failed
+        };
+        let up = tracker.is_up();
+        board.record(
+            backend_id,
+            epoch,
+            result,
+            &reason,
+            took,
+            up,
+            changed.is_some(),
+        );
         let report = changed.or(first.then(|| tracker.is_up()));
         first = false;
         if let Some(up) = report {

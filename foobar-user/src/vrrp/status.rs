@@ -133,11 +133,12 @@ pub fn render_text(list: &Value) -> String {
         };
         out.push_str(&format!(
             "{:<5} {:<10} {:<10} {:>4} {:>4}  {:<24} {:>9}  {}\n",
-            v["vrid"],
+            // Values as strings: serde_json's Display ignores widths.
+            v["vrid"].to_string(),
             v["interface"].as_str().unwrap_or("?"),
             v["state"].as_str().unwrap_or("?"),
-            v["priority"],
-            v["configured_priority"],
+            v["priority"].to_string(),
+            v["configured_priority"].to_string(),
             master,
             since,
             transition,
@@ -281,11 +282,11 @@ pub fn register_metrics(registry: &mut Registry, statuses: &[Status]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::vrrp::{machine::Cause, track::Weights};
 
-    fn status() -> Status {
+    pub(crate) fn status() -> Status {
         let spec = Spec {
             iface: "eth0".into(),
             vrid: 51,
