@@ -44,6 +44,12 @@ pub struct BackendSample {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+    revision: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: String,
 }
@@ -72,6 +78,19 @@ pub fn render(s: &Snapshot) -> String {
         registry.register(name, help, f.clone());
         f
     };
+
+    let build_info = Family::<BuildLabels, Gauge>::default();
+    registry.register(
+        "build_info",
+        "Always 1: the version and git revision of the running foobar",
+        build_info.clone(),
+    );
+    build_info
+        .get_or_create(&BuildLabels {
+            version: crate::build_info::VERSION.to_owned(),
+            revision: crate::build_info::REVISION.to_owned(),
+        })
+        .set(1);
 
     let reason_packets = Family::<ReasonLabels, Counter>::default();
     let reason_bytes = Family::<ReasonLabels, Counter>::default();
@@ -347,6 +366,21 @@ mod tests {
             );
         }
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn build_info_names_version_and_revision() {
+        let text = render(&Snapshot::default());
+        let line = format!(
+            "foobar_build_info{{version=\"{}\",revision=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            env!("FOOBAR_GIT_REVISION")
+        );
+        assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+        assert!(
+            text.lines().any(|l| l.starts_with("# HELP foobar_build_info ")),
+            "{text}"
+        );
     }
 
     /// A metrics server on 127.0.0.1 with `limits` and a fake owner.

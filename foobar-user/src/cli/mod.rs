@@ -18,7 +18,7 @@ use clap::{Parser, Subcommand};
 use crate::api::{self, Request};
 
 #[derive(Debug, Parser)]
-#[command(name = "foobar", version, about = "XDP layer-4 load balancer")]
+#[command(name = "foobar", version = crate::build_info::LONG_VERSION, about = "XDP layer-4 load balancer")]
 pub struct Cli {
     /// The daemon's control socket.
     #[arg(long, global = true, env = "FOOBAR_SOCKET", default_value = crate::config::DEFAULT_SOCKET)]

@@ -43,6 +43,12 @@ pub struct RunArgs {
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     init_logging();
+    info!(
+        version = crate::build_info::VERSION,
+        revision = crate::build_info::REVISION,
+        config = %args.config.display(),
+        "foobar starting"
+    );
     // The same entry point as `foobar check`: what one accepts, so does the other.
     let (config, text) = config::load_with_text(&args.config)?;
     let iface = args
