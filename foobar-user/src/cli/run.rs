@@ -1,5 +1,5 @@
 //! `foobar run`: validate the config, restore runtime changes from the
-//! state file, resolve backend MACs, load the datapath with its maps pinned
+//! state file (in /var/lib/foobar unless told otherwise), resolve backend MACs, load the datapath with its maps pinned
 //! in bpffs — adopting the pinned maps and link of an earlier run on the
 //! same interface, if any — reconcile and attach it, then serve the control
 //! API, metrics and health checks until SIGINT or SIGTERM (SIGHUP reloads
@@ -24,10 +24,19 @@ use crate::{
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Config file (TOML; see examples/foobar.toml). Runtime changes are
-    /// kept next to it, in NAME.state.json.
+    /// Config file (TOML; see examples/foobar.toml).
     #[arg(long, short, default_value = super::DEFAULT_CONFIG)]
     pub config: PathBuf,
+    /// Directory of the state file (runtime changes, kept as
+    /// NAME.state.json for config NAME.toml; created 0700 if missing).
+    /// Default: $STATE_DIRECTORY (set by systemd's StateDirectory=), else
+    /// /var/lib/foobar. Example: --state-dir /var/lib/foobar
+    #[arg(long, env = "FOOBAR_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The state file itself, instead of DIR/NAME.state.json (wins over
+    /// --state-dir). Its directory must be writable by root only.
+    #[arg(long, value_name = "PATH")]
+    pub state_file: Option<PathBuf>,
     /// Interface to attach to; overrides `datapath.interface`.
     #[arg(long)]
     pub iface: Option<String>,
@@ -66,7 +75,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let ifindex = nix::net::if_::if_nametoindex(iface.as_str())
         .map_err(|_| anyhow::anyhow!("interface {iface} does not exist (see `ip link`)"))?;
-    let state_file = daemon::state_file_for(&args.config);
+    let state_file = state_file_path(&args);
+    prepare_state_dir(&state_file);
+    info!(file = %state_file.display(), "state file");
     let digest = daemon::config_digest(&text);
     // Never fails: a bad state file is kept aside and the config used.
     let (saved, _) = state_file::restore(&config, &state_file, &digest);
@@ -277,6 +288,50 @@ async fn serve(
     Ok(())
 }
 
+/// Where runtime state lives when neither --state-dir nor --state-file is
+/// given and systemd sets no $STATE_DIRECTORY.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/foobar";
+
+/// --state-file, else NAME.state.json in --state-dir, $STATE_DIRECTORY (its
+/// first entry) or DEFAULT_STATE_DIR.
+fn state_file_path(args: &RunArgs) -> PathBuf {
+    if let Some(file) = &args.state_file {
+        return file.clone();
+    }
+    let dir = args.state_dir.clone().unwrap_or_else(|| {
+        std::env::var_os("STATE_DIRECTORY")
+            .and_then(|v| {
+                v.to_str()
+                    .and_then(|s| s.split(':').next())
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from)
+            })
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+    });
+    daemon::state_file_for(&dir, &args.config)
+}
+
+/// Creates the state file's directory (0700, root's) when it is missing, as
+/// systemd's StateDirectory= does; a failure is logged, never fatal: the
+/// daemon serves and says at every change that it is not kept.
+fn prepare_state_dir(state_file: &std::path::Path) {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let Some(dir) = state_file.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return;
+    };
+    if dir.exists() {
+        return;
+    }
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
+        Ok(()) => info!(dir = %dir.display(), "created the state directory"),
+        Err(err) => warn!(dir = %dir.display(), %err, "cannot create the state directory"),
+    }
+}
+
 /// The interface's own MAC: the only destination the datapath serves and
 /// the source of every frame it sends. Asked of the kernel through
 /// getifaddrs, not sysfs: under `nsenter --net` /sys still shows the
@@ -428,5 +483,48 @@ async fn warn_if_link_mode_differs(ifindex: u32, iface: &str, configured: Attach
         ),
         Ok(_) => {}
         Err(err) => warn!(iface, %err, "cannot read the adopted XDP link's mode"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn args(extra: &[&str]) -> RunArgs {
+        let cli = crate::cli::Cli::try_parse_from(
+            ["foobar", "run", "--config", "/etc/foobar/lb1.toml"]
+                .iter()
+                .chain(extra),
+        )
+        .unwrap();
+        match cli.command {
+            crate::cli::Command::Run(a) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_state_file_is_named_after_the_config_in_the_state_dir() {
+        // FOOBAR_STATE_DIR / STATE_DIRECTORY from the test's environment
+        // would change the default: only the explicit forms are checked
+        // when they are set.
+        if std::env::var_os("FOOBAR_STATE_DIR").is_none()
+            && std::env::var_os("STATE_DIRECTORY").is_none()
+        {
+            assert_eq!(
+                state_file_path(&args(&[])),
+                PathBuf::from("/var/lib/foobar/lb1.state.json")
+            );
+        }
+        assert_eq!(
+            state_file_path(&args(&["--state-dir", "/srv/lb"])),
+            PathBuf::from("/srv/lb/lb1.state.json")
+        );
+        assert_eq!(
+            state_file_path(&args(&["--state-dir", "/srv/lb", "--state-file", "/x/s.json"])),
+            PathBuf::from("/x/s.json")
+        );
     }
 }
