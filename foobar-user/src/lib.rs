@@ -2,6 +2,7 @@
 //! over it, and the tests and the lab drive the same code.
 pub mod api;
 pub mod build_info;
+pub mod caps;
 pub mod cli;
 pub mod config;
 pub mod daemon;

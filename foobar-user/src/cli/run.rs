@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::{
-    api,
+    api, caps,
     config::{self, Config},
     daemon::{self, Owner, NEIGH_TIMEOUT},
     datapath::{AttachMode, Datapath, LoadOptions, PinDir, Stats, DEFAULT_PIN_ROOT},
@@ -70,9 +70,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(_) => AttachMode::Native,
         None => config.datapath.xdp_mode,
     };
-    if !nix::unistd::geteuid().is_root() {
-        bail!("foobar run needs root (to load XDP programs and write BPF maps): run it with sudo");
-    }
+    check_capabilities(!config.vrrp.is_empty())?;
     let ifindex = nix::net::if_::if_nametoindex(iface.as_str())
         .map_err(|_| anyhow::anyhow!("interface {iface} does not exist (see `ip link`)"))?;
     let state_file = state_file_path(&args);
@@ -233,7 +231,11 @@ async fn serve(
         );
     }
 
-    let (api_tx, api_rx) = mpsc::channel(16);
+    // Requests reach the owner through a relay that tells systemd when a
+    // reload (API or SIGHUP) starts and ends.
+    let (owner_tx, api_rx) = mpsc::channel(16);
+    let (api_tx, relay_rx) = mpsc::channel(16);
+    let relay_task = tokio::spawn(notify_reloads(relay_rx, owner_tx));
     let (metrics_tx, metrics_rx) = mpsc::channel(4);
     let reload_task = tokio::spawn(reload_on_sighup(hangup, api_tx.clone()));
     let api_task = tokio::spawn(api::serve(api_listener, api_tx));
@@ -259,18 +261,35 @@ async fn serve(
         );
     }
 
+    // Type=notify: the unit is started only now that the program is
+    // attached, the maps written and the control socket answers.
+    let status = format!(
+        "forwarding on {iface} ({} mode), {} VIPs",
+        mode.name(),
+        owner.state.vips().len()
+    );
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&status),
+    ]);
+
     let signal = owner
         .run(api_rx, metrics_rx, async {
             wait_for_shutdown().await.unwrap_or("signal handler failed")
         })
         .await;
     info!(signal, "shutting down");
+    notify(&[
+        sd_notify::NotifyState::Stopping,
+        sd_notify::NotifyState::Status("stopping; the XDP program stays attached"),
+    ]);
     // The peer takes over after its Skew_Time, not Master_Down_Interval.
     if let Some(vrrp) = owner.vrrp.take() {
         vrrp.stop(std::time::Duration::from_secs(2)).await;
     }
     api_task.abort();
     reload_task.abort();
+    relay_task.abort();
     if let Some(t) = metrics_task {
         t.abort();
     }
@@ -377,6 +396,64 @@ impl Drop for RemoveOnDrop {
         if std::fs::symlink_metadata(&self.0).is_ok_and(|m| m.file_type().is_socket()) {
             let _ = std::fs::remove_file(&self.0);
         }
+    }
+}
+
+/// Refuses to start without the capabilities the datapath needs (see
+/// `caps::missing_for_run`), naming the missing ones.
+fn check_capabilities(vrrp: bool) -> anyhow::Result<()> {
+    let have = caps::CapSet::effective()
+        .context("reading this process's capabilities (/proc/self/status)")?;
+    let missing = caps::missing_for_run(have, vrrp);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = missing.iter().map(|c| c.1).collect();
+    bail!(
+        "foobar run needs root or the capabilities CAP_SYS_ADMIN and CAP_NET_ADMIN{} \
+         (to load XDP programs, find their maps and attach them); missing: {}. Run it with \
+         sudo, or as the systemd unit (examples/foobar.service grants these)",
+        if vrrp { ", plus CAP_NET_RAW for VRRP" } else { "" },
+        names.join(", ")
+    )
+}
+
+/// Tells the service manager (`$NOTIFY_SOCKET`; nothing when unset, as
+/// outside systemd) about a state change. A failure is logged only.
+fn notify(state: &[sd_notify::NotifyState]) {
+    if let Err(err) = sd_notify::notify(state) {
+        warn!(%err, "cannot notify systemd ($NOTIFY_SOCKET)");
+    }
+}
+
+/// Passes control requests on to the owner; around each reload, tells
+/// systemd RELOADING=1 (with the monotonic time systemd ≥ 253 wants) and
+/// READY=1 when it is answered, whatever the answer.
+async fn notify_reloads(mut rx: mpsc::Receiver<api::Call>, owner: mpsc::Sender<api::Call>) {
+    while let Some((request, reply)) = rx.recv().await {
+        if !matches!(request, api::Request::Reload) {
+            if owner.send((request, reply)).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let mut states = vec![sd_notify::NotifyState::Reloading];
+        if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
+            states.push(now);
+        }
+        notify(&states);
+        let (tx, answer) = tokio::sync::oneshot::channel();
+        if owner.send((request, tx)).await.is_err() {
+            return;
+        }
+        // Later requests wait behind the reload, as they do at the owner.
+        if let Ok(response) = answer.await {
+            let _ = reply.send(response);
+        }
+        notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status("forwarding; config reloaded"),
+        ]);
     }
 }
 
