@@ -376,9 +376,13 @@ mod tests {
             env!("CARGO_PKG_VERSION"),
             env!("FOOBAR_GIT_REVISION")
         );
-        assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
         assert!(
-            text.lines().any(|l| l.starts_with("# HELP foobar_build_info ")),
+            text.lines().any(|l| l == line),
+            "missing {line:?} in:\n{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("# HELP foobar_build_info ")),
             "{text}"
         );
     }

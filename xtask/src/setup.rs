@@ -1,7 +1,8 @@
 //! `cargo xtask setup`: brings a machine to what foobar needs, checking
 //! each piece first so a second run is quick and changes nothing:
 //! the nightly toolchain's rust-src, a bpf-linker that really links a BPF
-//! object, and the Debian packages the lab and tests use.
+//! object, cargo-deb (`cargo xtask package`), and the Debian packages the
+//! lab and tests use.
 use std::{
     ffi::OsString,
     path::PathBuf,
@@ -33,9 +34,13 @@ const PACKAGES: &[(&str, &str)] = &[
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// cargo-deb for `cargo xtask package`: 3.8 needs rustc 1.85.
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
 pub fn run() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
+    cargo_deb()?;
     debian_packages()?;
     println!("xtask setup: everything is in place");
     Ok(())
@@ -177,6 +182,40 @@ fn probe_bpf_linker() -> Result<()> {
     // ELF magic, and e_machine 247 (EM_BPF) at offset 18.
     if elf.len() < 20 || &elf[..4] != b"\x7fELF" || u16::from_le_bytes([elf[18], elf[19]]) != 247 {
         bail!("linked something that is not a BPF ELF object");
+    }
+    Ok(())
+}
+
+/// Installs cargo-deb CARGO_DEB_VERSION unless `cargo deb --version`
+/// already reports it.
+pub fn cargo_deb() -> Result<()> {
+    let have = Command::new("cargo")
+        .args(["deb", "--version"])
+        .env("PATH", path_with_cargo_bin())
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if have.split_whitespace().any(|w| w == CARGO_DEB_VERSION) {
+        return Ok(());
+    }
+    println!("xtask setup: installing cargo-deb {CARGO_DEB_VERSION}");
+    let ok = Command::new("cargo")
+        .args([
+            "install",
+            "cargo-deb",
+            "--locked",
+            "--version",
+            CARGO_DEB_VERSION,
+        ])
+        .env("PATH", path_with_cargo_bin())
+        .status()
+        .context("running cargo install cargo-deb")?
+        .success();
+    if !ok {
+        bail!("cargo install cargo-deb --version {CARGO_DEB_VERSION} failed (see above)");
     }
     Ok(())
 }

@@ -5,6 +5,7 @@ mod backend;
 mod check;
 mod completions;
 mod detach;
+mod man;
 mod reload;
 mod run;
 mod stats;
@@ -52,6 +53,9 @@ pub enum Command {
     Backend(backend::BackendCmd),
     /// Print a shell completion script (bash, zsh, fish, ...).
     Completions(completions::CompletionsArgs),
+    /// Write the manual pages (foobar.1, foobar-SUBCOMMAND.1) into a
+    /// directory.
+    Man(man::ManArgs),
 }
 
 pub fn main(cli: Cli) -> anyhow::Result<()> {
@@ -65,6 +69,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Vip(cmd) => vip::vip(&cli.socket, cmd),
         Command::Backend(cmd) => backend::backend(&cli.socket, cmd),
         Command::Completions(args) => completions::completions(args),
+        Command::Man(args) => man::man(args),
     }
 }
 

@@ -413,7 +413,11 @@ fn check_capabilities(vrrp: bool) -> anyhow::Result<()> {
         "foobar run needs root or the capabilities CAP_SYS_ADMIN and CAP_NET_ADMIN{} \
          (to load XDP programs, find their maps and attach them); missing: {}. Run it with \
          sudo, or as the systemd unit (examples/foobar.service grants these)",
-        if vrrp { ", plus CAP_NET_RAW for VRRP" } else { "" },
+        if vrrp {
+            ", plus CAP_NET_RAW for VRRP"
+        } else {
+            ""
+        },
         names.join(", ")
     )
 }
@@ -600,7 +604,12 @@ mod tests {
             PathBuf::from("/srv/lb/lb1.state.json")
         );
         assert_eq!(
-            state_file_path(&args(&["--state-dir", "/srv/lb", "--state-file", "/x/s.json"])),
+            state_file_path(&args(&[
+                "--state-dir",
+                "/srv/lb",
+                "--state-file",
+                "/x/s.json"
+            ])),
             PathBuf::from("/x/s.json")
         );
     }
