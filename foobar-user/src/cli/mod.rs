@@ -2,6 +2,8 @@
 //! the others but `check` and `completions` talk to it over the control
 //! socket.
 mod backend;
+mod backend_check;
+mod backend_setup;
 mod check;
 mod completions;
 mod detach;
@@ -53,6 +55,12 @@ pub enum Command {
     Backend(backend::BackendCmd),
     /// Print a shell completion script (bash, zsh, fish, ...).
     Completions(completions::CompletionsArgs),
+    /// On a backend: write (and with --apply, apply) the sysctls and the
+    /// loopback VIP that direct server return needs.
+    BackendSetup(backend_setup::BackendSetupArgs),
+    /// On the LB: check that backends do not answer ARP for the VIP and do
+    /// accept traffic for it (ARP and TCP SYN probes; needs CAP_NET_RAW).
+    BackendCheck(backend_check::BackendCheckArgs),
     /// Write the manual pages (foobar.1, foobar-SUBCOMMAND.1) into a
     /// directory.
     Man(man::ManArgs),
@@ -70,6 +78,8 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Backend(cmd) => backend::backend(&cli.socket, cmd),
         Command::Completions(args) => completions::completions(args),
         Command::Man(args) => man::man(args),
+        Command::BackendSetup(args) => backend_setup::backend_setup(args),
+        Command::BackendCheck(args) => backend_check::backend_check(args),
     }
 }
 
