@@ -93,6 +93,12 @@ impl EncodeMetric for CountedHistogram {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+    revision: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: String,
 }
@@ -121,6 +127,19 @@ pub fn render(s: &Snapshot) -> String {
         registry.register(name, help, f.clone());
         f
     };
+
+    let build_info = Family::<BuildLabels, Gauge>::default();
+    registry.register(
+        "build_info",
+        "Always 1: the version and git revision of the running foobar",
+        build_info.clone(),
+    );
+    build_info
+        .get_or_create(&BuildLabels {
+            version: crate::build_info::VERSION.to_owned(),
+            revision: crate::build_info::REVISION.to_owned(),
+        })
+        .set(1);
 
     let reason_packets = Family::<ReasonLabels, Counter>::default();
     let reason_bytes = Family::<ReasonLabels, Counter>::default();

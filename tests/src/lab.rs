@@ -804,6 +804,7 @@ impl Lab {
             .args(["run", "--config"])
             .arg(&conf)
             .env("FOOBAR_PIN_ROOT", &self.pin_root)
+            .env("FOOBAR_STATE_DIR", &self.dir)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(log)

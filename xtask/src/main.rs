@@ -1,5 +1,6 @@
 //! `cargo xtask`: the project's own commands. `setup` installs what the
 //! build, the demo and the tests need, idempotently; the others run it first.
+mod package;
 mod setup;
 
 use std::{
@@ -60,6 +61,20 @@ enum Cmd {
     },
     /// Setup, build, and keep a lab with foobar running until Ctrl-C.
     Lab,
+    /// Build the Debian package (cargo-deb, installed if missing): binary,
+    /// systemd unit, /etc/foobar/foobar.toml, completions, man pages,
+    /// /var/lib/foobar. Prints the .deb's path.
+    Package {
+        /// Cargo profile of the binary ("dev" makes a quick test package).
+        #[arg(long, default_value = "release")]
+        profile: String,
+        /// Directory (or file name) for the .deb; default target/debian.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Package the binary already built for the profile.
+        #[arg(long)]
+        no_build: bool,
+    },
     /// Setup, build (release), and measure: per-packet cost next to a
     /// trivial XDP program, control-plane costs, the flow-table walk over
     /// 4 M entries (quiet and under churn), 1 000 000 fuzzed frames against
@@ -91,6 +106,16 @@ fn main() -> Result<()> {
         Cmd::Test { args } => test(&args),
         Cmd::Demo { requests } => lab(&["demo", "--requests", &requests.to_string()]),
         Cmd::Lab => lab(&["up"]),
+        Cmd::Package {
+            profile,
+            out,
+            no_build,
+        } => package::run(&package::Options {
+            profile,
+            out,
+            no_build,
+        })
+        .map(|_| ()),
         Cmd::Bench { quick } => bench(quick),
         Cmd::Fuzz {
             frames,

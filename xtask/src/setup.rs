@@ -1,7 +1,8 @@
 //! `cargo xtask setup`: brings a machine to what foobar needs, checking
 //! each piece first so a second run is quick and changes nothing:
 //! the nightly toolchain's rust-src, a bpf-linker that really links a BPF
-//! object, and the Debian packages the lab and tests use.
+//! object, cargo-deb (`cargo xtask package`), and the Debian packages the
+//! lab and tests use.
 use std::{
     ffi::OsString,
     path::PathBuf,
@@ -10,7 +11,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-/// Debian packages and the command each must provide.
+/// Debian packages and the command each must provide ("" for a library).
 const PACKAGES: &[(&str, &str)] = &[
     ("nginx", "nginx"),
     ("curl", "curl"),
@@ -29,13 +30,19 @@ const PACKAGES: &[(&str, &str)] = &[
     // The benchmark's peers: an HAProxy and an nftables load balancer.
     ("haproxy", "haproxy"),
     ("nftables", "nft"),
+    // The strict OpenMetrics parser the metrics tests feed the exposition to.
+    ("python3-prometheus-client", ""),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// cargo-deb for `cargo xtask package`: 3.8 needs rustc 1.85.
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
 pub fn run() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
+    cargo_deb()?;
     debian_packages()?;
     println!("xtask setup: everything is in place");
     Ok(())
@@ -181,10 +188,44 @@ fn probe_bpf_linker() -> Result<()> {
     Ok(())
 }
 
+/// Installs cargo-deb CARGO_DEB_VERSION unless `cargo deb --version`
+/// already reports it.
+pub fn cargo_deb() -> Result<()> {
+    let have = Command::new("cargo")
+        .args(["deb", "--version"])
+        .env("PATH", path_with_cargo_bin())
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if have.split_whitespace().any(|w| w == CARGO_DEB_VERSION) {
+        return Ok(());
+    }
+    println!("xtask setup: installing cargo-deb {CARGO_DEB_VERSION}");
+    let ok = Command::new("cargo")
+        .args([
+            "install",
+            "cargo-deb",
+            "--locked",
+            "--version",
+            CARGO_DEB_VERSION,
+        ])
+        .env("PATH", path_with_cargo_bin())
+        .status()
+        .context("running cargo install cargo-deb")?
+        .success();
+    if !ok {
+        bail!("cargo install cargo-deb --version {CARGO_DEB_VERSION} failed (see above)");
+    }
+    Ok(())
+}
+
 fn debian_packages() -> Result<()> {
     let missing: Vec<&str> = PACKAGES
         .iter()
-        .filter(|(pkg, cmd)| !installed(pkg) || !on_path(cmd))
+        .filter(|(pkg, cmd)| !installed(pkg) || (!cmd.is_empty() && !on_path(cmd)))
         .map(|(pkg, _)| *pkg)
         .collect();
     if missing.is_empty() {

@@ -3,10 +3,13 @@
 //! socket.
 mod args;
 mod backend;
+mod backend_check;
+mod backend_setup;
 mod check;
 mod completions;
 mod detach;
 pub mod exit;
+mod man;
 pub mod output;
 mod reload;
 mod run;
@@ -21,7 +24,7 @@ use clap::{Parser, Subcommand};
 use crate::api::{self, Request};
 
 #[derive(Debug, Parser)]
-#[command(name = "foobar", version, about = "XDP layer-4 load balancer")]
+#[command(name = "foobar", version = crate::build_info::LONG_VERSION, about = "XDP layer-4 load balancer")]
 pub struct Cli {
     /// The daemon's control socket.
     #[arg(long, global = true, env = "FOOBAR_SOCKET", default_value = crate::config::DEFAULT_SOCKET)]
@@ -59,6 +62,15 @@ pub enum Command {
     Backend(backend::BackendCmd),
     /// Print a shell completion script (bash, zsh, fish, ...).
     Completions(completions::CompletionsArgs),
+    /// On a backend: write (and with --apply, apply) the sysctls and the
+    /// loopback VIP that direct server return needs.
+    BackendSetup(backend_setup::BackendSetupArgs),
+    /// On the LB: check that backends do not answer ARP for the VIP and do
+    /// accept traffic for it (ARP and TCP SYN probes; needs CAP_NET_RAW).
+    BackendCheck(backend_check::BackendCheckArgs),
+    /// Write the manual pages (foobar.1, foobar-SUBCOMMAND.1) into a
+    /// directory.
+    Man(man::ManArgs),
 }
 
 pub fn main(cli: Cli) -> anyhow::Result<()> {
@@ -83,6 +95,9 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Vip(cmd) => vip::vip(&cli.socket, cmd),
         Command::Backend(cmd) => backend::backend(&cli.socket, cmd),
         Command::Completions(args) => completions::completions(args),
+        Command::Man(args) => man::man(args),
+        Command::BackendSetup(args) => backend_setup::backend_setup(args),
+        Command::BackendCheck(args) => backend_check::backend_check(args),
     }
 }
 

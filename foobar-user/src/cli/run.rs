@@ -1,5 +1,5 @@
 //! `foobar run`: validate the config, restore runtime changes from the
-//! state file, resolve backend MACs, load the datapath with its maps pinned
+//! state file (in /var/lib/foobar unless told otherwise), resolve backend MACs, load the datapath with its maps pinned
 //! in bpffs — adopting the pinned maps and link of an earlier run on the
 //! same interface, if any — reconcile and attach it, then serve the control
 //! API, metrics and health checks until SIGINT or SIGTERM (SIGHUP reloads
@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::{
-    api,
+    api, caps,
     config::{self, Config},
     daemon::{self, Owner, NEIGH_TIMEOUT},
     datapath::{AttachMode, Datapath, LoadOptions, PinDir, Stats, DEFAULT_PIN_ROOT},
@@ -24,10 +24,19 @@ use crate::{
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Config file (TOML; see examples/foobar.toml). Runtime changes are
-    /// kept next to it, in NAME.state.json.
+    /// Config file (TOML; see examples/foobar.toml).
     #[arg(long, short, default_value = super::DEFAULT_CONFIG)]
     pub config: PathBuf,
+    /// Directory of the state file (runtime changes, kept as
+    /// NAME.state.json for config NAME.toml; created 0700 if missing).
+    /// Default: $STATE_DIRECTORY (set by systemd's StateDirectory=), else
+    /// /var/lib/foobar. Example: --state-dir /var/lib/foobar
+    #[arg(long, env = "FOOBAR_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The state file itself, instead of DIR/NAME.state.json (wins over
+    /// --state-dir). Its directory must be writable by root only.
+    #[arg(long, value_name = "PATH")]
+    pub state_file: Option<PathBuf>,
     /// Interface to attach to; overrides `datapath.interface`.
     #[arg(long)]
     pub iface: Option<String>,
@@ -42,7 +51,12 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    init_logging();
+    info!(
+        version = crate::build_info::VERSION,
+        revision = crate::build_info::REVISION,
+        config = %args.config.display(),
+        "foobar starting"
+    );
     // The same entry point as `foobar check`: what one accepts, so does the other.
     let (config, text) = config::load_with_text(&args.config)?;
     let iface = args
@@ -55,12 +69,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(_) => AttachMode::Native,
         None => config.datapath.xdp_mode,
     };
-    if !nix::unistd::geteuid().is_root() {
-        bail!("foobar run needs root (to load XDP programs and write BPF maps): run it with sudo");
-    }
+    check_capabilities(!config.vrrp.is_empty())?;
     let ifindex = nix::net::if_::if_nametoindex(iface.as_str())
         .map_err(|_| anyhow::anyhow!("interface {iface} does not exist (see `ip link`)"))?;
-    let state_file = daemon::state_file_for(&args.config);
+    let state_file = state_file_path(&args);
+    prepare_state_dir(&state_file);
+    info!(file = %state_file.display(), "state file");
     let digest = daemon::config_digest(&text);
     // Never fails: a bad state file is kept aside and the config used.
     let (saved, _) = state_file::restore(&config, &state_file, &digest);
@@ -216,7 +230,11 @@ async fn serve(
         );
     }
 
-    let (api_tx, api_rx) = mpsc::channel(16);
+    // Requests reach the owner through a relay that tells systemd when a
+    // reload (API or SIGHUP) starts and ends.
+    let (owner_tx, api_rx) = mpsc::channel(16);
+    let (api_tx, relay_rx) = mpsc::channel(16);
+    let relay_task = tokio::spawn(notify_reloads(relay_rx, owner_tx));
     let (metrics_tx, metrics_rx) = mpsc::channel(4);
     let reload_task = tokio::spawn(reload_on_sighup(hangup, api_tx.clone()));
     let api_task = tokio::spawn(api::serve(api_listener, api_tx));
@@ -229,16 +247,33 @@ async fn serve(
     // Only now, forwarding: a node never holds a VIP it cannot serve.
     owner.start_vrrp(config.vrrp.iter().map(|v| v.spec(&iface)).collect());
 
+    // Type=notify: the unit is started only now that the program is
+    // attached, the maps written and the control socket answers.
+    let status = format!(
+        "forwarding on {iface} ({} mode), {} VIPs",
+        mode.name(),
+        owner.state.vips().len()
+    );
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&status),
+    ]);
+
     let signal = owner
         .run(api_rx, metrics_rx, async {
             wait_for_shutdown().await.unwrap_or("signal handler failed")
         })
         .await;
     info!(signal, "shutting down");
+    notify(&[
+        sd_notify::NotifyState::Stopping,
+        sd_notify::NotifyState::Status("stopping; the XDP program stays attached"),
+    ]);
     // The peer takes over after its Skew_Time, not Master_Down_Interval.
     owner.stop_vrrp(std::time::Duration::from_secs(2)).await;
     api_task.abort();
     reload_task.abort();
+    relay_task.abort();
     if let Some(t) = metrics_task {
         t.abort();
     }
@@ -254,6 +289,50 @@ async fn serve(
     let stats = owner.read_stats().map_err(anyhow::Error::msg)?;
     print!("{}", render_stats(&owner.state, &stats));
     Ok(())
+}
+
+/// Where runtime state lives when neither --state-dir nor --state-file is
+/// given and systemd sets no $STATE_DIRECTORY.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/foobar";
+
+/// --state-file, else NAME.state.json in --state-dir, $STATE_DIRECTORY (its
+/// first entry) or DEFAULT_STATE_DIR.
+fn state_file_path(args: &RunArgs) -> PathBuf {
+    if let Some(file) = &args.state_file {
+        return file.clone();
+    }
+    let dir = args.state_dir.clone().unwrap_or_else(|| {
+        std::env::var_os("STATE_DIRECTORY")
+            .and_then(|v| {
+                v.to_str()
+                    .and_then(|s| s.split(':').next())
+                    .filter(|s| !s.is_empty())
+                    .map(PathBuf::from)
+            })
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+    });
+    daemon::state_file_for(&dir, &args.config)
+}
+
+/// Creates the state file's directory (0700, root's) when it is missing, as
+/// systemd's StateDirectory= does; a failure is logged, never fatal: the
+/// daemon serves and says at every change that it is not kept.
+fn prepare_state_dir(state_file: &std::path::Path) {
+    use std::os::unix::fs::DirBuilderExt as _;
+    let Some(dir) = state_file.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return;
+    };
+    if dir.exists() {
+        return;
+    }
+    match std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
+        Ok(()) => info!(dir = %dir.display(), "created the state directory"),
+        Err(err) => warn!(dir = %dir.display(), %err, "cannot create the state directory"),
+    }
 }
 
 /// The interface's own MAC: the only destination the datapath serves and
@@ -304,6 +383,68 @@ impl Drop for RemoveOnDrop {
     }
 }
 
+/// Refuses to start without the capabilities the datapath needs (see
+/// `caps::missing_for_run`), naming the missing ones.
+fn check_capabilities(vrrp: bool) -> anyhow::Result<()> {
+    let have = caps::CapSet::effective()
+        .context("reading this process's capabilities (/proc/self/status)")?;
+    let missing = caps::missing_for_run(have, vrrp);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = missing.iter().map(|c| c.1).collect();
+    bail!(
+        "foobar run needs root or the capabilities CAP_SYS_ADMIN and CAP_NET_ADMIN{} \
+         (to load XDP programs, find their maps and attach them); missing: {}. Run it with \
+         sudo, or as the systemd unit (examples/foobar.service grants these)",
+        if vrrp {
+            ", plus CAP_NET_RAW for VRRP"
+        } else {
+            ""
+        },
+        names.join(", ")
+    )
+}
+
+/// Tells the service manager (`$NOTIFY_SOCKET`; nothing when unset, as
+/// outside systemd) about a state change. A failure is logged only.
+fn notify(state: &[sd_notify::NotifyState]) {
+    if let Err(err) = sd_notify::notify(state) {
+        warn!(%err, "cannot notify systemd ($NOTIFY_SOCKET)");
+    }
+}
+
+/// Passes control requests on to the owner; around each reload, tells
+/// systemd RELOADING=1 (with the monotonic time systemd ≥ 253 wants) and
+/// READY=1 when it is answered, whatever the answer.
+async fn notify_reloads(mut rx: mpsc::Receiver<api::Call>, owner: mpsc::Sender<api::Call>) {
+    while let Some((request, caller, reply)) = rx.recv().await {
+        if !matches!(request, api::Request::Reload) {
+            if owner.send((request, caller, reply)).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let mut states = vec![sd_notify::NotifyState::Reloading];
+        if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
+            states.push(now);
+        }
+        notify(&states);
+        let (tx, answer) = tokio::sync::oneshot::channel();
+        if owner.send((request, caller, tx)).await.is_err() {
+            return;
+        }
+        // Later requests wait behind the reload, as they do at the owner.
+        if let Ok(response) = answer.await {
+            let _ = reply.send(response);
+        }
+        notify(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status("forwarding; config reloaded"),
+        ]);
+    }
+}
+
 /// SIGHUP is `foobar reload`: the same request, through the same queue,
 /// answered into the log (the daemon logs every change and refusal).
 async fn reload_on_sighup(mut hup: tokio::signal::unix::Signal, api_tx: mpsc::Sender<api::Call>) {
@@ -330,16 +471,6 @@ async fn wait_for_shutdown() -> anyhow::Result<&'static str> {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     })
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FOOBAR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
 }
 
 /// The counters as a plain table (the line formats are parsed by the demo
@@ -411,5 +542,53 @@ async fn warn_if_link_mode_differs(ifindex: u32, iface: &str, configured: Attach
         ),
         Ok(_) => {}
         Err(err) => warn!(iface, %err, "cannot read the adopted XDP link's mode"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn args(extra: &[&str]) -> RunArgs {
+        let cli = crate::cli::Cli::try_parse_from(
+            ["foobar", "run", "--config", "/etc/foobar/lb1.toml"]
+                .iter()
+                .chain(extra),
+        )
+        .unwrap();
+        match cli.command {
+            crate::cli::Command::Run(a) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_state_file_is_named_after_the_config_in_the_state_dir() {
+        // FOOBAR_STATE_DIR / STATE_DIRECTORY from the test's environment
+        // would change the default: only the explicit forms are checked
+        // when they are set.
+        if std::env::var_os("FOOBAR_STATE_DIR").is_none()
+            && std::env::var_os("STATE_DIRECTORY").is_none()
+        {
+            assert_eq!(
+                state_file_path(&args(&[])),
+                PathBuf::from("/var/lib/foobar/lb1.state.json")
+            );
+        }
+        assert_eq!(
+            state_file_path(&args(&["--state-dir", "/srv/lb"])),
+            PathBuf::from("/srv/lb/lb1.state.json")
+        );
+        assert_eq!(
+            state_file_path(&args(&[
+                "--state-dir",
+                "/srv/lb",
+                "--state-file",
+                "/x/s.json"
+            ])),
+            PathBuf::from("/x/s.json")
+        );
     }
 }

@@ -63,10 +63,14 @@ pub struct StateFile {
     pub vips: Vec<SavedVip>,
 }
 
-/// `/etc/foobar/foobar.toml` keeps its runtime changes in
-/// `/etc/foobar/foobar.state.json`.
-pub fn state_file_for(config: &Path) -> PathBuf {
-    config.with_extension("state.json")
+/// The state file of `config` in `state_dir`: `/etc/foobar/foobar.toml`
+/// keeps its runtime changes in `/var/lib/foobar/foobar.state.json` (named
+/// after the config, so daemons with different configs never share one).
+pub fn state_file_for(state_dir: &Path, config: &Path) -> PathBuf {
+    let stem = config.file_stem().unwrap_or(std::ffi::OsStr::new("foobar"));
+    let mut name = stem.to_os_string();
+    name.push(".state.json");
+    state_dir.join(name)
 }
 
 pub fn config_digest(text: &str) -> String {

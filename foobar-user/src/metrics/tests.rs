@@ -99,6 +99,25 @@ fn exposition_has_every_family_with_labels() {
 /// _total, histograms have _bucket/_sum/_count and +Inf, the text ends
 /// with `# EOF`; then a real parser of the format reads every sample.
 #[test]
+fn build_info_names_version_and_revision() {
+    let text = render(&Snapshot::default());
+    let line = format!(
+        "foobar_build_info{{version=\"{}\",revision=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+        env!("FOOBAR_GIT_REVISION")
+    );
+    assert!(
+        text.lines().any(|l| l == line),
+        "missing {line:?} in:\n{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("# HELP foobar_build_info ")),
+        "{text}"
+    );
+}
+
+#[test]
 fn exposition_is_valid_openmetrics_with_help_on_every_family() {
     let text = render(&sample());
     let families = check_openmetrics(&text);
@@ -177,6 +196,7 @@ fn strict_openmetrics_parse(text: &str) {
 /// Every family foobar serves, and its type: docs/grafana-dashboard.json and docs/alerts.yml
 /// may use only these.
 pub(crate) const FAMILIES: &[(&str, &str)] = &[
+    ("foobar_build_info", "gauge"),
     ("foobar_datapath_packets", "counter"),
     ("foobar_datapath_bytes", "counter"),
     ("foobar_datapath_events", "counter"),
