@@ -128,7 +128,10 @@ pub struct ProbeStream {
 }
 
 impl ProbeStream {
-    pub fn start(lab: &Lab, every: Duration) -> ProbeStream {
+    /// A probe that connects within `connect` is a success if answered
+    /// within 0.5 s; a shorter `connect` resolves a gap more finely (a SYN
+    /// lost to a dead node is not retransmitted for 1 s).
+    pub fn start(lab: &Lab, every: Duration, connect: Duration) -> ProbeStream {
         let path = format!("/var/run/netns/{}", lab.client.ns);
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
@@ -142,7 +145,7 @@ impl ProbeStream {
             while !flag.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(600) {
                 let at = Instant::now();
                 let mac = vip_mac();
-                let ok = get(to).unwrap_or(false);
+                let ok = get(to, connect).unwrap_or(false);
                 probes.push(Probe {
                     done: started.elapsed(),
                     ok,
@@ -182,8 +185,8 @@ impl Drop for ProbeStream {
 }
 
 /// One `GET /` on a new connection: did a backend answer it?
-fn get(to: SocketAddr) -> std::io::Result<bool> {
-    let mut s = TcpStream::connect_timeout(&to, Duration::from_millis(300))?;
+fn get(to: SocketAddr, connect: Duration) -> std::io::Result<bool> {
+    let mut s = TcpStream::connect_timeout(&to, connect)?;
     s.set_read_timeout(Some(Duration::from_millis(500)))?;
     s.write_all(b"GET / HTTP/1.1\r\nHost: vip\r\nConnection: close\r\n\r\n")?;
     let mut answer = Vec::new();
@@ -287,4 +290,126 @@ pub fn incomplete_downloads(downloads: Vec<Child>, bytes: usize) -> Result<Vec<S
         }
     }
     Ok(failed)
+}
+
+/// keepalived's config for the lab's VIP on LB node `priority`, VRRPv3,
+/// `advert_ms` (keepalived takes fractions of a second with version 3).
+pub fn keepalived_conf(priority: u8, advert_ms: u64) -> String {
+    format!(
+        "global_defs {{\n    router_id foobarlab\n    vrrp_version 3\n    enable_script_security\n}}\n\
+         vrrp_instance VI_{VRID} {{\n    state BACKUP\n    interface {LB_IFACE}\n    \
+         virtual_router_id {VRID}\n    priority {priority}\n    advert_int {}\n    \
+         virtual_ipaddress {{\n        {VIP}/32\n    }}\n}}\n",
+        advert_ms as f64 / 1000.0
+    )
+}
+
+fn keepalived_name(node: Node) -> &'static str {
+    match node {
+        Node::Lb1 => "keepalived-lb",
+        Node::Lb2 => "keepalived-lb2",
+    }
+}
+
+/// Starts keepalived (Debian's; its own config and pid files in the lab
+/// directory) in LB node `node`'s namespace; its log is
+/// `keepalived-lb[2].log`.
+pub fn start_keepalived(lab: &mut Lab, node: Node, priority: u8, advert_ms: u64) -> Result<()> {
+    let name = keepalived_name(node);
+    let conf = lab.dir.join(format!("{name}.conf"));
+    fs::write(&conf, keepalived_conf(priority, advert_ms))?;
+    let file = |suffix: &str| lab.dir.join(format!("{name}{suffix}"));
+    let (main_pid, vrrp_pid) = (file(".pid"), file("-vrrp.pid"));
+    let ns = lab.node(node)?.ns.clone();
+    let args = [
+        "keepalived".to_owned(),
+        "--vrrp".to_owned(),
+        "--dont-fork".to_owned(),
+        "--log-console".to_owned(),
+        "--log-detail".to_owned(),
+        "--use-file".to_owned(),
+        conf.to_string_lossy().into_owned(),
+        "--pid".to_owned(),
+        main_pid.to_string_lossy().into_owned(),
+        "--vrrp_pid".to_owned(),
+        vrrp_pid.to_string_lossy().into_owned(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    lab.start_server(&ns, name, &args)
+        .context("starting keepalived (apt-get install keepalived)")
+}
+
+/// SIGTERM to LB node `node`'s keepalived (it resigns with priority 0 and
+/// removes the VIP); `Lab::stop_server` reaps it.
+pub fn signal_keepalived(lab: &Lab, node: Node) -> Result<()> {
+    let path = lab.dir.join(format!("{}.pid", keepalived_name(node)));
+    let pid: i32 = fs::read_to_string(&path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .trim()
+        .parse()
+        .with_context(|| format!("{} holds no pid", path.display()))?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .with_context(|| format!("SIGTERM to keepalived {pid}"))
+}
+
+/// Stops (SIGTERM) and reaps LB node `node`'s keepalived.
+pub fn stop_keepalived(lab: &mut Lab, node: Node) -> Result<()> {
+    lab.stop_server(keepalived_name(node))
+}
+
+/// LB node `node`'s keepalived log.
+pub fn keepalived_log(lab: &Lab, node: Node) -> String {
+    fs::read_to_string(lab.dir.join(format!("{}.log", keepalived_name(node)))).unwrap_or_default()
+}
+
+/// Whether the calling thread's namespace has the VIP as a local address
+/// (its local route in `/proc/thread-self/net/fib_trie`: read without
+/// spawning a process, so a loaded machine does not blur the instant).
+fn vip_is_local() -> bool {
+    let Ok(trie) = fs::read_to_string("/proc/thread-self/net/fib_trie") else {
+        return false;
+    };
+    let leaf = format!("|-- {VIP}");
+    let mut lines = trie.lines().map(str::trim);
+    while let Some(line) = lines.next() {
+        if line == leaf
+            && lines
+                .next()
+                .is_some_and(|l| l.starts_with("/32 host LOCAL"))
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// Watches namespace `ns` from a thread of its own every 2 ms until the
+/// VIP is local there (`hold`) or not (`!hold`): the instant it first saw
+/// that, or None after `limit`. Start it before the event it times.
+pub fn watch_vip(ns: &str, hold: bool, limit: Duration) -> JoinHandle<Option<Instant>> {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = fs::File::open(&path).ok()?;
+        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if vip_is_local() == hold {
+                return Some(Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        None
+    })
+}
+
+/// How long after `since` the watch saw what it waited for.
+pub fn watched(watch: JoinHandle<Option<Instant>>, since: Instant) -> Option<Duration> {
+    watch
+        .join()
+        .ok()
+        .flatten()
+        .map(|t| t.saturating_duration_since(since))
 }

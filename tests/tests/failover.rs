@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use foobar_tests::{
     failover::{
         self, config, gap, holders, holds_vip, incomplete_downloads, master_down, skew,
-        start_slow_downloads, time_until, ProbeStream, Vrrp,
+        start_slow_downloads, time_until, watch_vip, watched, ProbeStream, Vrrp,
     },
     lab::{finish_wrk, Lab, LabOptions, Node, WrkResult, VIP},
     ops::foobar as foobar_bin,
@@ -132,7 +132,7 @@ fn under_load(lab: &mut Lab, event: impl FnOnce(&mut Lab) -> Duration) -> (Durat
     let wrk = lab
         .start_wrk(&format!("http://{VIP}/"), 8, 8)
         .expect("starting wrk");
-    let probes = ProbeStream::start(lab, Duration::from_millis(10));
+    let probes = ProbeStream::start(lab, Duration::from_millis(10), Duration::from_millis(300));
     std::thread::sleep(SETTLE);
     let at = probes.started.elapsed();
     let took = event(lab);
@@ -179,11 +179,11 @@ fn kill_9_of_the_master_moves_the_vip_in_time_and_resets_nothing() {
     let mut lab = two_nodes("maglev", advert_ms, true);
     let limit = master_down(BACKUP, advert_ms) + SLACK;
     let (took, load) = under_load(&mut lab, |lab| {
+        let lb2 = lab.node(Node::Lb2).unwrap().ns.clone();
+        let watch = watch_vip(&lb2, true, Duration::from_secs(5));
         let killed = Instant::now();
         lab.kill_foobar_on(Node::Lb1).expect("kill -9 foobar on lb");
-        let lb2 = lab.node(Node::Lb2).unwrap().ns.clone();
-        time_until(Duration::from_secs(5), || holds_vip(lab, &lb2)).expect("lb2 takes the VIP");
-        killed.elapsed()
+        watched(watch, killed).expect("lb2 takes the VIP")
     });
     eprintln!("kill -9: lb2 held the VIP {took:?} after the kill (limit {limit:?})");
     assert!(took <= limit, "takeover after {took:?}, limit {limit:?}");
@@ -227,15 +227,15 @@ fn sigterm_of_the_master_hands_over_within_one_advert_interval() {
     let mut lab = two_nodes("maglev", advert_ms, true);
     let pid = lab.foobar_pid_on(Node::Lb1).expect("foobar runs on lb");
     let (took, load) = under_load(&mut lab, |lab| {
+        let lb2 = lab.node(Node::Lb2).unwrap().ns.clone();
+        let watch = watch_vip(&lb2, true, Duration::from_secs(5));
         let stopped = Instant::now();
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
             nix::sys::signal::Signal::SIGTERM,
         )
         .expect("SIGTERM foobar on lb");
-        let lb2 = lab.node(Node::Lb2).unwrap().ns.clone();
-        time_until(Duration::from_secs(5), || holds_vip(lab, &lb2)).expect("lb2 takes the VIP");
-        stopped.elapsed()
+        watched(watch, stopped).expect("lb2 takes the VIP")
     });
     let limit = Duration::from_millis(advert_ms);
     eprintln!(
@@ -281,15 +281,15 @@ fn with_round_robin_a_failover_resets_connections() {
     let mut lab = two_nodes("rr", advert_ms, true);
     let pid = lab.foobar_pid_on(Node::Lb1).expect("foobar runs on lb");
     let (_, load) = under_load(&mut lab, |lab| {
+        let lb2 = lab.node(Node::Lb2).unwrap().ns.clone();
+        let watch = watch_vip(&lb2, true, Duration::from_secs(5));
         let stopped = Instant::now();
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
             nix::sys::signal::Signal::SIGTERM,
         )
         .expect("SIGTERM foobar on lb");
-        let lb2 = lab.node(Node::Lb2).unwrap().ns.clone();
-        time_until(Duration::from_secs(5), || holds_vip(lab, &lb2)).expect("lb2 takes the VIP");
-        stopped.elapsed()
+        watched(watch, stopped).expect("lb2 takes the VIP")
     });
     eprintln!(
         "rr: {} of {DOWNLOADS} downloads reset or cut; wrk socket errors {}",
@@ -360,7 +360,7 @@ fn a_split_brain_heals_within_one_advert_interval() {
     let lab = two_nodes("maglev", advert_ms, true);
     let lb2 = lab.node(Node::Lb2).unwrap().ns.clone();
     let nss = [lab.lb.ns.clone(), lb2.clone()];
-    let probes = ProbeStream::start(&lab, Duration::from_millis(10));
+    let probes = ProbeStream::start(&lab, Duration::from_millis(10), Duration::from_millis(300));
     for ns in &nss {
         lab.exec(ns, &["nft", "add", "table", "ip", "foobarcut"])
             .expect("nft");
@@ -402,15 +402,13 @@ fn a_split_brain_heals_within_one_advert_interval() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(holders(&lab).unwrap(), (true, true), "still split");
 
+    let watch = watch_vip(&lb2, false, Duration::from_secs(3));
     let healed = Instant::now();
     for ns in &nss {
         lab.exec(ns, &["nft", "delete", "table", "ip", "foobarcut"])
             .expect("nft delete");
     }
-    let one = time_until(Duration::from_secs(3), || {
-        holders(&lab).unwrap() != (true, true)
-    })
-    .expect("the split heals");
+    let one = watched(watch, healed).expect("the split heals");
     let limit = Duration::from_millis(advert_ms) + SLACK;
     eprintln!(
         "healed: one master {one:?} after the link came back ({:?} since the cut ended)",
