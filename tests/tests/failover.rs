@@ -421,6 +421,14 @@ fn a_split_brain_heals_within_one_advert_interval() {
     stays(&lab, Duration::from_secs(1), (true, false));
     let st = vrrp_status(&lab, Node::Lb2);
     assert_eq!(st["state"], "backup", "{st:#}");
+    // lb never changed state, so it sent no gratuitous ARP: the client
+    // may still name lb2 (whose program forwards all the same).
+    eprintln!(
+        "after healing, the client's entry for the VIP: {} (lb {}, lb2 {})",
+        client_neighbour(&lab).trim(),
+        mac_text(mac(&lab, Node::Lb1)),
+        mac_text(mac(&lab, Node::Lb2))
+    );
     let probes = probes.stop().expect("the probe stream ran");
     let lost = probes.iter().filter(|p| !p.ok).count();
     eprintln!(
