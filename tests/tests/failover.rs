@@ -436,3 +436,39 @@ fn a_split_brain_heals_within_one_advert_interval() {
         probes.len()
     );
 }
+
+/// Node loss: the master's link goes down (no adverts, no forwarding:
+/// a dead node or cable), the backup takes over after Master_Down_Interval;
+/// when the link comes back the old master (higher priority, preempt) is
+/// the only master again and stays so.
+#[test]
+fn a_master_whose_link_comes_back_is_the_only_master_again() {
+    let advert_ms = 100;
+    let lab = two_nodes("maglev", advert_ms, true);
+    let lb2 = lab.node(Node::Lb2).unwrap().ns.clone();
+    for round in 0..2 {
+        let watch = watch_vip(&lb2, true, Duration::from_secs(5));
+        let down = Instant::now();
+        lab.exec(&lab.lb.ns, &["ip", "link", "set", "eth0", "down"])
+            .expect("link down");
+        let took = watched(watch, down).expect("lb2 takes over");
+        let limit = master_down(BACKUP, advert_ms) + SLACK;
+        eprintln!("round {round}: link down, lb2 held the VIP after {took:?} (limit {limit:?})");
+        assert!(took <= limit, "takeover after {took:?}, limit {limit:?}");
+        std::thread::sleep(Duration::from_millis(300));
+        lab.exec(&lab.lb.ns, &["ip", "link", "set", "eth0", "up"])
+            .expect("link up");
+        time_until(Duration::from_secs(3), || {
+            holders(&lab).unwrap() == (true, false)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "lb alone holds the VIP again: {:?}\nlb:\n{}\nlb2:\n{}",
+                holders(&lab),
+                lab.foobar_log_of(Node::Lb1),
+                lab.foobar_log_of(Node::Lb2)
+            )
+        });
+        stays(&lab, Duration::from_secs(2), (true, false));
+    }
+}

@@ -1934,6 +1934,7 @@ fn failover_round(
     vrrpd: Vrrpd,
     loss: Loss,
     advert_ms: u64,
+    spurious: &mut usize,
 ) -> Result<(f64, Option<f64>, usize)> {
     use foobar_tests::failover::{self as fo, ProbeStream};
     let (old, new) = (
@@ -1943,6 +1944,13 @@ fn failover_round(
     let lb2 = lab.node(Node::Lb2)?.ns.clone();
     let probes = ProbeStream::start(lab, Duration::from_millis(10), Duration::from_millis(50));
     std::thread::sleep(Duration::from_millis(300));
+    // A master stalled for Master_Down_Interval (0.36 s at 100 ms adverts
+    // on a loaded machine) loses the VIP for a moment: counted, and the
+    // round waits for the pair to settle again.
+    if fo::holders(lab)? != (true, false) {
+        *spurious += 1;
+        failover_settle(lab, advert_ms)?;
+    }
     let watch = fo::watch_vip(&lb2, true, Duration::from_secs(10));
     let at = probes.started.elapsed();
     let lost_at = Instant::now();
@@ -2013,6 +2021,7 @@ fn failover(quick: bool) -> Result<String> {
         ..LabOptions::default()
     })?;
     let mut rows = Vec::new();
+    let mut spurious = 0;
     for &advert_ms in adverts {
         for vrrpd in [Vrrpd::Foobar, Vrrpd::Keepalived] {
             failover_pair_start(&mut lab, vrrpd, advert_ms).with_context(|| {
@@ -2027,9 +2036,10 @@ fn failover(quick: bool) -> Result<String> {
                 let mut samples = Vec::new();
                 for _ in 0..rounds {
                     samples.push(
-                        failover_round(&mut lab, vrrpd, loss, advert_ms).with_context(|| {
-                            format!("{} {loss:?} at {advert_ms} ms", vrrpd.name())
-                        })?,
+                        failover_round(&mut lab, vrrpd, loss, advert_ms, &mut spurious)
+                            .with_context(|| {
+                                format!("{} {loss:?} at {advert_ms} ms", vrrpd.name())
+                            })?,
                     );
                 }
                 rows.push((vrrpd, advert_ms, loss, samples));
@@ -2084,5 +2094,11 @@ fn failover(quick: bool) -> Result<String> {
             bound.as_secs_f64() * 1e3
         )?;
     }
+    writeln!(
+        out,
+        "\nRounds that found lb2 holding the VIP at their start (a master stalled past \
+         Master_Down_Interval while the pair settled; the round waited for it to settle \
+         again): {spurious}."
+    )?;
     Ok(out)
 }
