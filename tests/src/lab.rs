@@ -120,7 +120,9 @@ pub struct LabOptions {
     /// Needs a kernel with 802.1Q support (CONFIG_VLAN_8021Q).
     pub vlan_backends: usize,
     /// A second LB node (`lb2`, at LB2_ADDR) on the bridge, and no VIP on
-    /// either LB node at start: VRRP decides which one holds it.
+    /// either LB node at start: VRRP decides which one holds it. Not with
+    /// `client_path_mtu`, `vlan_tags` or `vlan_backends` (lb2 gets neither
+    /// the route to the client nor the VLAN).
     pub second_lb: bool,
 }
 
@@ -197,6 +199,11 @@ impl Lab {
     /// (the LB's own web server answers on its address and on port 8080 of
     /// the VIP: traffic foobar must leave alone).
     pub fn start(opts: &LabOptions) -> Result<Lab> {
+        if opts.second_lb
+            && (opts.client_path_mtu.is_some() || opts.vlan_tags || opts.vlan_backends > 0)
+        {
+            bail!("a two-LB lab has no router in front of the client and no VLAN");
+        }
         sweep_stale();
         let id = format!(
             "{PREFIX}{}-{}",
