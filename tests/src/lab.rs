@@ -25,6 +25,16 @@
 //! with addresses on a second lab subnet (10.201.100.0/24). The LB's
 //! bridge-side peer sends with tx VLAN offload off, so the tag is in the
 //! frame the XDP program sees (veth fact 4).
+//!
+//! A two-LB lab (`LabOptions::second_lb`) adds a second LB node, `lb2`, on
+//! the same bridge, for VRRP failover: neither LB node holds the VIP at
+//! start (the daemons' `[[vrrp]]` instances decide who does), each runs its
+//! own daemon ([`Node`]) with its own pin root, control socket and log, and
+//! its bridge-side peer runs an XDP_PASS program too. The client keeps the
+//! kernel's default `arp_accept = 0`: a gratuitous ARP updates the entry it
+//! already has for the VIP (the kernel overrides an existing entry for a
+//! gratuitous ARP whatever `arp_accept` says), which is how a router in
+//! front of a real LB pair follows the VIP; docs/HA.md says more.
 use std::{
     fs,
     io::Read as _,
@@ -60,6 +70,11 @@ pub const VLAN_VIP: Ipv4Addr = Ipv4Addr::new(10, 201, 100, 100);
 pub const VLAN_IFACE: &str = "eth0.100";
 /// The LB node's NIC inside its namespace.
 pub const LB_IFACE: &str = "eth0";
+/// The second LB node's address in a two-LB lab (the first's is .2).
+pub const LB2_ADDR: Ipv4Addr = Ipv4Addr::new(NET[0], NET[1], NET[2], 4);
+/// What every nginx of the lab sends `/slow/NAME` (`www/NAME`) at, per
+/// response: downloads that stay in flight for seconds.
+pub const SLOW_PATH_RATE: &str = "256k";
 /// Health-check interval of the lab's config.
 pub const HEALTH_INTERVAL_MS: u64 = 300;
 
@@ -104,6 +119,37 @@ pub struct LabOptions {
     /// get an interface on VLAN_ID (0: no VLAN; more implies `vlan_tags`).
     /// Needs a kernel with 802.1Q support (CONFIG_VLAN_8021Q).
     pub vlan_backends: usize,
+    /// A second LB node (`lb2`, at LB2_ADDR) on the bridge, and no VIP on
+    /// either LB node at start: VRRP decides which one holds it. Not with
+    /// `client_path_mtu`, `vlan_tags` or `vlan_backends` (lb2 gets neither
+    /// the route to the client nor the VLAN).
+    pub second_lb: bool,
+}
+
+/// An LB node of the lab: `Lb1` is `Lab::lb` (every lab has it), `Lb2` is
+/// `Lab::lb2` (a two-LB lab only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Node {
+    Lb1,
+    Lb2,
+}
+
+impl Node {
+    fn index(self) -> usize {
+        match self {
+            Node::Lb1 => 0,
+            Node::Lb2 => 1,
+        }
+    }
+
+    /// How the node's files are named in the lab directory: `foobar.log`,
+    /// `foobar-lb2.log`.
+    fn stem(self) -> &'static str {
+        match self {
+            Node::Lb1 => "foobar",
+            Node::Lb2 => "foobar-lb2",
+        }
+    }
 }
 
 impl Default for LabOptions {
@@ -115,6 +161,7 @@ impl Default for LabOptions {
             client_path_mtu: None,
             vlan_tags: false,
             vlan_backends: 0,
+            second_lb: false,
         }
     }
 }
@@ -126,6 +173,8 @@ pub struct Lab {
     pub pin_root: PathBuf,
     pub client: Host,
     pub lb: Host,
+    /// The second LB node of a two-LB lab (`LabOptions::second_lb`).
+    pub lb2: Option<Host>,
     pub backends: Vec<Host>,
     /// The router in front of the client (`LabOptions::client_path_mtu`);
     /// `addr` is its address on the bridge.
@@ -139,8 +188,10 @@ pub struct Lab {
     vlan_tags: bool,
     /// nginx masters by host name.
     servers: Vec<(String, Child)>,
-    foobar: Option<Child>,
-    pass: Option<PassProgram>,
+    /// The daemons, by `Node::index`.
+    foobar: [Option<Child>; 2],
+    /// The XDP_PASS programs on the LB nodes' bridge-side peers.
+    pass: Vec<PassProgram>,
 }
 
 impl Lab {
@@ -148,6 +199,11 @@ impl Lab {
     /// (the LB's own web server answers on its address and on port 8080 of
     /// the VIP: traffic foobar must leave alone).
     pub fn start(opts: &LabOptions) -> Result<Lab> {
+        if opts.second_lb
+            && (opts.client_path_mtu.is_some() || opts.vlan_tags || opts.vlan_backends > 0)
+        {
+            bail!("a two-LB lab has no router in front of the client and no VLAN");
+        }
         sweep_stale();
         let id = format!(
             "{PREFIX}{}-{}",
@@ -177,6 +233,9 @@ impl Lab {
             client_path_mtu: opts.client_path_mtu,
             client,
             lb: host("lb", 2, vlan),
+            lb2: opts
+                .second_lb
+                .then(|| host("lb2", LB2_ADDR.octets()[3], false)),
             backends: (1..=opts.backends)
                 .map(|i| host(&format!("be{i}"), 10 + i as u8, i <= opts.vlan_backends))
                 .collect(),
@@ -185,8 +244,8 @@ impl Lab {
             wire_like_everywhere: opts.wire_like_everywhere,
             vlan_tags: opts.vlan_tags || vlan,
             servers: Vec::new(),
-            foobar: None,
-            pass: None,
+            foobar: [None, None],
+            pass: Vec::new(),
             pin_root: Path::new(BPFFS).join(&id),
             id,
             dir,
@@ -198,6 +257,7 @@ impl Lab {
 
     fn hosts(&self) -> Vec<Host> {
         let mut all = vec![self.client.clone(), self.lb.clone()];
+        all.extend(self.lb2.clone());
         all.extend(self.backends.iter().cloned());
         all
     }
@@ -266,17 +326,20 @@ impl Lab {
                 ],
             )?;
         }
-        // The LB node holds the VIP (as a VRRP master would) and answers ARP.
-        run(&[
-            "ip",
-            "-n",
-            &self.lb.ns,
-            "addr",
-            "add",
-            &format!("{VIP}/32"),
-            "dev",
-            LB_IFACE,
-        ])?;
+        // The LB node holds the VIP (as a VRRP master would) and answers
+        // ARP; with two LB nodes, VRRP decides which one does.
+        if self.lb2.is_none() {
+            run(&[
+                "ip",
+                "-n",
+                &self.lb.ns,
+                "addr",
+                "add",
+                &format!("{VIP}/32"),
+                "dev",
+                LB_IFACE,
+            ])?;
+        }
         for b in self.backends.clone() {
             // DSR backends: the VIP on loopback, never answered for in ARP.
             run(&[
@@ -308,7 +371,13 @@ impl Lab {
                 )?;
             }
         }
-        self.pass = Some(attach_pass_in(&sw, &format!("p-{}", self.lb.name))?);
+        for lb in [Some(self.lb.clone()), self.lb2.clone()]
+            .into_iter()
+            .flatten()
+        {
+            let pass = attach_pass_in(&sw, &format!("p-{}", lb.name))?;
+            self.pass.push(pass);
+        }
         if self.vlan_tags {
             let port = format!("p-{}", self.lb.name);
             self.exec(&sw, &["ethtool", "-K", &port, "txvlan", "off"])?;
@@ -593,6 +662,7 @@ impl Lab {
                  add_header X-Backend {n} always;\n\
                  {rate}\n\
                  location = / {{ return 200 \"{n}\\n\"; }}\n\
+                 location /slow/ {{ alias {d}/www/; limit_rate {SLOW_PATH_RATE}; }}\n\
                }}\n\
              }}\n"
         );
@@ -677,14 +747,38 @@ impl Lab {
 
     /// Runs the `foobar` CLI on the LB node against this lab's daemon.
     pub fn foobar_cli(&self, foobar: &Path, args: &[&str]) -> Result<Output> {
-        let socket = self.socket();
+        self.foobar_cli_on(Node::Lb1, foobar, args)
+    }
+
+    /// Runs the `foobar` CLI on LB node `node` against its daemon.
+    pub fn foobar_cli_on(&self, node: Node, foobar: &Path, args: &[&str]) -> Result<Output> {
+        let socket = self.socket_of(node);
         let mut full = vec![
             foobar.to_str().context("foobar path is UTF-8")?,
             "--socket",
             socket.to_str().context("lab path is UTF-8")?,
         ];
         full.extend_from_slice(args);
-        self.output(&self.lb.ns, &full)
+        self.output(&self.node(node)?.ns, &full)
+    }
+
+    /// LB node `node`'s host (an error for `Lb2` in a one-LB lab).
+    pub fn node(&self, node: Node) -> Result<&Host> {
+        match node {
+            Node::Lb1 => Ok(&self.lb),
+            Node::Lb2 => self
+                .lb2
+                .as_ref()
+                .with_context(|| format!("lab {} has no second LB node", self.id)),
+        }
+    }
+
+    /// LB node `node`'s `--pin-root` (`pin_root` for the first).
+    pub fn pin_root_of(&self, node: Node) -> PathBuf {
+        match node {
+            Node::Lb1 => self.pin_root.clone(),
+            Node::Lb2 => self.pin_root.with_file_name(format!("{}-lb2", self.id)),
+        }
     }
 
     /// Starts wrk on the client against `url` in the background.
@@ -746,13 +840,23 @@ impl Lab {
 
     /// The control socket of this lab's foobar.
     pub fn socket(&self) -> PathBuf {
-        self.dir.join("foobar.sock")
+        self.socket_of(Node::Lb1)
+    }
+
+    /// The control socket of LB node `node`'s foobar.
+    pub fn socket_of(&self, node: Node) -> PathBuf {
+        self.dir.join(format!("{}.sock", node.stem()))
     }
 
     /// A config for this lab: one VIP on port 80 over every backend, HTTP
     /// health checks every 300 ms (fall 2, rise 2), the control socket in
     /// the lab directory and metrics on the LB node's 127.0.0.1:9183.
     pub fn config(&self) -> String {
+        self.config_on(Node::Lb1)
+    }
+
+    /// `config()` for LB node `node` (its own control socket).
+    pub fn config_on(&self, node: Node) -> String {
         let mut text = format!(
             "[datapath]\ninterface = \"{LB_IFACE}\"\nxdp_mode = \"native\"\n\n\
              [api]\nsocket = \"{}\"\n\n[metrics]\nlisten = \"127.0.0.1:9183\"\n\n\
@@ -760,7 +864,7 @@ impl Lab {
              scheduler = \"rr\"\nforwarding = \"dsr\"\n\
              [vip.health]\ncheck = \"http\"\nhttp_path = \"/\"\ninterval_ms = {HEALTH_INTERVAL_MS}\n\
              timeout_ms = 250\nrise = 2\nfall = 2\n",
-            self.socket().display()
+            self.socket_of(node).display()
         );
         for b in &self.backends {
             text.push_str(&format!("\n[[vip.backend]]\naddress = \"{}\"\n", b.addr));
@@ -784,13 +888,21 @@ impl Lab {
     /// program is attached. Its stdout and log go to the lab directory (the
     /// log is appended to: a restarted daemon's follows the earlier one's).
     pub fn start_foobar(&mut self, foobar: &Path, config: &str) -> Result<()> {
-        if self.foobar.is_some() {
-            bail!("foobar is already running in lab {}", self.id);
+        self.start_foobar_on(Node::Lb1, foobar, config)
+    }
+
+    /// `start_foobar` on LB node `node` (files `foobar-lb2.*` for `Lb2`,
+    /// pins under `pin_root_of(node)`).
+    pub fn start_foobar_on(&mut self, node: Node, foobar: &Path, config: &str) -> Result<()> {
+        if self.foobar[node.index()].is_some() {
+            bail!("foobar is already running on {node:?} in lab {}", self.id);
         }
-        let conf = self.dir.join("foobar.toml");
+        let ns = self.node(node)?.ns.clone();
+        let stem = node.stem();
+        let conf = self.dir.join(format!("{stem}.toml"));
         fs::write(&conf, config)?;
-        let out = fs::File::create(self.dir.join("foobar.out"))?;
-        let log_path = self.dir.join("foobar.log");
+        let out = fs::File::create(self.dir.join(format!("{stem}.out")))?;
+        let log_path = self.dir.join(format!("{stem}.log"));
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -799,11 +911,12 @@ impl Lab {
         // nsenter --net: the lab's network, the host's mount namespace (and
         // so the host's bpffs, where the pins must outlive the daemon).
         let child = Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{}", self.lb.ns))
+            .arg(format!("--net=/var/run/netns/{ns}"))
             .arg(foobar)
             .args(["run", "--config"])
             .arg(&conf)
-            .env("FOOBAR_PIN_ROOT", &self.pin_root)
+            .env("FOOBAR_PIN_ROOT", self.pin_root_of(node))
+            // Per-node state files: foobar.state.json, foobar-lb2.state.json.
             .env("FOOBAR_STATE_DIR", &self.dir)
             .stdin(Stdio::null())
             .stdout(out)
@@ -816,9 +929,9 @@ impl Lab {
             exited = child.try_wait()?;
             // An exited foobar ends the wait at once; it is reported below.
             Ok(exited.is_some()
-                || (self.xdp_attached()?
+                || (self.xdp_attached_on(node)?
                     && self
-                        .foobar_log()
+                        .foobar_log_of(node)
                         .get(log_start..)
                         .is_some_and(|l| l.contains("attached; forwarding"))))
         });
@@ -827,12 +940,12 @@ impl Lab {
         }
         match started {
             Ok(()) => {
-                self.foobar = Some(child);
+                self.foobar[node.index()] = Some(child);
                 Ok(())
             }
             Err(e) => {
                 let _ = terminate(&mut child, Duration::from_secs(10));
-                Err(e.context(format!("foobar log:\n{}", self.foobar_log())))
+                Err(e.context(format!("foobar log:\n{}", self.foobar_log_of(node))))
             }
         }
     }
@@ -841,31 +954,56 @@ impl Lab {
     /// Returns whether it exited successfully and what it printed. The
     /// datapath stays attached and pinned (see `detach_foobar`).
     pub fn stop_foobar(&mut self) -> Result<(bool, String)> {
-        let mut child = self.foobar.take().context("foobar is not running")?;
+        self.stop_foobar_on(Node::Lb1)
+    }
+
+    /// `stop_foobar` on LB node `node`.
+    pub fn stop_foobar_on(&mut self, node: Node) -> Result<(bool, String)> {
+        let mut child = self.foobar[node.index()]
+            .take()
+            .with_context(|| format!("foobar is not running on {node:?}"))?;
         let ok = terminate(&mut child, Duration::from_secs(10))?;
-        let out = fs::read_to_string(self.dir.join("foobar.out")).unwrap_or_default();
+        let out =
+            fs::read_to_string(self.dir.join(format!("{}.out", node.stem()))).unwrap_or_default();
         Ok((ok, out))
     }
 
     /// The running daemon's pid (`nsenter` execs it), to signal it.
     pub fn foobar_pid(&self) -> Option<u32> {
-        self.foobar.as_ref().map(Child::id)
+        self.foobar_pid_on(Node::Lb1)
+    }
+
+    /// The pid of LB node `node`'s running daemon.
+    pub fn foobar_pid_on(&self, node: Node) -> Option<u32> {
+        self.foobar[node.index()].as_ref().map(Child::id)
     }
 
     /// SIGTERM, then `foobar detach`: the LB node is back to no XDP program
     /// (what a benchmark needs before measuring another path).
     pub fn stop_and_detach_foobar(&mut self) -> Result<(bool, String)> {
-        let (ok, out) = self.stop_foobar()?;
-        let (detached, text) = self.detach_foobar(&foobar_bin()?)?;
+        self.stop_and_detach_foobar_on(Node::Lb1)
+    }
+
+    /// `stop_and_detach_foobar` on LB node `node`.
+    pub fn stop_and_detach_foobar_on(&mut self, node: Node) -> Result<(bool, String)> {
+        let (ok, out) = self.stop_foobar_on(node)?;
+        let (detached, text) = self.detach_foobar_on(node, &foobar_bin()?)?;
         if !detached {
-            bail!("foobar detach failed: {text}");
+            bail!("foobar detach failed on {node:?}: {text}");
         }
         Ok((ok, out))
     }
 
     /// SIGKILLs foobar (a crash) and reaps it; the datapath stays pinned.
     pub fn kill_foobar(&mut self) -> Result<()> {
-        let mut child = self.foobar.take().context("foobar is not running")?;
+        self.kill_foobar_on(Node::Lb1)
+    }
+
+    /// `kill_foobar` on LB node `node`.
+    pub fn kill_foobar_on(&mut self, node: Node) -> Result<()> {
+        let mut child = self.foobar[node.index()]
+            .take()
+            .with_context(|| format!("foobar is not running on {node:?}"))?;
         child.kill()?;
         child.wait()?;
         Ok(())
@@ -874,11 +1012,16 @@ impl Lab {
     /// `foobar detach` for this lab's interface and pin root, run in the
     /// host's mount namespace (where the pins are): (success, output).
     pub fn detach_foobar(&self, foobar: &Path) -> Result<(bool, String)> {
+        self.detach_foobar_on(Node::Lb1, foobar)
+    }
+
+    /// `detach_foobar` for LB node `node` (its pin root).
+    pub fn detach_foobar_on(&self, node: Node, foobar: &Path) -> Result<(bool, String)> {
         let out = Command::new(foobar)
             .arg("--socket")
-            .arg(self.socket())
+            .arg(self.socket_of(node))
             .args(["detach", "--iface", LB_IFACE, "--pin-root"])
-            .arg(&self.pin_root)
+            .arg(self.pin_root_of(node))
             .stdin(Stdio::null())
             .output()
             .with_context(|| format!("running {} detach", foobar.display()))?;
@@ -896,8 +1039,13 @@ impl Lab {
     }
 
     pub fn foobar_log(&self) -> String {
+        self.foobar_log_of(Node::Lb1)
+    }
+
+    /// LB node `node`'s daemon log (every run of it, appended).
+    pub fn foobar_log_of(&self, node: Node) -> String {
         let mut s = String::new();
-        if let Ok(mut f) = fs::File::open(self.dir.join("foobar.log")) {
+        if let Ok(mut f) = fs::File::open(self.dir.join(format!("{}.log", node.stem()))) {
             let _ = f.read_to_string(&mut s);
         }
         s
@@ -905,10 +1053,15 @@ impl Lab {
 
     /// Is any XDP program attached to the LB node's NIC?
     pub fn xdp_attached(&self) -> Result<bool> {
+        self.xdp_attached_on(Node::Lb1)
+    }
+
+    /// Is any XDP program attached to LB node `node`'s NIC?
+    pub fn xdp_attached_on(&self, node: Node) -> Result<bool> {
         let link = run(&[
             "ip",
             "-n",
-            &self.lb.ns,
+            &self.node(node)?.ns,
             "-d",
             "link",
             "show",
@@ -937,18 +1090,21 @@ impl Lab {
     }
 
     fn cleanup(&mut self) {
-        if let Some(mut child) = self.foobar.take() {
-            let _ = terminate(&mut child, Duration::from_secs(10));
+        for child in &mut self.foobar {
+            if let Some(mut child) = child.take() {
+                let _ = terminate(&mut child, Duration::from_secs(10));
+            }
         }
         // The daemon leaves its datapath pinned: removing the pins detaches
         // it (the namespace's deletion would too) and frees the maps.
         remove_pins(&self.pin_root);
+        remove_pins(&self.pin_root_of(Node::Lb2));
         // nginx masters stop their workers and reap them on SIGTERM.
         for (_, child) in &mut self.servers {
             let _ = terminate(child, Duration::from_secs(3));
         }
         self.servers.clear();
-        self.pass = None;
+        self.pass.clear();
         for ns in self.namespaces.drain(..).rev() {
             remove_namespace(&ns);
             REGISTRY.lock().unwrap().retain(|n| n != &ns);
