@@ -286,7 +286,14 @@ impl Machine {
                         },
                     )
                 } else {
-                    Vec::new()
+                    // RFC 5798 discards it; like keepalived, assert
+                    // ourselves at once (an advert, and gratuitous ARP so
+                    // clients that followed the other master come back):
+                    // after a split brain heals, the loser steps down on
+                    // this advert and the clients follow the winner.
+                    let mut actions = self.send_advert(now);
+                    actions.push(Action::GratuitousArp);
+                    actions
                 }
             }
             (_, Event::Priority(priority)) => {
@@ -803,23 +810,23 @@ mod tests {
                 master: Some(HI),
             },
             Case {
-                name: "master: equal priority and a lower address is ignored",
+                name: "master: equal priority and a lower address is answered with an advert and gratuitous ARP",
                 config: config(),
                 given: as_master(),
                 when: (4_000_000, adv(LO, 100, 100)),
                 state: Master,
-                actions: vec![],
-                deadline_us: Some(DOWN_100 + 1_000_000),
+                actions: vec![SendAdvert { priority: 100 }, GratuitousArp],
+                deadline_us: Some(4_000_000 + 1_000_000),
                 master: Some(ME),
             },
             Case {
-                name: "master: a lower priority is ignored",
+                name: "master: a lower priority is answered with an advert and gratuitous ARP",
                 config: config(),
                 given: as_master(),
                 when: (4_000_000, adv(HI, 50, 100)),
                 state: Master,
-                actions: vec![],
-                deadline_us: Some(DOWN_100 + 1_000_000),
+                actions: vec![SendAdvert { priority: 100 }, GratuitousArp],
+                deadline_us: Some(4_000_000 + 1_000_000),
                 master: Some(ME),
             },
             Case {
