@@ -52,6 +52,8 @@ pub fn pick(pkt: &Packet, service: &Service, now: u64) -> Result<(u32, Backend),
         last_seen_ns: now,
         flags: 0,
         backend_gen: backend.gen,
+        vip_gen: 0,
+        _pad: 0,
     };
     let _ = AFFINITY.insert(&key, &choice, 0);
     Ok((backend_id, backend))

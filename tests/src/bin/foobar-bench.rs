@@ -715,6 +715,8 @@ fn walk_flow(i: u32, now_ns: u64) -> Flow {
         // A quarter of the flows closed by the client, as a busy table has.
         flags: if i.is_multiple_of(4) { FLOW_CLOSED } else { 0 },
         backend_gen: 0,
+        vip_gen: 0,
+        _pad: 0,
     }
 }
 
