@@ -161,18 +161,19 @@ pub struct AffinityKey {
 }
 const _: () = assert!(size_of::<AffinityKey>() == 20);
 
-/// Value of the flow table.
+/// Value of the flow table (and of the source-affinity table).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
     pub backend_id: u32,
-    pub vip_id: u32,
+    /// The VIP id (below MAX_VIPS) the entry was made under.
+    pub vip_id: u16,
+    /// FLOW_CLOSED once the client sent FIN or RST.
+    pub flags: u16,
     /// CLOCK_MONOTONIC_COARSE (bpf_ktime_get_coarse_ns) of the flow's latest
     /// packet: lets userspace tell live flows of a removed backend from idle
     /// ones.
     pub last_seen_ns: u64,
-    /// FLOW_CLOSED once the client sent FIN or RST.
-    pub flags: u32,
     /// `Backend::gen` of the backend when the entry was made.
     pub backend_gen: u32,
     /// `VipGen::gen` of the VIP (`vip_id`) when the entry was made or last
@@ -180,9 +181,9 @@ pub struct Flow {
     /// forwarded without looking the VIP up (the flow-first hit path).
     /// 0 never matches.
     pub vip_gen: u32,
-    pub _pad: u32,
 }
-const _: () = assert!(size_of::<Flow>() == 32);
+const _: () = assert!(size_of::<Flow>() == 24);
+const _: () = assert!(MAX_VIPS <= u16::MAX as u32);
 
 /// Value of the per-VIP generation array (VIP_GEN, indexed by VIP id).
 /// Userspace gives a VIP id a new, never-zero generation whenever what a
@@ -204,7 +205,7 @@ const _: () = assert!(size_of::<VipGen>() == 8);
 
 /// The client closed the flow (FIN or RST seen): it no longer counts as an
 /// active connection, and a new SYN on its 5-tuple is a new flow.
-pub const FLOW_CLOSED: u32 = 1;
+pub const FLOW_CLOSED: u16 = 1;
 
 /// Version of what the pinned maps hold and mean (see `LAYOUT_SIZES`).
 /// Bump it by hand whenever a map's key or value changes meaning, a map is

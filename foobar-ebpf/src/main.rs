@@ -43,7 +43,10 @@ fn pipeline(ctx: &XdpContext) -> Result<u32, Verdict> {
     let parsed = parse::l4(ctx, &ip);
     let mut entry = None;
     if let Ok(pkt) = &parsed {
-        if !pkt.icmp_error {
+        // A SYN (and an ICMP error) takes the full path: a SYN is nearly
+        // always a new flow, whose flow-table miss is cheaper after the VIP
+        // lookups (see flow::opens).
+        if !pkt.icmp_error && !flow::opens(pkt) {
             match flow::first(pkt) {
                 First::Hit {
                     vip_id,

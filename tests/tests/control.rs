@@ -450,7 +450,6 @@ fn status_and_health_keep_their_timing_while_the_daemon_walks_4m_flows() {
             flags: 0,
             backend_gen: 0,
             vip_gen: 0,
-            _pad: 0,
         };
         flows.insert(key, flow, 0).unwrap();
     }

@@ -41,7 +41,6 @@ fn flow(i: u32, now_ns: u64) -> Flow {
         flags: if i.is_multiple_of(4) { FLOW_CLOSED } else { 0 },
         backend_gen: 0,
         vip_gen: 0,
-        _pad: 0,
     }
 }
 
