@@ -173,6 +173,10 @@ struct Written {
     vip_gens: std::collections::HashMap<u32, VipGen>,
     /// The next VIP generation to hand out: above every one written.
     next_vip_gen: u32,
+    /// The next `apply` bumps every VIP id it sees (set by `resync`: maps
+    /// it did not write itself may hold a change whose second bump never
+    /// came, e.g. an `apply` that failed half-way or a daemon that died).
+    bump_all: bool,
 }
 
 /// The VIP ids whose generation must change when the VIPS map goes from
@@ -278,7 +282,11 @@ impl Datapath {
         // packet made while the writes were under way.
         let planned: std::collections::HashMap<VipKey, Service> =
             plan.vips.iter().map(|v| (v.key, v.service)).collect();
-        let bump = vip_ids_to_bump(&self.written.vips, &planned);
+        let mut bump = vip_ids_to_bump(&self.written.vips, &planned);
+        if std::mem::take(&mut self.written.bump_all) {
+            let all = self.written.vips.values().chain(planned.values());
+            bump.extend(all.map(|s| s.vip_id));
+        }
         let old_ids: std::collections::BTreeSet<u32> =
             self.written.vips.values().map(|s| s.vip_id).collect();
         let vlans: std::collections::HashMap<u32, u16> = plan
@@ -545,6 +553,7 @@ impl Datapath {
             addr_bits: self.prefilter_bits()?,
             vip_gens,
             next_vip_gen,
+            bump_all: true,
         };
         self.rings.forget();
         self.apply(plan)
