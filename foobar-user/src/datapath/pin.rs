@@ -58,7 +58,7 @@ pub struct PinDir {
 }
 
 /// The name of this binary's layout directory, e.g.
-/// `layout-v4-16_32_32_24_16_20_8_16_8-64_4096_65537` (bpffs refuses names
+/// `layout-v4-16_24_32_24_16_20_8_16_8-64_4096_65537` (bpffs refuses names
 /// with a dot).
 pub fn layout_name() -> String {
     let sizes: Vec<String> = LAYOUT_SIZES.iter().map(|s| s.to_string()).collect();
@@ -224,7 +224,7 @@ mod tests {
     #[test]
     fn layout_name_carries_version_and_sizes() {
         let name = layout_name();
-        assert!(name.starts_with(&format!("layout-v{LAYOUT_VERSION}-16_32_32_")));
+        assert!(name.starts_with(&format!("layout-v{LAYOUT_VERSION}-16_24_32_")));
         let dir = PinDir::new(Path::new("/sys/fs/bpf/foobar"), "eth0");
         assert_eq!(dir.link(), Path::new("/sys/fs/bpf/foobar/eth0/link"));
         assert_eq!(dir.map("FLOWS"), dir.maps_dir().join("FLOWS"));
