@@ -161,38 +161,63 @@ pub struct AffinityKey {
 }
 const _: () = assert!(size_of::<AffinityKey>() == 20);
 
-/// Value of the flow table.
+/// Value of the flow table (and of the source-affinity table).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
     pub backend_id: u32,
-    pub vip_id: u32,
+    /// The VIP id (below MAX_VIPS) the entry was made under.
+    pub vip_id: u16,
+    /// FLOW_CLOSED once the client sent FIN or RST.
+    pub flags: u16,
     /// CLOCK_MONOTONIC_COARSE (bpf_ktime_get_coarse_ns) of the flow's latest
     /// packet: lets userspace tell live flows of a removed backend from idle
     /// ones.
     pub last_seen_ns: u64,
-    /// FLOW_CLOSED once the client sent FIN or RST.
-    pub flags: u32,
     /// `Backend::gen` of the backend when the entry was made.
     pub backend_gen: u32,
+    /// `VipGen::gen` of the VIP (`vip_id`) when the entry was made or last
+    /// confirmed: while it still matches, a packet of the flow is
+    /// forwarded without looking the VIP up (the flow-first hit path).
+    /// 0 never matches.
+    pub vip_gen: u32,
 }
 const _: () = assert!(size_of::<Flow>() == 24);
+const _: () = assert!(MAX_VIPS <= u16::MAX as u32);
+
+/// Value of the per-VIP generation array (VIP_GEN, indexed by VIP id).
+/// Userspace gives a VIP id a new, never-zero generation whenever what a
+/// packet's VIP lookup would find for a flow of that id may have changed:
+/// the VIP removed, its id taken by another VIP, its service changed, or
+/// (for a port-0 VIP) an exact-port VIP on its address, protocol and VLAN
+/// added or removed. A flow entry whose `vip_gen` equals its VIP's
+/// generation, seen on the VIP's VLAN, is forwarded without the VIP
+/// lookup; any other entry takes the full path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipGen {
+    pub gen: u32,
+    /// The 802.1Q VLAN id the VIP is served on (the flow key has no VLAN).
+    pub vlan: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(size_of::<VipGen>() == 8);
 
 /// The client closed the flow (FIN or RST seen): it no longer counts as an
 /// active connection, and a new SYN on its 5-tuple is a new flow.
-pub const FLOW_CLOSED: u32 = 1;
+pub const FLOW_CLOSED: u16 = 1;
 
 /// Version of what the pinned maps hold and mean (see `LAYOUT_SIZES`).
 /// Bump it by hand whenever a map's key or value changes meaning, a map is
 /// added, removed or renamed, or a flag changes value: a daemon refuses to
 /// adopt maps pinned by a binary of another layout.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Sizes of the shared types the pinned maps hold, in the order FlowKey,
-/// Flow, Backend, VipKey, Service, AffinityKey, VipAddrKey, Counter: with
+/// Flow, Backend, VipKey, Service, AffinityKey, VipAddrKey, Counter, VipGen: with
 /// `LAYOUT_VERSION`, the layout a pinned instance is tagged with, so a size
 /// change nobody remembered to version still refuses.
-pub const LAYOUT_SIZES: [usize; 8] = [
+pub const LAYOUT_SIZES: [usize; 9] = [
     size_of::<FlowKey>(),
     size_of::<Flow>(),
     size_of::<Backend>(),
@@ -201,6 +226,7 @@ pub const LAYOUT_SIZES: [usize; 8] = [
     size_of::<AffinityKey>(),
     size_of::<VipAddrKey>(),
     size_of::<Counter>(),
+    size_of::<VipGen>(),
 ];
 
 /// Packets and bytes (per CPU in the maps; userspace sums the CPUs).
@@ -365,6 +391,7 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for Flow {}
     unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for VipGen {}
 }
 
 #[cfg(test)]

@@ -17,8 +17,9 @@ mod verdict;
 mod vip;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use foobar_common::Reason;
+use foobar_common::{Backend, Reason};
 
+use flow::First;
 use verdict::Verdict;
 
 #[xdp]
@@ -35,18 +36,52 @@ pub fn foobar(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn pipeline(ctx: &XdpContext) -> Result<u32, Verdict> {
     let ip = parse::l3(ctx)?;
+    vip::prefilter(&ip)?;
+    // The L4 header is read before the VIP address is confirmed, for the
+    // flow-first path; its verdict (malformed, fragment, other L4) counts
+    // only after the address check, as for any packet to a VIP address.
+    let parsed = parse::l4(ctx, &ip);
+    let mut entry = None;
+    if let Ok(pkt) = &parsed {
+        // A SYN (and an ICMP error) takes the full path: a SYN is nearly
+        // always a new flow, whose flow-table miss is cheaper after the VIP
+        // lookups (see flow::opens).
+        if !pkt.icmp_error && !flow::opens(pkt) {
+            match flow::first(pkt) {
+                First::Hit {
+                    vip_id,
+                    backend_id,
+                    backend,
+                } => return send(ctx, vip_id, backend_id, &backend, Reason::Forwarded),
+                First::Full(found) => entry = Some(found),
+            }
+        }
+    }
     let addr_flags = vip::address(&ip)?;
-    let pkt = parse::l4(ctx, &ip)?;
-    let service = vip::lookup(&pkt, addr_flags)?;
-    let (backend_id, backend) = flow::backend_for(&pkt, &service)?;
-    let action = forward::forward(ctx, &backend)?;
-    let len = frame_len(ctx);
-    stats::count_forward(service.vip_id, backend_id, len);
+    let pkt = parsed?;
+    let (service, vip_gen) = vip::lookup(&pkt, addr_flags)?;
+    let entry = entry.unwrap_or_else(|| flow::lookup(&pkt));
+    let (backend_id, backend) = flow::backend_for(&pkt, &service, vip_gen, entry)?;
     let reason = if pkt.icmp_error {
         Reason::ForwardedIcmp
     } else {
         Reason::Forwarded
     };
+    send(ctx, service.vip_id, backend_id, &backend, reason)
+}
+
+/// Forwards the packet to its backend and counts it.
+#[inline(always)]
+fn send(
+    ctx: &XdpContext,
+    vip_id: u32,
+    backend_id: u32,
+    backend: &Backend,
+    reason: Reason,
+) -> Result<u32, Verdict> {
+    let action = forward::forward(ctx, backend)?;
+    let len = frame_len(ctx);
+    stats::count_forward(vip_id, backend_id, len);
     stats::count_reason(reason, len);
     Ok(action)
 }

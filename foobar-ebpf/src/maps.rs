@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use foobar_common::{
-    AffinityKey, Backend, Counter, Flow, FlowKey, Service, VipAddrKey, VipKey, EVENT_COUNT,
+    AffinityKey, Backend, Counter, Flow, FlowKey, Service, VipAddrKey, VipGen, VipKey, EVENT_COUNT,
     FLOW_TABLE_DEFAULT, MAX_BACKENDS, MAX_VIPS, REASON_COUNT, RING_STRIDE, VIP_ADDR_BITMAP_WORDS,
 };
 
@@ -27,6 +27,11 @@ pub static VIP_ADDR_BITS: Array<u64> = Array::with_max_entries(VIP_ADDR_BITMAP_W
 /// (address, port, protocol) -> service. Port 0 is the every-port VIP.
 #[map]
 pub static VIPS: HashMap<VipKey, Service> = HashMap::with_max_entries(MAX_VIPS, 0);
+
+/// VIP id -> its generation and VLAN (foobar_common::VipGen): a flow entry
+/// made with the current generation is forwarded without the VIP lookup.
+#[map]
+pub static VIP_GEN: Array<VipGen> = Array::with_max_entries(MAX_VIPS, 0);
 
 /// Backend id -> backend (address, next-hop MAC, up flag).
 #[map]

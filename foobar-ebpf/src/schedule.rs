@@ -48,10 +48,12 @@ pub fn pick(pkt: &Packet, service: &Service, now: u64) -> Result<(u32, Backend),
     let (backend_id, backend) = from_ring(pkt, service)?;
     let choice = Flow {
         backend_id,
-        vip_id: service.vip_id,
+        // Below MAX_VIPS: the VIPS map holds no other id.
+        vip_id: service.vip_id as u16,
         last_seen_ns: now,
         flags: 0,
         backend_gen: backend.gen,
+        vip_gen: 0,
     };
     let _ = AFFINITY.insert(&key, &choice, 0);
     Ok((backend_id, backend))

@@ -27,6 +27,8 @@ pub struct Spec {
     pub dport: u16,
     pub ip_options: Vec<u8>,
     pub more_fragments: bool,
+    /// TCP: an established flow's segment (ACK) instead of a SYN.
+    pub ack: bool,
     pub payload: Vec<u8>,
 }
 
@@ -43,6 +45,7 @@ impl Default for Spec {
             dport: 80,
             ip_options: Vec::new(),
             more_fragments: false,
+            ack: false,
             payload: b"GET / HTTP/1.1\r\n\r\n".to_vec(),
         }
     }
@@ -66,6 +69,10 @@ impl Spec {
             None => eth.ip(headers),
         };
         let written = match self.l4 {
+            L4::Tcp if self.ack => ip_step
+                .tcp(self.sport, self.dport, 1000, 64240)
+                .ack(1)
+                .write(&mut out, &self.payload),
             L4::Tcp => ip_step
                 .tcp(self.sport, self.dport, 1000, 64240)
                 .syn()

@@ -18,6 +18,12 @@ use foobar_common::MAX_BACKENDS;
 
 use crate::model::{Model, Outcome, Reason, XDP_DROP, XDP_PASS, XDP_TX};
 
+mod churn;
+
+/// Chance in percent, per fuzzed frame (or series), of a VIP change
+/// (`churn`) before it.
+const CHURN_PERCENT: u64 = 1;
+
 /// The LB's own MAC in the fuzzed state.
 pub const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 const HASH_SEED: u32 = 0x5eed_f00d;
@@ -156,6 +162,9 @@ pub struct FuzzReport {
     pub reasons: HashMap<Reason, u64>,
     /// The largest frame BPF_PROG_TEST_RUN accepted for this program.
     pub max_frame_len: usize,
+    /// VIP changes (removed, re-added, id moved, shadowed, service or VLAN
+    /// changed) made between frames.
+    pub vip_changes: u64,
     /// The differences found (empty on success), each a printable report.
     pub differences: Vec<String>,
     /// Differences by kind ("model <action reason> / datapath <action
@@ -170,10 +179,12 @@ impl FuzzReport {
 
     pub fn summary(&self) -> String {
         let mut s = format!(
-            "{} frames in {:.1} s ({:.0} frames/s); largest frame BPF_PROG_TEST_RUN takes: {} bytes\n",
+            "{} frames in {:.1} s ({:.0} frames/s), {} VIP changes between them; largest frame \
+             BPF_PROG_TEST_RUN takes: {} bytes\n",
             self.frames,
             self.seconds,
             self.frames_per_second(),
+            self.vip_changes,
             self.max_frame_len
         );
         let mut reasons: Vec<_> = self.reasons.iter().collect();
@@ -298,11 +309,17 @@ pub fn run(opts: &FuzzOptions) -> Result<FuzzReport> {
     // Then the state a long-running LB has: down, drained, retired, freed
     // and reused ids, a VIP whose ring lost all backends and one whose ring
     // names down backends (a control-plane bug the datapath must count).
-    let plan = age_state(&mut state, &macs)?;
-    sides.apply(&plan)?;
+    let base = age_state(&mut state, &macs)?;
+    sides.apply(&base)?;
+    let mut current = base.clone();
     let start = Instant::now();
     let mut fuzzed = 0u64;
     while fuzzed < opts.frames && report.differences.len() < opts.max_differences.max(1) {
+        if gen.rng.chance(CHURN_PERCENT) {
+            current = churn::churn(&base, &current, gen.rng);
+            sides.apply(&current)?;
+            report.vip_changes += 1;
+        }
         for frame in gen.next_frames() {
             if fuzzed >= opts.frames {
                 break;

@@ -149,6 +149,11 @@ pub struct Model {
     pub backend_counters: HashMap<u32, (u64, u64)>,
     /// TCP packets without SYN that had to be scheduled anew.
     pub midflow_misses: u64,
+    /// What a dropped frame still changed: the datapath advances a
+    /// round-robin cursor before it reads the slot's backend, so a drop on
+    /// a slot naming a down backend (BadBackend) moves the cursor on.
+    /// Written by `ring_choice`, taken by `decide`.
+    dropped_updates: std::cell::RefCell<Vec<Update>>,
 }
 
 /// What the model remembers after a frame.
@@ -298,7 +303,7 @@ impl Model {
                 action,
                 reason,
                 output: frame.to_vec(),
-                updates: Vec::new(),
+                updates: std::mem::take(&mut *self.dropped_updates.borrow_mut()),
             },
         }
     }
@@ -567,6 +572,12 @@ impl Model {
         };
         let id = ring[pos as usize];
         if self.backend(id).flags & BACKEND_UP == 0 {
+            // The cursor moved on all the same (see `dropped_updates`).
+            *self.dropped_updates.borrow_mut() = updates
+                .iter()
+                .filter(|u| matches!(u, Update::CursorAdvance { .. }))
+                .cloned()
+                .collect();
             return Err((XDP_DROP, Reason::BadBackend));
         }
         Ok(id)

@@ -474,6 +474,7 @@ fn status_and_health_keep_their_timing_while_the_daemon_walks_4m_flows() {
             last_seen_ns: now,
             flags: 0,
             backend_gen: 0,
+            vip_gen: 0,
         };
         flows.insert(key, flow, 0).unwrap();
     }

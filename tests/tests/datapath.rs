@@ -885,3 +885,118 @@ fn purged_affinity_is_forgotten() {
         "scheduled afresh after the purge"
     );
 }
+
+/// The flow-first path trusts a flow entry while its VIP's generation is
+/// unchanged: `apply` must give a VIP id a new generation whenever what
+/// the VIP lookup finds for its flows may change — here an exact-port VIP
+/// shadowing the UDP every-port VIP for port 53, then a removal — and
+/// leave the others alone, so their flows keep the fast path. The flow
+/// made before the shadow goes to the new VIP's backend after it.
+#[test]
+fn vip_generations_change_exactly_when_a_vips_flows_may_change() {
+    let (mut dp, plan) = datapath(CONFIG);
+    let id_of = |plan: &Plan, name: &str| {
+        plan.vips
+            .iter()
+            .find(|v| v.name == name)
+            .unwrap()
+            .service
+            .vip_id
+    };
+    let (web, udp_any) = (id_of(&plan, "web"), id_of(&plan, "udp-any"));
+    let gens =
+        |dp: &Datapath| -> Vec<u32> { (0..8).map(|id| dp.vip_gen(id).unwrap().gen).collect() };
+    let before = gens(&dp);
+    for v in &plan.vips {
+        assert_ne!(
+            before[v.service.vip_id as usize], 0,
+            "{} has no generation",
+            v.name
+        );
+    }
+    let mut distinct = before.clone();
+    distinct.retain(|g| *g != 0);
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        plan.vips.len(),
+        "generations repeat: {before:?}"
+    );
+    dp.apply(&plan).unwrap();
+    assert_eq!(gens(&dp), before, "an unchanged plan changed generations");
+
+    // A DNS flow on the every-port VIP, established.
+    let dns = Spec {
+        l4: L4::Udp,
+        dst: [192, 0, 2, 20],
+        dport: 53,
+        ..Spec::default()
+    };
+    let (action, out) = dp.test_run(&dns.build()).unwrap();
+    assert_eq!((action, dst_mac(&out)), (XDP_TX, backend_mac(21)));
+    assert_eq!(
+        dst_mac(&dp.test_run(&dns.build()).unwrap().1),
+        backend_mac(21)
+    );
+
+    // An exact-port VIP for 53 shadows it: only udp-any's generation moves.
+    let config = config::parse(CONFIG).unwrap();
+    let mut st = State::build(&state::saved_from_config(&config), &macs()).unwrap();
+    let mut spec = st.vip("udp-any").unwrap().spec.clone();
+    spec.name = "dns".into();
+    spec.port = 53;
+    let dns_id = st.add_vip(spec).unwrap();
+    let mut b = st.vip("udp-any").unwrap().backends[0].spec.clone();
+    b.address = Ipv4Addr::new(10, 0, 0, 41);
+    st.add_backend("dns", b, backend_mac(41)).unwrap();
+    if let Ok(empty) = st.vip("empty") {
+        let ids: Vec<u32> = empty.backends.iter().map(|b| b.id).collect();
+        for id in ids {
+            st.set_health(id, false, "down for the test");
+        }
+    }
+    let shadowed = st.plan();
+    dp.apply(&shadowed).unwrap();
+    let after = gens(&dp);
+    assert_ne!(after[udp_any as usize], before[udp_any as usize]);
+    assert_ne!(after[dns_id as usize], 0);
+    for id in 0..8 {
+        if id != udp_any && id != dns_id {
+            assert_eq!(after[id as usize], before[id as usize], "VIP id {id}");
+        }
+    }
+    assert_eq!(
+        dst_mac(&dp.test_run(&dns.build()).unwrap().1),
+        backend_mac(41),
+        "the flow made before the shadow must follow the new VIP"
+    );
+
+    // web removed: its id's generation moves.
+    let web_spec = st.remove_vip("web").unwrap().spec;
+    let smaller = st.plan();
+    dp.apply(&smaller).unwrap();
+    let removed = gens(&dp);
+    assert_ne!(removed[web as usize], after[web as usize]);
+    // resync trusts no generation it did not write: every VIP's moves
+    // (its flows take the full path once), and none goes back.
+    dp.resync(&smaller).unwrap();
+    let resynced = gens(&dp);
+    for v in &smaller.vips {
+        let id = v.service.vip_id as usize;
+        assert!(resynced[id] > removed[id], "{} kept its generation", v.name);
+    }
+    // Re-added (the lowest free id: its old one): a generation never
+    // handed out before, also after the resync.
+    assert_eq!(st.add_vip(web_spec).unwrap(), web);
+    dp.apply(&st.plan()).unwrap();
+    let readded = dp.vip_gen(web).unwrap().gen;
+    let highest = before
+        .iter()
+        .chain(&after)
+        .chain(&removed)
+        .chain(&resynced)
+        .max()
+        .unwrap();
+    assert!(readded > *highest, "{readded} was handed out before");
+}

@@ -40,6 +40,7 @@ fn flow(i: u32, now_ns: u64) -> Flow {
         last_seen_ns: if i.is_multiple_of(10) { 0 } else { now_ns },
         flags: if i.is_multiple_of(4) { FLOW_CLOSED } else { 0 },
         backend_gen: 0,
+        vip_gen: 0,
     }
 }
 

@@ -1,7 +1,8 @@
 //! The datapath against its reference model (`foobar_tests::model`): 20 000
 //! seeded random and mutated frames through BPF_PROG_TEST_RUN and the
 //! model must agree on action, reason and output frame, and the per-VIP and
-//! per-backend counters must agree at the end. Needs root (`cargo xtask
+//! per-backend counters must agree at the end, with VIPs removed, re-added,
+//! moved to other ids, shadowed and changed between the frames. Needs root (`cargo xtask
 //! test`); `cargo xtask fuzz --frames N --seed S` runs longer or other seeds.
 use foobar_tests::fuzz::{self, FuzzOptions};
 
@@ -22,6 +23,14 @@ fn datapath_and_model_agree_on_20000_fuzzed_frames() {
         report.differences.join("\n")
     );
     assert_eq!(report.frames, 20_000);
+    // VIPs removed, re-added, shadowed and changed between frames of the
+    // same flows: where a flow entry trusted past a change would show.
+    assert!(
+        report.vip_changes >= 100,
+        "only {} VIP changes in the run\n{}",
+        report.vip_changes,
+        report.summary()
+    );
     // The run must reach every kind of decision, or it proves little.
     for reason in foobar_tests::model::Reason::ALL {
         assert!(

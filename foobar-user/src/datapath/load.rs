@@ -129,6 +129,13 @@ impl Datapath {
             }
         }
         let maps = take_maps(&mut ebpf)?;
+        // Adopted maps: generations the earlier run handed out are never
+        // handed out again, even by an `apply` without a `resync` first.
+        let mut next_vip_gen = 1;
+        for id in 0..foobar_common::MAX_VIPS {
+            let gen = maps.vip_gens.get(&id, 0).map_or(0, |g| g.gen);
+            next_vip_gen = next_vip_gen.max(gen.saturating_add(1));
+        }
         Ok(Datapath {
             ebpf,
             maps,
@@ -138,7 +145,10 @@ impl Datapath {
             adopted,
             _pin_lock: pin_lock,
             flow_table_size,
-            written: Written::default(),
+            written: Written {
+                next_vip_gen,
+                ..Written::default()
+            },
         })
     }
 
@@ -261,6 +271,7 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<Maps> {
     Ok(Maps {
         backends: take::<Array<MapData, _>>(ebpf, "BACKENDS")?,
         vips: take::<HashMap<MapData, _, _>>(ebpf, "VIPS")?,
+        vip_gens: take::<Array<MapData, _>>(ebpf, "VIP_GEN")?,
         vip_addrs4: take::<HashMap<MapData, _, _>>(ebpf, "VIP_ADDRS4")?,
         vip_addr_bits: take::<Array<MapData, _>>(ebpf, "VIP_ADDR_BITS")?,
         affinity: take::<HashMap<MapData, _, _>>(ebpf, "AFFINITY")?,

@@ -20,8 +20,8 @@ use aya::{
 };
 
 use foobar_common::{
-    vip_addr_bit, AffinityKey, Backend, Flow, FlowKey, Service, VipAddrKey, VipKey, BACKEND_UP,
-    MAX_BACKENDS, MAX_VIPS, VIP_ADDR_BITMAP_WORDS,
+    vip_addr_bit, AffinityKey, Backend, Flow, FlowKey, Service, VipAddrKey, VipGen, VipKey,
+    BACKEND_UP, MAX_BACKENDS, MAX_VIPS, VIP_ADDR_BITMAP_WORDS,
 };
 
 pub use flows::{FlowUsage, FlowWalker};
@@ -152,6 +152,7 @@ enum Attached {
 struct Maps {
     backends: Array<MapData, Backend>,
     vips: HashMap<MapData, VipKey, Service>,
+    vip_gens: Array<MapData, VipGen>,
     vip_addrs4: HashMap<MapData, VipAddrKey, u32>,
     vip_addr_bits: Array<MapData, u64>,
     affinity: HashMap<MapData, AffinityKey, Flow>,
@@ -168,6 +169,47 @@ struct Written {
     /// The words of the prefilter bitmap (VIP_ADDR_BITS); empty: all zero,
     /// as a freshly created map is.
     addr_bits: Vec<u64>,
+    /// VIP id -> its VIP_GEN entry (absent: zero, as a fresh map holds).
+    vip_gens: std::collections::HashMap<u32, VipGen>,
+    /// The next VIP generation to hand out: above every one written.
+    next_vip_gen: u32,
+    /// The next `apply` bumps every VIP id it sees (set by `resync`: maps
+    /// it did not write itself may hold a change whose second bump never
+    /// came, e.g. an `apply` that failed half-way or a daemon that died).
+    bump_all: bool,
+}
+
+/// The VIP ids whose generation must change when the VIPS map goes from
+/// `old` to `new`: for every key added, removed or given another service,
+/// the ids of its old and new service and, for an exact-port key, of the
+/// port-0 VIP of its (address, protocol, VLAN), which it shadows for its
+/// port (a flow entry does not say which of the two made it). Ids of
+/// unchanged keys keep their generation, so their flows keep the
+/// flow-first path.
+fn vip_ids_to_bump(
+    old: &std::collections::HashMap<VipKey, Service>,
+    new: &std::collections::HashMap<VipKey, Service>,
+) -> std::collections::BTreeSet<u32> {
+    let mut ids = std::collections::BTreeSet::new();
+    for key in old.keys().chain(new.keys()) {
+        if old.get(key) == new.get(key) {
+            continue;
+        }
+        let wildcard = VipKey { port_be: 0, ..*key };
+        let keys = if key.port_be != 0 {
+            vec![*key, wildcard]
+        } else {
+            vec![*key]
+        };
+        for k in keys {
+            for side in [old, new] {
+                if let Some(service) = side.get(&k) {
+                    ids.insert(service.vip_id);
+                }
+            }
+        }
+    }
+    ids
 }
 
 /// The prefilter bitmap of a set of VIP addresses (`vip_addr_bit`).
@@ -234,6 +276,25 @@ impl Datapath {
                 self.written.vip_addrs4.insert(*key, *flags);
             }
         }
+        // Generations: bumped before the VIPS writes, so no flow entry made
+        // under the old meaning passes the flow-first check once the new
+        // one shows, and again after them, so neither does an entry a
+        // packet made while the writes were under way.
+        let planned: std::collections::HashMap<VipKey, Service> =
+            plan.vips.iter().map(|v| (v.key, v.service)).collect();
+        let mut bump = vip_ids_to_bump(&self.written.vips, &planned);
+        if std::mem::take(&mut self.written.bump_all) {
+            let all = self.written.vips.values().chain(planned.values());
+            bump.extend(all.map(|s| s.vip_id));
+        }
+        let old_ids: std::collections::BTreeSet<u32> =
+            self.written.vips.values().map(|s| s.vip_id).collect();
+        let vlans: std::collections::HashMap<u32, u16> = plan
+            .vips
+            .iter()
+            .map(|v| (v.service.vip_id, v.key.vlan))
+            .collect();
+        self.bump_vip_gens(&bump, &vlans)?;
         let vips = &mut self.maps.vips;
         for vip in &plan.vips {
             if self.written.vips.get(&vip.key) != Some(&vip.service) {
@@ -257,14 +318,17 @@ impl Datapath {
                 map: "VIPS",
                 source,
             })?;
-            if let Some(service) = self.written.vips.remove(&key) {
-                // Its id goes back to the pool: the next VIP to take it
-                // starts its counters from zero.
-                if !plan.vips.iter().any(|v| v.service.vip_id == service.vip_id) {
-                    self.maps.counters.clear_vip(service.vip_id)?;
-                }
+            self.written.vips.remove(&key);
+        }
+        // An id that left the plan goes back to the pool: the next VIP to
+        // take it starts its counters from zero (also when its key stayed
+        // and took another id).
+        for id in old_ids {
+            if !vlans.contains_key(&id) {
+                self.maps.counters.clear_vip(id)?;
             }
         }
+        self.bump_vip_gens(&bump, &vlans)?;
         let prefilter = &mut self.maps.vip_addrs4;
         let stale: Vec<VipAddrKey> = self
             .written
@@ -319,6 +383,44 @@ impl Datapath {
                     })
             })
             .collect()
+    }
+
+    /// Gives each VIP id of `ids` a new generation (with the VLAN its VIP
+    /// is served on, if it has one in the plan).
+    fn bump_vip_gens(
+        &mut self,
+        ids: &std::collections::BTreeSet<u32>,
+        vlans: &std::collections::HashMap<u32, u16>,
+    ) -> Result<()> {
+        for &id in ids {
+            let gen = self.written.next_vip_gen.max(1);
+            self.written.next_vip_gen = gen.checked_add(1).unwrap_or(1);
+            let entry = VipGen {
+                gen,
+                vlan: vlans.get(&id).copied().unwrap_or(0),
+                _pad: 0,
+            };
+            self.maps
+                .vip_gens
+                .set(id, entry, 0)
+                .map_err(|source| DatapathError::Map {
+                    map: "VIP_GEN",
+                    source,
+                })?;
+            self.written.vip_gens.insert(id, entry);
+        }
+        Ok(())
+    }
+
+    /// The VIP_GEN entry of VIP id `id`, as the datapath reads it.
+    pub fn vip_gen(&self, id: u32) -> Result<VipGen> {
+        self.maps
+            .vip_gens
+            .get(&id, 0)
+            .map_err(|source| DatapathError::Map {
+                map: "VIP_GEN",
+                source,
+            })
     }
 
     /// Writes the prefilter words that differ from what it holds.
@@ -427,11 +529,31 @@ impl Datapath {
             .iter()
             .collect::<std::result::Result<_, _>>()
             .map_err(map_err("VIP_ADDRS4"))?;
+        let mut vip_gens = std::collections::HashMap::new();
+        for id in 0..MAX_VIPS {
+            let entry = self.vip_gen(id)?;
+            if entry != VipGen::default() {
+                vip_gens.insert(id, entry);
+            }
+        }
+        // Generations handed out before (by this process or the one whose
+        // maps were adopted) are never handed out again.
+        let next_vip_gen = vip_gens
+            .values()
+            .map(|g| g.gen)
+            .max()
+            .unwrap_or(0)
+            .max(self.written.next_vip_gen.saturating_sub(1))
+            .checked_add(1)
+            .unwrap_or(1);
         self.written = Written {
             backends,
             vips,
             vip_addrs4,
             addr_bits: self.prefilter_bits()?,
+            vip_gens,
+            next_vip_gen,
+            bump_all: true,
         };
         self.rings.forget();
         self.apply(plan)

@@ -33,10 +33,11 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Every map of the object, pinned by name (a map left out would start
 /// empty in the new program).
-pub(super) const PINNED_MAPS: [&str; 14] = [
+pub(super) const PINNED_MAPS: [&str; 15] = [
     "VIP_ADDRS4",
     "VIP_ADDR_BITS",
     "VIPS",
+    "VIP_GEN",
     "BACKENDS",
     "RINGS",
     "RING_STATE",
@@ -57,7 +58,7 @@ pub struct PinDir {
 }
 
 /// The name of this binary's layout directory, e.g.
-/// `layout-v3-16_24_32_24_16_20_8_16-64_4096_65537` (bpffs refuses names
+/// `layout-v4-16_24_32_24_16_20_8_16_8-64_4096_65537` (bpffs refuses names
 /// with a dot).
 pub fn layout_name() -> String {
     let sizes: Vec<String> = LAYOUT_SIZES.iter().map(|s| s.to_string()).collect();

@@ -172,9 +172,16 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn frame(dst: [u8; 4]) -> [u8; FRAME_LEN] {
+    frame_with(dst, false)
+}
+
+/// A FRAME_LEN TCP frame to `dst`: a SYN (what opens a new flow), or with
+/// `ack` a segment of an established flow.
+fn frame_with(dst: [u8; 4], ack: bool) -> [u8; FRAME_LEN] {
     let header = 14 + 20 + 20;
     let f = Spec {
         dst,
+        ack,
         payload: vec![b'x'; FRAME_LEN - header],
         ..Spec::default()
     }
@@ -307,6 +314,9 @@ fn per_packet(quick: bool) -> Result<String> {
     let mut harness = Harness::load()?;
     let floor_fd = harness.floor_fd()?;
     let vip = frame([192, 0, 2, 10]);
+    // Established flows carry ACK segments (a SYN opens a flow: the
+    // datapath sends it the new-flow way).
+    let vip_ack = frame_with([192, 0, 2, 10], true);
     let other = frame([192, 0, 2, 99]);
     let mut cases = Vec::new();
     for scheduler in ["rr", "maglev"] {
@@ -328,7 +338,7 @@ fn per_packet(quick: bool) -> Result<String> {
             ),
             (
                 "established (flow-table hit)",
-                vip,
+                vip_ack,
                 Restore::Macs,
                 XDP_TX,
                 false,
@@ -408,7 +418,7 @@ fn per_packet(quick: bool) -> Result<String> {
     writeln!(out, "\n## Per-packet cost (BPF_PROG_TEST_RUN)\n")?;
     writeln!(
         out,
-        "repeat {repeat}, median of {rounds} interleaved round(s); a {FRAME_LEN}-byte TCP frame. \
+        "repeat {repeat}, median of {rounds} interleaved round(s); a {FRAME_LEN}-byte TCP frame (a SYN on the pass and new-flow paths, an ACK segment on the established path). \
          The harness restores only what the program changes (nothing on the pass path, the 12 \
          MAC bytes on a flow-table hit; for new flows also a source address and port never seen \
          before, on any CPU) with plain stores, then tail-calls the program. Each variant's own \
@@ -502,22 +512,44 @@ fn two_cpus(
     }
     let vip = frame([192, 0, 2, 10]);
     let (mut one, mut two, mut overlap) = (Vec::new(), Vec::new(), Vec::new());
+    let mut two_own = Vec::new();
+    // (CPUs, whether each CPU has a datapath, and so a flow table, of its
+    // own: the scaling a per-CPU flow table, as Katran keeps, could reach).
     for _ in 0..rounds {
-        for n_cpus in [1usize, 2] {
-            let mut dp = load_with(
-                "rr",
-                LoadOptions {
-                    flow_table_size: roomy_table(repeat),
-                    ..LoadOptions::default()
-                },
-            )?;
-            let fd = dp.program_fd()?;
-            harness.prepare(&fd, &vip, Restore::NewFlow)?;
-            let before = dp.stats(1, 3)?;
+        for (n_cpus, own_tables) in [(1usize, false), (2, false), (2, true)] {
+            let tables = if own_tables { n_cpus } else { 1 };
+            let mut dps = Vec::new();
+            let mut harnesses = Vec::new();
+            for t in 0..tables {
+                let mut dp = load_with(
+                    "rr",
+                    LoadOptions {
+                        flow_table_size: roomy_table(repeat),
+                        ..LoadOptions::default()
+                    },
+                )?;
+                let fd = dp.program_fd()?;
+                if t > 0 {
+                    let mut h = Harness::load()?;
+                    h.prepare(&fd, &vip, Restore::NewFlow)?;
+                    harnesses.push(h);
+                } else {
+                    harness.prepare(&fd, &vip, Restore::NewFlow)?;
+                }
+                dps.push(dp);
+            }
+            let before: Vec<_> = dps
+                .iter()
+                .map(|dp| dp.stats(1, 3))
+                .collect::<Result<_, _>>()?;
             let barrier = Arc::new(std::sync::Barrier::new(n_cpus));
             let threads: Vec<_> = (0..n_cpus)
                 .map(|cpu| {
-                    let prog = harness.harness_fd();
+                    let prog = if own_tables && cpu > 0 {
+                        harnesses[cpu - 1].harness_fd()
+                    } else {
+                        harness.harness_fd()
+                    };
                     let barrier = barrier.clone();
                     std::thread::spawn(move || -> Result<(f64, Instant, Instant)> {
                         let prog = prog?;
@@ -538,26 +570,33 @@ fn two_cpus(
                         .map_err(|_| anyhow::anyhow!("a bench thread panicked"))??,
                 );
             }
-            let after = dp.stats(1, 3)?;
-            let forwarded =
-                after.reason(Reason::Forwarded).packets - before.reason(Reason::Forwarded).packets;
-            ensure!(
-                forwarded == n_cpus as u64 * u64::from(repeat),
-                "new flows on {n_cpus} CPU(s): {forwarded} forwarded, expected {}",
-                n_cpus as u64 * u64::from(repeat)
-            );
-            let entries = dp.flow_usage(0)?.entries as u64;
-            ensure!(
-                entries == forwarded,
-                "new flows on {n_cpus} CPU(s): {entries} flow entries for {forwarded} new flows \
-                 (an eviction, or CPUs sharing 5-tuples)"
-            );
+            let per_table = (n_cpus / tables) as u64 * u64::from(repeat);
+            for (dp, before) in dps.iter().zip(&before) {
+                let after = dp.stats(1, 3)?;
+                let forwarded = after.reason(Reason::Forwarded).packets
+                    - before.reason(Reason::Forwarded).packets;
+                ensure!(
+                    forwarded == per_table,
+                    "new flows on {n_cpus} CPU(s): {forwarded} forwarded by one datapath, \
+                     expected {per_table}"
+                );
+                let entries = dp.flow_usage(0)?.entries as u64;
+                ensure!(
+                    entries == forwarded,
+                    "new flows on {n_cpus} CPU(s): {entries} flow entries for {forwarded} new \
+                     flows (an eviction, or CPUs sharing 5-tuples)"
+                );
+            }
             // Packets per second of each CPU from the kernel's own timing,
             // harness subtracted; summed over the CPUs.
             let rate: f64 = runs.iter().map(|r| 1e9 / (r.0 - harness_cost)).sum();
             if n_cpus == 1 {
                 one.push(rate);
             } else {
+                if own_tables {
+                    two_own.push(rate);
+                    continue;
+                }
                 two.push(rate);
                 let first_end = runs.iter().map(|r| r.2).min().unwrap_or_else(Instant::now);
                 let last_start = runs.iter().map(|r| r.1).max().unwrap_or_else(Instant::now);
@@ -588,6 +627,14 @@ fn two_cpus(
     )?;
     writeln!(out, "| 1 | {:.0} | 1.00 | |", one)?;
     writeln!(out, "| 2 | {:.0} | {:.2} | ≥ 1.8 |", two, two / one)?;
+    let two_own = median(two_own);
+    writeln!(
+        out,
+        "| 2, each CPU a flow table of its own (the per-CPU table's ceiling; not what foobar \
+         ships) | {:.0} | {:.2} | |",
+        two_own,
+        two_own / one
+    )?;
     Ok(out)
 }
 
@@ -719,6 +766,7 @@ fn walk_flow(i: u32, now_ns: u64) -> Flow {
         // A quarter of the flows closed by the client, as a busy table has.
         flags: if i.is_multiple_of(4) { FLOW_CLOSED } else { 0 },
         backend_gen: 0,
+        vip_gen: 0,
     }
 }
 
