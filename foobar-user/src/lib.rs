@@ -5,6 +5,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
+pub mod decap;
 pub mod health;
 pub mod maglev;
 pub mod metrics;

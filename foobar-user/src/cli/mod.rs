@@ -4,6 +4,7 @@
 mod backend;
 mod check;
 mod completions;
+mod decap;
 mod detach;
 mod reload;
 mod run;
@@ -52,6 +53,9 @@ pub enum Command {
     Backend(backend::BackendCmd),
     /// Print a shell completion script (bash, zsh, fish, ...).
     Completions(completions::CompletionsArgs),
+    /// On a backend of an `ipip` VIP: attach, detach or count the XDP
+    /// program that strips the LB's tunnel header (docs/IPIP.md).
+    Decap(decap::DecapArgs),
 }
 
 pub fn main(cli: Cli) -> anyhow::Result<()> {
@@ -65,6 +69,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Vip(cmd) => vip::vip(&cli.socket, cmd),
         Command::Backend(cmd) => backend::backend(&cli.socket, cmd),
         Command::Completions(args) => completions::completions(args),
+        Command::Decap(args) => decap::decap(args),
     }
 }
 
