@@ -259,6 +259,21 @@ impl Decap {
         Ok((result.return_value, out))
     }
 
+    /// The kernel's mean time per run of `repeat` runs on `frame`
+    /// (BPF_PROG_TEST_RUN). Later runs see the earlier run's output: only a
+    /// frame the program leaves unchanged is measured `repeat` times.
+    pub fn time_run(&mut self, frame: &[u8], repeat: u32) -> Result<std::time::Duration> {
+        let mut out = vec![0u8; frame.len() + 64];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        opts.repeat = repeat;
+        let result = program(&mut self.ebpf)?
+            .test_run(opts)
+            .map_err(DecapError::Program)?;
+        Ok(result.duration)
+    }
+
     /// The counters, summed over CPUs.
     pub fn counters(&mut self) -> Result<Counters> {
         let map: PerCpuArray<_, u64> = self.map("DECAP_STATS")?;

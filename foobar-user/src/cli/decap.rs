@@ -17,8 +17,9 @@ pub struct DecapArgs {
     #[arg(long)]
     pub iface: String,
     /// Outer source addresses to accept: the LB nodes' (IPv4 and/or IPv6).
-    /// Encapsulated packets from any other source pass untouched.
-    #[arg(long, value_delimiter = ',', required_unless_present_any = ["detach", "stats"])]
+    /// Encapsulated packets from any other source pass untouched. Required
+    /// to attach: an empty set would decapsulate nothing.
+    #[arg(long, value_delimiter = ',')]
     pub allow_from: Vec<IpAddr>,
     /// Outer destination addresses to accept; default: every address this
     /// host has when the program is attached, loopback excepted.
@@ -62,6 +63,9 @@ pub fn decap(args: DecapArgs) -> anyhow::Result<()> {
         decap::detach(&args.pin_root, iface)?;
         println!("decap program detached from {iface}");
         return Ok(());
+    }
+    if args.allow_from.is_empty() {
+        return Err(decap::DecapError::NoSource.into());
     }
     let local = if args.local.is_empty() {
         decap::local_addresses().context("listing this host's addresses (getifaddrs)")?
