@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
+pub mod decap;
 pub mod health;
 pub mod logging;
 pub mod maglev;

@@ -7,6 +7,7 @@ mod backend_check;
 mod backend_setup;
 mod check;
 mod completions;
+mod decap;
 mod detach;
 pub mod exit;
 mod man;
@@ -71,6 +72,9 @@ pub enum Command {
     /// Write the manual pages (foobar.1, foobar-SUBCOMMAND.1) into a
     /// directory.
     Man(man::ManArgs),
+    /// On a backend of an `ipip` VIP: attach, detach or count the XDP
+    /// program that strips the LB's tunnel header (docs/IPIP.md).
+    Decap(decap::DecapArgs),
 }
 
 pub fn main(cli: Cli) -> anyhow::Result<()> {
@@ -98,6 +102,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Man(args) => man::man(args),
         Command::BackendSetup(args) => backend_setup::backend_setup(args),
         Command::BackendCheck(args) => backend_check::backend_check(args),
+        Command::Decap(args) => decap::decap(args),
     }
 }
 
@@ -112,6 +117,9 @@ impl Cli {
             Command::Stats(a) => a.json,
             Command::Vip(c) => c.json(),
             Command::Backend(c) => c.json(),
+            Command::BackendSetup(a) => a.json,
+            Command::BackendCheck(a) => a.json,
+            Command::Decap(a) => a.json,
             _ => false,
         }
     }
