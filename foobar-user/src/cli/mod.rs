@@ -117,8 +117,8 @@ impl Cli {
             Command::Stats(a) => a.json,
             Command::Vip(c) => c.json(),
             Command::Backend(c) => c.json(),
-            Command::BackendSetup(a) => a.json,
-            Command::BackendCheck(a) => a.json,
+            // backend-setup and backend-check print their own JSON report,
+            // failures included (one document on stdout).
             Command::Decap(a) => a.json,
             _ => false,
         }
