@@ -185,5 +185,6 @@ pub fn backend_for(
     // pressure, and then the packet is still forwarded (the next one
     // reschedules, which round-robin may send elsewhere).
     let _ = FLOWS.insert(&pkt.flow, &flow, 0);
+    stats::count_new_flow(backend_id);
     Ok((backend_id, backend))
 }

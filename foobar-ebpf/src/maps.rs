@@ -67,6 +67,11 @@ pub static VIP_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_V
 #[map]
 pub static BACKEND_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
+/// Per backend id: flows scheduled to it (entries the flow table got: new
+/// connections, and flows rescheduled mid-stream).
+#[map]
+pub static BACKEND_NEW_FLOWS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
 /// Per reason (foobar_common::Reason): every packet lands in exactly one.
 #[map]
 pub static REASONS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(REASON_COUNT, 0);

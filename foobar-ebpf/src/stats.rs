@@ -3,7 +3,7 @@
 //! CPUs.
 use foobar_common::{Counter, Event, Reason};
 
-use crate::maps::{BACKEND_STATS, EVENTS, REASONS, VIP_STATS};
+use crate::maps::{BACKEND_NEW_FLOWS, BACKEND_STATS, EVENTS, REASONS, VIP_STATS};
 
 #[inline(always)]
 fn add(counter: Option<*mut Counter>, bytes: u64) {
@@ -30,4 +30,13 @@ pub fn count_event(event: Event) {
 pub fn count_forward(vip_id: u32, backend_id: u32, bytes: u64) {
     add(VIP_STATS.get_ptr_mut(vip_id), bytes);
     add(BACKEND_STATS.get_ptr_mut(backend_id), bytes);
+}
+
+/// A flow was scheduled to backend `backend_id`.
+#[inline(always)]
+pub fn count_new_flow(backend_id: u32) {
+    if let Some(n) = BACKEND_NEW_FLOWS.get_ptr_mut(backend_id) {
+        // SAFETY: a per-CPU array slot, valid and owned by this CPU.
+        unsafe { *n += 1 };
+    }
 }

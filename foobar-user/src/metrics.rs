@@ -44,6 +44,8 @@ pub struct BackendSample {
     pub weight: u32,
     /// Open flows seen within the activity window (the flow-table walk).
     pub active_flows: u64,
+    /// Flows the datapath scheduled to the backend.
+    pub new_flows: u64,
     /// The checks' counts and durations (None: no checker yet).
     pub checks: Option<health::Record>,
 }
@@ -228,6 +230,13 @@ pub fn render(s: &Snapshot) -> String {
          flow-table walk",
         backend_active.clone(),
     );
+    let backend_new_flows = Family::<BackendLabels, Counter>::default();
+    registry.register(
+        "backend_new_flows",
+        "Flows the datapath scheduled to the backend (new connections, and flows \
+         rescheduled mid-stream)",
+        backend_new_flows.clone(),
+    );
     let checks = Family::<CheckLabels, Counter>::default();
     registry.register(
         "health_checks",
@@ -258,6 +267,7 @@ pub fn render(s: &Snapshot) -> String {
         backend_enabled.get_or_create(&l).set(i64::from(b.enabled));
         backend_weight.get_or_create(&l).set(i64::from(b.weight));
         backend_active.get_or_create(&l).set(b.active_flows as i64);
+        backend_new_flows.get_or_create(&l).inc_by(b.new_flows);
         // Every result is written, zeros too: a rate over a series that
         // appears only at its first failure misses that failure.
         let r = b.checks.clone().unwrap_or_else(health::Record::empty);

@@ -770,6 +770,56 @@ fn a_backend_removed_while_down_stays_down() {
 /// TCP segments without SYN that find no flow (an evicted or lost flow)
 /// are counted: that is how a too-small flow table shows.
 #[test]
+fn new_flows_are_counted_per_backend_and_hits_are_not() {
+    let (mut dp, plan) = datapath(CONFIG);
+    // Backend ids: 0 = .11, 1 = .12, 2 = .13.
+    let id_of = |mac: [u8; 6]| {
+        (11..=13u8)
+            .position(|l| backend_mac(l) == mac)
+            .unwrap_or_else(|| panic!("not a backend: {mac:02x?}"))
+    };
+    let new_flows = |dp: &Datapath| {
+        let stats = dp.stats(plan.vips.len(), plan.backends.len()).unwrap();
+        (0..3u32)
+            .map(|id| stats.new_flows(id))
+            .collect::<Vec<u64>>()
+    };
+    let flows: Vec<Spec> = (0..6u16)
+        .map(|i| Spec {
+            sport: 32000 + i,
+            ..Spec::default()
+        })
+        .collect();
+    let mut expected = vec![0u64; 3];
+    let mut on = Vec::new();
+    for f in &flows {
+        let id = id_of(dst_mac(&dp.test_run(&f.build()).unwrap().1));
+        expected[id] += 1;
+        on.push(id);
+    }
+    assert_eq!(new_flows(&dp), expected, "one new flow per first packet");
+    // Flow-table hits schedule nothing.
+    for f in &flows {
+        dp.test_run(&f.build()).unwrap();
+    }
+    assert_eq!(new_flows(&dp), expected, "hits counted as new flows");
+    // Backend .11 goes down (and leaves the ring, as apply does): its flows
+    // are rescheduled, each a new flow of the backend it lands on.
+    dp.set_ring(plan.vips[0].service.vip_id, &[1, 2]).unwrap();
+    let mut down = plan.backends[&0];
+    down.flags &= !BACKEND_UP;
+    dp.set_backend(0, &down).unwrap();
+    for (f, was) in flows.iter().zip(&on) {
+        let id = id_of(dst_mac(&dp.test_run(&f.build()).unwrap().1));
+        if *was == 0 {
+            assert_ne!(id, 0);
+            expected[id] += 1;
+        }
+    }
+    assert_eq!(new_flows(&dp), expected, "rescheduled flows");
+}
+
+#[test]
 fn a_midflow_miss_is_counted() {
     let (mut dp, plan) = datapath(CONFIG);
     let mut ack = Spec::default().build();

@@ -246,6 +246,11 @@ fn status_numbers_move_under_load_and_the_metrics_are_openmetrics() {
         },
     );
     let b1 = backend(&during, &be1).unwrap().clone();
+    // wrk's connections were scheduled: be1 got some of them as new flows.
+    assert!(
+        b1["new_flows"].as_u64() > b0["new_flows"].as_u64(),
+        "{b0}\n{b1}"
+    );
     // Checks run every 300 ms: more have passed, each took some time.
     assert!(
         b1["check"]["passed"].as_u64() > b0["check"]["passed"].as_u64(),
@@ -280,7 +285,7 @@ fn status_numbers_move_under_load_and_the_metrics_are_openmetrics() {
     let end_of = |name: &str| header.find(name).unwrap() + name.len();
     for row in &table[1..] {
         // Right-aligned numeric columns end under their header's end.
-        for col in ["WEIGHT", "FAILS", "ACTIVE", "PKT/S"] {
+        for col in ["WEIGHT", "FAILS", "ACTIVE", "NEW/S", "PKT/S"] {
             let end = end_of(col);
             assert!(
                 row.as_bytes()[end - 1] != b' ' && row.as_bytes()[end] == b' ',
@@ -326,6 +331,12 @@ fn status_numbers_move_under_load_and_the_metrics_are_openmetrics() {
         .expect("a passed-checks sample")
     };
     assert!(sample(&body, &format!("foobar_backend_active_flows{{{labels}}}")) > Some(0.0));
+    assert!(
+        sample(
+            &body,
+            &format!("foobar_backend_new_flows_total{{{labels}}}")
+        ) > Some(0.0)
+    );
     let first = passed(&body);
     let count = sample(
         &body,

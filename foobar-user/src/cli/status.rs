@@ -71,6 +71,7 @@ pub struct Backend {
     pub check: Option<Check>,
     pub last_check: String,
     pub active_flows: u64,
+    pub new_flows_per_s: f64,
     pub packets_per_s: f64,
     pub bytes_per_s: f64,
 }
@@ -85,7 +86,7 @@ pub struct Check {
 }
 
 /// The columns of a VIP's backend table.
-pub const BACKEND_COLUMNS: [(&str, Align); 12] = [
+pub const BACKEND_COLUMNS: [(&str, Align); 13] = [
     ("BACKEND", Align::Left),
     ("WEIGHT", Align::Right),
     ("ADMIN", Align::Left),
@@ -95,6 +96,7 @@ pub const BACKEND_COLUMNS: [(&str, Align); 12] = [
     ("TOOK", Align::Right),
     ("FAILS", Align::Right),
     ("ACTIVE", Align::Right),
+    ("NEW/S", Align::Right),
     ("PKT/S", Align::Right),
     ("B/S", Align::Right),
     ("LAST CHECK", Align::Left),
@@ -137,6 +139,7 @@ pub fn render(s: &Status) -> String {
                 took,
                 fails,
                 b.active_flows.to_string(),
+                si(b.new_flows_per_s),
                 si(b.packets_per_s),
                 si(b.bytes_per_s),
                 b.last_check.clone(),

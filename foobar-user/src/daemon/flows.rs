@@ -41,6 +41,15 @@ impl Owner {
                 .enumerate()
                 .map(|(i, c)| (i as u32, rate(c, prev.backends.get(i))))
                 .collect();
+            self.rates.new_flows = now_stats
+                .new_flows
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    let old = prev.new_flows.get(i).copied().unwrap_or_default();
+                    (i as u32, n.saturating_sub(old) as f64 / dt)
+                })
+                .collect();
         }
         self.rates.last = Some((now, now_stats));
     }

@@ -164,6 +164,8 @@ struct Rates {
     /// (packets/s, bytes/s) by VIP id and by backend id.
     vips: HashMap<u32, (f64, f64)>,
     backends: HashMap<u32, (f64, f64)>,
+    /// New flows/s by backend id.
+    new_flows: HashMap<u32, f64>,
 }
 
 impl Owner {

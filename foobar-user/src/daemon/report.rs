@@ -59,6 +59,8 @@ impl Owner {
                             "bytes": c.bytes,
                             "packets_per_s": bpps,
                             "bytes_per_s": bbps,
+                            "new_flows": stats.as_ref().map(|s| s.new_flows(b.id)).unwrap_or_default(),
+                            "new_flows_per_s": self.rates.new_flows.get(&b.id).copied().unwrap_or(0.0),
                         })
                     })
                     .collect();
@@ -171,6 +173,7 @@ impl Owner {
                     enabled: b.spec.admin == Admin::Enabled,
                     weight: b.spec.weight,
                     active_flows: u64::from(self.state.active(b.id)),
+                    new_flows: stats.new_flows(b.id),
                     checks: self.health_board.get(b.id),
                 });
             }

@@ -281,6 +281,7 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<Maps> {
             events: take::<PerCpuArray<MapData, _>>(ebpf, "EVENTS")?,
             vips: take::<PerCpuArray<MapData, _>>(ebpf, "VIP_STATS")?,
             backends: take::<PerCpuArray<MapData, _>>(ebpf, "BACKEND_STATS")?,
+            new_flows: take::<PerCpuArray<MapData, _>>(ebpf, "BACKEND_NEW_FLOWS")?,
         },
     })
 }

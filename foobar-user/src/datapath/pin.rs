@@ -33,7 +33,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Every map of the object, pinned by name (a map left out would start
 /// empty in the new program).
-pub(super) const PINNED_MAPS: [&str; 15] = [
+pub(super) const PINNED_MAPS: [&str; 16] = [
     "VIP_ADDRS4",
     "VIP_ADDR_BITS",
     "VIPS",
@@ -46,6 +46,7 @@ pub(super) const PINNED_MAPS: [&str; 15] = [
     "AFFINITY",
     "VIP_STATS",
     "BACKEND_STATS",
+    "BACKEND_NEW_FLOWS",
     "REASONS",
     "EVENTS",
     "CLOCK",

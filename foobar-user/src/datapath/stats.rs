@@ -22,6 +22,8 @@ pub struct Stats {
     pub vips: Vec<Counters>,
     /// Indexed by backend id.
     pub backends: Vec<Counters>,
+    /// Flows scheduled to each backend, indexed by backend id.
+    pub new_flows: Vec<u64>,
 }
 
 impl Stats {
@@ -42,14 +44,20 @@ impl Stats {
     pub fn backend(&self, id: u32) -> Counters {
         self.backends.get(id as usize).cloned().unwrap_or_default()
     }
+
+    /// Flows scheduled to backend id `id` (zero if it was not read).
+    pub fn new_flows(&self, id: u32) -> u64 {
+        self.new_flows.get(id as usize).copied().unwrap_or_default()
+    }
 }
 
-/// The four counter arrays, taken from the object once at load.
+/// The counter arrays, taken from the object once at load.
 pub(super) struct CounterMaps {
     pub(super) reasons: PerCpuArray<MapData, Counter>,
     pub(super) events: PerCpuArray<MapData, Counter>,
     pub(super) vips: PerCpuArray<MapData, Counter>,
     pub(super) backends: PerCpuArray<MapData, Counter>,
+    pub(super) new_flows: PerCpuArray<MapData, u64>,
 }
 
 impl CounterMaps {
@@ -70,11 +78,15 @@ impl CounterMaps {
         let backends = (0..backend_count as u32)
             .map(|id| sum(&self.backends, "BACKEND_STATS", id))
             .collect::<Result<_>>()?;
+        let new_flows = (0..backend_count as u32)
+            .map(|id| sum_u64(&self.new_flows, "BACKEND_NEW_FLOWS", id))
+            .collect::<Result<_>>()?;
         Ok(Stats {
             reasons,
             events,
             vips,
             backends,
+            new_flows,
         })
     }
 }
@@ -82,7 +94,8 @@ impl CounterMaps {
 impl CounterMaps {
     /// Zeroes the counters of a backend id that was freed.
     pub(super) fn clear_backend(&mut self, id: u32) -> Result<()> {
-        clear(&mut self.backends, "BACKEND_STATS", id)
+        clear(&mut self.backends, "BACKEND_STATS", id)?;
+        clear(&mut self.new_flows, "BACKEND_NEW_FLOWS", id)
     }
 
     /// Zeroes the counters of a VIP id that was freed.
@@ -91,13 +104,17 @@ impl CounterMaps {
     }
 }
 
-fn clear(array: &mut PerCpuArray<MapData, Counter>, map: &'static str, index: u32) -> Result<()> {
+fn clear<T: aya::Pod + Default>(
+    array: &mut PerCpuArray<MapData, T>,
+    map: &'static str,
+    index: u32,
+) -> Result<()> {
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Map {
         map,
         source: aya::maps::MapError::IoError(e),
     })?;
     let zeros =
-        PerCpuValues::try_from(vec![Counter::default(); cpus]).map_err(|e| DatapathError::Map {
+        PerCpuValues::try_from(vec![T::default(); cpus]).map_err(|e| DatapathError::Map {
             map,
             source: aya::maps::MapError::IoError(e),
         })?;
@@ -114,4 +131,11 @@ fn sum(array: &PerCpuArray<MapData, Counter>, map: &'static str, index: u32) -> 
         packets: acc.packets + c.packets,
         bytes: acc.bytes + c.bytes,
     }))
+}
+
+fn sum_u64(array: &PerCpuArray<MapData, u64>, map: &'static str, index: u32) -> Result<u64> {
+    let per_cpu = array
+        .get(&index, 0)
+        .map_err(|source| DatapathError::Map { map, source })?;
+    Ok(per_cpu.iter().sum())
 }
