@@ -5,9 +5,7 @@
 //! `<root>/<iface>/` (default root /sys/fs/bpf/foobar-decap), and never
 //! touches the load balancer's object or pins. See docs/IPIP.md.
 use std::{
-    ffi::CString,
     net::IpAddr,
-    os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
 };
 
@@ -31,8 +29,6 @@ const PROGRAM: &str = "foobar_decap";
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/foobar-decap";
 /// Where the kernel's BPF filesystem is mounted by convention.
 const BPFFS: &str = "/sys/fs/bpf";
-/// `statfs(2)` f_type of bpffs (linux/magic.h).
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// Entries of each address set (the object's max_entries).
 pub const MAX_ADDRS: usize = 256;
 /// The maps of the object, pinned next to the link (bpftool can read them).
@@ -452,31 +448,7 @@ pub fn local_addresses() -> std::io::Result<Vec<IpAddr>> {
 
 /// Mounts bpffs at /sys/fs/bpf unless it is there (as the daemon does).
 fn ensure_bpffs() -> Result<()> {
-    let path = CString::new(Path::new(BPFFS).as_os_str().as_bytes()).expect("no NUL in a const");
-    // SAFETY: statfs writes one `struct statfs` into `st`, which outlives
-    // the call; `path` is NUL-terminated.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
-        return Ok(());
-    }
-    let fstype = CString::new("bpf").expect("no NUL");
-    // SAFETY: every pointer is a NUL-terminated string that outlives the call.
-    let ret = unsafe {
-        libc::mount(
-            fstype.as_ptr(),
-            path.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if ret != 0 {
-        return Err(DecapError::Bpffs {
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    tracing::info!(path = BPFFS, "mounted bpffs");
-    Ok(())
+    crate::datapath::mount_bpffs().map_err(|source| DecapError::Bpffs { source })
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ use foobar_common::{
 
 pub use flows::{FlowUsage, FlowWalker};
 pub use load::{AttachMode, LoadOptions, PassProgram};
+pub(crate) use pin::mount_bpffs;
 pub use pin::{PinDir, DEFAULT_PIN_ROOT};
 pub use rings::RingWriter;
 pub use stats::{Counters, Stats};

@@ -191,6 +191,11 @@ impl PinDir {
 /// same). In a mount namespace of its own (`ip netns exec`), the mount is
 /// private to it and gone for the next command: see docs/LAB.md.
 fn ensure_bpffs() -> Result<()> {
+    mount_bpffs().map_err(|source| DatapathError::Bpffs { source })
+}
+
+/// [`ensure_bpffs`] for every user of bpffs (the daemon, `foobar decap`).
+pub(crate) fn mount_bpffs() -> std::io::Result<()> {
     let path = CString::new(Path::new(BPFFS).as_os_str().as_bytes()).expect("no NUL in a const");
     // SAFETY: statfs writes one `struct statfs` into `st`, which outlives
     // the call; `path` is NUL-terminated.
@@ -210,9 +215,7 @@ fn ensure_bpffs() -> Result<()> {
         )
     };
     if ret != 0 {
-        return Err(DatapathError::Bpffs {
-            source: std::io::Error::last_os_error(),
-        });
+        return Err(std::io::Error::last_os_error());
     }
     tracing::info!(path = BPFFS, "mounted bpffs");
     Ok(())
