@@ -165,6 +165,8 @@ async fn serve(
             affinity_table_size,
             hash_seed: config.datapath.hash_seed,
             lb_mac,
+            ipip_source: config.datapath.ipip_source,
+            mtu: interface_mtu(&iface)?,
         },
         pins.clone(),
     )
@@ -339,6 +341,17 @@ fn prepare_state_dir(state_file: &std::path::Path) {
 /// the source of every frame it sends. Asked of the kernel through
 /// getifaddrs, not sysfs: under `nsenter --net` /sys still shows the
 /// namespace that mounted it.
+/// The interface's MTU (`ipip` packets that would exceed it once
+/// encapsulated are answered with frag-needed or dropped).
+fn interface_mtu(iface: &str) -> anyhow::Result<u32> {
+    let path = format!("/sys/class/net/{iface}/mtu");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading the MTU of {iface} ({path})"))?;
+    text.trim()
+        .parse()
+        .with_context(|| format!("{path} holds {:?}, not an MTU", text.trim()))
+}
+
 fn interface_mac(iface: &str) -> anyhow::Result<[u8; 6]> {
     let addrs = nix::ifaddrs::getifaddrs().context("listing the interfaces (getifaddrs)")?;
     for ifa in addrs {
