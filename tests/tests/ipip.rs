@@ -208,13 +208,26 @@ fn a_syn_to_an_ipip_vip_leaves_encapsulated_to_its_backend() {
     want[6..12].copy_from_slice(&lb_mac());
     assert_eq!(out, want, "the dsr VIP only has its MACs rewritten");
 
+    // A router's frag-needed about a reply of the first flow goes to that
+    // flow's backend through the tunnel too, with the flow's source.
+    let icmp = foobar_tests::frames::frag_needed(&tunnel_flow(40000), [203, 0, 113, 1], 1400);
+    let (action, out) = dp.test_run(&icmp).expect("BPF_PROG_TEST_RUN");
+    assert_eq!(action, XDP_TX);
+    assert_eq!(
+        out,
+        encapsulated(&icmp, 14, src, [10, 0, 0, 41], backend_mac(41)),
+        "forwarded ICMP error"
+    );
+    check_outer(&out, 14);
+
     let stats = dp.stats(plan.vips.len(), plan.backends.len()).unwrap();
     assert_eq!(stats.reason(Reason::Forwarded).packets, 4);
-    assert_eq!(stats.vips[0].packets, 3);
+    assert_eq!(stats.reason(Reason::ForwardedIcmp).packets, 1);
+    assert_eq!(stats.vips[0].packets, 4);
     // Bytes are counted as sent: with the outer header.
     assert_eq!(
         stats.vips[0].bytes,
-        (syn.len() + ack.len() + second.len() + 3 * 20) as u64
+        (syn.len() + ack.len() + second.len() + icmp.len() + 4 * 20) as u64
     );
 }
 
