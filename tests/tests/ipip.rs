@@ -454,8 +454,36 @@ fn lab_ipip_serves_3000_requests_and_a_100_mb_download_through_the_tunnel() {
     })
     .expect("lab starts (root? `cargo xtask setup`?)");
     attach_decap(&lab);
+    let foobar = lab::foobar_bin().unwrap();
+    // First the plain DSR config: a daemon without datapath.ipip_source
+    // refuses an ipip VIP at run time, saying what it needs.
+    lab.start_foobar(&foobar, &lab.config())
+        .expect("foobar run attaches");
+    let out = lab
+        .foobar_cli(
+            &foobar,
+            &[
+                "vip",
+                "add",
+                "tun",
+                &VIP.to_string(),
+                "8081",
+                "--forwarding",
+                "ipip",
+            ],
+        )
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("datapath.ipip_source"),
+        "vip add ipip without a source: {err}"
+    );
+    // Then a restart with the VIP in ipip mode: the restarted daemon adopts
+    // the pinned maps and switches the VIP's mode.
+    let (ok, _) = lab.stop_foobar().unwrap();
+    assert!(ok, "foobar exits 0 on SIGTERM");
     let config = ipip_config(&lab);
-    lab.start_foobar(&lab::foobar_bin().unwrap(), &config)
+    lab.start_foobar(&foobar, &config)
         .expect("foobar run attaches");
     let status = foobar_json(&lab, &["status", "--json"]);
     assert_eq!(
