@@ -108,6 +108,11 @@ pub const SCHED_RR: u8 = 0;
 /// Consistent hashing: the ring is a Maglev table indexed by `flow_hash`.
 pub const SCHED_MAGLEV: u8 = 1;
 pub const FWD_DSR: u8 = 0;
+/// IPv4-in-IPv4 tunnel DSR (Katran's mode): an outer IPv4 header to the
+/// backend, stripped there by `foobar decap`. (1 is left to `nat`.)
+pub const FWD_IPIP: u8 = 2;
+/// Bytes the `ipip` mode adds in front of the client's IPv4 packet.
+pub const IPIP_OVERHEAD: u32 = 20;
 
 /// One backend, indexed by its backend id.
 #[repr(C)]
@@ -199,7 +204,11 @@ pub struct VipGen {
     pub gen: u32,
     /// The 802.1Q VLAN id the VIP is served on (the flow key has no VLAN).
     pub vlan: u16,
-    pub _pad: u16,
+    /// The VIP's `Service::forward_mode`, for the flow-first path, which
+    /// forwards without the VIP lookup. A mode change is a service change,
+    /// so the id gets a new generation (and this field) with it.
+    pub forward_mode: u8,
+    pub _pad: u8,
 }
 const _: () = assert!(size_of::<VipGen>() == 8);
 
@@ -274,9 +283,15 @@ pub enum Reason {
     /// XDP_TX: an ICMP error (destination unreachable, time exceeded) about
     /// a VIP flow, sent to the backend that owns the embedded flow.
     ForwardedIcmp = 11,
+    /// XDP_TX: an `ipip` VIP's packet with DF set would exceed the MTU once
+    /// encapsulated; the client got ICMP "fragmentation needed" instead.
+    IcmpFragNeededSent = 12,
+    /// XDP_DROP: an `ipip` VIP's packet without DF would exceed the MTU once
+    /// encapsulated (XDP does not fragment).
+    TooBig = 13,
 }
 
-pub const REASON_COUNT: u32 = 12;
+pub const REASON_COUNT: u32 = 14;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -292,6 +307,8 @@ impl Reason {
         Reason::NotForUs,
         Reason::ClosedPort,
         Reason::ForwardedIcmp,
+        Reason::IcmpFragNeededSent,
+        Reason::TooBig,
     ];
 
     /// Stable name used in logs, `foobar stats` and metrics.
@@ -309,6 +326,8 @@ impl Reason {
             Reason::NotForUs => "pass_not_for_us",
             Reason::ClosedPort => "drop_closed_port",
             Reason::ForwardedIcmp => "forwarded_icmp",
+            Reason::IcmpFragNeededSent => "icmp_frag_needed_sent",
+            Reason::TooBig => "drop_too_big",
         }
     }
 }

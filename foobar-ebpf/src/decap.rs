@@ -14,7 +14,7 @@ use aya_ebpf::{
     bindings::xdp_action,
     helpers::bpf_xdp_adjust_head,
     macros::{map, xdp},
-    maps::{HashMap, PerCpuArray},
+    maps::{lpm_trie::Key, HashMap, LpmTrie, PerCpuArray},
     programs::XdpContext,
 };
 
@@ -60,12 +60,14 @@ const MALFORMED: u32 = 6;
 /// How many counters there are.
 const COUNTERS: u32 = 7;
 
-/// Allowed outer sources (the LB nodes), network byte order; the value is
-/// unused. Empty: nothing is decapsulated.
+/// Allowed outer sources (the LB nodes' addresses, or the prefixes their
+/// `datapath.ipip_source` takes flow-spread sources from), network byte
+/// order, longest-prefix match; the value is unused. Empty: nothing is
+/// decapsulated.
 #[map]
-static DECAP_ALLOW4: HashMap<[u8; 4], u8> = HashMap::with_max_entries(256, 0);
+static DECAP_ALLOW4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(256, 0);
 #[map]
-static DECAP_ALLOW6: HashMap<[u8; 16], u8> = HashMap::with_max_entries(256, 0);
+static DECAP_ALLOW6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(256, 0);
 /// Outer destinations accepted as local (this host's addresses when the
 /// program was attached, or the set the operator gave).
 #[map]
@@ -182,10 +184,10 @@ fn decide_v4(ctx: &XdpContext) -> Decision {
         IPPROTO_IPV6 => ETH_P_IPV6,
         _ => return Decision::Pass(PASSED),
     };
-    // SAFETY (both): map lookups by value; the references are not kept.
-    if unsafe { DECAP_ALLOW4.get(&ip.saddr) }.is_none() {
+    if DECAP_ALLOW4.get(Key::new(32, ip.saddr)).is_none() {
         return Decision::Pass(REFUSED_SOURCE);
     }
+    // SAFETY: a map lookup by value; the reference is not kept.
     if unsafe { DECAP_LOCAL4.get(&ip.daddr) }.is_none() {
         return Decision::Pass(REFUSED_DESTINATION);
     }
@@ -228,10 +230,10 @@ fn decide_v6(ctx: &XdpContext) -> Decision {
         | IPV6_EXT_MOBILITY | IPV6_EXT_HIP | IPV6_EXT_SHIM6 => (0, Some(OPTIONS)),
         _ => return Decision::Pass(PASSED),
     };
-    // SAFETY (both): map lookups by value; the references are not kept.
-    if unsafe { DECAP_ALLOW6.get(&ip.saddr) }.is_none() {
+    if DECAP_ALLOW6.get(Key::new(128, ip.saddr)).is_none() {
         return Decision::Pass(REFUSED_SOURCE);
     }
+    // SAFETY: a map lookup by value; the reference is not kept.
     if unsafe { DECAP_LOCAL6.get(&ip.daddr) }.is_none() {
         return Decision::Pass(REFUSED_DESTINATION);
     }

@@ -34,6 +34,8 @@ pub enum First {
     /// Forward to this backend, counted under this VIP id.
     Hit {
         vip_id: u32,
+        /// The VIP's forwarding mode (FWD_*), from its VIP_GEN entry.
+        forward_mode: u8,
         backend_id: u32,
         backend: Backend,
     },
@@ -65,15 +67,16 @@ pub fn first(pkt: &Packet) -> First {
     }
     // An inlined array read: is the VIP still the one the entry was made
     // under, and is the packet on its VLAN?
-    match VIP_GEN.get(u32::from(vip_id)) {
-        Some(v) if vip_gen != 0 && v.gen == vip_gen && v.vlan == pkt.vlan => {}
+    let forward_mode = match VIP_GEN.get(u32::from(vip_id)) {
+        Some(v) if vip_gen != 0 && v.gen == vip_gen && v.vlan == pkt.vlan => v.forward_mode,
         _ => return full,
-    }
+    };
     match BACKENDS.get(backend_id) {
         Some(backend) if backend.gen == gen && backend.flags & BACKEND_UP != 0 => {
             touch(pkt, flow, flags, seen);
             First::Hit {
                 vip_id: u32::from(vip_id),
+                forward_mode,
                 backend_id,
                 backend: *backend,
             }

@@ -8,6 +8,8 @@
 mod clock;
 mod flow;
 mod forward;
+mod icmp;
+mod ipv4;
 mod maps;
 mod parse;
 mod rt;
@@ -20,6 +22,7 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use foobar_common::{Backend, Reason};
 
 use flow::First;
+use parse::Packet;
 use verdict::Verdict;
 
 #[xdp]
@@ -50,9 +53,17 @@ fn pipeline(ctx: &XdpContext) -> Result<u32, Verdict> {
             match flow::first(pkt) {
                 First::Hit {
                     vip_id,
+                    forward_mode,
                     backend_id,
                     backend,
-                } => return send(ctx, vip_id, backend_id, &backend, Reason::Forwarded),
+                } => {
+                    let to = Target {
+                        vip_id,
+                        forward_mode,
+                        backend_id,
+                    };
+                    return send(ctx, pkt, &to, &backend, Reason::Forwarded);
+                }
                 First::Full(found) => entry = Some(found),
             }
         }
@@ -67,21 +78,34 @@ fn pipeline(ctx: &XdpContext) -> Result<u32, Verdict> {
     } else {
         Reason::Forwarded
     };
-    send(ctx, service.vip_id, backend_id, &backend, reason)
+    let to = Target {
+        vip_id: service.vip_id,
+        forward_mode: service.forward_mode,
+        backend_id,
+    };
+    send(ctx, &pkt, &to, &backend, reason)
+}
+
+/// Where a packet goes: counted under this VIP and backend, sent in the
+/// VIP's forwarding mode.
+struct Target {
+    vip_id: u32,
+    forward_mode: u8,
+    backend_id: u32,
 }
 
 /// Forwards the packet to its backend and counts it.
 #[inline(always)]
 fn send(
     ctx: &XdpContext,
-    vip_id: u32,
-    backend_id: u32,
+    pkt: &Packet,
+    to: &Target,
     backend: &Backend,
     reason: Reason,
 ) -> Result<u32, Verdict> {
-    let action = forward::forward(ctx, backend)?;
+    let action = forward::forward(ctx, to.forward_mode, backend, &pkt.flow)?;
     let len = frame_len(ctx);
-    stats::count_forward(vip_id, backend_id, len);
+    stats::count_forward(to.vip_id, to.backend_id, len);
     stats::count_reason(reason, len);
     Ok(action)
 }

@@ -24,4 +24,14 @@ impl Verdict {
             reason,
         }
     }
+
+    /// Sent back out of the interface, but not to a backend (an ICMP error
+    /// the datapath wrote): counted under its reason only.
+    #[inline(always)]
+    pub const fn tx(reason: Reason) -> Self {
+        Verdict {
+            action: xdp_action::XDP_TX,
+            reason,
+        }
+    }
 }

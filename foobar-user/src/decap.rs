@@ -10,7 +10,10 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap, Map, MapData, PerCpuArray},
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        HashMap, Map, MapData, PerCpuArray,
+    },
     programs::{
         links::{FdLink, LinkError},
         xdp::XdpMode,
@@ -108,8 +111,74 @@ impl Counters {
 /// `allow_from` and outer destination in `local`.
 #[derive(Clone, Debug, Default)]
 pub struct Filter {
-    pub allow_from: Vec<IpAddr>,
+    pub allow_from: Vec<Prefix>,
     pub local: Vec<IpAddr>,
+}
+
+/// An allowed outer source: one address (`10.0.0.1`, a /32 or /128) or a
+/// prefix (`10.9.0.0/24`), as an LB whose `datapath.ipip_source` is a
+/// prefix takes each flow's outer source from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prefix {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl From<IpAddr> for Prefix {
+    fn from(addr: IpAddr) -> Self {
+        let len = if addr.is_ipv4() { 32 } else { 128 };
+        Prefix { addr, len }
+    }
+}
+
+impl std::fmt::Display for Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.addr, self.len) {
+            (IpAddr::V4(a), 32) => write!(f, "{a}"),
+            (IpAddr::V6(a), 128) => write!(f, "{a}"),
+            (a, len) => write!(f, "{a}/{len}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Prefix {
+    type Err = String;
+
+    /// "ADDR" or "ADDR/LEN", with no host bits set.
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        let (addr, len) = match text.split_once('/') {
+            None => (text, None),
+            Some((a, l)) => (a, Some(l)),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("\"{text}\" is not an address or ADDRESS/PREFIX"))?;
+        let max: u8 = if addr.is_ipv4() { 32 } else { 128 };
+        let len = match len {
+            None => max,
+            Some(l) => l
+                .parse::<u8>()
+                .ok()
+                .filter(|l| *l <= max)
+                .ok_or_else(|| format!("\"{text}\": the prefix length must be 0..={max}"))?,
+        };
+        let network = match addr {
+            IpAddr::V4(a) => {
+                let host = u32::MAX.checked_shr(u32::from(len)).unwrap_or(0);
+                IpAddr::from(std::net::Ipv4Addr::from(u32::from(a) & !host))
+            }
+            IpAddr::V6(a) => {
+                let host = u128::MAX.checked_shr(u32::from(len)).unwrap_or(0);
+                IpAddr::from(std::net::Ipv6Addr::from(u128::from(a) & !host))
+            }
+        };
+        if network != addr {
+            return Err(format!(
+                "\"{text}\" has host bits set; write the prefix as {network}/{len}"
+            ));
+        }
+        Ok(Prefix { addr, len })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -186,10 +255,8 @@ impl Decap {
         if filter.allow_from.is_empty() {
             return Err(DecapError::NoSource);
         }
-        for (what, set) in [
-            ("--allow-from", &filter.allow_from),
-            ("local", &filter.local),
-        ] {
+        let allow: Vec<IpAddr> = filter.allow_from.iter().map(|p| p.addr).collect();
+        for (what, set) in [("--allow-from", &allow), ("local", &filter.local)] {
             for v4 in [true, false] {
                 let got = set.iter().filter(|a| a.is_ipv4() == v4).count();
                 if got > MAX_ADDRS {
@@ -208,9 +275,35 @@ impl Decap {
         let mut ebpf = loader.load(OBJECT)?;
         program(&mut ebpf)?.load().map_err(DecapError::Program)?;
         let mut decap = Decap { ebpf };
-        decap.fill("DECAP_ALLOW4", "DECAP_ALLOW6", &filter.allow_from)?;
+        decap.allow(&filter.allow_from)?;
         decap.fill("DECAP_LOCAL4", "DECAP_LOCAL6", &filter.local)?;
         Ok(decap)
+    }
+
+    /// Fills the allowed-source tries (longest-prefix match).
+    fn allow(&mut self, set: &[Prefix]) -> Result<()> {
+        for p in set {
+            let len = u32::from(p.len);
+            match p.addr {
+                IpAddr::V4(a) => {
+                    let mut map: LpmTrie<_, [u8; 4], u8> = self.map("DECAP_ALLOW4")?;
+                    map.insert(&Key::new(len, a.octets()), 1, 0)
+                }
+                IpAddr::V6(a) => {
+                    let mut map: LpmTrie<_, [u8; 16], u8> = self.map("DECAP_ALLOW6")?;
+                    map.insert(&Key::new(len, a.octets()), 1, 0)
+                }
+            }
+            .map_err(|source| DecapError::Map {
+                map: if p.addr.is_ipv4() {
+                    "DECAP_ALLOW4"
+                } else {
+                    "DECAP_ALLOW6"
+                },
+                source,
+            })?;
+        }
+        Ok(())
     }
 
     fn fill(&mut self, name4: &'static str, name6: &'static str, set: &[IpAddr]) -> Result<()> {
@@ -463,6 +556,27 @@ mod tests {
         let json = Counters([1, 2, 3, 4, 5, 6, 7]).to_json();
         assert_eq!(json["refused_source"], 2);
         assert_eq!(json["malformed"], 7);
+    }
+
+    #[test]
+    fn allowed_sources_are_addresses_or_prefixes_without_host_bits() {
+        let p = |t: &str| t.parse::<Prefix>();
+        assert_eq!(
+            p("10.0.0.1").unwrap(),
+            Prefix {
+                addr: "10.0.0.1".parse().unwrap(),
+                len: 32
+            }
+        );
+        assert_eq!(p("10.9.0.0/24").unwrap().len, 24);
+        assert_eq!(p("10.9.0.0/24").unwrap().to_string(), "10.9.0.0/24");
+        assert_eq!(p("fd00::1").unwrap().len, 128);
+        assert_eq!(p("fd00::/64").unwrap().to_string(), "fd00::/64");
+        let err = p("10.9.0.1/24").unwrap_err();
+        assert!(err.contains("10.9.0.0/24"), "{err}");
+        assert!(p("10.9.0.0/33").is_err());
+        assert!(p("fd00::/129").is_err());
+        assert!(p("nope").is_err());
     }
 
     #[test]

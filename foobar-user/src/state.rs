@@ -14,7 +14,7 @@ use std::{
 
 use foobar_common::{
     Backend, Service, VipAddrKey, VipKey, ADDR_PASS_CLOSED_PORTS, AF_INET, BACKEND_NEW_FLOWS,
-    BACKEND_UP, FWD_DSR, MAX_BACKENDS, MAX_VIPS, RING_CAPACITY, SCHED_MAGLEV, SCHED_RR,
+    BACKEND_UP, FWD_DSR, FWD_IPIP, MAX_BACKENDS, MAX_VIPS, RING_CAPACITY, SCHED_MAGLEV, SCHED_RR,
     SERVICE_AFFINITY,
 };
 use serde::{Deserialize, Serialize};
@@ -801,6 +801,7 @@ impl State {
                     },
                     forward_mode: match v.spec.forwarding {
                         Forwarding::Dsr => FWD_DSR,
+                        Forwarding::Ipip => FWD_IPIP,
                     },
                     flags: if v.spec.affinity_timeout_s.is_some() {
                         SERVICE_AFFINITY

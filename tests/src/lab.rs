@@ -124,6 +124,10 @@ pub struct LabOptions {
     /// `client_path_mtu`, `vlan_tags` or `vlan_backends` (lb2 gets neither
     /// the route to the client nor the VLAN).
     pub second_lb: bool,
+    /// Some(mtu): the LB node's and the backends' links (both veth ends)
+    /// get this MTU while the client's keep 1500 — the room the `ipip`
+    /// mode's outer header needs (1520) on the LB-to-backend path.
+    pub tunnel_mtu: Option<u16>,
 }
 
 /// An LB node of the lab: `Lb1` is `Lab::lb` (every lab has it), `Lb2` is
@@ -162,6 +166,7 @@ impl Default for LabOptions {
             vlan_tags: false,
             vlan_backends: 0,
             second_lb: false,
+            tunnel_mtu: None,
         }
     }
 }
@@ -186,6 +191,7 @@ pub struct Lab {
     slow: Vec<String>,
     wire_like_everywhere: bool,
     vlan_tags: bool,
+    tunnel_mtu: Option<u16>,
     /// nginx masters by host name.
     servers: Vec<(String, Child)>,
     /// The daemons, by `Node::index`.
@@ -243,6 +249,7 @@ impl Lab {
             slow: opts.slow.clone(),
             wire_like_everywhere: opts.wire_like_everywhere,
             vlan_tags: opts.vlan_tags || vlan,
+            tunnel_mtu: opts.tunnel_mtu,
             servers: Vec::new(),
             foobar: [None, None],
             pass: Vec::new(),
@@ -305,6 +312,15 @@ impl Lab {
                 "eth0",
             ])?;
             run(&["ip", "-n", &h.ns, "link", "set", "eth0", "up"])?;
+        }
+        if let Some(mtu) = self.tunnel_mtu {
+            let mtu = mtu.to_string();
+            let nodes = [Some(self.lb.clone()), self.lb2.clone()];
+            for h in nodes.into_iter().flatten().chain(self.backends.clone()) {
+                let port = format!("p-{}", h.name);
+                run(&["ip", "-n", &sw, "link", "set", &port, "mtu", &mtu])?;
+                run(&["ip", "-n", &h.ns, "link", "set", "eth0", "mtu", &mtu])?;
+            }
         }
         if let Some(router) = self.router.clone() {
             self.build_client_path(&router)?;

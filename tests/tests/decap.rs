@@ -319,8 +319,8 @@ fn rows() -> Vec<Row> {
 fn filter() -> Filter {
     Filter {
         allow_from: vec![
-            IpAddr::V4(Ipv4Addr::from(LB4)),
-            IpAddr::V6(Ipv6Addr::from(LB6)),
+            IpAddr::V4(Ipv4Addr::from(LB4)).into(),
+            IpAddr::V6(Ipv6Addr::from(LB6)).into(),
         ],
         local: vec![
             IpAddr::V4(Ipv4Addr::from(BACKEND4)),
@@ -423,6 +423,35 @@ fn decap_keeps_trailing_padding() {
     want.extend_from_slice(&[0u8; 6]);
     assert_eq!(out, want);
     check_parsed("padded 4in4", &out, Inner::V4);
+}
+
+/// An allowed prefix (an LB's `datapath.ipip_source` /24): every outer
+/// source inside it is decapsulated, its neighbours outside are not.
+#[test]
+fn decap_accepts_sources_inside_an_allowed_prefix() {
+    let mut filter = filter();
+    filter.allow_from = vec!["10.9.0.0/24".parse().unwrap()];
+    let mut decap = Decap::load(&filter).expect("loading the decap program");
+    for (src, decapsulated) in [
+        ([10, 9, 0, 0], true),
+        ([10, 9, 0, 77], true),
+        ([10, 9, 0, 255], true),
+        ([10, 9, 1, 0], false),
+        ([10, 8, 255, 255], false),
+        (LB4, false),
+    ] {
+        let input = in4(src, BACKEND4, Inner::V4);
+        let (action, out) = decap.test_run(&input).unwrap();
+        assert_eq!(action, XDP_PASS);
+        if decapsulated {
+            assert_eq!(out, inner_frame(Inner::V4), "{src:?}: decapsulated");
+        } else {
+            assert_eq!(out, input, "{src:?}: untouched");
+        }
+    }
+    let c = decap.counters().unwrap();
+    assert_eq!(c.get(Counter::Decapsulated), 3);
+    assert_eq!(c.get(Counter::RefusedSource), 3);
 }
 
 /// The lab: the decap attached with `foobar decap` to a backend's veth, the

@@ -16,11 +16,12 @@ pub struct DecapArgs {
     /// The backend's interface the LB's encapsulated packets arrive on.
     #[arg(long)]
     pub iface: String,
-    /// Outer source addresses to accept: the LB nodes' (IPv4 and/or IPv6).
+    /// Outer sources to accept: the LB nodes' addresses (IPv4 and/or IPv6),
+    /// or prefixes (ADDR/LEN) such as an LB's `datapath.ipip_source`.
     /// Encapsulated packets from any other source pass untouched. Required
     /// to attach: an empty set would decapsulate nothing.
     #[arg(long, value_delimiter = ',')]
-    pub allow_from: Vec<IpAddr>,
+    pub allow_from: Vec<decap::Prefix>,
     /// Outer destination addresses to accept; default: every address this
     /// host has when the program is attached, loopback excepted.
     #[arg(long, value_delimiter = ',')]
@@ -84,12 +85,9 @@ pub fn decap(args: DecapArgs) -> anyhow::Result<()> {
         local,
     };
     decap::attach(&args.pin_root, iface, mode, &filter)?;
-    let list = |set: &[IpAddr]| {
-        set.iter()
-            .map(IpAddr::to_string)
-            .collect::<Vec<_>>()
-            .join(",")
-    };
+    fn list<T: ToString>(set: &[T]) -> String {
+        set.iter().map(T::to_string).collect::<Vec<_>>().join(",")
+    }
     println!(
         "decap program attached to {iface} ({} mode), pinned in {}: decapsulating \
          from {} to {}",

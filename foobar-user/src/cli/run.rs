@@ -165,6 +165,8 @@ async fn serve(
             affinity_table_size,
             hash_seed: config.datapath.hash_seed,
             lb_mac,
+            ipip_source: config.datapath.ipip_source,
+            mtu: interface_mtu(&iface)?,
         },
         pins.clone(),
     )
@@ -339,6 +341,38 @@ fn prepare_state_dir(state_file: &std::path::Path) {
 /// the source of every frame it sends. Asked of the kernel through
 /// getifaddrs, not sysfs: under `nsenter --net` /sys still shows the
 /// namespace that mounted it.
+/// The interface's MTU (`ipip` packets that would exceed it once
+/// encapsulated are answered with frag-needed or dropped), from the
+/// SIOCGIFMTU ioctl: it answers for this process's network namespace,
+/// where /sys/class/net may be another namespace's (after `nsenter --net`).
+fn interface_mtu(iface: &str) -> anyhow::Result<u32> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let name = iface.as_bytes();
+    if name.len() >= req.ifr_name.len() {
+        anyhow::bail!("interface name {iface:?} is too long");
+    }
+    for (dst, &b) in req.ifr_name.iter_mut().zip(name) {
+        *dst = b as libc::c_char;
+    }
+    // SAFETY: plain socket(2); the fd is owned at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("a socket to read the MTU of {iface}"));
+    }
+    // SAFETY: fd is a fresh, valid descriptor nobody else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: SIOCGIFMTU reads ifr_name and writes ifru_mtu of `req`.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut req) } < 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("reading the MTU of {iface} (SIOCGIFMTU)"));
+    }
+    // SAFETY: the ioctl filled the union's MTU member.
+    let mtu = unsafe { req.ifr_ifru.ifru_mtu };
+    u32::try_from(mtu).with_context(|| format!("{iface} reports MTU {mtu}"))
+}
+
 fn interface_mac(iface: &str) -> anyhow::Result<[u8; 6]> {
     let addrs = nix::ifaddrs::getifaddrs().context("listing the interfaces (getifaddrs)")?;
     for ifa in addrs {

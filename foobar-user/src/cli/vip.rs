@@ -29,7 +29,9 @@ pub enum VipCmd {
         /// (weighted least-connections).
         #[arg(long, default_value = "rr", value_parser = args::scheduler)]
         scheduler: Scheduler,
-        /// How packets reach the backends: dsr (the only mode today).
+        /// How packets reach the backends: dsr (L2 direct server return) or
+        /// ipip (IPv4-in-IPv4 tunnel; needs a daemon started with
+        /// datapath.ipip_source).
         #[arg(long, default_value = "dsr", value_parser = args::forwarding)]
         forwarding: Forwarding,
         /// Slots of the Maglev table, a prime (default 65537); with

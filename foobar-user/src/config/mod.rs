@@ -139,6 +139,7 @@ struct RawDatapath {
     hash_seed: Option<i64>,
     wlc_period_ms: Option<i64>,
     retire_idle: Option<String>,
+    ipip_source: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -281,6 +282,10 @@ pub struct DatapathConfig {
     /// (and id) is freed; also how recently a flow must have been seen to
     /// count as an active connection for "wlc".
     pub retire_idle: std::time::Duration,
+    /// The outer source of `ipip` packets: an address of this node (/32),
+    /// or a prefix routed to it whose host bits the datapath takes from
+    /// the flow, so backends' RSS spreads flows. None: no `ipip` VIP.
+    pub ipip_source: Option<(Ipv4Addr, u8)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -365,20 +370,23 @@ pub fn parse_duration_s(text: &str) -> Result<u32, String> {
 #[serde(rename_all = "lowercase")]
 pub enum Forwarding {
     Dsr,
+    Ipip,
 }
 
 impl Forwarding {
     pub fn name(self) -> &'static str {
         match self {
             Forwarding::Dsr => "dsr",
+            Forwarding::Ipip => "ipip",
         }
     }
 
     pub fn parse(text: &str) -> Result<Self, String> {
         match text {
             "dsr" => Ok(Forwarding::Dsr),
+            "ipip" => Ok(Forwarding::Ipip),
             other => Err(format!(
-                "\"{other}\" is not available in this version; use \"dsr\""
+                "\"{other}\" is not available in this version; use \"dsr\" or \"ipip\""
             )),
         }
     }

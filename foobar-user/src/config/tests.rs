@@ -1037,3 +1037,43 @@ fn vrrp_unknown_keys_are_refused() {
     let text = format!("{GOOD}\n[[vrrp]]\nvrid = 1\nvips = [\"web\"]\nunicast_peer = []\n");
     assert_eq!(keys(&text), vec!["vrrp[0].unicast_peer"]);
 }
+
+#[test]
+fn ipip_needs_a_source_and_the_source_is_an_address_or_a_prefix() {
+    let vip = r#"
+        [[vip]]
+        name = "t"
+        address = "192.0.2.40"
+        port = 80
+        forwarding = "ipip"
+        backend = [{ address = "10.0.0.41" }]
+    "#;
+    assert_eq!(keys(vip), vec!["vip[0].forwarding"]);
+    let with = |source: &str| format!("[datapath]\nipip_source = \"{source}\"\n{vip}");
+    let ok = parse(&with("10.9.0.0/24")).expect("a /24 is valid");
+    assert_eq!(ok.vips[0].forwarding, Forwarding::Ipip);
+    assert_eq!(
+        ok.datapath.ipip_source,
+        Some((Ipv4Addr::new(10, 9, 0, 0), 24))
+    );
+    assert_eq!(
+        parse(&with("10.9.0.7")).unwrap().datapath.ipip_source,
+        Some((Ipv4Addr::new(10, 9, 0, 7), 32))
+    );
+    for bad in [
+        "10.9.0.1/24",
+        "10.9.0.0/8",
+        "10.9.0.0/33",
+        "0.0.0.0",
+        "nope",
+        "::1",
+    ] {
+        assert_eq!(
+            keys(&with(bad)),
+            vec!["datapath.ipip_source"],
+            "{bad} must be refused"
+        );
+    }
+    // A dsr-only config needs no source.
+    assert!(parse(&vip.replace("\"ipip\"", "\"dsr\"")).is_ok());
+}

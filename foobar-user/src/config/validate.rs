@@ -142,6 +142,18 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
             vips.push(vip);
         }
     }
+    if datapath.as_ref().is_some_and(|d| d.ipip_source.is_none()) {
+        for (i, vip) in raw.vips.iter().enumerate() {
+            if vip.forwarding.as_deref() == Some("ipip") {
+                p.add(
+                    format!("vip[{i}].forwarding"),
+                    "\"ipip\" needs datapath.ipip_source, the outer source address \
+                     (or a /16../32 prefix routed to this node) the backends' \
+                     `foobar decap --allow-from` accepts",
+                );
+            }
+        }
+    }
     let (vrrp, vrrp_problems) = super::vrrp::validate(&raw.vrrp, &vips);
     for (key, message) in vrrp_problems {
         p.add(key, message);
@@ -267,6 +279,10 @@ fn validate_datapath(raw: &RawDatapath, p: &mut Problems) -> Option<DatapathConf
             None
         }
     };
+    let ipip_source = match raw.ipip_source.as_deref() {
+        None => Some(None),
+        Some(text) => p.field("datapath.ipip_source", ipip_source(text).map(Some)),
+    };
     Some(DatapathConfig {
         interface: raw.interface.clone(),
         xdp_mode: xdp_mode?,
@@ -275,7 +291,47 @@ fn validate_datapath(raw: &RawDatapath, p: &mut Problems) -> Option<DatapathConf
         hash_seed: hash_seed?,
         wlc_period_ms: wlc_period_ms?,
         retire_idle: retire_idle?,
+        ipip_source: ipip_source?,
     })
+}
+
+/// Most host bits of `datapath.ipip_source`: a /16 spreads flows over
+/// 65 536 outer sources, far more than any NIC has queues.
+pub const IPIP_SOURCE_MIN_PREFIX: u8 = 16;
+
+/// `datapath.ipip_source`: "A.B.C.D" (one address, /32) or "A.B.C.D/LEN"
+/// with LEN in 16..=32 and no host bits set.
+pub fn ipip_source(text: &str) -> Result<(Ipv4Addr, u8), String> {
+    let (addr, len) = match text.split_once('/') {
+        None => (text, "32"),
+        Some(parts) => parts,
+    };
+    let addr: Ipv4Addr = addr
+        .parse()
+        .map_err(|_| format!("\"{text}\" is not an IPv4 address or ADDRESS/PREFIX"))?;
+    let len: u8 = len
+        .parse()
+        .ok()
+        .filter(|l| (IPIP_SOURCE_MIN_PREFIX..=32).contains(l))
+        .ok_or_else(|| {
+            format!(
+                "\"{text}\": the prefix length must be {IPIP_SOURCE_MIN_PREFIX}..=32 \
+                 (a /24 gives 256 outer sources, plenty for RSS)"
+            )
+        })?;
+    let host = u32::MAX.checked_shr(u32::from(len)).unwrap_or(0);
+    if u32::from(addr) & host != 0 {
+        return Err(format!(
+            "\"{text}\" has host bits set; write the prefix as {}/{len}",
+            Ipv4Addr::from(u32::from(addr) & !host)
+        ));
+    }
+    if addr.is_unspecified() || addr.is_multicast() || addr.is_broadcast() {
+        return Err(format!(
+            "\"{text}\" cannot be a source; use an address (or prefix) of this node"
+        ));
+    }
+    Ok((addr, len))
 }
 
 /// Where a VIP comes from: the file must give every VIP a backend that

@@ -220,6 +220,11 @@ pub(super) fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
         b.hash_seed.to_string(),
     );
     cmp(
+        "datapath.ipip_source",
+        format!("{:?}", a.ipip_source),
+        format!("{:?}", b.ipip_source),
+    );
+    cmp(
         "datapath.wlc_period_ms",
         a.wlc_period_ms.to_string(),
         b.wlc_period_ms.to_string(),

@@ -153,6 +153,13 @@ impl Owner {
                          datapath.affinity_table_size set, or add the VIP without persistence"
                     )));
                 }
+                let ipip_source = self.base.as_ref().and_then(|c| c.datapath.ipip_source);
+                if forwarding == crate::config::Forwarding::Ipip && ipip_source.is_none() {
+                    return Err(refused(format!(
+                        "VIP {name}: forwarding \"ipip\" needs datapath.ipip_source, which \
+                         this daemon started without; set it in the config and restart foobar"
+                    )));
+                }
                 let spec = VipSpec {
                     name: name.clone(),
                     address,

@@ -42,6 +42,13 @@ pub struct LoadOptions {
     /// MAC of the interface the program serves: only frames addressed to it
     /// are handled, and it is the source MAC of every frame sent.
     pub lb_mac: [u8; 6],
+    /// The `ipip` outer source (`datapath.ipip_source`): address and prefix
+    /// length; the host bits of a prefix come from the flow. None: no
+    /// `ipip` VIP may be served (the outer source would be 0.0.0.0).
+    pub ipip_source: Option<(std::net::Ipv4Addr, u8)>,
+    /// The interface's MTU: `ipip` packets that would exceed it once
+    /// encapsulated get ICMP frag-needed (DF) or are dropped.
+    pub mtu: u32,
 }
 
 impl Default for LoadOptions {
@@ -51,8 +58,20 @@ impl Default for LoadOptions {
             affinity_table_size: 1,
             hash_seed: 0,
             lb_mac: [0; 6],
+            ipip_source: None,
+            mtu: 1500,
         }
     }
+}
+
+/// The `ipip` outer source as the program's globals: the network part and
+/// the host-bit mask, both as the packet holds them (network order).
+pub fn ipip_source_globals(source: Option<(std::net::Ipv4Addr, u8)>) -> (u32, u32) {
+    let Some((addr, len)) = source else {
+        return (0, 0);
+    };
+    let host = u32::MAX.checked_shr(u32::from(len)).unwrap_or(0);
+    ((u32::from(addr) & !host).to_be(), host.to_be())
 }
 
 impl Datapath {
@@ -80,12 +99,16 @@ impl Datapath {
             }
             None => (false, None),
         };
+        let (ipip_src_be, ipip_host_mask_be) = ipip_source_globals(opts.ipip_source);
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries("FLOWS", opts.flow_table_size)
             .map_max_entries("AFFINITY", opts.affinity_table_size.max(1))
             .override_global("HASH_SEED", &opts.hash_seed, true)
-            .override_global("LB_MAC", &opts.lb_mac, true);
+            .override_global("LB_MAC", &opts.lb_mac, true)
+            .override_global("IPIP_SRC_BE", &ipip_src_be, true)
+            .override_global("IPIP_SRC_HOST_MASK_BE", &ipip_host_mask_be, true)
+            .override_global("IFACE_MTU", &opts.mtu, true);
         let paths: Vec<(&'static str, std::path::PathBuf)> = match &pins {
             Some(p) => PINNED_MAPS.iter().map(|&n| (n, p.map(n))).collect(),
             None => Vec::new(),

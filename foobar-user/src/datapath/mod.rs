@@ -290,10 +290,10 @@ impl Datapath {
         }
         let old_ids: std::collections::BTreeSet<u32> =
             self.written.vips.values().map(|s| s.vip_id).collect();
-        let vlans: std::collections::HashMap<u32, u16> = plan
+        let vlans: std::collections::HashMap<u32, (u16, u8)> = plan
             .vips
             .iter()
-            .map(|v| (v.service.vip_id, v.key.vlan))
+            .map(|v| (v.service.vip_id, (v.key.vlan, v.service.forward_mode)))
             .collect();
         self.bump_vip_gens(&bump, &vlans)?;
         let vips = &mut self.maps.vips;
@@ -387,18 +387,20 @@ impl Datapath {
     }
 
     /// Gives each VIP id of `ids` a new generation (with the VLAN its VIP
-    /// is served on, if it has one in the plan).
+    /// is served on and its forwarding mode, if it has one in the plan).
     fn bump_vip_gens(
         &mut self,
         ids: &std::collections::BTreeSet<u32>,
-        vlans: &std::collections::HashMap<u32, u16>,
+        vlans: &std::collections::HashMap<u32, (u16, u8)>,
     ) -> Result<()> {
         for &id in ids {
             let gen = self.written.next_vip_gen.max(1);
             self.written.next_vip_gen = gen.checked_add(1).unwrap_or(1);
+            let (vlan, forward_mode) = vlans.get(&id).copied().unwrap_or((0, 0));
             let entry = VipGen {
                 gen,
-                vlan: vlans.get(&id).copied().unwrap_or(0),
+                vlan,
+                forward_mode,
                 _pad: 0,
             };
             self.maps
