@@ -220,7 +220,7 @@ pub const FLOW_CLOSED: u16 = 1;
 /// Bump it by hand whenever a map's key or value changes meaning, a map is
 /// added, removed or renamed, or a flag changes value: a daemon refuses to
 /// adopt maps pinned by a binary of another layout.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Sizes of the shared types the pinned maps hold, in the order FlowKey,
 /// Flow, Backend, VipKey, Service, AffinityKey, VipAddrKey, Counter, VipGen: with
