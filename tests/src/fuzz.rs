@@ -353,6 +353,7 @@ fn load_options() -> LoadOptions {
         affinity_table_size: FLOW_TABLE_SIZE,
         hash_seed: HASH_SEED,
         lb_mac: LB_MAC,
+        ..LoadOptions::default()
     }
 }
 

@@ -46,6 +46,7 @@ fn spec(priority: u8) -> Spec {
         unicast_peers: vec![],
         unicast_source: None,
         garp: Default::default(),
+        use_vmac: false,
     }
 }
 

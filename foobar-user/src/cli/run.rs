@@ -165,6 +165,12 @@ async fn serve(
             affinity_table_size,
             hash_seed: config.datapath.hash_seed,
             lb_mac,
+            vmac_vrids: config
+                .vrrp
+                .iter()
+                .filter(|v| v.use_vmac)
+                .map(|v| v.vrid)
+                .collect(),
         },
         pins.clone(),
     )

@@ -42,6 +42,18 @@ pub struct LoadOptions {
     /// MAC of the interface the program serves: only frames addressed to it
     /// are handled, and it is the source MAC of every frame sent.
     pub lb_mac: [u8; 6],
+    /// VRIDs whose VRRP virtual MAC (00:00:5e:00:01:VRID, `use_vmac`) is
+    /// served as well as `lb_mac`.
+    pub vmac_vrids: Vec<u8>,
+}
+
+/// The `VMAC_VRIDS` global: bit `vrid % 64` of word `vrid / 64`.
+pub fn vmac_bitmap(vrids: &[u8]) -> [u64; 4] {
+    let mut words = [0u64; 4];
+    for &v in vrids {
+        words[usize::from(v >> 6)] |= 1 << (v & 63);
+    }
+    words
 }
 
 impl Default for LoadOptions {
@@ -51,6 +63,7 @@ impl Default for LoadOptions {
             affinity_table_size: 1,
             hash_seed: 0,
             lb_mac: [0; 6],
+            vmac_vrids: Vec::new(),
         }
     }
 }
@@ -80,12 +93,14 @@ impl Datapath {
             }
             None => (false, None),
         };
+        let vmac_vrids = vmac_bitmap(&opts.vmac_vrids);
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries("FLOWS", opts.flow_table_size)
             .map_max_entries("AFFINITY", opts.affinity_table_size.max(1))
             .override_global("HASH_SEED", &opts.hash_seed, true)
-            .override_global("LB_MAC", &opts.lb_mac, true);
+            .override_global("LB_MAC", &opts.lb_mac, true)
+            .override_global("VMAC_VRIDS", &vmac_vrids, true);
         let paths: Vec<(&'static str, std::path::PathBuf)> = match &pins {
             Some(p) => PINNED_MAPS.iter().map(|&n| (n, p.map(n))).collect(),
             None => Vec::new(),
@@ -381,7 +396,16 @@ fn io_errno_in(text: &str) -> Option<i32> {
 
 #[cfg(test)]
 mod tests {
-    use super::io_errno_in;
+    use super::{io_errno_in, vmac_bitmap};
+
+    #[test]
+    fn vmac_bitmap_sets_one_bit_per_vrid() {
+        assert_eq!(vmac_bitmap(&[]), [0; 4]);
+        assert_eq!(
+            vmac_bitmap(&[1, 63, 64, 200, 255, 1]),
+            [(1 << 1) | (1 << 63), 1, 0, (1 << (200 - 192)) | (1 << 63)]
+        );
+    }
 
     #[test]
     fn errno_is_read_from_netlink_error_text() {

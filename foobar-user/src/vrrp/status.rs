@@ -303,6 +303,7 @@ pub(crate) mod tests {
             unicast_peers: vec![],
             unicast_source: None,
             garp: Default::default(),
+            use_vmac: false,
         };
         let mut s = Status::new(&spec);
         s.state = State::Backup;
