@@ -193,8 +193,9 @@ fn logs(lab: &Lab) -> String {
     )
 }
 
-#[test]
-fn the_client_keeps_the_virtual_mac_across_a_failover_while_traffic_moves() {
+/// The two-LB lab with lb master and lb2 backup, both `use_vmac`; lb2's
+/// macvlan checked down and without the VIP, lb's interface without it.
+fn two_nodes() -> Lab {
     let mut lab = Lab::start(&LabOptions {
         backends: 2,
         second_lb: true,
@@ -203,8 +204,6 @@ fn the_client_keeps_the_virtual_mac_across_a_failover_while_traffic_moves() {
     .expect("lab starts");
     let lb2_ns = lab.node(Node::Lb2).unwrap().ns.clone();
     let lb_ns = lab.lb.ns.clone();
-    let lb_mac = lab.mac(&lab.lb, LB_IFACE).unwrap();
-    let lb2_mac = lab.mac(lab.node(Node::Lb2).unwrap(), LB_IFACE).unwrap();
     let conf = config_of(&lab, Node::Lb1, MASTER);
     lab.start_foobar_on(Node::Lb1, &foobar_bin(), &conf)
         .expect("foobar starts on lb");
@@ -227,6 +226,16 @@ fn the_client_keeps_the_virtual_mac_across_a_failover_while_traffic_moves() {
         !holds_on(&lab, &lb_ns, LB_IFACE),
         "the VIP is on the macvlan, not the interface"
     );
+    lab
+}
+
+#[test]
+fn the_client_keeps_the_virtual_mac_across_a_failover_while_traffic_moves() {
+    let mut lab = two_nodes();
+    let lb2_ns = lab.node(Node::Lb2).unwrap().ns.clone();
+    let lb_ns = lab.lb.ns.clone();
+    let lb_mac = lab.mac(&lab.lb, LB_IFACE).unwrap();
+    let lb2_mac = lab.mac(lab.node(Node::Lb2).unwrap(), LB_IFACE).unwrap();
 
     // The client resolves the VIP afresh: the answer is the virtual MAC.
     let _ = lab.exec(
@@ -313,4 +322,62 @@ fn the_client_keeps_the_virtual_mac_across_a_failover_while_traffic_moves() {
         .expect("foobar status");
     let st: Value = serde_json::from_slice(&st.stdout).expect("status is JSON");
     assert_eq!(st["vrrp"][0]["state"], "master", "{st:#}");
+}
+
+/// kill -9 of the master: its macvlan stays (nothing removed it), lb2
+/// takes over after Master_Down_Interval. foobar started again on lb
+/// takes the macvlan over (down, as a backup), then preempts lb2 (higher
+/// priority): the VIP and the traffic come back to lb under the same MAC.
+#[test]
+fn a_restarted_master_takes_its_macvlan_over_and_preempts_under_the_same_mac() {
+    let mut lab = two_nodes();
+    let lb2_ns = lab.node(Node::Lb2).unwrap().ns.clone();
+    let lb_ns = lab.lb.ns.clone();
+    requests(&lab, 2);
+    lab.kill_foobar_on(Node::Lb1).expect("kill -9 foobar on lb");
+    let limit = failover::master_down(BACKUP, ADVERT_MS) + Duration::from_secs(1);
+    time_until(limit, || holds_on(&lab, &lb2_ns, &macvlan()))
+        .unwrap_or_else(|| panic!("lb2 takes the VIP\n{}", logs(&lab)));
+    let left = macvlan_link(&lab, &lb_ns);
+    assert!(
+        left.contains(",UP") && holds_on(&lab, &lb_ns, &macvlan()),
+        "the crashed node's macvlan stays up with the VIP: {left}"
+    );
+
+    let conf = config_of(&lab, Node::Lb1, MASTER);
+    lab.start_foobar_on(Node::Lb1, &foobar_bin(), &conf)
+        .expect("foobar starts again on lb");
+    assert!(
+        lab.foobar_log_of(Node::Lb1)
+            .contains("taking over the macvlan an earlier run left"),
+        "{}",
+        logs(&lab)
+    );
+    let limit = failover::master_down(MASTER, ADVERT_MS) * 2 + Duration::from_secs(2);
+    time_until(limit, || {
+        holds_on(&lab, &lb_ns, &macvlan()) && !holds_on(&lab, &lb2_ns, &macvlan())
+    })
+    .unwrap_or_else(|| panic!("lb preempts lb2\n{}", logs(&lab)));
+    let link = macvlan_link(&lab, &lb2_ns);
+    assert!(!link.contains(",UP"), "lb2's macvlan is down again: {link}");
+
+    let (lb_before, lb2_before) = (forwarded(&lab, Node::Lb1), forwarded(&lab, Node::Lb2));
+    const N: usize = 10;
+    requests(&lab, N);
+    let (lb_after, lb2_after) = (forwarded(&lab, Node::Lb1), forwarded(&lab, Node::Lb2));
+    eprintln!(
+        "after the preemption: lb forwarded {}, lb2 {}",
+        lb_after - lb_before,
+        lb2_after - lb2_before
+    );
+    assert!(
+        lb_after - lb_before >= 3 * N as u64,
+        "lb's program forwards again: {lb_before} -> {lb_after}"
+    );
+    assert_eq!(lb2_after, lb2_before, "nothing through lb2 any more");
+    let neigh = client_neighbour(&lab);
+    assert!(
+        neigh.contains(&mac_text(vmac(VRID))),
+        "the client's entry is the virtual MAC: {neigh}"
+    );
 }

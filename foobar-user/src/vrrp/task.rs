@@ -72,9 +72,24 @@ pub async fn run(
         true => {
             // An earlier run without use_vmac may have left them here.
             addresses.remove(iface.index, &spec.vips).await?;
+            let link = Macvlan::create(&addresses, &iface, spec.vrid).await?;
+            // While the macvlan is up, a peer's advert (multicast from the
+            // same virtual MAC) is handed to the macvlan only: the macvlan
+            // driver takes a multicast frame whose source is one of its
+            // MACs for its own, looped back. Listen there too.
+            let rx = AdvertSocket::open(
+                &Interface {
+                    name: link.name.clone(),
+                    index: link.index,
+                    mac: link.mac,
+                    primary: iface.primary,
+                },
+                false,
+            )?;
             Some(Vmac {
-                link: Macvlan::create(&addresses, &iface, spec.vrid).await?,
+                link,
                 frames: FrameSocket::open(&iface)?,
+                rx,
             })
         }
     };
@@ -110,6 +125,7 @@ pub async fn run(
     driver.apply(&machine, actions).await;
     status.send_replace(driver.snapshot(&machine));
     let mut buf = vec![0u8; 2048];
+    let mut vbuf = vec![0u8; 2048];
     // A receive error ends the instance, but like a stop: a master that
     // can no longer hear its peers resigns rather than hold on silently.
     let mut failed = None;
@@ -156,6 +172,24 @@ pub async fn run(
                     driver.apply(&machine, actions).await;
                 }
             }
+            got = async {
+                match &vmac {
+                    Some(v) => v.rx.recv(&mut vbuf).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let n = match got {
+                    Ok(n) => n,
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                };
+                if let Some(event) = driver.receive(&machine, &vbuf[..n]) {
+                    let actions = machine.handle(now(), event);
+                    driver.apply(&machine, actions).await;
+                }
+            }
         }
         status.send_replace(driver.snapshot(&machine));
     }
@@ -172,11 +206,13 @@ pub async fn run(
     failed.map_or(Ok(()), Err)
 }
 
-/// `use_vmac`: the macvlan holding the VIPs and the socket adverts leave
-/// by, from the virtual MAC.
+/// `use_vmac`: the macvlan holding the VIPs, the socket adverts leave by
+/// (from the virtual MAC), and the one peers' adverts arrive on while the
+/// macvlan is up.
 struct Vmac {
     link: Macvlan,
     frames: FrameSocket,
+    rx: AdvertSocket,
 }
 
 struct Driver<'a> {
