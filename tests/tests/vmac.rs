@@ -146,6 +146,17 @@ fn holds_on(lab: &Lab, ns: &str, dev: &str) -> bool {
         .is_ok_and(|out| out.contains(&format!(" {VIP}/32")))
 }
 
+/// `net.ipv4.conf.eth0.KEY` in `ns`.
+fn sysctl(lab: &Lab, ns: &str, key: &str) -> String {
+    lab.exec(
+        ns,
+        &["sysctl", "-n", &format!("net.ipv4.conf.{LB_IFACE}.{key}")],
+    )
+    .unwrap_or_default()
+    .trim()
+    .to_owned()
+}
+
 /// `ip -o link show dev` of the macvlan in `ns` (empty: no such link).
 fn macvlan_link(lab: &Lab, ns: &str) -> String {
     lab.exec(ns, &["ip", "-o", "link", "show", "dev", &macvlan()])
@@ -270,6 +281,16 @@ fn the_client_keeps_the_virtual_mac_across_a_failover_while_traffic_moves() {
     )
     .unwrap_or_else(|e| panic!("ping of the VIP: {e:#}"));
 
+    // The interface answers ARP only for its own addresses and never
+    // names a VIP as its ARP sender while the instance runs.
+    assert_eq!(
+        (
+            sysctl(&lab, &lb_ns, "arp_ignore"),
+            sysctl(&lab, &lb_ns, "arp_announce")
+        ),
+        ("1".to_owned(), "2".to_owned())
+    );
+
     // SIGTERM: lb resigns (priority 0), lb2 takes over within an advert.
     let pid = lab.foobar_pid_on(Node::Lb1).expect("foobar runs on lb");
     let stopped = Instant::now();
@@ -292,6 +313,14 @@ fn the_client_keeps_the_virtual_mac_across_a_failover_while_traffic_moves() {
         "",
         "lb deleted its macvlan on the way out ({:?} after SIGTERM)",
         stopped.elapsed()
+    );
+    assert_eq!(
+        (
+            sysctl(&lab, &lb_ns, "arp_ignore"),
+            sysctl(&lab, &lb_ns, "arp_announce")
+        ),
+        ("0".to_owned(), "0".to_owned()),
+        "lb put the interface's sysctls back"
     );
     let lb2_before = forwarded(&lab, Node::Lb2);
     requests(&lab, N);
