@@ -33,6 +33,16 @@ const ICMP_HDR_LEN: usize = 8;
 #[unsafe(no_mangle)]
 pub static LB_MAC: Global<[u8; 6]> = Global::new([0; 6]);
 
+/// The VRIDs whose VRRP virtual MAC 00:00:5e:00:01:VRID is ours too (a
+/// `[[vrrp]]` instance with `use_vmac`), one bit per VRID (bit `vrid % 64`
+/// of word `vrid / 64`), set at load time: `[[vrrp]]` changes need a
+/// restart, which loads the program again.
+#[unsafe(no_mangle)]
+pub static VMAC_VRIDS: Global<[u64; 4]> = Global::new([0; 4]);
+
+/// The first five bytes of every VRRP (IPv4) virtual MAC (RFC 5798 §7.3).
+const VMAC_PREFIX: [u8; 5] = [0x00, 0x00, 0x5e, 0x00, 0x01];
+
 // Header layouts with byte-array fields: alignment 1, so a pointer at any
 // packet offset is valid to read, and multi-byte fields stay in wire order.
 #[repr(C)]
@@ -138,12 +148,31 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*mut T, Verdict> {
     Ok((start + offset) as *mut T)
 }
 
+/// Whether `dst` is the virtual MAC of a VRID served here.
+#[inline(always)]
+fn is_vmac(dst: [u8; 6]) -> bool {
+    if dst[..5] != VMAC_PREFIX {
+        return false;
+    }
+    let vrid = dst[5];
+    let words = VMAC_VRIDS.load();
+    // A match, not `words[vrid >> 6]`: a constant offset into the copy on
+    // the stack, which every verifier accepts.
+    let word = match vrid >> 6 {
+        0 => words[0],
+        1 => words[1],
+        2 => words[2],
+        _ => words[3],
+    };
+    (word >> (vrid & 63)) & 1 == 1
+}
+
 #[inline(always)]
 pub fn l3(ctx: &XdpContext) -> Result<L3, Verdict> {
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: ptr_at checked that the header lies inside the frame.
     let (dst, mut ethertype) = unsafe { ((*eth).dst, u16::from_be_bytes((*eth).ethertype)) };
-    if dst != LB_MAC.load() {
+    if dst != LB_MAC.load() && !is_vmac(dst) {
         return Err(Verdict::pass(Reason::NotForUs));
     }
     let mut l3 = ETH_HDR_LEN;

@@ -46,6 +46,7 @@ fn spec(priority: u8) -> Spec {
         unicast_peers: vec![],
         unicast_source: None,
         garp: Default::default(),
+        use_vmac: false,
     }
 }
 
@@ -878,4 +879,124 @@ fn which_keepalived() {
         found,
         "keepalived is not installed: apt-get install keepalived"
     );
+}
+
+/// keepalived's `use_vmac` instance next to `keepalived_conf`'s.
+fn keepalived_vmac_conf(priority: u8) -> String {
+    keepalived_conf(priority).replacen("    advert_int 1\n", "    advert_int 1\n    use_vmac\n", 1)
+}
+
+/// Whether `ns` holds the VIP on the virtual MAC's macvlan (`vrrp.51`:
+/// foobar names it as keepalived does).
+fn holds_vip_on_vmac(lab: &Lab, ns: &str) -> bool {
+    lab.exec(
+        ns,
+        &[
+            "ip",
+            "-4",
+            "-o",
+            "addr",
+            "show",
+            "dev",
+            &format!("vrrp.{VRID}"),
+        ],
+    )
+    .is_ok_and(|out| out.contains(&format!(" {VVIP}/32")))
+}
+
+/// A third host pings the VIP afresh; its neighbour entry for it.
+fn resolve_from(lab: &Lab, ns: &str) -> String {
+    let _ = lab.exec(ns, &["ip", "neigh", "flush", "to", &VVIP.to_string()]);
+    lab.exec(ns, &["ping", "-c", "1", "-W", "2", &VVIP.to_string()])
+        .unwrap_or_else(|e| panic!("ping of the VIP from {ns}: {e:#}"));
+    lab.exec(ns, &["ip", "neigh", "show", &VVIP.to_string()])
+        .unwrap_or_default()
+}
+
+/// foobar and keepalived, both with `use_vmac` on the same VRID: mastership
+/// moves both ways, and a third host resolves the VIP to
+/// 00:00:5e:00:01:33 whichever of them is master (each answers ARP from the
+/// virtual MAC, neither from its physical one).
+#[test]
+fn use_vmac_interoperates_with_keepalived_use_vmac() {
+    which_keepalived();
+    let mut lab = Lab::start(&LabOptions {
+        backends: 1,
+        ..LabOptions::default()
+    })
+    .expect("lab starts");
+    let lb_ns = lab.lb.ns.clone();
+    let kp_ns = lab.client.ns.clone();
+    let third = lab.backends[0].ns.clone();
+    let vmac = format!("00:00:5e:00:01:{VRID:02x}");
+    let conf = lab.dir.join("keepalived.conf");
+    fs::write(&conf, keepalived_vmac_conf(100)).expect("writing keepalived.conf");
+    start_keepalived_with(&mut lab, &conf);
+    wait_for("keepalived becomes master", Duration::from_secs(10), || {
+        Ok(holds_vip_on_vmac(&lab, &kp_ns))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", keepalived_log(&lab)));
+    let neigh = resolve_from(&lab, &third);
+    assert!(
+        neigh.contains(&vmac),
+        "keepalived answers from the vmac: {neigh}"
+    );
+
+    // foobar (200) preempts: the VIP moves to its macvlan.
+    let mut foobar = FoobarVrrp::start_spec(
+        &lb_ns,
+        Spec {
+            use_vmac: true,
+            ..spec(200)
+        },
+    );
+    wait_for(
+        "foobar preempts keepalived",
+        Duration::from_secs(10),
+        || {
+            Ok(holds_vip_on_vmac(&lab, &lb_ns)
+                && !holds_vip_on_vmac(&lab, &kp_ns)
+                && foobar.status().state == State::Master)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{:?}\n{}", foobar.status(), keepalived_log(&lab)));
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        holds_vip_on_vmac(&lab, &lb_ns) && !holds_vip_on_vmac(&lab, &kp_ns),
+        "settled with foobar master\n{}",
+        keepalived_log(&lab)
+    );
+    let st = foobar.status();
+    assert!(
+        st.drops.is_empty(),
+        "no advert of keepalived's refused: {st:?}"
+    );
+    assert!(st.adverts_received > 0, "{st:?}");
+    let neigh = resolve_from(&lab, &third);
+    assert!(
+        neigh.contains(&vmac),
+        "foobar answers from the vmac: {neigh}"
+    );
+
+    // Graceful stop: keepalived takes over, the MAC stays.
+    let stopped = Instant::now();
+    foobar.stop();
+    wait_for("keepalived takes over", Duration::from_secs(5), || {
+        Ok(holds_vip_on_vmac(&lab, &kp_ns))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", keepalived_log(&lab)));
+    let gap = stopped.elapsed();
+    eprintln!("use_vmac, graceful stop: keepalived held the VIP {gap:?} after foobar resigned");
+    assert!(gap < Duration::from_secs(1), "takeover took {gap:?}");
+    assert_eq!(
+        lab.exec(
+            &lb_ns,
+            &["ip", "-o", "link", "show", "dev", &format!("vrrp.{VRID}")]
+        )
+        .unwrap_or_default(),
+        "",
+        "foobar deleted its macvlan"
+    );
+    let neigh = resolve_from(&lab, &third);
+    assert!(neigh.contains(&vmac), "keepalived answers again: {neigh}");
 }

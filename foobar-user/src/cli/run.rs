@@ -167,6 +167,12 @@ async fn serve(
             lb_mac,
             ipip_source: config.datapath.ipip_source,
             mtu: interface_mtu(&iface)?,
+            vmac_vrids: config
+                .vrrp
+                .iter()
+                .filter(|v| v.use_vmac)
+                .map(|v| v.vrid)
+                .collect(),
         },
         pins.clone(),
     )

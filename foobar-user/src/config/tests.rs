@@ -952,6 +952,7 @@ fn vrrp_instances_resolve_vip_names_to_distinct_addresses() {
                 unicast_peers: vec![],
                 unicast_source: None,
                 garp: Default::default(),
+                use_vmac: false,
             },
             VrrpInstance {
                 vrid: 52,
@@ -966,6 +967,7 @@ fn vrrp_instances_resolve_vip_names_to_distinct_addresses() {
                 unicast_peers: vec![],
                 unicast_source: None,
                 garp: Default::default(),
+                use_vmac: false,
             },
         ]
     );

@@ -42,6 +42,7 @@ pub(super) struct RawVrrp {
     garp_master_repeat: Option<i64>,
     garp_master_refresh_ms: Option<i64>,
     garp_master_refresh_repeat: Option<i64>,
+    use_vmac: Option<bool>,
 }
 
 /// One validated instance.
@@ -64,6 +65,9 @@ pub struct VrrpInstance {
     pub unicast_peers: Vec<Ipv4Addr>,
     pub unicast_source: Option<Ipv4Addr>,
     pub garp: garp::Config,
+    /// Hold the addresses under the virtual MAC 00:00:5e:00:01:VRID (a
+    /// macvlan), keepalived's `use_vmac`.
+    pub use_vmac: bool,
 }
 
 /// Every problem as (key, message); the instances that passed.
@@ -225,6 +229,15 @@ pub(super) fn validate(
         }
         let (unicast_peers, unicast_source) = unicast(r, &addresses, &mut add);
         let garp = gratuitous_arp(r, &mut add);
+        let use_vmac = r.use_vmac.unwrap_or(false);
+        if use_vmac && r.unicast_peers.is_some() {
+            add(
+                "use_vmac",
+                "is not supported with unicast_peers (unicast adverts go through the kernel's \
+                 routing, from the interface's own MAC): use multicast or drop use_vmac"
+                    .into(),
+            );
+        }
         if let (Some(vrid), Some(priority), Some(interval), Some(delay)) =
             (vrid, priority, interval, delay)
         {
@@ -241,6 +254,7 @@ pub(super) fn validate(
                 unicast_peers,
                 unicast_source,
                 garp,
+                use_vmac,
             });
         }
     }
@@ -391,6 +405,7 @@ impl VrrpInstance {
             unicast_peers: self.unicast_peers.clone(),
             unicast_source: self.unicast_source,
             garp: self.garp,
+            use_vmac: self.use_vmac,
         }
     }
 }
@@ -579,6 +594,25 @@ address = \"10.0.0.11\"
             ],
             "{p:#?}"
         );
+    }
+
+    #[test]
+    fn use_vmac_is_off_by_default_and_refused_with_unicast_peers() {
+        let c = parse(&format!("{BASE}[[vrrp]]\nvrid = 1\nvips = [\"web\"]\n")).unwrap();
+        assert!(!c.vrrp[0].spec("eth0").use_vmac);
+        let c = parse(&format!(
+            "{BASE}[[vrrp]]\nvrid = 7\nvips = [\"web\"]\nuse_vmac = true\n"
+        ))
+        .unwrap();
+        assert!(c.vrrp[0].use_vmac);
+        assert!(c.vrrp[0].spec("eth0").use_vmac);
+        let p = problems(&format!(
+            "{BASE}[[vrrp]]\nvrid = 1\nvips = [\"web\"]\nuse_vmac = true\n\
+             unicast_peers = [\"10.1.0.2\"]\n"
+        ));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].0, "vrrp[0].use_vmac");
+        assert!(p[0].1.contains("unicast_peers"), "{p:?}");
     }
 
     #[test]

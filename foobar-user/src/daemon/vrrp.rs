@@ -36,6 +36,7 @@ impl Owner {
                 track_no_backend = -i16::from(s.track.no_backend),
                 track_detached = -i16::from(s.track.detached),
                 unicast_peers = ?s.unicast_peers,
+                use_vmac = s.use_vmac,
                 "VRRP instance starting"
             );
         }

@@ -49,6 +49,18 @@ pub struct LoadOptions {
     /// The interface's MTU: `ipip` packets that would exceed it once
     /// encapsulated get ICMP frag-needed (DF) or are dropped.
     pub mtu: u32,
+    /// VRIDs whose VRRP virtual MAC (00:00:5e:00:01:VRID, `use_vmac`) is
+    /// served as well as `lb_mac`.
+    pub vmac_vrids: Vec<u8>,
+}
+
+/// The `VMAC_VRIDS` global: bit `vrid % 64` of word `vrid / 64`.
+pub fn vmac_bitmap(vrids: &[u8]) -> [u64; 4] {
+    let mut words = [0u64; 4];
+    for &v in vrids {
+        words[usize::from(v >> 6)] |= 1 << (v & 63);
+    }
+    words
 }
 
 impl Default for LoadOptions {
@@ -60,6 +72,7 @@ impl Default for LoadOptions {
             lb_mac: [0; 6],
             ipip_source: None,
             mtu: 1500,
+            vmac_vrids: Vec::new(),
         }
     }
 }
@@ -100,6 +113,7 @@ impl Datapath {
             None => (false, None),
         };
         let (ipip_src_be, ipip_host_mask_be) = ipip_source_globals(opts.ipip_source);
+        let vmac_vrids = vmac_bitmap(&opts.vmac_vrids);
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries("FLOWS", opts.flow_table_size)
@@ -108,7 +122,8 @@ impl Datapath {
             .override_global("LB_MAC", &opts.lb_mac, true)
             .override_global("IPIP_SRC_BE", &ipip_src_be, true)
             .override_global("IPIP_SRC_HOST_MASK_BE", &ipip_host_mask_be, true)
-            .override_global("IFACE_MTU", &opts.mtu, true);
+            .override_global("IFACE_MTU", &opts.mtu, true)
+            .override_global("VMAC_VRIDS", &vmac_vrids, true);
         let paths: Vec<(&'static str, std::path::PathBuf)> = match &pins {
             Some(p) => PINNED_MAPS.iter().map(|&n| (n, p.map(n))).collect(),
             None => Vec::new(),
@@ -405,7 +420,16 @@ fn io_errno_in(text: &str) -> Option<i32> {
 
 #[cfg(test)]
 mod tests {
-    use super::io_errno_in;
+    use super::{io_errno_in, vmac_bitmap};
+
+    #[test]
+    fn vmac_bitmap_sets_one_bit_per_vrid() {
+        assert_eq!(vmac_bitmap(&[]), [0; 4]);
+        assert_eq!(
+            vmac_bitmap(&[1, 63, 64, 200, 255, 1]),
+            [(1 << 1) | (1 << 63), 1, 0, (1 << (200 - 192)) | (1 << 63)]
+        );
+    }
 
     #[test]
     fn errno_is_read_from_netlink_error_text() {

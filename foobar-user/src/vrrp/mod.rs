@@ -5,7 +5,8 @@
 //! rtnetlink, gratuitous ARP) and `task` drives one instance with them,
 //! publishing its status; it never touches the datapath. `track` turns
 //! what the daemon knows about this node into the advertised priority;
-//! `garp` says when a master repeats its gratuitous ARPs.
+//! `garp` says when a master repeats its gratuitous ARPs; `vmac` holds the
+//! addresses under the virtual MAC (`use_vmac`).
 pub mod codec;
 pub mod garp;
 pub mod machine;
@@ -13,3 +14,4 @@ pub mod net;
 pub mod status;
 pub mod task;
 pub mod track;
+pub mod vmac;

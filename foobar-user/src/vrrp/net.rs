@@ -48,6 +48,11 @@ pub enum NetError {
         iface: String,
         source_addr: Ipv4Addr,
     },
+    #[error(
+        "VRRP on {iface}: {name} exists and is not this instance's macvlan (a macvlan on \
+         {iface} with the virtual MAC): remove it (`ip link del {name}`) or drop use_vmac"
+    )]
+    VmacTaken { iface: String, name: String },
     #[error(transparent)]
     Config(#[from] super::machine::ConfigError),
     #[error(transparent)]
@@ -142,7 +147,7 @@ pub struct Interface {
 
 /// Netlink for one interface: look it up, add and remove the VIPs.
 pub struct Addresses {
-    handle: rtnetlink::Handle,
+    pub(super) handle: rtnetlink::Handle,
     conn: tokio::task::JoinHandle<()>,
     iface: String,
 }
@@ -292,7 +297,7 @@ impl Addresses {
     }
 }
 
-fn setsockopt<T>(fd: &OwnedFd, level: i32, name: i32, value: &T) -> io::Result<()> {
+pub(super) fn setsockopt<T>(fd: &OwnedFd, level: i32, name: i32, value: &T) -> io::Result<()> {
     // SAFETY: `value` is a live T and the length passed is its size.
     let rc = unsafe {
         libc::setsockopt(
@@ -310,7 +315,7 @@ fn setsockopt<T>(fd: &OwnedFd, level: i32, name: i32, value: &T) -> io::Result<(
     }
 }
 
-fn socket(domain: i32, kind: i32, protocol: i32) -> io::Result<OwnedFd> {
+pub(super) fn socket(domain: i32, kind: i32, protocol: i32) -> io::Result<OwnedFd> {
     // SAFETY: plain syscall; the fd is owned from here on.
     let fd = unsafe {
         libc::socket(
@@ -503,8 +508,14 @@ impl AdvertSocket {
     }
 }
 
-/// Send `count` gratuitous ARPs for each VIP out of `iface`.
-pub fn announce(iface: &Interface, vips: &[Ipv4Addr], count: u32) -> Result<(), NetError> {
+/// Send `count` gratuitous ARPs for each VIP out of `iface`, from `mac`
+/// (the interface's, or the instance's virtual MAC).
+pub fn announce(
+    iface: &Interface,
+    mac: [u8; 6],
+    vips: &[Ipv4Addr],
+    count: u32,
+) -> Result<(), NetError> {
     let err = |what| {
         let name = iface.name.clone();
         move |source| NetError::Io {
@@ -525,7 +536,7 @@ pub fn announce(iface: &Interface, vips: &[Ipv4Addr], count: u32) -> Result<(), 
     to.sll_addr[..6].copy_from_slice(&[0xff; 6]);
     for _ in 0..count {
         for vip in vips {
-            let frame = gratuitous_arp(iface.mac, *vip);
+            let frame = gratuitous_arp(mac, *vip);
             // SAFETY: frame and `to` outlive the call; lengths are theirs.
             let rc = unsafe {
                 libc::sendto(

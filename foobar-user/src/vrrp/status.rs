@@ -31,6 +31,8 @@ pub struct Status {
     pub primary: Option<Ipv4Addr>,
     /// Unicast mode when non-empty.
     pub unicast_peers: Vec<Ipv4Addr>,
+    /// `use_vmac`: the virtual MAC and its macvlan.
+    pub vmac: Option<([u8; 6], String)>,
     /// The last transition; `at` counts from the instance's start.
     pub last_transition: Option<Transition>,
     /// When it happened, by the wall clock.
@@ -59,6 +61,10 @@ impl Status {
             "master": self.master,
             "primary_address": self.primary,
             "unicast_peers": self.unicast_peers,
+            "virtual_mac": self.vmac.as_ref().map(|(mac, name)| serde_json::json!({
+                "mac": mac.map(|b| format!("{b:02x}")).join(":"),
+                "macvlan": name,
+            })),
             "last_transition": self.last_transition.map(|t| serde_json::json!({
                 "from": t.from.as_str(),
                 "to": t.to.as_str(),
@@ -88,6 +94,12 @@ impl Status {
             master: None,
             primary: None,
             unicast_peers: spec.unicast_peers.clone(),
+            vmac: spec.use_vmac.then(|| {
+                (
+                    super::vmac::mac(spec.vrid),
+                    super::vmac::macvlan_name(spec.vrid),
+                )
+            }),
             last_transition: None,
             last_transition_time: None,
             transitions: 0,
@@ -143,6 +155,12 @@ pub fn render_text(list: &Value) -> String {
             since,
             transition,
         ));
+        if let (Some(mac), Some(name)) = (
+            v["virtual_mac"]["mac"].as_str(),
+            v["virtual_mac"]["macvlan"].as_str(),
+        ) {
+            out.push_str(&format!("      virtual MAC: {mac} on {name}\n"));
+        }
         for why in v["tracking"].as_array().into_iter().flatten() {
             out.push_str(&format!(
                 "      tracking: {}\n",
@@ -303,6 +321,7 @@ pub(crate) mod tests {
             unicast_peers: vec![],
             unicast_source: None,
             garp: Default::default(),
+            use_vmac: false,
         };
         let mut s = Status::new(&spec);
         s.state = State::Backup;
@@ -358,7 +377,19 @@ pub(crate) mod tests {
         json["master"] = json["primary_address"].clone();
         let text = render_text(&serde_json::json!([json]));
         assert!(text.contains("this node (10.0.0.2)"), "{text}");
+        assert!(!text.contains("virtual MAC"), "{text}");
         assert_eq!(render_text(&serde_json::json!([])), "");
+        // use_vmac: the MAC and its macvlan, in the JSON and under the row.
+        let mut s = status();
+        s.vmac = Some((crate::vrrp::vmac::mac(51), "vrrp.51".into()));
+        let json = s.to_json();
+        assert_eq!(json["virtual_mac"]["mac"], "00:00:5e:00:01:33");
+        let text = render_text(&serde_json::json!([json]));
+        assert_eq!(
+            text.lines().nth(3).map(str::trim),
+            Some("virtual MAC: 00:00:5e:00:01:33 on vrrp.51"),
+            "{text}"
+        );
     }
 
     #[test]

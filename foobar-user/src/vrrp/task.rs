@@ -14,6 +14,7 @@ use super::{
     machine::{self, Action, Event, Machine, State},
     net::{self, Addresses, AdvertSocket, Interface, NetError},
     track::{self, Conditions, Weights},
+    vmac::{self, FrameSocket, Macvlan},
 };
 
 /// One instance as configured.
@@ -38,6 +39,9 @@ pub struct Spec {
     pub unicast_source: Option<Ipv4Addr>,
     /// When the master repeats its gratuitous ARPs.
     pub garp: garp::Config,
+    /// Hold the addresses under the virtual MAC 00:00:5e:00:01:VRID (see
+    /// `vmac`); multicast only.
+    pub use_vmac: bool,
 }
 
 impl Spec {
@@ -63,6 +67,32 @@ pub async fn run(
     let addresses = Addresses::new(&spec.iface)?;
     let iface = addresses.interface(&spec.vips, spec.unicast_source).await?;
     let socket = AdvertSocket::open(&iface, !spec.unicast_peers.is_empty())?;
+    let vmac = match spec.use_vmac {
+        false => None,
+        true => {
+            // An earlier run without use_vmac may have left them here.
+            addresses.remove(iface.index, &spec.vips).await?;
+            let link = Macvlan::create(&addresses, &iface, spec.vrid).await?;
+            // While the macvlan is up, a peer's advert (multicast from the
+            // same virtual MAC) is handed to the macvlan only: the macvlan
+            // driver takes a multicast frame whose source is one of its
+            // MACs for its own, looped back. Listen there too.
+            let rx = AdvertSocket::open(
+                &Interface {
+                    name: link.name.clone(),
+                    index: link.index,
+                    mac: link.mac,
+                    primary: iface.primary,
+                },
+                false,
+            )?;
+            Some(Vmac {
+                link,
+                frames: FrameSocket::open(&iface)?,
+                rx,
+            })
+        }
+    };
     let mut machine = Machine::new(machine::Config {
         vrid: spec.vrid,
         priority: spec.priority,
@@ -76,6 +106,7 @@ pub async fn run(
         iface: &iface,
         addresses: &addresses,
         socket: &socket,
+        vmac: vmac.as_ref(),
         status: Status {
             primary: Some(iface.primary),
             ..Status::new(&spec)
@@ -94,6 +125,7 @@ pub async fn run(
     driver.apply(&machine, actions).await;
     status.send_replace(driver.snapshot(&machine));
     let mut buf = vec![0u8; 2048];
+    let mut vbuf = vec![0u8; 2048];
     // A receive error ends the instance, but like a stop: a master that
     // can no longer hear its peers resigns rather than hold on silently.
     let mut failed = None;
@@ -140,6 +172,24 @@ pub async fn run(
                     driver.apply(&machine, actions).await;
                 }
             }
+            got = async {
+                match &vmac {
+                    Some(v) => v.rx.recv(&mut vbuf).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let n = match got {
+                    Ok(n) => n,
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                };
+                if let Some(event) = driver.receive(&machine, &vbuf[..n]) {
+                    let actions = machine.handle(now(), event);
+                    driver.apply(&machine, actions).await;
+                }
+            }
         }
         status.send_replace(driver.snapshot(&machine));
     }
@@ -149,8 +199,20 @@ pub async fn run(
     if let Err(e) = addresses.remove(iface.index, &spec.vips).await {
         warn!(vrid = spec.vrid, %e, "removing the VIPs on shutdown failed");
     }
+    if let Some(v) = &vmac {
+        v.link.delete(&addresses).await;
+    }
     status.send_replace(driver.snapshot(&machine));
     failed.map_or(Ok(()), Err)
+}
+
+/// `use_vmac`: the macvlan holding the VIPs, the socket adverts leave by
+/// (from the virtual MAC), and the one peers' adverts arrive on while the
+/// macvlan is up.
+struct Vmac {
+    link: Macvlan,
+    frames: FrameSocket,
+    rx: AdvertSocket,
 }
 
 struct Driver<'a> {
@@ -158,6 +220,7 @@ struct Driver<'a> {
     iface: &'a Interface,
     addresses: &'a Addresses,
     socket: &'a AdvertSocket,
+    vmac: Option<&'a Vmac>,
     status: Status,
     /// (sender, reason) pairs already logged: a misconfigured peer is
     /// logged once, then only counted.
@@ -168,11 +231,16 @@ struct Driver<'a> {
 }
 
 impl Driver<'_> {
+    /// The source MAC of gratuitous ARPs: the virtual MAC with `use_vmac`.
+    fn mac(&self) -> [u8; 6] {
+        self.vmac.map_or(self.iface.mac, |v| v.link.mac)
+    }
+
     /// A later gratuitous ARP burst, if one is due.
     fn repeat_garp(&mut self, now: Duration) {
         let count = self.garp.due(now);
         if count > 0 {
-            if let Err(e) = net::announce(self.iface, &self.spec.vips, count) {
+            if let Err(e) = net::announce(self.iface, self.mac(), &self.spec.vips, count) {
                 warn!(vrid = self.spec.vrid, %e, "repeating gratuitous ARP failed");
             }
         }
@@ -338,19 +406,34 @@ impl Driver<'_> {
                         advert
                             .encode(self.iface.primary, dst)
                             .map_err(NetError::from)
-                            .and_then(|bytes| self.socket.send(&bytes, dst))
+                            .and_then(|bytes| match self.vmac {
+                                // Multicast only (validation): a frame from
+                                // the virtual MAC to the group.
+                                Some(v) => v.frames.send(&vmac::advert_frame(
+                                    v.link.mac,
+                                    self.iface.primary,
+                                    &bytes,
+                                )),
+                                None => self.socket.send(&bytes, dst),
+                            })
                             .map(|()| self.status.adverts_sent += 1)
                     })
                 }
-                Action::AddVips => self.addresses.add(self.iface.index, &self.spec.vips).await,
-                Action::RemoveVips => {
-                    self.addresses
-                        .remove(self.iface.index, &self.spec.vips)
-                        .await
-                }
+                Action::AddVips => match self.vmac {
+                    Some(v) => v.link.hold(self.addresses, &self.spec.vips).await,
+                    None => self.addresses.add(self.iface.index, &self.spec.vips).await,
+                },
+                Action::RemoveVips => match self.vmac {
+                    Some(v) => v.link.release(self.addresses, &self.spec.vips).await,
+                    None => {
+                        self.addresses
+                            .remove(self.iface.index, &self.spec.vips)
+                            .await
+                    }
+                },
                 Action::GratuitousArp => {
                     let count = self.garp.master(self.origin.elapsed());
-                    net::announce(self.iface, &self.spec.vips, count)
+                    net::announce(self.iface, self.mac(), &self.spec.vips, count)
                 }
             };
             if let Err(e) = result {
