@@ -13,7 +13,7 @@ use foobar_tests::{
         self, config, gap, holders, holds_vip, incomplete_downloads, master_down, skew,
         start_slow_downloads, time_until, watch_vip, watched, ProbeStream, Vrrp,
     },
-    lab::{finish_wrk, wait_for, Lab, LabOptions, Node, WrkResult, VIP},
+    lab::{finish_wrk, wait_for, Lab, LabOptions, Node, WrkResult, LB_IFACE, VIP},
     ops::foobar as foobar_bin,
 };
 use serde_json::Value;
@@ -509,4 +509,196 @@ fn a_master_whose_link_comes_back_is_the_only_master_again() {
         });
         stays(&lab, Duration::from_secs(2), (true, false));
     }
+}
+
+/// The second VIP of the active-active test, on the lab's segment.
+const VIP2: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 201, 0, 101);
+
+/// Whether namespace `ns` holds `addr` on its LB interface.
+fn holds(lab: &Lab, ns: &str, addr: std::net::Ipv4Addr) -> bool {
+    lab.exec(ns, &["ip", "-4", "-o", "addr", "show", "dev", LB_IFACE])
+        .map(|out| out.contains(&format!(" {addr}/32")))
+        .unwrap_or(false)
+}
+
+/// Who holds (VIP, VIP2): ((lb, lb2), (lb, lb2)).
+fn holders_of_both(lab: &Lab) -> ((bool, bool), (bool, bool)) {
+    let lb2 = &lab.node(Node::Lb2).expect("a two-LB lab").ns;
+    (
+        holders(lab).expect("a two-LB lab"),
+        (holds(lab, &lab.lb.ns, VIP2), holds(lab, lb2, VIP2)),
+    )
+}
+
+/// docs/HA.md's active-active config for LB node `node`: the lab's VIP as
+/// `web` and VIP2 as `web2` (same backends), VRID 51 for `web` and 52 for
+/// `web2`, with `web_priority` and `web2_priority`.
+fn active_active_config(lab: &Lab, node: Node, web_priority: u8, web2_priority: u8) -> String {
+    let base = config(lab, node, "maglev", None);
+    let vip = &base[base
+        .find("[[vip]]")
+        .expect("the lab's config has a [[vip]]")..];
+    let second = vip
+        .replacen("name = \"web\"", "name = \"web2\"", 1)
+        .replacen(&format!("\"{VIP}\""), &format!("\"{VIP2}\""), 1);
+    let instance = |vrid: u8, priority: u8, name: &str| {
+        format!(
+            "\n[[vrrp]]\nvrid = {vrid}\npriority = {priority}\nadvert_interval_ms = 200\n\
+             preempt = true\nvips = [\"{name}\"]\ngarp_master_delay_ms = 0\n"
+        )
+    };
+    format!(
+        "{base}\n{second}{}{}",
+        instance(51, web_priority, "web"),
+        instance(52, web2_priority, "web2")
+    )
+}
+
+/// Per-VIP packet counters of `node`'s datapath: (web, web2).
+fn vip_packets(lab: &Lab, node: Node) -> (u64, u64) {
+    let out = lab
+        .foobar_cli_on(node, &foobar_bin(), &["stats", "--json"])
+        .expect("running foobar stats");
+    assert!(
+        out.status.success(),
+        "foobar stats on {node:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats: Value = serde_json::from_slice(&out.stdout).expect("stats is JSON");
+    let of = |name: &str| {
+        stats["vips"]
+            .as_array()
+            .and_then(|vips| vips.iter().find(|v| v["name"] == name))
+            .and_then(|v| v["packets"].as_u64())
+            .unwrap_or_else(|| panic!("no packet counter for {name} on {node:?}: {stats}"))
+    };
+    (of("web"), of("web2"))
+}
+
+/// `n` requests from the client to each VIP; each must be answered by a
+/// backend.
+fn requests_to_both(lab: &Lab, n: usize) {
+    for addr in [VIP, VIP2] {
+        for i in 0..n {
+            let body = lab
+                .curl(&format!("http://{addr}/"))
+                .unwrap_or_else(|e| panic!("request {i} to {addr}: {e:#}"));
+            assert!(body.starts_with("be"), "request {i} to {addr}: {body:?}");
+        }
+    }
+}
+
+/// Active-active (docs/HA.md): both nodes carry both VIPs in two VRRP
+/// instances with swapped priorities, so lb is master of the lab's VIP
+/// (VRID 51) and lb2 of VIP2 (VRID 52). Each node holds exactly its VIP
+/// and its XDP program forwards only that VIP's requests; when lb's
+/// daemon stops (SIGTERM), lb2 holds both and serves both.
+#[test]
+fn active_active_each_node_masters_one_vip_and_takes_both_on_failure() {
+    const N: usize = 10;
+    let started = Instant::now();
+    let mut lab = Lab::start(&LabOptions {
+        backends: 2,
+        second_lb: true,
+        ..LabOptions::default()
+    })
+    .expect("lab starts");
+    // DSR: the backends hold VIP2 on loopback too, as the lab does the VIP.
+    for b in lab.backends.clone() {
+        lab.exec(
+            &b.ns,
+            &["ip", "addr", "add", &format!("{VIP2}/32"), "dev", "lo"],
+        )
+        .expect("VIP2 on a backend's loopback");
+    }
+    let conf = active_active_config(&lab, Node::Lb1, MASTER, BACKUP);
+    lab.start_foobar_on(Node::Lb1, &foobar_bin(), &conf)
+        .expect("foobar starts on lb");
+    let conf = active_active_config(&lab, Node::Lb2, BACKUP, MASTER);
+    lab.start_foobar_on(Node::Lb2, &foobar_bin(), &conf)
+        .expect("foobar starts on lb2");
+    // lb, alone for a moment, may take both; lb2 preempts VRID 52.
+    let split = ((true, false), (false, true));
+    let took = time_until(Duration::from_secs(5), || holders_of_both(&lab) == split)
+        .unwrap_or_else(|| {
+            panic!(
+                "each node holds its VIP: {:?}\nlb:\n{}\nlb2:\n{}",
+                holders_of_both(&lab),
+                lab.foobar_log_of(Node::Lb1),
+                lab.foobar_log_of(Node::Lb2)
+            )
+        });
+    eprintln!("active-active: each node held its VIP {took:?} after lb2 attached");
+    let start = Instant::now();
+    while start.elapsed() < master_down(BACKUP, 200) * 2 {
+        assert_eq!(holders_of_both(&lab), split, "the split holds");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Each node's program forwards its own VIP's requests, never the
+    // other's.
+    let (lb_before, lb2_before) = (vip_packets(&lab, Node::Lb1), vip_packets(&lab, Node::Lb2));
+    requests_to_both(&lab, N);
+    let (lb_after, lb2_after) = (vip_packets(&lab, Node::Lb1), vip_packets(&lab, Node::Lb2));
+    eprintln!(
+        "active-active: {N} requests per VIP; lb (web, web2) {lb_before:?} -> {lb_after:?}, \
+         lb2 {lb2_before:?} -> {lb2_after:?}"
+    );
+    assert!(lb_after.0 >= lb_before.0 + N as u64, "lb forwards web");
+    assert_eq!(lb_after.1, lb_before.1, "lb forwards nothing of web2");
+    assert!(lb2_after.1 >= lb2_before.1 + N as u64, "lb2 forwards web2");
+    assert_eq!(lb2_after.0, lb2_before.0, "lb2 forwards nothing of web");
+
+    // lb stops: it resigns VRID 51 (priority 0) and lb2 takes the VIP.
+    let pid = lab.foobar_pid_on(Node::Lb1).expect("foobar runs on lb");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM foobar on lb");
+    let both = ((false, true), (false, true));
+    let took =
+        time_until(Duration::from_secs(3), || holders_of_both(&lab) == both).unwrap_or_else(|| {
+            panic!(
+                "lb2 holds both VIPs: {:?}\nlb2:\n{}",
+                holders_of_both(&lab),
+                lab.foobar_log_of(Node::Lb2)
+            )
+        });
+    eprintln!("active-active: lb2 held both VIPs {took:?} after the SIGTERM");
+    let (clean, _) = lab.stop_foobar_on(Node::Lb1).expect("foobar on lb exits");
+    assert!(clean, "{}", lab.foobar_log());
+    // The client follows lb2's gratuitous ARP for the VIP (lb's program,
+    // still attached, would forward too: the counters below tell them
+    // apart).
+    let lb2_mac = mac_text(mac(&lab, Node::Lb2));
+    wait_for(
+        "the client's entry for the VIP to name lb2",
+        Duration::from_secs(3),
+        || Ok(client_neighbour(&lab).contains(&lb2_mac)),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}: {}", client_neighbour(&lab).trim()));
+    let before = vip_packets(&lab, Node::Lb2);
+    requests_to_both(&lab, N);
+    let after = vip_packets(&lab, Node::Lb2);
+    eprintln!("active-active after lb stopped: lb2 (web, web2) {before:?} -> {after:?}");
+    assert!(after.0 >= before.0 + N as u64, "lb2 forwards web now");
+    assert!(after.1 >= before.1 + N as u64, "lb2 still forwards web2");
+    let st = lab
+        .foobar_cli_on(Node::Lb2, &foobar_bin(), &["status", "--json"])
+        .expect("running foobar status");
+    let st: Value = serde_json::from_slice(&st.stdout).expect("status is JSON");
+    let states: Vec<_> = st["vrrp"]
+        .as_array()
+        .expect("lb2 reports its instances")
+        .iter()
+        .map(|v| (v["vrid"].as_u64(), v["state"].as_str().map(str::to_owned)))
+        .collect();
+    let master = Some("master".to_owned());
+    assert_eq!(
+        states,
+        vec![(Some(51), master.clone()), (Some(52), master)],
+        "{st:#}"
+    );
+    eprintln!("active-active test took {:?}", started.elapsed());
 }
