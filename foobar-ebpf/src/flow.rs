@@ -16,7 +16,9 @@
 //! what the VIP lookup would say, so the packet is forwarded after one hash
 //! lookup and two array reads. Anything else goes the full way, with the
 //! entry already in hand.
-use foobar_common::{Backend, Event, Flow, Service, BACKEND_UP, FLOW_CLOSED, IPPROTO_TCP};
+use foobar_common::{
+    Backend, Event, Flow, Service, BACKEND_UP, FLOW_CLOSED, FLOW_NAT, FWD_NAT, IPPROTO_TCP,
+};
 
 use crate::{
     clock,
@@ -36,6 +38,8 @@ pub enum First {
         vip_id: u32,
         backend_id: u32,
         backend: Backend,
+        /// The VIP forwards with NAT (FLOW_NAT, recorded with vip_gen).
+        nat: bool,
     },
     /// The full path decides; the flow table's entry, if any.
     Full(Option<*mut Flow>),
@@ -76,6 +80,7 @@ pub fn first(pkt: &Packet) -> First {
                 vip_id: u32::from(vip_id),
                 backend_id,
                 backend: *backend,
+                nat: flags & FLOW_NAT != 0,
             }
         }
         _ => full,
@@ -155,8 +160,16 @@ pub fn backend_for(
                         // The VIP lookup just confirmed the entry: the
                         // flow's next packets may take the flow-first path.
                         if entry_vip_gen != vip_gen {
+                            // The mode goes with the generation: the
+                            // flow-first path reads both.
+                            let mode = nat_flag(service);
                             // SAFETY: as above.
-                            unsafe { (*flow).vip_gen = vip_gen };
+                            unsafe {
+                                if flags & FLOW_NAT != mode {
+                                    (*flow).flags = (flags & !FLOW_NAT) | mode;
+                                }
+                                (*flow).vip_gen = vip_gen;
+                            }
                         }
                     }
                     return Ok((backend_id, *backend));
@@ -177,7 +190,7 @@ pub fn backend_for(
         // Below MAX_VIPS: the VIPS map holds no other id.
         vip_id: service.vip_id as u16,
         last_seen_ns: now,
-        flags: if closing { FLOW_CLOSED } else { 0 },
+        flags: if closing { FLOW_CLOSED } else { 0 } | nat_flag(service),
         backend_gen: backend.gen,
         vip_gen,
     };
@@ -186,4 +199,14 @@ pub fn backend_for(
     // reschedules, which round-robin may send elsewhere).
     let _ = FLOWS.insert(&pkt.flow, &flow, 0);
     Ok((backend_id, backend))
+}
+
+/// FLOW_NAT if the VIP forwards with NAT.
+#[inline(always)]
+fn nat_flag(service: &Service) -> u16 {
+    if service.forward_mode == FWD_NAT {
+        FLOW_NAT
+    } else {
+        0
+    }
 }

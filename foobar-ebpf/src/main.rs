@@ -9,6 +9,7 @@ mod clock;
 mod flow;
 mod forward;
 mod maps;
+mod nat;
 mod parse;
 mod rt;
 mod schedule;
@@ -17,7 +18,8 @@ mod verdict;
 mod vip;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use foobar_common::{Backend, Reason};
+use foobar_common::{Backend, Reason, ADDR_SNAT, ADDR_SNAT_ONLY, FWD_NAT};
+use parse::Packet;
 
 use flow::First;
 use verdict::Verdict;
@@ -52,14 +54,42 @@ fn pipeline(ctx: &XdpContext) -> Result<u32, Verdict> {
                     vip_id,
                     backend_id,
                     backend,
-                } => return send(ctx, vip_id, backend_id, &backend, Reason::Forwarded),
+                    nat,
+                } => {
+                    return send(
+                        ctx,
+                        pkt,
+                        vip_id,
+                        backend_id,
+                        &backend,
+                        Reason::Forwarded,
+                        nat,
+                    )
+                }
                 First::Full(found) => entry = Some(found),
             }
         }
     }
     let addr_flags = vip::address(&ip)?;
+    // An SNAT address: a backend's reply to a NAT flow is translated back;
+    // anything else to an address that is no VIP is the node's own.
+    if addr_flags & ADDR_SNAT != 0 {
+        if let Ok(pkt) = &parsed {
+            if let Some(action) = nat::reply(ctx, pkt)? {
+                return Ok(action);
+            }
+        }
+        if addr_flags & ADDR_SNAT_ONLY != 0 {
+            return Err(Verdict::pass(Reason::NotVip));
+        }
+    }
     let pkt = parsed?;
     let (service, vip_gen) = vip::lookup(&pkt, addr_flags)?;
+    let nat = service.forward_mode == FWD_NAT;
+    // The embedded header of an ICMP error is not translated (docs/NAT.md).
+    if nat && pkt.icmp_error {
+        return Err(Verdict::drop(Reason::NatIcmp));
+    }
     let entry = entry.unwrap_or_else(|| flow::lookup(&pkt));
     let (backend_id, backend) = flow::backend_for(&pkt, &service, vip_gen, entry)?;
     let reason = if pkt.icmp_error {
@@ -67,19 +97,25 @@ fn pipeline(ctx: &XdpContext) -> Result<u32, Verdict> {
     } else {
         Reason::Forwarded
     };
-    send(ctx, service.vip_id, backend_id, &backend, reason)
+    send(ctx, &pkt, service.vip_id, backend_id, &backend, reason, nat)
 }
 
 /// Forwards the packet to its backend and counts it.
 #[inline(always)]
 fn send(
     ctx: &XdpContext,
+    pkt: &Packet,
     vip_id: u32,
     backend_id: u32,
     backend: &Backend,
     reason: Reason,
+    nat: bool,
 ) -> Result<u32, Verdict> {
-    let action = forward::forward(ctx, backend)?;
+    let action = if nat {
+        forward::nat::forward(ctx, pkt, vip_id, backend_id, backend)?
+    } else {
+        forward::forward(ctx, backend)?
+    };
     let len = frame_len(ctx);
     stats::count_forward(vip_id, backend_id, len);
     stats::count_reason(reason, len);

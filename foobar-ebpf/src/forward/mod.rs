@@ -1,6 +1,8 @@
-//! Step 5: send the packet to its backend. Version 1 has L2 direct server
-//! return only; NAT and IPIP join here as siblings of `dsr`.
+//! Step 5: send the packet to its backend: L2 direct server return
+//! (`forward`, dsr.rs) or full NAT (`nat::forward`); IPIP joins here as a
+//! sibling.
 mod dsr;
+pub mod nat;
 
 use aya_ebpf::programs::XdpContext;
 use foobar_common::Backend;

@@ -84,6 +84,8 @@ impl Datapath {
         loader
             .map_max_entries("FLOWS", opts.flow_table_size)
             .map_max_entries("AFFINITY", opts.affinity_table_size.max(1))
+            .map_max_entries("NAT_FLOWS", opts.flow_table_size)
+            .map_max_entries("NAT_REVERSE", opts.flow_table_size)
             .override_global("HASH_SEED", &opts.hash_seed, true)
             .override_global("LB_MAC", &opts.lb_mac, true);
         let paths: Vec<(&'static str, std::path::PathBuf)> = match &pins {
@@ -149,6 +151,7 @@ impl Datapath {
                 next_vip_gen,
                 ..Written::default()
             },
+            nat_written: Default::default(),
         })
     }
 
@@ -282,6 +285,7 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<Maps> {
             vips: take::<PerCpuArray<MapData, _>>(ebpf, "VIP_STATS")?,
             backends: take::<PerCpuArray<MapData, _>>(ebpf, "BACKEND_STATS")?,
         },
+        nat: super::nat::take(ebpf)?,
     })
 }
 

@@ -9,6 +9,7 @@
 pub mod bench;
 mod flows;
 mod load;
+mod nat;
 pub mod pin;
 mod rings;
 mod stats;
@@ -137,6 +138,7 @@ pub struct Datapath {
     flow_table_size: u32,
     /// What the maps hold, as last written: `apply` writes differences only.
     written: Written,
+    nat_written: nat::NatWritten,
 }
 
 /// How the load balancer is attached.
@@ -158,6 +160,7 @@ struct Maps {
     affinity: HashMap<MapData, AffinityKey, Flow>,
     flows: MapData,
     counters: stats::CounterMaps,
+    nat: nat::NatMaps,
 }
 
 #[derive(Default)]
@@ -248,6 +251,7 @@ impl Datapath {
                 self.write_backend(id, backend)?;
             }
         }
+        self.write_nat(plan)?;
         for vip in &plan.vips {
             let id = vip.service.vip_id;
             if self.rings.live(id) != Some(&vip.ring) {
@@ -366,6 +370,7 @@ impl Datapath {
             self.maps.counters.clear_backend(id)?;
             self.written.backends.remove(&id);
         }
+        self.clear_nat(plan)?;
         Ok(())
     }
 
