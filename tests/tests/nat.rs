@@ -12,7 +12,7 @@ use foobar::{
     plan::Plan,
     state::{self, State},
 };
-use foobar_common::{NatVip, Reason, VipAddrKey, ADDR_SNAT, ADDR_SNAT_ONLY, FWD_NAT, NAT_CLOSED};
+use foobar_common::{Reason, VipAddrKey, ADDR_SNAT, ADDR_SNAT_ONLY, FWD_NAT, NAT_CLOSED};
 use foobar_tests::frames::{check_checksums, Spec, L4};
 
 const XDP_DROP: u32 = 1;
@@ -22,20 +22,24 @@ const XDP_TX: u32 = 3;
 /// The LB's SNAT address (an address of its interface, not a VIP).
 const SNAT: [u8; 4] = [10, 0, 0, 1];
 
-/// Every VIP here but "dsr" is switched to NAT by `datapath()`.
-const CONFIG: &str = r#"
+/// Three NAT VIPs (`web` sends to port 8080 of its backend) and a DSR one;
+/// the `[datapath]` NAT keys come from `datapath()`.
+const VIPS: &str = r#"
     [[vip]]
     name = "web"
     address = "192.0.2.10"
     port = 80
+    forwarding = "nat"
     [[vip.backend]]
     address = "10.0.0.11"
+    port = 8080
 
     [[vip]]
     name = "dns"
     address = "192.0.2.20"
     port = 53
     protocol = "udp"
+    forwarding = "nat"
     [[vip.backend]]
     address = "10.0.0.21"
 
@@ -43,6 +47,7 @@ const CONFIG: &str = r#"
     name = "tiny"
     address = "192.0.2.50"
     port = 80
+    forwarding = "nat"
     [[vip.backend]]
     address = "10.0.0.51"
 
@@ -66,74 +71,56 @@ fn client_mac() -> [u8; 6] {
     Spec::default().src_mac
 }
 
-/// `web` sends to port 8080 of its backend; `tiny` has 4 SNAT ports.
-fn nat_settings(name: &str, linger_s: u32, udp_idle_s: u32) -> Option<(NatVip, Option<u16>)> {
-    let base = NatVip {
-        snat_addr_be: u32::from_ne_bytes(SNAT),
-        port_min: 20000,
-        port_max: 59999,
-        tcp_idle_s: 300,
-        udp_idle_s,
-        linger_s,
-    };
-    match name {
-        "web" => Some((base, Some(8080))),
-        "dns" => Some((base, None)),
-        "tiny" => Some((
-            NatVip {
-                port_min: 30000,
-                port_max: 30003,
-                ..base
-            },
-            None,
-        )),
-        _ => None,
-    }
-}
-
-/// The plan of CONFIG with every VIP but "dsr" in NAT mode, as the state
-/// plans a NAT VIP: the mode, the settings, backend ports, and the SNAT
-/// address in the VIP-address table (SNAT only: no VIP has it).
-fn nat_plan(linger_s: u32, udp_idle_s: u32) -> Plan {
-    let config = config::parse(CONFIG).expect("test config is valid");
+/// The plan of the config: `datapath` is the `[datapath]` table's NAT keys.
+fn nat_plan(datapath: &str) -> Plan {
+    let text = format!("[datapath]\nsnat_address = \"10.0.0.1\"\n{datapath}\n{VIPS}");
+    let config = config::parse(&text).expect("test config is valid");
     let macs = [11, 21, 51, 61]
         .into_iter()
         .map(|n| (Ipv4Addr::new(10, 0, 0, n), backend_mac(n)))
         .collect();
-    let st = State::build(&state::saved_from_config(&config), &macs).expect("MACs given");
-    let mut plan = st.plan();
-    for v in &mut plan.vips {
-        let Some((nat, port)) = nat_settings(&v.name, linger_s, udp_idle_s) else {
-            continue;
-        };
-        v.service.forward_mode = FWD_NAT;
-        plan.nat_vips.insert(v.service.vip_id, nat);
-        if let Some(port) = port {
-            for id in &v.backend_ids {
-                plan.backend_ports.insert(*id, port.to_be());
-            }
-        }
-    }
-    plan.addresses.insert(
-        VipAddrKey {
-            addr_be: u32::from_ne_bytes(SNAT),
-            vlan: 0,
-            _pad: 0,
-        },
-        ADDR_SNAT | ADDR_SNAT_ONLY,
-    );
-    plan
+    State::build(&state::saved_from_config(&config), &macs)
+        .expect("MACs given")
+        .plan()
 }
 
-fn datapath(linger_s: u32, udp_idle_s: u32) -> Datapath {
+fn datapath_with(datapath: &str) -> Datapath {
     let mut dp = Datapath::load(&LoadOptions {
         lb_mac: lb_mac(),
         ..LoadOptions::default()
     })
     .expect("loading the XDP program (are you root?)");
-    dp.apply(&nat_plan(linger_s, udp_idle_s))
-        .expect("programming the maps");
+    dp.apply(&nat_plan(datapath)).expect("programming the maps");
     dp
+}
+
+/// The datapath with NAT state lasting `linger_s` after a close and
+/// `udp_idle_s` after a UDP flow's last packet.
+fn datapath(linger_s: u32, udp_idle_s: u32) -> Datapath {
+    datapath_with(&format!(
+        "nat_linger = \"{linger_s}s\"\nnat_udp_idle = \"{udp_idle_s}s\""
+    ))
+}
+
+#[test]
+fn the_plan_carries_mode_snat_address_and_backend_port() {
+    let plan = nat_plan("");
+    let web = plan.vips.iter().find(|v| v.name == "web").expect("web");
+    assert_eq!(web.service.forward_mode, FWD_NAT);
+    let nat = plan.nat_vips[&web.service.vip_id];
+    assert_eq!(nat.snat_addr_be, u32::from_ne_bytes(SNAT));
+    assert_eq!((nat.port_min, nat.port_max), (20000, 59999));
+    assert_eq!((nat.tcp_idle_s, nat.udp_idle_s, nat.linger_s), (300, 30, 2));
+    assert_eq!(plan.backend_ports[&web.backend_ids[0]], 8080u16.to_be());
+    let dsr = plan.vips.iter().find(|v| v.name == "dsr").expect("dsr");
+    assert_eq!(dsr.service.forward_mode, 0);
+    assert!(!plan.nat_vips.contains_key(&dsr.service.vip_id));
+    let snat_key = VipAddrKey {
+        addr_be: u32::from_ne_bytes(SNAT),
+        vlan: 0,
+        _pad: 0,
+    };
+    assert_eq!(plan.addresses[&snat_key], ADDR_SNAT | ADDR_SNAT_ONLY);
 }
 
 /// The SNAT port etherparse reads in a translated frame.
@@ -491,7 +478,7 @@ fn ten_thousand_client_ports_get_distinct_snat_ports() {
 
 #[test]
 fn a_full_port_range_drops_new_flows_as_exhausted() {
-    let mut dp = datapath(2, 30);
+    let mut dp = datapath_with("snat_ports = \"30000-30003\"");
     let mut ports = HashSet::new();
     for i in 0..4u16 {
         let syn = Spec {

@@ -139,6 +139,11 @@ struct RawDatapath {
     hash_seed: Option<i64>,
     wlc_period_ms: Option<i64>,
     retire_idle: Option<String>,
+    snat_address: Option<String>,
+    snat_ports: Option<String>,
+    nat_tcp_idle: Option<String>,
+    nat_udp_idle: Option<String>,
+    nat_linger: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -152,6 +157,7 @@ struct RawVip {
     maglev_table_size: Option<i64>,
     persistence: Option<RawPersistence>,
     forwarding: Option<String>,
+    snat_address: Option<String>,
     vlan: Option<i64>,
     closed_ports: Option<String>,
     #[serde(default)]
@@ -171,6 +177,7 @@ struct RawPersistence {
 struct RawBackend {
     address: Option<String>,
     weight: Option<i64>,
+    port: Option<i64>,
     #[serde(default)]
     health: RawHealth,
 }
@@ -281,6 +288,8 @@ pub struct DatapathConfig {
     /// (and id) is freed; also how recently a flow must have been seen to
     /// count as an active connection for "wlc".
     pub retire_idle: std::time::Duration,
+    /// The node-wide NAT keys (`snat_address`, `snat_ports`, timeouts).
+    pub nat: NatDefaults,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -365,20 +374,23 @@ pub fn parse_duration_s(text: &str) -> Result<u32, String> {
 #[serde(rename_all = "lowercase")]
 pub enum Forwarding {
     Dsr,
+    Nat,
 }
 
 impl Forwarding {
     pub fn name(self) -> &'static str {
         match self {
             Forwarding::Dsr => "dsr",
+            Forwarding::Nat => "nat",
         }
     }
 
     pub fn parse(text: &str) -> Result<Self, String> {
         match text {
             "dsr" => Ok(Forwarding::Dsr),
+            "nat" => Ok(Forwarding::Nat),
             other => Err(format!(
-                "\"{other}\" is not available in this version; use \"dsr\""
+                "\"{other}\" is not available in this version; use \"dsr\" or \"nat\""
             )),
         }
     }
@@ -410,6 +422,9 @@ pub struct Vip {
     /// latest new connection; None without `persistence`.
     pub affinity_timeout_s: Option<u32>,
     pub forwarding: Forwarding,
+    /// With `forwarding = "nat"`: its SNAT address (its own or the node's),
+    /// ports and timeouts.
+    pub nat: Option<NatSettings>,
     /// Health check of backends added at run time (`foobar backend add`).
     pub health: HealthSpec,
     /// 802.1Q VLAN the VIP is served on; None: untagged frames.
@@ -424,6 +439,8 @@ pub struct Vip {
 pub struct BackendConfig {
     pub address: Ipv4Addr,
     pub weight: u32,
+    /// NAT only: the backend's port (None: the port the client asked for).
+    pub port: Option<u16>,
     pub health: HealthSpec,
 }
 
@@ -514,6 +531,7 @@ impl From<&Vip> for RawVip {
                 timeout: Some(format!("{s}s")),
             }),
             forwarding: Some(v.forwarding.name().into()),
+            snat_address: v.nat.map(|n| n.snat_address.to_string()),
             vlan: v.vlan.map(i64::from),
             closed_ports: Some(if v.pass_closed_ports { "pass" } else { "drop" }.into()),
             health: RawHealth::from(&v.health),
@@ -523,6 +541,7 @@ impl From<&Vip> for RawVip {
                 .map(|b| RawBackend {
                     address: Some(b.address.to_string()),
                     weight: Some(i64::from(b.weight)),
+                    port: b.port.map(i64::from),
                     health: RawHealth::from(&b.health),
                 })
                 .collect(),
@@ -674,9 +693,11 @@ fn plain_serde_message(message: &str) -> String {
     format!("expected {expected}, found {found}")
 }
 
+pub mod nat;
 pub mod rules;
 mod validate;
 mod vrrp;
+pub use nat::{NatDefaults, NatSettings};
 pub use vrrp::VrrpInstance;
 
 #[cfg(test)]
