@@ -68,6 +68,14 @@ const _: () = assert!(size_of::<VipAddrKey>() == 8);
 /// are not exposed on every VIP address.
 pub const ADDR_PASS_CLOSED_PORTS: u32 = 1;
 
+/// VIP-address flag: the address is a NAT (SNAT) address of some VIP:
+/// TCP/UDP to it is looked up in the NAT reverse table first (a backend's
+/// reply). Set on the (address, VLAN) of every VIP using it.
+pub const ADDR_SNAT: u32 = 2;
+/// VIP-address flag: the entry exists only for ADDR_SNAT (no VIP has this
+/// address): whatever is not a NAT reply passes, untouched, as pass_not_vip.
+pub const ADDR_SNAT_ONLY: u32 = 4;
+
 /// 64-bit words of the VIP-address prefilter (VIP_ADDR_BITS): 4096 bits.
 pub const VIP_ADDR_BITMAP_WORDS: u32 = 64;
 
@@ -108,8 +116,11 @@ pub const SCHED_RR: u8 = 0;
 /// Consistent hashing: the ring is a Maglev table indexed by `flow_hash`.
 pub const SCHED_MAGLEV: u8 = 1;
 pub const FWD_DSR: u8 = 0;
+/// Full NAT (docs/NAT.md): DNAT to the backend, SNAT to an LB address and a
+/// port from a range; replies are translated back by the datapath.
+pub const FWD_NAT: u8 = 1;
 /// IPv4-in-IPv4 tunnel DSR (Katran's mode): an outer IPv4 header to the
-/// backend, stripped there by `foobar decap`. (1 is left to `nat`.)
+/// backend, stripped there by `foobar decap`.
 pub const FWD_IPIP: u8 = 2;
 /// Bytes the `ipip` mode adds in front of the client's IPv4 packet.
 pub const IPIP_OVERHEAD: u32 = 20;
@@ -216,17 +227,92 @@ const _: () = assert!(size_of::<VipGen>() == 8);
 /// active connection, and a new SYN on its 5-tuple is a new flow.
 pub const FLOW_CLOSED: u16 = 1;
 
+/// Per-VIP NAT settings (NAT_VIPS, indexed by VIP id); all zero for a VIP
+/// that does not use NAT.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatVip {
+    /// The source address of translated packets (an address of the LB's
+    /// interface), network order. 0: not a NAT VIP.
+    pub snat_addr_be: u32,
+    /// The SNAT port range, inclusive, host order.
+    pub port_min: u16,
+    pub port_max: u16,
+    /// Idle timeouts of NAT state: TCP, and UDP.
+    pub tcp_idle_s: u32,
+    pub udp_idle_s: u32,
+    /// How long NAT state of a closed TCP flow (RST, or FIN both ways) lives on.
+    pub linger_s: u32,
+}
+const _: () = assert!(size_of::<NatVip>() == 20);
+
+/// NAT state of one client flow (NAT_FLOWS, keyed by the client's FlowKey).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatFlow {
+    pub backend_id: u32,
+    pub backend_gen: u32,
+    /// Random, never 0: the NAT_REVERSE entry of this state carries it, so
+    /// a reverse entry left from an earlier state of the same flow (or of a
+    /// flow whose state was evicted) never matches.
+    pub nonce: u32,
+    pub snat_addr_be: u32,
+    pub backend_addr_be: u32,
+    pub backend_port_be: u16,
+    pub snat_port_be: u16,
+    /// Source MAC of the client's latest packet: the next hop of replies.
+    pub client_mac: [u8; 6],
+    pub vip_id: u16,
+    /// NAT_FIN_CLIENT, NAT_FIN_BACKEND, NAT_CLOSED.
+    pub flags: u16,
+    pub _pad: u16,
+    /// Idle timeout of this flow (TCP or UDP of its VIP), and its linger.
+    pub idle_s: u32,
+    pub linger_s: u32,
+    pub _pad2: u32,
+    /// CLOCK_MONOTONIC_COARSE of the latest packet either way (kept within
+    /// a second), and of the close (NAT_CLOSED).
+    pub last_seen_ns: u64,
+    pub closed_ns: u64,
+}
+const _: () = assert!(size_of::<NatFlow>() == 64);
+
+pub const NAT_FIN_CLIENT: u16 = 1;
+pub const NAT_FIN_BACKEND: u16 = 2;
+/// RST either way, or FIN both ways: the state ends `linger_s` after `closed_ns`.
+pub const NAT_CLOSED: u16 = 4;
+
+/// Value of the NAT reverse table (NAT_REVERSE), keyed by the FlowKey of a
+/// backend's reply (backend -> SNAT address and port): the client flow it
+/// belongs to and that flow's state's nonce. It counts only while
+/// NAT_FLOWS[flow] exists, holds the same nonce and has not expired, so a
+/// reverse entry never outlives its forward state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatReverse {
+    pub flow: FlowKey,
+    pub nonce: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<NatReverse>() == 24);
+
+/// Probes of the NAT port allocation: a new flow tries at most this many
+/// ports of its range (from a hash of its 5-tuple) before it is dropped as
+/// `drop_nat_ports_exhausted`.
+pub const NAT_PORT_PROBES: u32 = 16;
+
 /// Version of what the pinned maps hold and mean (see `LAYOUT_SIZES`).
 /// Bump it by hand whenever a map's key or value changes meaning, a map is
 /// added, removed or renamed, or a flag changes value: a daemon refuses to
 /// adopt maps pinned by a binary of another layout.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// Sizes of the shared types the pinned maps hold, in the order FlowKey,
-/// Flow, Backend, VipKey, Service, AffinityKey, VipAddrKey, Counter, VipGen: with
+/// Flow, Backend, VipKey, Service, AffinityKey, VipAddrKey, Counter, VipGen,
+/// NatVip, NatFlow, NatReverse: with
 /// `LAYOUT_VERSION`, the layout a pinned instance is tagged with, so a size
 /// change nobody remembered to version still refuses.
-pub const LAYOUT_SIZES: [usize; 9] = [
+pub const LAYOUT_SIZES: [usize; 12] = [
     size_of::<FlowKey>(),
     size_of::<Flow>(),
     size_of::<Backend>(),
@@ -236,6 +322,9 @@ pub const LAYOUT_SIZES: [usize; 9] = [
     size_of::<VipAddrKey>(),
     size_of::<Counter>(),
     size_of::<VipGen>(),
+    size_of::<NatVip>(),
+    size_of::<NatFlow>(),
+    size_of::<NatReverse>(),
 ];
 
 /// Packets and bytes (per CPU in the maps; userspace sums the CPUs).
@@ -289,9 +378,17 @@ pub enum Reason {
     /// XDP_DROP: an `ipip` VIP's packet without DF would exceed the MTU once
     /// encapsulated (XDP does not fragment).
     TooBig = 13,
+    /// XDP_DROP: a new NAT flow found no free SNAT port in its probes
+    /// (NAT_PORT_PROBES) or no room for its state.
+    NatPortsExhausted = 14,
+    /// XDP_TX: a backend's reply to a NAT flow, translated back to the client.
+    ForwardedReply = 15,
+    /// XDP_DROP: an ICMP error about a flow of a NAT VIP (the embedded
+    /// header is not translated).
+    NatIcmp = 16,
 }
 
-pub const REASON_COUNT: u32 = 14;
+pub const REASON_COUNT: u32 = 17;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -309,6 +406,9 @@ impl Reason {
         Reason::ForwardedIcmp,
         Reason::IcmpFragNeededSent,
         Reason::TooBig,
+        Reason::NatPortsExhausted,
+        Reason::ForwardedReply,
+        Reason::NatIcmp,
     ];
 
     /// Stable name used in logs, `foobar stats` and metrics.
@@ -328,6 +428,9 @@ impl Reason {
             Reason::ForwardedIcmp => "forwarded_icmp",
             Reason::IcmpFragNeededSent => "icmp_frag_needed_sent",
             Reason::TooBig => "drop_too_big",
+            Reason::NatPortsExhausted => "drop_nat_ports_exhausted",
+            Reason::ForwardedReply => "forwarded_reply",
+            Reason::NatIcmp => "drop_nat_icmp",
         }
     }
 }
@@ -411,6 +514,9 @@ mod pod {
     unsafe impl aya::Pod for Flow {}
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for VipGen {}
+    unsafe impl aya::Pod for NatVip {}
+    unsafe impl aya::Pod for NatFlow {}
+    unsafe impl aya::Pod for NatReverse {}
 }
 
 #[cfg(test)]

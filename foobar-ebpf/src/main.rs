@@ -11,6 +11,7 @@ mod forward;
 mod icmp;
 mod ipv4;
 mod maps;
+mod nat;
 mod parse;
 mod rt;
 mod schedule;
@@ -19,9 +20,9 @@ mod verdict;
 mod vip;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use foobar_common::{Backend, Reason};
-
 use flow::First;
+use foobar_common::{Backend, Reason, ADDR_SNAT, ADDR_SNAT_ONLY, FWD_NAT};
+use forward::Target;
 use parse::Packet;
 use verdict::Verdict;
 
@@ -69,8 +70,24 @@ fn pipeline(ctx: &XdpContext) -> Result<u32, Verdict> {
         }
     }
     let addr_flags = vip::address(&ip)?;
+    // An SNAT address: a backend's reply to a NAT flow is translated back;
+    // anything else to an address that is no VIP is the node's own.
+    if addr_flags & ADDR_SNAT != 0 {
+        if let Ok(pkt) = &parsed {
+            if let Some(action) = nat::reply(ctx, pkt)? {
+                return Ok(action);
+            }
+        }
+        if addr_flags & ADDR_SNAT_ONLY != 0 {
+            return Err(Verdict::pass(Reason::NotVip));
+        }
+    }
     let pkt = parsed?;
     let (service, vip_gen) = vip::lookup(&pkt, addr_flags)?;
+    // The embedded header of an ICMP error is not translated (docs/NAT.md).
+    if service.forward_mode == FWD_NAT && pkt.icmp_error {
+        return Err(Verdict::drop(Reason::NatIcmp));
+    }
     let entry = entry.unwrap_or_else(|| flow::lookup(&pkt));
     let (backend_id, backend) = flow::backend_for(&pkt, &service, vip_gen, entry)?;
     let reason = if pkt.icmp_error {
@@ -86,14 +103,6 @@ fn pipeline(ctx: &XdpContext) -> Result<u32, Verdict> {
     send(ctx, &pkt, &to, &backend, reason)
 }
 
-/// Where a packet goes: counted under this VIP and backend, sent in the
-/// VIP's forwarding mode.
-struct Target {
-    vip_id: u32,
-    forward_mode: u8,
-    backend_id: u32,
-}
-
 /// Forwards the packet to its backend and counts it.
 #[inline(always)]
 fn send(
@@ -103,7 +112,7 @@ fn send(
     backend: &Backend,
     reason: Reason,
 ) -> Result<u32, Verdict> {
-    let action = forward::forward(ctx, to.forward_mode, backend, &pkt.flow)?;
+    let action = forward::forward(ctx, pkt, to, backend)?;
     let len = frame_len(ctx);
     stats::count_forward(to.vip_id, to.backend_id, len);
     stats::count_reason(reason, len);

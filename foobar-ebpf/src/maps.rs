@@ -7,8 +7,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use foobar_common::{
-    AffinityKey, Backend, Counter, Flow, FlowKey, Service, VipAddrKey, VipGen, VipKey, EVENT_COUNT,
-    FLOW_TABLE_DEFAULT, MAX_BACKENDS, MAX_VIPS, REASON_COUNT, RING_STRIDE, VIP_ADDR_BITMAP_WORDS,
+    AffinityKey, Backend, Counter, Flow, FlowKey, NatFlow, NatReverse, NatVip, Service, VipAddrKey,
+    VipGen, VipKey, EVENT_COUNT, FLOW_TABLE_DEFAULT, MAX_BACKENDS, MAX_VIPS, REASON_COUNT,
+    RING_STRIDE, VIP_ADDR_BITMAP_WORDS,
 };
 
 /// (IPv4 address, VLAN) pairs that have at least one VIP -> ADDR_* flags:
@@ -83,3 +84,28 @@ pub static EVENTS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(EVENT_CO
 /// Per CPU: the clock's latest reading (clock.rs).
 #[map]
 pub static CLOCK: PerCpuArray<Reading> = PerCpuArray::with_max_entries(1, 0);
+
+/// VIP id -> NAT settings (SNAT address, port range, timeouts); zero for a
+/// VIP that does not use NAT.
+#[map]
+pub static NAT_VIPS: Array<NatVip> = Array::with_max_entries(MAX_VIPS, 0);
+
+/// Backend id -> the backend's port for NAT (network order; 0: the port the
+/// client asked for).
+#[map]
+pub static NAT_BACKEND_PORTS: Array<u16> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// Client 5-tuple -> NAT state (SNAT port, backend address and port,
+/// client MAC, lifetime). An LRU, sized as FLOWS at load time.
+#[map]
+pub static NAT_FLOWS: LruHashMap<FlowKey, NatFlow> =
+    LruHashMap::with_max_entries(FLOW_TABLE_DEFAULT, 0);
+
+/// A backend's reply 5-tuple (backend -> SNAT address and port) -> the
+/// client flow. A plain hash, not an LRU: an entry is never evicted under
+/// a live flow (its port would be handed out twice); stale entries are
+/// reclaimed by the allocation that probes them and by replies that find
+/// them. Sized as FLOWS at load time.
+#[map]
+pub static NAT_REVERSE: HashMap<FlowKey, NatReverse> =
+    HashMap::with_max_entries(FLOW_TABLE_DEFAULT, 0);

@@ -119,6 +119,8 @@ pub struct L3 {
     pub dst_be: u32,
     proto: u8,
     fragment: bool,
+    /// Offset of the IPv4 header.
+    l3: usize,
     /// Offset of the L4 header and its length as the IP header claims it.
     l4: usize,
     l4_len: usize,
@@ -134,6 +136,9 @@ pub struct Packet {
     pub tcp_flags: u8,
     /// An ICMP error about `flow`, not a packet of it.
     pub icmp_error: bool,
+    /// Offsets of the IPv4 header and of the L4 header (NAT rewrites them).
+    pub l3: usize,
+    pub l4: usize,
 }
 
 /// The one bounds-checked accessor: a pointer to a `T` at `offset`, or
@@ -223,6 +228,7 @@ fn ipv4(ctx: &XdpContext, l3: usize, vlan: u16) -> Result<L3, Verdict> {
         dst_be,
         proto,
         fragment: frag & IP_MF_OFFSET_MASK != 0,
+        l3,
         l4: l3 + ihl,
         l4_len: tot_len - ihl,
     })
@@ -247,6 +253,8 @@ pub fn l4(ctx: &XdpContext, ip: &L3) -> Result<Packet, Verdict> {
         vlan: ip.vlan,
         tcp_flags,
         icmp_error: false,
+        l3: ip.l3,
+        l4: ip.l4,
     })
 }
 
@@ -343,5 +351,7 @@ fn icmp_error(ctx: &XdpContext, ip: &L3) -> Result<Packet, Verdict> {
         vlan: ip.vlan,
         tcp_flags: 0,
         icmp_error: true,
+        l3: ip.l3,
+        l4: ip.l4,
     })
 }

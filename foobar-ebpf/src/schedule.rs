@@ -19,7 +19,7 @@ use crate::{
 /// Seed of the flow hash (`datapath.hash_seed`), set at load time; the same
 /// on every LB node so they agree on Maglev choices.
 #[unsafe(no_mangle)]
-static HASH_SEED: Global<u32> = Global::new(0);
+pub(crate) static HASH_SEED: Global<u32> = Global::new(0);
 
 #[inline(always)]
 pub fn pick(pkt: &Packet, service: &Service, now: u64) -> Result<(u32, Backend), Verdict> {

@@ -4,7 +4,7 @@
 //! neither side needs the other.
 use std::{collections::BTreeMap, collections::HashMap};
 
-use foobar_common::{Backend, Service, VipAddrKey, VipKey};
+use foobar_common::{Backend, NatVip, Service, VipAddrKey, VipKey};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlannedVip {
@@ -21,8 +21,14 @@ pub struct Plan {
     pub vips: Vec<PlannedVip>,
     /// Every backend entry the datapath must hold, by id.
     pub backends: BTreeMap<u32, Backend>,
-    /// Every (address, VLAN) that has a VIP, with its ADDR_* flags.
+    /// Every (address, VLAN) that has a VIP or is a VIP's SNAT address,
+    /// with its ADDR_* flags.
     pub addresses: HashMap<VipAddrKey, u32>,
+    /// NAT settings of every NAT VIP, by VIP id.
+    pub nat_vips: BTreeMap<u32, NatVip>,
+    /// Backend id -> the port NAT sends to (network order), for backends
+    /// of NAT VIPs with a `port`; absent: the port the client asked for.
+    pub backend_ports: BTreeMap<u32, u16>,
 }
 
 /// What pinned maps hold, read back by a daemon that adopts them: the

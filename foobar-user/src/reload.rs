@@ -256,6 +256,7 @@ mod tests {
                 maglev_table_size: 65537,
                 affinity_timeout_s: None,
                 forwarding: Forwarding::Dsr,
+                nat: None,
                 health: HealthSpec::default(),
                 vlan: None,
                 pass_closed_ports: false,
@@ -269,6 +270,7 @@ mod tests {
         BackendSpec {
             address: addr(last),
             weight,
+            port: None,
             admin: Admin::Enabled,
             health: HealthSpec::default(),
         }

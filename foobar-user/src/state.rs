@@ -13,14 +13,14 @@ use std::{
 };
 
 use foobar_common::{
-    Backend, Service, VipAddrKey, VipKey, ADDR_PASS_CLOSED_PORTS, AF_INET, BACKEND_NEW_FLOWS,
-    BACKEND_UP, FWD_DSR, FWD_IPIP, MAX_BACKENDS, MAX_VIPS, RING_CAPACITY, SCHED_MAGLEV, SCHED_RR,
-    SERVICE_AFFINITY,
+    Backend, NatVip, Service, VipAddrKey, VipKey, ADDR_PASS_CLOSED_PORTS, ADDR_SNAT,
+    ADDR_SNAT_ONLY, AF_INET, BACKEND_NEW_FLOWS, BACKEND_UP, FWD_DSR, FWD_IPIP, FWD_NAT,
+    MAX_BACKENDS, MAX_VIPS, RING_CAPACITY, SCHED_MAGLEV, SCHED_RR, SERVICE_AFFINITY,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::{self, Forwarding, HealthSpec, Protocol, Scheduler, MAX_WEIGHT},
+    config::{self, Forwarding, HealthSpec, NatSettings, Protocol, Scheduler, MAX_WEIGHT},
     maglev,
     plan::{MapsContent, Plan, PlannedVip},
     ring,
@@ -41,6 +41,9 @@ pub struct VipSpec {
     #[serde(default)]
     pub affinity_timeout_s: Option<u32>,
     pub forwarding: Forwarding,
+    /// NAT settings, for `Forwarding::Nat` (required then, absent else).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat: Option<NatSettings>,
     /// Health check of backends added at run time.
     pub health: HealthSpec,
     /// 802.1Q VLAN the VIP is served on (None: untagged frames only).
@@ -79,6 +82,9 @@ impl Admin {
 pub struct BackendSpec {
     pub address: Ipv4Addr,
     pub weight: u32,
+    /// NAT VIPs only: the port the backend serves on (None: the VIP's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
     pub admin: Admin,
     pub health: HealthSpec,
 }
@@ -185,6 +191,7 @@ impl VipSpec {
             maglev_table_size: v.maglev_table_size,
             affinity_timeout_s: v.affinity_timeout_s,
             forwarding: v.forwarding,
+            nat: v.nat,
             health: v.health.clone(),
             vlan: v.vlan,
             pass_closed_ports: v.pass_closed_ports,
@@ -216,6 +223,7 @@ pub fn saved_from_config(config: &config::Config) -> Vec<SavedVip> {
                 .map(|b| BackendSpec {
                     address: b.address,
                     weight: b.weight,
+                    port: b.port,
                     admin: Admin::Enabled,
                     health: b.health.clone(),
                 })
@@ -305,6 +313,13 @@ impl State {
         config::rules::vip_address(spec.address).map_err(StateError::Invalid)?;
         if self.vips.iter().any(|v| v.spec.name == spec.name) {
             return Err(StateError::DuplicateVip(spec.name));
+        }
+        if spec.forwarding == Forwarding::Nat && spec.nat.is_none() {
+            return Err(StateError::Invalid(format!(
+                "VIP {}: a nat VIP needs an SNAT address, ports and timeouts; \
+                 put it in the config file (`snat_address`) and reload",
+                spec.name
+            )));
         }
         if let Some(v) = self.vips.iter().find(|v| {
             (v.spec.address, v.spec.port, v.spec.protocol, v.spec.vlan)
@@ -802,6 +817,7 @@ impl State {
                     forward_mode: match v.spec.forwarding {
                         Forwarding::Dsr => FWD_DSR,
                         Forwarding::Ipip => FWD_IPIP,
+                        Forwarding::Nat => FWD_NAT,
                     },
                     flags: if v.spec.affinity_timeout_s.is_some() {
                         SERVICE_AFFINITY
@@ -826,6 +842,7 @@ impl State {
                     .insert(b.id, entry(b.spec.address, b.mac, b.gen, flags));
             }
         }
+        self.plan_nat(&mut plan);
         for r in &self.retired {
             // A retired backend keeps its flows only while it is up: one
             // that was down when removed stays down.
@@ -834,6 +851,43 @@ impl State {
                 .insert(r.id, entry(r.address, r.mac, r.gen, flags));
         }
         plan
+    }
+}
+
+impl State {
+    /// The NAT part of the plan: settings per NAT VIP, backend ports, and
+    /// the SNAT addresses in the VIP-address table (ADDR_SNAT; SNAT only
+    /// when no VIP has the address, so everything but a NAT reply to it
+    /// passes as before). Runs after the VIP addresses are planned.
+    fn plan_nat(&self, plan: &mut Plan) {
+        for v in &self.vips {
+            let (Forwarding::Nat, Some(nat)) = (v.spec.forwarding, v.spec.nat) else {
+                continue;
+            };
+            plan.nat_vips.insert(
+                v.id,
+                NatVip {
+                    snat_addr_be: u32::from(nat.snat_address).to_be(),
+                    port_min: nat.port_min,
+                    port_max: nat.port_max,
+                    tcp_idle_s: nat.tcp_idle_s,
+                    udp_idle_s: nat.udp_idle_s,
+                    linger_s: nat.linger_s,
+                },
+            );
+            for b in &v.backends {
+                if let Some(port) = b.spec.port {
+                    plan.backend_ports.insert(b.id, port.to_be());
+                }
+            }
+            let key = VipAddrKey {
+                addr_be: u32::from(nat.snat_address).to_be(),
+                vlan: v.spec.vlan.unwrap_or(0),
+                _pad: 0,
+            };
+            let flags = plan.addresses.entry(key).or_insert(ADDR_SNAT_ONLY);
+            *flags |= ADDR_SNAT;
+        }
     }
 }
 
@@ -920,6 +974,7 @@ mod tests {
             maglev_table_size: maglev::DEFAULT_TABLE_SIZE,
             affinity_timeout_s: None,
             forwarding: Forwarding::Dsr,
+            nat: None,
             health: HealthSpec::default(),
             vlan: None,
             pass_closed_ports: false,
@@ -930,6 +985,7 @@ mod tests {
         BackendSpec {
             address: Ipv4Addr::new(10, 0, 0, last),
             weight,
+            port: None,
             admin: Admin::Enabled,
             health: HealthSpec::default(),
         }

@@ -303,6 +303,7 @@ fn as_config(v: &SavedVip) -> config::Vip {
         maglev_table_size: s.maglev_table_size,
         affinity_timeout_s: s.affinity_timeout_s,
         forwarding: s.forwarding,
+        nat: s.nat,
         health: s.health.clone(),
         vlan: s.vlan,
         pass_closed_ports: s.pass_closed_ports,
@@ -312,6 +313,7 @@ fn as_config(v: &SavedVip) -> config::Vip {
             .map(|b| BackendConfig {
                 address: b.address,
                 weight: b.weight,
+                port: b.port,
                 health: b.health.clone(),
             })
             .collect(),

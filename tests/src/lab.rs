@@ -128,6 +128,13 @@ pub struct LabOptions {
     /// get this MTU while the client's keep 1500 — the room the `ipip`
     /// mode's outer header needs (1520) on the LB-to-backend path.
     pub tunnel_mtu: Option<u16>,
+    /// Plain backends, as `nat` wants them: no VIP on loopback, no ARP
+    /// sysctls. They reply to whoever sent the request (the LB's SNAT
+    /// address, on the same segment). Implies wire-like offloads on every
+    /// host (`wire_like_everywhere`): the LB rewrites the backends' replies
+    /// and sends them on with XDP_TX, which drops a partial checksum's
+    /// metadata (veth fact 2).
+    pub plain_backends: bool,
 }
 
 /// An LB node of the lab: `Lb1` is `Lab::lb` (every lab has it), `Lb2` is
@@ -167,6 +174,7 @@ impl Default for LabOptions {
             vlan_backends: 0,
             second_lb: false,
             tunnel_mtu: None,
+            plain_backends: false,
         }
     }
 }
@@ -192,6 +200,7 @@ pub struct Lab {
     wire_like_everywhere: bool,
     vlan_tags: bool,
     tunnel_mtu: Option<u16>,
+    plain_backends: bool,
     /// nginx masters by host name.
     servers: Vec<(String, Child)>,
     /// The daemons, by `Node::index`.
@@ -247,9 +256,10 @@ impl Lab {
                 .collect(),
             namespaces: Vec::new(),
             slow: opts.slow.clone(),
-            wire_like_everywhere: opts.wire_like_everywhere,
+            wire_like_everywhere: opts.wire_like_everywhere || opts.plain_backends,
             vlan_tags: opts.vlan_tags || vlan,
             tunnel_mtu: opts.tunnel_mtu,
+            plain_backends: opts.plain_backends,
             servers: Vec::new(),
             foobar: [None, None],
             pass: Vec::new(),
@@ -356,7 +366,12 @@ impl Lab {
                 LB_IFACE,
             ])?;
         }
-        for b in self.backends.clone() {
+        let dsr_backends = if self.plain_backends {
+            Vec::new()
+        } else {
+            self.backends.clone()
+        };
+        for b in dsr_backends {
             // DSR backends: the VIP on loopback, never answered for in ARP.
             run(&[
                 "ip",
@@ -661,7 +676,8 @@ impl Lab {
              user root;\n\
              pid {d}/{n}.pid;\n\
              error_log {d}/{n}.error.log warn;\n\
-             events {{ worker_connections 4096; }}\n\
+             worker_rlimit_nofile 16384;\n\
+             events {{ worker_connections 8192; }}\n\
              http {{\n\
                access_log off;\n\
                client_body_temp_path {d}/{n}.tmp/body;\n\

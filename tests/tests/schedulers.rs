@@ -182,6 +182,7 @@ fn established_flows_keep_their_backend_across_add_remove_and_weight_changes() {
     let spec = |b: u8| BackendSpec {
         address: Ipv4Addr::new(10, 0, 0, b),
         weight: 1,
+        port: None,
         admin: Admin::Enabled,
         health: Default::default(),
     };

@@ -1,23 +1,33 @@
 //! Step 5: send the packet to its backend, in the VIP's forwarding mode:
-//! `dsr` (L2 direct server return) or `ipip` (IPv4-in-IPv4 tunnel DSR).
-//! NAT joins here as a sibling.
+//! `dsr` (L2 direct server return), `nat` (full NAT) or `ipip`
+//! (IPv4-in-IPv4 tunnel DSR).
 mod dsr;
 mod ipip;
+mod nat;
 
 use aya_ebpf::programs::XdpContext;
-use foobar_common::{Backend, FlowKey, FWD_IPIP};
+use foobar_common::{Backend, FWD_IPIP, FWD_NAT};
 
-use crate::verdict::Verdict;
+use crate::{parse::Packet, verdict::Verdict};
+
+/// Where a packet goes: counted under this VIP and backend, sent in the
+/// VIP's forwarding mode (FWD_*).
+pub struct Target {
+    pub vip_id: u32,
+    pub forward_mode: u8,
+    pub backend_id: u32,
+}
 
 #[inline(always)]
 pub fn forward(
     ctx: &XdpContext,
-    forward_mode: u8,
+    pkt: &Packet,
+    to: &Target,
     backend: &Backend,
-    flow: &FlowKey,
 ) -> Result<u32, Verdict> {
-    if forward_mode == FWD_IPIP {
-        return ipip::forward(ctx, backend, flow);
+    match to.forward_mode {
+        FWD_NAT => nat::forward(ctx, pkt, to.vip_id, to.backend_id, backend),
+        FWD_IPIP => ipip::forward(ctx, backend, &pkt.flow),
+        _ => dsr::forward(ctx, backend),
     }
-    dsr::forward(ctx, backend)
 }

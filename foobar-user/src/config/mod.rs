@@ -140,6 +140,11 @@ struct RawDatapath {
     wlc_period_ms: Option<i64>,
     retire_idle: Option<String>,
     ipip_source: Option<String>,
+    snat_address: Option<String>,
+    snat_ports: Option<String>,
+    nat_tcp_idle: Option<String>,
+    nat_udp_idle: Option<String>,
+    nat_linger: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -153,6 +158,7 @@ struct RawVip {
     maglev_table_size: Option<i64>,
     persistence: Option<RawPersistence>,
     forwarding: Option<String>,
+    snat_address: Option<String>,
     vlan: Option<i64>,
     closed_ports: Option<String>,
     #[serde(default)]
@@ -172,6 +178,7 @@ struct RawPersistence {
 struct RawBackend {
     address: Option<String>,
     weight: Option<i64>,
+    port: Option<i64>,
     #[serde(default)]
     health: RawHealth,
 }
@@ -286,6 +293,8 @@ pub struct DatapathConfig {
     /// or a prefix routed to it whose host bits the datapath takes from
     /// the flow, so backends' RSS spreads flows. None: no `ipip` VIP.
     pub ipip_source: Option<(Ipv4Addr, u8)>,
+    /// The node-wide NAT keys (`snat_address`, `snat_ports`, timeouts).
+    pub nat: NatDefaults,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -370,6 +379,7 @@ pub fn parse_duration_s(text: &str) -> Result<u32, String> {
 #[serde(rename_all = "lowercase")]
 pub enum Forwarding {
     Dsr,
+    Nat,
     Ipip,
 }
 
@@ -377,6 +387,7 @@ impl Forwarding {
     pub fn name(self) -> &'static str {
         match self {
             Forwarding::Dsr => "dsr",
+            Forwarding::Nat => "nat",
             Forwarding::Ipip => "ipip",
         }
     }
@@ -384,9 +395,10 @@ impl Forwarding {
     pub fn parse(text: &str) -> Result<Self, String> {
         match text {
             "dsr" => Ok(Forwarding::Dsr),
+            "nat" => Ok(Forwarding::Nat),
             "ipip" => Ok(Forwarding::Ipip),
             other => Err(format!(
-                "\"{other}\" is not available in this version; use \"dsr\" or \"ipip\""
+                "\"{other}\" is not available in this version; use \"dsr\", \"nat\" or \"ipip\""
             )),
         }
     }
@@ -418,6 +430,9 @@ pub struct Vip {
     /// latest new connection; None without `persistence`.
     pub affinity_timeout_s: Option<u32>,
     pub forwarding: Forwarding,
+    /// With `forwarding = "nat"`: its SNAT address (its own or the node's),
+    /// ports and timeouts.
+    pub nat: Option<NatSettings>,
     /// Health check of backends added at run time (`foobar backend add`).
     pub health: HealthSpec,
     /// 802.1Q VLAN the VIP is served on; None: untagged frames.
@@ -432,6 +447,8 @@ pub struct Vip {
 pub struct BackendConfig {
     pub address: Ipv4Addr,
     pub weight: u32,
+    /// NAT only: the backend's port (None: the port the client asked for).
+    pub port: Option<u16>,
     pub health: HealthSpec,
 }
 
@@ -522,6 +539,7 @@ impl From<&Vip> for RawVip {
                 timeout: Some(format!("{s}s")),
             }),
             forwarding: Some(v.forwarding.name().into()),
+            snat_address: v.nat.map(|n| n.snat_address.to_string()),
             vlan: v.vlan.map(i64::from),
             closed_ports: Some(if v.pass_closed_ports { "pass" } else { "drop" }.into()),
             health: RawHealth::from(&v.health),
@@ -531,6 +549,7 @@ impl From<&Vip> for RawVip {
                 .map(|b| RawBackend {
                     address: Some(b.address.to_string()),
                     weight: Some(i64::from(b.weight)),
+                    port: b.port.map(i64::from),
                     health: RawHealth::from(&b.health),
                 })
                 .collect(),
@@ -682,9 +701,11 @@ fn plain_serde_message(message: &str) -> String {
     format!("expected {expected}, found {found}")
 }
 
+pub mod nat;
 pub mod rules;
 mod validate;
 mod vrrp;
+pub use nat::{NatDefaults, NatSettings};
 pub use vrrp::VrrpInstance;
 
 #[cfg(test)]

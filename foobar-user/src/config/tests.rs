@@ -787,6 +787,7 @@ fn runtime_operations_apply_the_same_rules() {
     state.add_vip(spec.clone()).unwrap();
 
     let backend = |address: &str, weight: u32| BackendSpec {
+        port: None,
         address: address.parse().unwrap(),
         weight,
         admin: Admin::Enabled,
@@ -899,6 +900,7 @@ fn backend_add_keeps_an_address_on_one_vlan() {
     let spec = BackendSpec {
         address: "10.0.0.11".parse().unwrap(),
         weight: 1,
+        port: None,
         admin: Admin::Enabled,
         health: HealthSpec::default(),
     };
@@ -1078,4 +1080,119 @@ fn ipip_needs_a_source_and_the_source_is_an_address_or_a_prefix() {
     }
     // A dsr-only config needs no source.
     assert!(parse(&vip.replace("\"ipip\"", "\"dsr\"")).is_ok());
+}
+
+#[test]
+fn nat_vips_get_their_own_or_the_node_snat_address_and_the_node_settings() {
+    let text = r#"
+        [datapath]
+        snat_address = "10.0.0.1"
+        snat_ports = "30000-39999"
+        nat_tcp_idle = "10m"
+        nat_udp_idle = "45s"
+        nat_linger = "5s"
+
+        [[vip]]
+        name = "node"
+        address = "192.0.2.10"
+        port = 80
+        forwarding = "nat"
+        [[vip.backend]]
+        address = "10.0.0.11"
+        port = 8080
+
+        [[vip]]
+        name = "own"
+        address = "192.0.2.11"
+        port = 80
+        forwarding = "nat"
+        snat_address = "10.0.0.2"
+        [[vip.backend]]
+        address = "10.0.0.12"
+
+        [[vip]]
+        name = "dsr"
+        address = "192.0.2.12"
+        port = 80
+        [[vip.backend]]
+        address = "10.0.0.13"
+    "#;
+    let c = parse(text).expect("valid");
+    let want = NatSettings {
+        snat_address: "10.0.0.1".parse().unwrap(),
+        port_min: 30000,
+        port_max: 39999,
+        tcp_idle_s: 600,
+        udp_idle_s: 45,
+        linger_s: 5,
+    };
+    assert_eq!(c.vips[0].forwarding, Forwarding::Nat);
+    assert_eq!(c.vips[0].nat, Some(want));
+    assert_eq!(c.vips[0].backends[0].port, Some(8080));
+    assert_eq!(
+        c.vips[1].nat,
+        Some(NatSettings {
+            snat_address: "10.0.0.2".parse().unwrap(),
+            ..want
+        })
+    );
+    assert_eq!(c.vips[2].nat, None);
+    // The defaults, documented in examples/foobar.toml and docs/NAT.md.
+    let d = parse("").expect("valid").datapath.nat;
+    assert_eq!(d.snat_address, None);
+    assert_eq!((d.settings.port_min, d.settings.port_max), (20000, 59999));
+    assert_eq!(
+        (
+            d.settings.tcp_idle_s,
+            d.settings.udp_idle_s,
+            d.settings.linger_s
+        ),
+        (300, 30, 2)
+    );
+}
+
+#[test]
+fn nat_keys_are_refused_where_they_cannot_work() {
+    let vip = |extra: &str, backend: &str| {
+        format!(
+            "[[vip]]\nname = \"a\"\naddress = \"192.0.2.10\"\nport = 80\n{extra}\n\
+             [[vip.backend]]\naddress = \"10.0.0.11\"\n{backend}\n"
+        )
+    };
+    // A nat VIP without any SNAT address.
+    assert_eq!(
+        keys(&vip("forwarding = \"nat\"", "")),
+        vec!["vip[0].snat_address"]
+    );
+    // An SNAT address or a backend port on a DSR VIP.
+    assert_eq!(
+        keys(&vip("snat_address = \"10.0.0.1\"", "")),
+        vec!["vip[0].snat_address"]
+    );
+    assert_eq!(
+        keys(&vip("", "port = 8080")),
+        vec!["vip[0].backend[0].port"]
+    );
+    assert_eq!(
+        keys(&vip(
+            "forwarding = \"nat\"\nsnat_address = \"10.0.0.1\"",
+            "port = 0"
+        )),
+        vec!["vip[0].backend[0].port"]
+    );
+    assert_eq!(
+        keys(&vip(
+            "forwarding = \"nat\"\nsnat_address = \"224.0.0.1\"",
+            ""
+        )),
+        vec!["vip[0].snat_address"]
+    );
+    for bad in ["80-90", "30000", "40000-30000", "a-b", "20000-70000"] {
+        let text = format!("[datapath]\nsnat_ports = \"{bad}\"\n{}", vip("", ""));
+        assert_eq!(keys(&text), vec!["datapath.snat_ports"], "{bad}");
+    }
+    for key in ["nat_tcp_idle", "nat_udp_idle", "nat_linger"] {
+        let text = format!("[datapath]\n{key} = \"0s\"\n{}", vip("", ""));
+        assert_eq!(keys(&text), vec![format!("datapath.{key}")], "{key}");
+    }
 }

@@ -16,7 +16,7 @@ use crate::ring;
 pub(super) struct Problems(Vec<Problem>);
 
 impl Problems {
-    fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
         self.0.push(Problem {
             key: key.into(),
             message: message.into(),
@@ -24,7 +24,7 @@ impl Problems {
     }
 
     /// The value, or None with the error recorded at `key`.
-    fn field<T>(&mut self, key: &str, result: Result<T, String>) -> Option<T> {
+    pub(super) fn field<T>(&mut self, key: &str, result: Result<T, String>) -> Option<T> {
         result.map_err(|e| self.add(key, e)).ok()
     }
 }
@@ -91,9 +91,11 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
     // Backend address -> (VLAN, name) of the first VIP it backs.
     let mut segments = std::collections::HashMap::new();
     let mut vips = Vec::new();
+    let mut vip_keys = Vec::new();
     for (i, raw_vip) in raw.vips.iter().enumerate() {
         let key = format!("vip[{i}]");
         if let Some(vip) = validate_vip(&key, raw_vip, Origin::File, &mut p) {
+            vip_keys.push(key.clone());
             if !names.insert(vip.name.clone()) {
                 p.add(
                     format!("{key}.name"),
@@ -153,6 +155,9 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
                 );
             }
         }
+    }
+    if let Some(d) = &datapath {
+        super::nat::resolve(&mut vips, &vip_keys, &d.nat, &mut p);
     }
     let (vrrp, vrrp_problems) = super::vrrp::validate(&raw.vrrp, &vips);
     for (key, message) in vrrp_problems {
@@ -283,7 +288,9 @@ fn validate_datapath(raw: &RawDatapath, p: &mut Problems) -> Option<DatapathConf
         None => Some(None),
         Some(text) => p.field("datapath.ipip_source", ipip_source(text).map(Some)),
     };
+    let nat = super::nat::validate_defaults(raw, p);
     Some(DatapathConfig {
+        nat: nat?,
         interface: raw.interface.clone(),
         xdp_mode: xdp_mode?,
         flow_table_size: flow_table_size?,
@@ -392,6 +399,29 @@ fn validate_vip(key: &str, raw: &RawVip, origin: Origin, p: &mut Problems) -> Op
         &format!("{key}.forwarding"),
         Forwarding::parse(raw.forwarding.as_deref().unwrap_or("dsr")),
     );
+    // The VIP's own SNAT address; `nat::resolve` adds the node's defaults.
+    let own_snat = match raw.snat_address.as_deref() {
+        None => Some(None),
+        Some(_) if forwarding.is_some_and(|f| f != Forwarding::Nat) => {
+            p.add(
+                format!("{key}.snat_address"),
+                "only a nat VIP has an SNAT address; set forwarding = \"nat\" or remove it",
+            );
+            None
+        }
+        Some(text) => p
+            .field(
+                &format!("{key}.snat_address"),
+                super::nat::snat_address(text),
+            )
+            .map(Some),
+    };
+    let nat = own_snat.map(|own| {
+        (forwarding == Some(Forwarding::Nat)).then(|| NatSettings {
+            snat_address: own.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            ..NatSettings::default()
+        })
+    });
     let health = validate_health(&format!("{key}.health"), &raw.health, p);
     let vlan = match raw.vlan {
         None => Some(None),
@@ -511,10 +541,32 @@ fn validate_vip(key: &str, raw: &RawVip, origin: Origin, p: &mut Problems) -> Op
                 p,
             )
         };
-        if let (Some(address), Some(weight), Some(health)) = (address, weight, health) {
+        let port = match raw_backend.port {
+            None => Some(None),
+            Some(_) if forwarding.is_some_and(|f| f != Forwarding::Nat) => {
+                p.add(
+                    format!("{bkey}.port"),
+                    "a dsr or ipip backend answers on the VIP's port; a backend port \
+                     needs forwarding = \"nat\"",
+                );
+                None
+            }
+            Some(n) if (1..=65535).contains(&n) => Some(Some(n as u16)),
+            Some(n) => {
+                p.add(
+                    format!("{bkey}.port"),
+                    format!("{n} is not a port (1..=65535)"),
+                );
+                None
+            }
+        };
+        if let (Some(address), Some(weight), Some(health), Some(port)) =
+            (address, weight, health, port)
+        {
             backends.push(BackendConfig {
                 address,
                 weight,
+                port,
                 health,
             });
         }
@@ -557,6 +609,7 @@ fn validate_vip(key: &str, raw: &RawVip, origin: Origin, p: &mut Problems) -> Op
         maglev_table_size: maglev_table_size?,
         affinity_timeout_s: affinity_timeout_s?,
         forwarding: forwarding?,
+        nat: nat?,
         health: health?,
         vlan: vlan?,
         pass_closed_ports: pass_closed_ports?,

@@ -169,6 +169,7 @@ impl Owner {
                     maglev_table_size,
                     affinity_timeout_s: persistence_timeout_s,
                     forwarding,
+                    nat: None,
                     vlan: None,
                     pass_closed_ports: false,
                     health: health.unwrap_or_default(),
@@ -208,6 +209,7 @@ impl Owner {
                 let spec = BackendSpec {
                     address,
                     weight,
+                    port: None,
                     admin: Admin::Enabled,
                     health: self
                         .state

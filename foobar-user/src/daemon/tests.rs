@@ -17,6 +17,7 @@ fn vip(name: &str, last: u8, scheduler: Scheduler, table: u32) -> VipSpec {
         maglev_table_size: table,
         affinity_timeout_s: None,
         forwarding: Forwarding::Dsr,
+        nat: None,
         health: HealthSpec::default(),
         vlan: None,
         pass_closed_ports: false,
@@ -28,6 +29,7 @@ fn backends_are_followed_on_their_vip_vlan_and_removed_ones_keep_theirs() {
     let backend = |last: u8| BackendSpec {
         address: Ipv4Addr::new(10, 0, 0, last),
         weight: 1,
+        port: None,
         admin: Admin::Enabled,
         health: HealthSpec::default(),
     };
@@ -75,6 +77,7 @@ async fn a_refused_change_leaves_state_file_and_maps_as_they_were() {
     let be1 = BackendSpec {
         address: Ipv4Addr::new(10, 0, 0, 1),
         weight: 1,
+        port: None,
         admin: Admin::Enabled,
         health: HealthSpec::default(),
     };
@@ -148,6 +151,7 @@ async fn an_emergency_drain_reaches_the_datapath_when_the_state_cannot_be_saved(
         let spec = BackendSpec {
             address: Ipv4Addr::new(10, 0, 0, last),
             weight: 1,
+            port: None,
             admin: Admin::Enabled,
             health: HealthSpec::default(),
         };

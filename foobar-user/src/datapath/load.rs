@@ -118,6 +118,8 @@ impl Datapath {
         loader
             .map_max_entries("FLOWS", opts.flow_table_size)
             .map_max_entries("AFFINITY", opts.affinity_table_size.max(1))
+            .map_max_entries("NAT_FLOWS", opts.flow_table_size)
+            .map_max_entries("NAT_REVERSE", opts.flow_table_size)
             .override_global("HASH_SEED", &opts.hash_seed, true)
             .override_global("LB_MAC", &opts.lb_mac, true)
             .override_global("IPIP_SRC_BE", &ipip_src_be, true)
@@ -187,6 +189,7 @@ impl Datapath {
                 next_vip_gen,
                 ..Written::default()
             },
+            nat_written: Default::default(),
         })
     }
 
@@ -321,6 +324,7 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<Maps> {
             backends: take::<PerCpuArray<MapData, _>>(ebpf, "BACKEND_STATS")?,
             new_flows: take::<PerCpuArray<MapData, _>>(ebpf, "BACKEND_NEW_FLOWS")?,
         },
+        nat: super::nat::take(ebpf)?,
     })
 }
 

@@ -9,6 +9,7 @@
 pub mod bench;
 mod flows;
 mod load;
+mod nat;
 pub mod pin;
 mod rings;
 mod stats;
@@ -138,6 +139,7 @@ pub struct Datapath {
     flow_table_size: u32,
     /// What the maps hold, as last written: `apply` writes differences only.
     written: Written,
+    nat_written: nat::NatWritten,
 }
 
 /// How the load balancer is attached.
@@ -159,6 +161,7 @@ struct Maps {
     affinity: HashMap<MapData, AffinityKey, Flow>,
     flows: MapData,
     counters: stats::CounterMaps,
+    nat: nat::NatMaps,
 }
 
 #[derive(Default)]
@@ -249,6 +252,7 @@ impl Datapath {
                 self.write_backend(id, backend)?;
             }
         }
+        self.write_nat(plan)?;
         for vip in &plan.vips {
             let id = vip.service.vip_id;
             if self.rings.live(id) != Some(&vip.ring) {
@@ -367,6 +371,7 @@ impl Datapath {
             self.maps.counters.clear_backend(id)?;
             self.written.backends.remove(&id);
         }
+        self.clear_nat(plan)?;
         Ok(())
     }
 

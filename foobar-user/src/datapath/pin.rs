@@ -33,7 +33,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Every map of the object, pinned by name (a map left out would start
 /// empty in the new program).
-pub(super) const PINNED_MAPS: [&str; 16] = [
+pub(super) const PINNED_MAPS: [&str; 20] = [
     "VIP_ADDRS4",
     "VIP_ADDR_BITS",
     "VIPS",
@@ -50,6 +50,10 @@ pub(super) const PINNED_MAPS: [&str; 16] = [
     "REASONS",
     "EVENTS",
     "CLOCK",
+    "NAT_VIPS",
+    "NAT_BACKEND_PORTS",
+    "NAT_FLOWS",
+    "NAT_REVERSE",
 ];
 
 /// The pin directory of one instance: `<root>/<iface>`.
@@ -59,7 +63,7 @@ pub struct PinDir {
 }
 
 /// The name of this binary's layout directory, e.g.
-/// `layout-v4-16_24_32_24_16_20_8_16_8-64_4096_65537` (bpffs refuses names
+/// `layout-v5-16_24_32_24_16_20_8_16_8_20_64_24-64_4096_65537` (bpffs refuses names
 /// with a dot).
 pub fn layout_name() -> String {
     let sizes: Vec<String> = LAYOUT_SIZES.iter().map(|s| s.to_string()).collect();

@@ -190,5 +190,6 @@ fn plan_of(base: &Plan, vips: Vec<PlannedVip>) -> Plan {
         vips,
         backends: base.backends.clone(),
         addresses,
+        ..Plan::default()
     }
 }

@@ -1,0 +1,65 @@
+//! Full NAT (docs/NAT.md): the state both directions share (`state`), the
+//! packet rewrite with incremental checksums (`rewrite`, `csum`), and the
+//! reverse path (`reply`): a backend's reply to an SNAT address and port
+//! is translated back to the client. The forward translation is
+//! forward/nat.rs. Nothing here runs for a DSR VIP's packets.
+mod csum;
+pub mod rewrite;
+pub mod state;
+
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use foobar_common::{Reason, NAT_FIN_BACKEND};
+
+use crate::{
+    clock,
+    maps::NAT_REVERSE,
+    parse::{ptr_at, EthHdr, Packet, LB_MAC},
+    stats,
+    verdict::Verdict,
+};
+
+use rewrite::Tuple;
+
+/// A backend's reply to a live NAT flow, translated back (source: the VIP
+/// and its port; destination: the client and its port; Ethernet: from the
+/// LB's MAC to the MAC the client's packets came from) and sent back out
+/// with XDP_TX, counted `forwarded_reply`. None: not such a reply (no
+/// reverse entry, or a stale one, which is removed): the caller goes on.
+#[inline(always)]
+pub fn reply(ctx: &XdpContext, pkt: &Packet) -> Result<Option<u32>, Verdict> {
+    if pkt.icmp_error {
+        return Ok(None);
+    }
+    // SAFETY: a hash value, copied out at once.
+    let Some(rev) = (unsafe { NAT_REVERSE.get(&pkt.flow) }).copied() else {
+        return Ok(None);
+    };
+    let now = clock::now_ns();
+    let Some(state) = state::reverse_live(&rev, now) else {
+        // Its state is gone, was replaced or ended: the reverse entry must
+        // not outlive it. (A racing allocation may have just replaced it
+        // with a live one; that flow's next reply passes. Rare: the new
+        // flow's reply comes a round trip later.)
+        let _ = NAT_REVERSE.remove(&pkt.flow);
+        return Ok(None);
+    };
+    // SAFETY: as in state::state_ended: copied out at once.
+    let client_mac = unsafe { (*state).client_mac };
+    state::touch(state, pkt.tcp_flags, NAT_FIN_BACKEND, now);
+    let to = Tuple {
+        src_be: rev.flow.dst_be,
+        dst_be: rev.flow.src_be,
+        sport_be: rev.flow.dport_be,
+        dport_be: rev.flow.sport_be,
+    };
+    rewrite::rewrite(ctx, pkt, &to)?;
+    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+    // SAFETY: ptr_at checked the Ethernet header is inside the frame.
+    unsafe {
+        (*eth).dst = client_mac;
+        (*eth).src = LB_MAC.load();
+    }
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    stats::count_reason(Reason::ForwardedReply, len);
+    Ok(Some(xdp_action::XDP_TX))
+}
