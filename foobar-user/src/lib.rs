@@ -1,5 +1,6 @@
 //! foobar's control plane as a library: the `foobar` binary is a thin CLI
 //! over it, and the tests and the lab drive the same code.
+pub mod accept;
 pub mod api;
 pub mod build_info;
 pub mod caps;

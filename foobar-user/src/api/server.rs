@@ -8,14 +8,13 @@ use std::{
         net::UnixStream as StdUnixStream,
     },
     path::{Path, PathBuf},
-    sync::Arc,
     time::Duration,
 };
 
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, AsyncWriteExt as _},
     net::{UnixListener, UnixStream},
-    sync::{mpsc, oneshot, Semaphore},
+    sync::{mpsc, oneshot},
 };
 
 use super::wire::{Call, Caller, ErrorKind, Request, Response};
@@ -178,26 +177,16 @@ pub async fn serve(listener: UnixListener, owner: mpsc::Sender<Call>) {
 
 /// [`serve`] with explicit limits.
 pub async fn serve_with(listener: UnixListener, owner: mpsc::Sender<Call>, limits: Limits) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(err) => {
-                // E.g. out of file descriptors: say so, and do not spin.
-                tracing::warn!(%err, "accepting on the control socket failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let owner = owner.clone();
-        tokio::spawn(async move {
-            serve_connection(stream, &owner, limits.read_timeout).await;
-            drop(slot);
-        });
-    }
+    crate::accept::bounded(
+        limits.max_connections,
+        "control socket",
+        || async { listener.accept().await.map(|(stream, _)| stream) },
+        |stream| {
+            let owner = owner.clone();
+            async move { serve_connection(stream, &owner, limits.read_timeout).await }
+        },
+    )
+    .await
 }
 
 async fn serve_connection(stream: UnixStream, owner: &mpsc::Sender<Call>, read_timeout: Duration) {

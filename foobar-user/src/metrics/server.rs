@@ -1,13 +1,13 @@
 //! The HTTP side of the metrics: hyper serving `/metrics`, bounded in
 //! connections and time, asking the state owner for each scrape.
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{convert::Infallible, net::SocketAddr, time::Duration};
 
 use http_body_util::Full;
 use hyper::{body::Bytes, server::conn::http1, service::service_fn, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::{mpsc, oneshot, Semaphore},
+    sync::{mpsc, oneshot},
 };
 
 use super::CONTENT_TYPE;
@@ -49,26 +49,13 @@ pub async fn serve_with(
     owner: mpsc::Sender<oneshot::Sender<String>>,
     limits: Limits,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(err) => {
-                // E.g. out of file descriptors: say so, and do not spin.
-                tracing::warn!(%err, "accepting on the metrics listener failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let owner = owner.clone();
-        tokio::spawn(async move {
-            serve_connection(stream, owner, limits).await;
-            drop(slot);
-        });
-    }
+    crate::accept::bounded(
+        limits.max_connections,
+        "metrics listener",
+        || async { listener.accept().await.map(|(stream, _)| stream) },
+        |stream| serve_connection(stream, owner.clone(), limits),
+    )
+    .await
 }
 
 async fn serve_connection(
