@@ -70,6 +70,16 @@ fn refusals_name_the_problem_and_attach_nothing() {
     assert!(!ok);
     assert!(err.contains("needs root"), "{err}");
 
+    // `foobar detach` checks capabilities, not the uid: root without
+    // CAP_NET_ADMIN is refused and told what is missing.
+    let (ok, err) = foobar(
+        &lab,
+        &["setpriv", "--inh-caps=-all", "--bounding-set=-net_admin"],
+        &["detach", "--iface", LB_IFACE],
+    );
+    assert!(!ok);
+    assert!(err.contains("missing: CAP_NET_ADMIN"), "{err}");
+
     // A bridge device has no native XDP support (and this kernel has no
     // dummy module).
     lab.exec(

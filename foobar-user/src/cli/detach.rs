@@ -28,8 +28,20 @@ pub struct DetachArgs {
 }
 
 pub fn detach(socket: &Path, args: DetachArgs) -> anyhow::Result<()> {
-    if !nix::unistd::geteuid().is_root() {
-        bail!("foobar detach needs root (to remove BPF pins): run it with sudo");
+    // The capabilities `foobar run` needs (the pins are opened and removed
+    // on bpffs, the XDP link detached), not root as such: the systemd
+    // unit's ExecStopPost or an operator's shell with the unit's set work.
+    let have = crate::caps::CapSet::effective()
+        .context("reading this process's capabilities (/proc/self/status)")?;
+    let missing = crate::caps::missing_for_run(have, false);
+    if !missing.is_empty() {
+        let names: Vec<&str> = missing.iter().map(|c| c.1).collect();
+        bail!(
+            "foobar detach needs root or the capabilities CAP_SYS_ADMIN and CAP_NET_ADMIN \
+             (to open and remove the BPF pins and detach the XDP link); missing: {}. Run it \
+             with sudo",
+            names.join(", ")
+        );
     }
     let mut sockets = vec![socket.to_owned()];
     let iface = match args.iface {
