@@ -80,16 +80,18 @@ pub enum Command {
 pub fn main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => {
-            // The config's [log] settings; a config that does not load is
-            // reported by `run` itself.
-            let log = crate::config::load(&args.config)
-                .map(|c| c.log)
+            // Read once: its [log] settings set up logging first; a config
+            // that does not load is reported by `run` itself, logged.
+            let loaded = crate::config::load_with_text(&args.config);
+            let log = loaded
+                .as_ref()
+                .map(|(c, _)| c.log.clone())
                 .unwrap_or_default();
             crate::logging::init(
                 cli.log_format.or(log.format).unwrap_or_default(),
                 log.level.as_deref(),
             );
-            run::run(args)
+            run::run(args, loaded)
         }
         Command::Detach(args) => detach::detach(&cli.socket, args),
         Command::Check(args) => check::check(args),

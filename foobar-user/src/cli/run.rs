@@ -50,7 +50,12 @@ pub struct RunArgs {
     pub pin_root: PathBuf,
 }
 
-pub fn run(args: RunArgs) -> anyhow::Result<()> {
+/// `loaded`: the config file `args.config` as `config::load_with_text`
+/// read it (once, by the caller, for the log settings).
+pub fn run(
+    args: RunArgs,
+    loaded: Result<(Config, String), config::ConfigError>,
+) -> anyhow::Result<()> {
     info!(
         version = crate::build_info::VERSION,
         revision = crate::build_info::REVISION,
@@ -58,7 +63,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         "foobar starting"
     );
     // The same entry point as `foobar check`: what one accepts, so does the other.
-    let (config, text) = config::load_with_text(&args.config)?;
+    let (config, text) = loaded?;
     let iface = args
         .iface
         .clone()
