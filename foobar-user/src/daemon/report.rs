@@ -157,6 +157,7 @@ impl Owner {
             health_checks_not_run: health::checks_not_run(),
             flow_capacity: u64::from(self.datapath.flow_table_size()),
             vrrp: self.vrrp.as_ref().map(|r| r.statuses()).unwrap_or_default(),
+            nat: self.nat_gc.totals,
             ..Default::default()
         };
         for v in self.state.vips() {
