@@ -122,16 +122,7 @@ impl Owner {
         let refused = |message: String| (ErrorKind::Refused, message);
         match request {
             Request::Status => Ok(self.status()),
-            Request::Reload => {
-                // A config with problems is told apart from a refused
-                // change: the client exits with its own code.
-                if let Some(path) = &self.config_path {
-                    if let Err(e) = crate::config::load(path) {
-                        return Err((ErrorKind::ConfigInvalid, e.to_string()));
-                    }
-                }
-                self.reload().map_err(refused)
-            }
+            Request::Reload => self.reload().await,
             Request::Stats => self.stats_json().map_err(refused),
             Request::VipAdd {
                 name,
