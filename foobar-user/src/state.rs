@@ -381,6 +381,13 @@ impl State {
                 .map_err(StateError::Invalid)?;
             }
         }
+        if let (Some(port), false) = (spec.port, v.spec.forwarding == Forwarding::Nat) {
+            return Err(StateError::Invalid(format!(
+                "backend port {port}: VIP {vip} forwards with {}, where a backend answers on \
+                 the VIP's port; a backend port needs forwarding nat",
+                v.spec.forwarding.name()
+            )));
+        }
         if v.backends.iter().any(|b| b.spec.address == spec.address) {
             return Err(StateError::DuplicateBackend {
                 vip: vip.to_owned(),

@@ -122,7 +122,7 @@ pub(super) fn validate_defaults(raw: &RawDatapath, p: &mut Problems) -> Option<N
 }
 
 /// An SNAT address: a unicast IPv4 address.
-pub(super) fn snat_address(text: &str) -> Result<Ipv4Addr, String> {
+pub fn snat_address(text: &str) -> Result<Ipv4Addr, String> {
     let a: Ipv4Addr = text
         .parse()
         .map_err(|_| format!("\"{text}\" is not an IPv4 address"))?;
