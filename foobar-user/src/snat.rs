@@ -239,4 +239,38 @@ mod tests {
             p[1].message
         );
     }
+
+    #[test]
+    fn a_nat_vip_without_an_address_gets_the_primary_and_the_node_keeps_it() {
+        let text = "[[vip]]\nname = \"web\"\naddress = \"10.0.0.100\"\nport = 80\n\
+                    [[vip.backend]]\naddress = \"10.0.0.11\"\n\
+                    [[vip]]\nname = \"own\"\naddress = \"10.0.0.101\"\nport = 80\n\
+                    snat_address = \"10.0.0.5\"\n[[vip.backend]]\naddress = \"10.0.0.11\"\n";
+        let mut c = crate::config::parse(text).unwrap();
+        fill_default(&mut c, &eth0()).unwrap();
+        let primary: Ipv4Addr = "10.0.0.2".parse().unwrap();
+        assert_eq!(
+            c.vips[0].nat.unwrap().snat_address,
+            primary,
+            "not the VIP on eth0"
+        );
+        assert_eq!(
+            c.vips[1].nat.unwrap().snat_address,
+            "10.0.0.5".parse::<Ipv4Addr>().unwrap()
+        );
+        assert_eq!(
+            c.datapath.nat.snat_address,
+            Some(primary),
+            "for runtime VIPs"
+        );
+        // An interface without an address: a config problem naming the key.
+        let mut c = crate::config::parse(text).unwrap();
+        let none = IfaceAddrs {
+            iface: "eth0".into(),
+            addrs: vec![],
+        };
+        let p = fill_default(&mut c, &none).unwrap_err();
+        assert_eq!(p.key, "datapath.snat_address");
+        assert!(p.message.contains("ip addr add"), "{}", p.message);
+    }
 }

@@ -314,10 +314,13 @@ impl State {
         if self.vips.iter().any(|v| v.spec.name == spec.name) {
             return Err(StateError::DuplicateVip(spec.name));
         }
-        if spec.forwarding == Forwarding::Nat && spec.nat.is_none() {
+        if spec.forwarding == Forwarding::Nat
+            && spec.nat.is_none_or(|n| n.snat_address.is_unspecified())
+        {
             return Err(StateError::Invalid(format!(
-                "VIP {}: a nat VIP needs an SNAT address, ports and timeouts; \
-                 put it in the config file (`snat_address`) and reload",
+                "VIP {}: a nat VIP needs an SNAT address, ports and timeouts (the node's \
+                 [datapath] settings, its own snat_address, or the interface's primary \
+                 address, resolved by `foobar run`)",
                 spec.name
             )));
         }
@@ -1283,6 +1286,7 @@ mod plan_tests {
         name = "web"
         address = "192.0.2.10"
         port = 80
+        forwarding = "dsr"
         [[vip.backend]]
         address = "10.0.0.11"
         weight = 2
@@ -1294,6 +1298,7 @@ mod plan_tests {
         address = "192.0.2.10"
         port = 0
         protocol = "udp"
+        forwarding = "dsr"
         [[vip.backend]]
         address = "10.0.0.12"
     "#;

@@ -623,7 +623,7 @@ fn a_nat_vip_and_a_backend_port_are_added_at_run_time() {
     // The datapath's NAT maps hold the node's defaults.
     let nat: foobar_common::NatVip = pinned_array(&lab, "NAT_VIPS", vip_id);
     assert_eq!(nat.snat_addr_be, u32::from(lab.lb.addr).to_be());
-    assert_eq!((nat.port_min, nat.port_max), (20000, 59999));
+    assert_eq!((nat.port_min, nat.port_max), (1024, 32767));
     assert_eq!((nat.tcp_idle_s, nat.udp_idle_s, nat.linger_s), (300, 30, 2));
     let port: u16 = pinned_array(&lab, "NAT_BACKEND_PORTS", be_id);
     assert_eq!(u16::from_be(port), 80);

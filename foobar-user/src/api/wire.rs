@@ -96,7 +96,7 @@ fn default_scheduler() -> Scheduler {
     Scheduler::RoundRobin
 }
 fn default_forwarding() -> Forwarding {
-    Forwarding::Dsr
+    Forwarding::Nat
 }
 fn default_weight() -> u32 {
     1

@@ -33,7 +33,7 @@ pub enum VipCmd {
         /// unmodified, replies back through the LB), dsr (L2 direct server
         /// return) or ipip (IPv4-in-IPv4 tunnel; needs a daemon started
         /// with datapath.ipip_source).
-        #[arg(long, default_value = "dsr", value_parser = args::forwarding)]
+        #[arg(long, default_value = "nat", value_parser = args::forwarding)]
         forwarding: Forwarding,
         /// With --forwarding nat: the source address of translated packets,
         /// an address of the LB's interface (default: the node's
