@@ -17,6 +17,7 @@ pub mod neigh;
 pub mod plan;
 pub mod reload;
 pub mod ring;
+pub mod snat;
 pub mod state;
 pub mod state_file;
 pub mod vrrp;

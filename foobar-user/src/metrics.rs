@@ -31,6 +31,8 @@ pub struct Snapshot {
     pub health_checks_not_run: u64,
     /// The VRRP instances (`foobar_vrrp_*`).
     pub vrrp: Vec<crate::vrrp::status::Status>,
+    /// NAT state and the garbage collector's removals (`foobar_nat_*`).
+    pub nat: crate::daemon::NatGcTotals,
 }
 
 #[derive(Clone, Debug)]
@@ -48,6 +50,11 @@ pub struct BackendSample {
     pub new_flows: u64,
     /// The checks' counts and durations (None: no checker yet).
     pub checks: Option<health::Record>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TableLabels {
+    table: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -297,6 +304,38 @@ pub fn render(s: &Snapshot) -> String {
     );
     entries.set(s.flow_entries as i64);
     capacity.set(s.flow_capacity as i64);
+
+    let nat_states = Gauge::<i64>::default();
+    let nat_reverse = Gauge::<i64>::default();
+    let nat_removed = Family::<TableLabels, Counter<u64>>::default();
+    registry.register(
+        "nat_states",
+        "NAT states (NAT_FLOWS entries not yet collected) at the latest garbage collection",
+        nat_states.clone(),
+    );
+    registry.register(
+        "nat_reverse_entries",
+        "NAT reverse entries (NAT_REVERSE) at the latest garbage collection",
+        nat_reverse.clone(),
+    );
+    registry.register(
+        "nat_gc_removed",
+        "Entries the daemon's NAT garbage collection removed, by table: state (ended \
+         states) or reverse (entries whose state was gone)",
+        nat_removed.clone(),
+    );
+    nat_states.set(s.nat.states as i64);
+    nat_reverse.set(s.nat.reverse as i64);
+    for (table, n) in [
+        ("state", s.nat.states_removed),
+        ("reverse", s.nat.reverse_removed),
+    ] {
+        nat_removed
+            .get_or_create(&TableLabels {
+                table: table.to_owned(),
+            })
+            .inc_by(n);
+    }
 
     let not_run = Counter::<u64>::default();
     registry.register(

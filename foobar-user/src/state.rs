@@ -314,10 +314,13 @@ impl State {
         if self.vips.iter().any(|v| v.spec.name == spec.name) {
             return Err(StateError::DuplicateVip(spec.name));
         }
-        if spec.forwarding == Forwarding::Nat && spec.nat.is_none() {
+        if spec.forwarding == Forwarding::Nat
+            && spec.nat.is_none_or(|n| n.snat_address.is_unspecified())
+        {
             return Err(StateError::Invalid(format!(
-                "VIP {}: a nat VIP needs an SNAT address, ports and timeouts; \
-                 put it in the config file (`snat_address`) and reload",
+                "VIP {}: a nat VIP needs an SNAT address, ports and timeouts (the node's \
+                 [datapath] settings, its own snat_address, or the interface's primary \
+                 address, resolved by `foobar run`)",
                 spec.name
             )));
         }
@@ -380,6 +383,13 @@ impl State {
                 )
                 .map_err(StateError::Invalid)?;
             }
+        }
+        if let (Some(port), false) = (spec.port, v.spec.forwarding == Forwarding::Nat) {
+            return Err(StateError::Invalid(format!(
+                "backend port {port}: VIP {vip} forwards with {}, where a backend answers on \
+                 the VIP's port; a backend port needs forwarding nat",
+                v.spec.forwarding.name()
+            )));
         }
         if v.backends.iter().any(|b| b.spec.address == spec.address) {
             return Err(StateError::DuplicateBackend {
@@ -1276,6 +1286,7 @@ mod plan_tests {
         name = "web"
         address = "192.0.2.10"
         port = 80
+        forwarding = "dsr"
         [[vip.backend]]
         address = "10.0.0.11"
         weight = 2
@@ -1287,6 +1298,7 @@ mod plan_tests {
         address = "192.0.2.10"
         port = 0
         protocol = "udp"
+        forwarding = "dsr"
         [[vip.backend]]
         address = "10.0.0.12"
     "#;

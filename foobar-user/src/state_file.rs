@@ -332,6 +332,7 @@ mod tests {
 name = "web"
 address = "192.0.2.10"
 port = 80
+forwarding = "dsr"
 [[vip.backend]]
 address = "10.0.0.1"
 [[vip.backend]]

@@ -40,6 +40,7 @@ const CONFIG: &str = r#"
     name = "web"
     address = "192.0.2.10"
     port = 80
+    forwarding = "dsr"
     [[vip.backend]]
     address = "10.0.0.11"
     [[vip.backend]]
@@ -54,6 +55,7 @@ const CONFIG: &str = r#"
     name = "tls"
     address = "192.0.2.10"
     port = 443
+    forwarding = "dsr"
     scheduler = "maglev"
     maglev_table_size = 251
     [[vip.backend]]
@@ -67,6 +69,7 @@ const CONFIG: &str = r#"
     name = "dns"
     address = "192.0.2.20"
     port = 53
+    forwarding = "dsr"
     protocol = "udp"
     [[vip.backend]]
     address = "10.0.0.31"
@@ -75,6 +78,7 @@ const CONFIG: &str = r#"
     name = "udp-any"
     address = "192.0.2.20"
     port = 0
+    forwarding = "dsr"
     protocol = "udp"
     [[vip.backend]]
     address = "10.0.0.32"
@@ -85,6 +89,7 @@ const CONFIG: &str = r#"
     name = "tcp-any"
     address = "192.0.2.20"
     port = 0
+    forwarding = "dsr"
     scheduler = "maglev"
     maglev_table_size = 61
     persistence = { timeout = "3600s" }
@@ -99,6 +104,7 @@ const CONFIG: &str = r#"
     name = "sticky"
     address = "192.0.2.30"
     port = 8080
+    forwarding = "dsr"
     persistence = { timeout = "3600s" }
     [[vip.backend]]
     address = "10.0.0.51"
@@ -111,6 +117,7 @@ const CONFIG: &str = r#"
     name = "broken"
     address = "192.0.2.40"
     port = 80
+    forwarding = "dsr"
     [[vip.backend]]
     address = "10.0.0.61"
     [[vip.backend]]

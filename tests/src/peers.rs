@@ -48,7 +48,7 @@ pub fn foobar_config(lab: &Lab) -> String {
     let mut text = lab.config();
     for proto in ["tcp", "udp"] {
         text.push_str(&format!(
-            "\n[[vip]]\nname = \"iperf-{proto}\"\naddress = \"{VIP}\"\nport = {IPERF_PORT}\n\
+            "\n[[vip]]\nname = \"iperf-{proto}\"\naddress = \"{VIP}\"\nport = {IPERF_PORT}\nforwarding = \"dsr\"\n\
              protocol = \"{proto}\"\n[vip.health]\ncheck = \"none\"\n\
              [[vip.backend]]\naddress = \"{be1}\"\n"
         ));

@@ -533,3 +533,160 @@ fn status_and_health_keep_their_timing_while_the_daemon_walks_4m_flows() {
         "{back:?}"
     );
 }
+
+/// An entry of an array map the daemon pinned, read through the pin.
+fn pinned_array<V: aya::Pod>(lab: &Lab, map: &str, index: u32) -> V {
+    let path = lab
+        .pin_root
+        .join(lab::LB_IFACE)
+        .join(foobar::datapath::pin::layout_name())
+        .join(map);
+    let data =
+        aya::maps::MapData::from_pin(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let array = aya::maps::Array::<_, V>::try_from(aya::maps::Map::Array(data)).unwrap();
+    array.get(&index, 0).unwrap()
+}
+
+/// `foobar vip add --forwarding nat` and `backend add --port` at run time:
+/// the node's NAT defaults (here the interface's primary address, as the
+/// config sets no SNAT address) land in the datapath's NAT maps, plain
+/// backends answer through the VIP, and the refusals say what to do.
+#[test]
+fn a_nat_vip_and_a_backend_port_are_added_at_run_time() {
+    let mut lab = Lab::start(&LabOptions {
+        backends: 1,
+        plain_backends: true,
+        ..LabOptions::default()
+    })
+    .expect("lab starts");
+    let config = lab.config();
+    lab.start_foobar(&foobar(), &config)
+        .expect("foobar run attaches");
+    // The client reaches the new VIP through the LB node, which holds it.
+    let api_vip = "10.201.0.101";
+    lab::run(&[
+        "ip",
+        "-n",
+        &lab.lb.ns,
+        "addr",
+        "add",
+        &format!("{api_vip}/32"),
+        "dev",
+        lab::LB_IFACE,
+    ])
+    .unwrap();
+    let be = lab.backends[0].addr.to_string();
+
+    let (ok, out, err) = cli(
+        &lab,
+        &[
+            "vip",
+            "add",
+            "api",
+            api_vip,
+            "8080",
+            "--forwarding",
+            "nat",
+            "--check",
+            "none",
+            "--json",
+        ],
+    );
+    assert!(ok, "{err}");
+    let vip_id = serde_json::from_str::<Value>(&out).unwrap()["id"]
+        .as_u64()
+        .unwrap() as u32;
+    let (ok, out, err) = cli(
+        &lab,
+        &["backend", "add", "api", &be, "--port", "80", "--json"],
+    );
+    assert!(ok, "{err}");
+    let be_id = serde_json::from_str::<Value>(&out).unwrap()["id"]
+        .as_u64()
+        .unwrap() as u32;
+
+    let s = status(&lab);
+    let api = s["vips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "api")
+        .unwrap();
+    assert_eq!(api["forwarding"], "nat", "{api}");
+    assert_eq!(
+        api["snat_address"],
+        lab.lb.addr.to_string(),
+        "the primary address: {api}"
+    );
+    assert_eq!(api["backends"][0]["port"], 80, "{api}");
+
+    // The datapath's NAT maps hold the node's defaults.
+    let nat: foobar_common::NatVip = pinned_array(&lab, "NAT_VIPS", vip_id);
+    assert_eq!(nat.snat_addr_be, u32::from(lab.lb.addr).to_be());
+    assert_eq!((nat.port_min, nat.port_max), (1024, 32767));
+    assert_eq!((nat.tcp_idle_s, nat.udp_idle_s, nat.linger_s), (300, 30, 2));
+    let port: u16 = pinned_array(&lab, "NAT_BACKEND_PORTS", be_id);
+    assert_eq!(u16::from_be(port), 80);
+
+    // A plain backend answers on its port 80 for the VIP's 8080.
+    let body = lab
+        .exec(
+            &lab.client.ns,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                &format!("http://{api_vip}:8080/"),
+            ],
+        )
+        .unwrap();
+    assert_eq!(body.trim(), lab.backends[0].name, "served through NAT");
+
+    // Refusals, each saying what to do; nothing changes.
+    let (ok, _, err) = cli(
+        &lab,
+        &[
+            "vip",
+            "add",
+            "api2",
+            "10.201.0.102",
+            "80",
+            "--forwarding",
+            "nat",
+            "--snat-address",
+            "10.201.0.77",
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("`ip addr add 10.201.0.77/24 dev eth0`"),
+        "{err}"
+    );
+    let (ok, _, err) = cli(
+        &lab,
+        &[
+            "vip",
+            "add",
+            "api3",
+            "10.201.0.103",
+            "80",
+            "--snat-address",
+            "10.201.0.2",
+            "--forwarding",
+            "dsr",
+        ],
+    );
+    assert!(!ok);
+    assert!(err.contains("only a VIP with forwarding nat"), "{err}");
+    let (ok, _, err) = cli(&lab, &["backend", "add", "web", &be, "--port", "8080"]);
+    assert!(!ok);
+    assert!(err.contains("a backend port needs forwarding nat"), "{err}");
+    let names: Vec<String> = status(&lab)["vips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["web", "api"]);
+}

@@ -27,6 +27,7 @@ const CONFIG: &str = r#"
     name = "web"
     address = "192.0.2.10"
     port = 80
+    forwarding = "dsr"
     [[vip.backend]]
     address = "10.0.0.11"
     [[vip.backend]]
@@ -38,6 +39,7 @@ const CONFIG: &str = r#"
     name = "udp-any"
     address = "192.0.2.20"
     port = 0
+    forwarding = "dsr"
     protocol = "udp"
     [[vip.backend]]
     address = "10.0.0.21"
@@ -46,6 +48,7 @@ const CONFIG: &str = r#"
     name = "empty"
     address = "192.0.2.30"
     port = 80
+    forwarding = "dsr"
     [[vip.backend]]
     address = "10.0.0.31"
 "#;
@@ -479,6 +482,7 @@ fn weighted_round_robin_interleaves_new_flows() {
         name = "web"
         address = "192.0.2.10"
         port = 80
+        forwarding = "dsr"
         [[vip.backend]]
         address = "10.0.0.11"
         weight = 3
@@ -853,6 +857,7 @@ fn vlan_vips_serve_their_vlan_only_and_closed_ports_can_pass() {
         name = "tagged"
         address = "192.0.2.40"
         port = 80
+        forwarding = "dsr"
         vlan = 100
         closed_ports = "pass"
         [[vip.backend]]

@@ -55,6 +55,7 @@ const VIPS: &str = r#"
     name = "dsr"
     address = "192.0.2.60"
     port = 80
+    forwarding = "dsr"
     [[vip.backend]]
     address = "10.0.0.61"
 "#;
@@ -109,7 +110,7 @@ fn the_plan_carries_mode_snat_address_and_backend_port() {
     assert_eq!(web.service.forward_mode, FWD_NAT);
     let nat = plan.nat_vips[&web.service.vip_id];
     assert_eq!(nat.snat_addr_be, u32::from_ne_bytes(SNAT));
-    assert_eq!((nat.port_min, nat.port_max), (20000, 59999));
+    assert_eq!((nat.port_min, nat.port_max), (1024, 32767));
     assert_eq!((nat.tcp_idle_s, nat.udp_idle_s, nat.linger_s), (300, 30, 2));
     assert_eq!(plan.backend_ports[&web.backend_ids[0]], 8080u16.to_be());
     let dsr = plan.vips.iter().find(|v| v.name == "dsr").expect("dsr");
@@ -193,7 +194,7 @@ fn tcp_forward_and_reply_are_translated_byte_exact() {
     let syn = Spec::default();
     let out = tx(&mut dp, &syn.build(), "SYN");
     let port = source_port(&out);
-    assert!((20000..=59999).contains(&port), "SNAT port {port} in range");
+    assert!((1024..=32767).contains(&port), "SNAT port {port} in range");
     assert_eq!(out, translated(&syn, 11, 8080, port), "SYN translated");
 
     // The state holds what the reverse path needs.
@@ -468,7 +469,7 @@ fn ten_thousand_client_ports_get_distinct_snat_ports() {
         };
         let out = tx(&mut dp, &syn.build(), "SYN");
         let port = source_port(&out);
-        assert!((20000..=59999).contains(&port));
+        assert!((1024..=32767).contains(&port));
         assert!(ports.insert(port), "SNAT port {port} handed out twice");
     }
     assert_eq!(dp.nat_reverse().expect("NAT_REVERSE").len(), 10_000);

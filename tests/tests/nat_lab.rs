@@ -18,6 +18,11 @@ use foobar_tests::lab::{self, Lab, LabOptions, LB_IFACE, VIP};
 const SNAT: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 5);
 
 fn nat_lab() -> Lab {
+    nat_lab_with("")
+}
+
+/// `nat_lab()` with more `[datapath]` keys (`extra`: TOML lines).
+fn nat_lab_with(extra: &str) -> Lab {
     let mut lab = Lab::start(&LabOptions {
         plain_backends: true,
         ..LabOptions::default()
@@ -41,7 +46,7 @@ fn nat_lab() -> Lab {
         .config()
         .replace(
             "[datapath]\n",
-            &format!("[datapath]\nsnat_address = \"{SNAT}\"\n"),
+            &format!("[datapath]\nsnat_address = \"{SNAT}\"\n{extra}"),
         )
         .replace("forwarding = \"dsr\"", "forwarding = \"nat\"");
     lab.start_foobar(&lab::foobar_bin().unwrap(), &config)
@@ -173,4 +178,116 @@ fn ten_thousand_concurrent_connections_from_one_client_address() {
     .expect("client thread");
     assert_eq!(result, Ok(N), "every connection answered");
     assert_eq!(reason(&lab, "drop_nat_ports_exhausted"), 0);
+}
+
+/// Entries of a map the daemon pinned (the test reads the live datapath's
+/// NAT tables through the pins, as `bpftool map dump pinned` would).
+fn pinned_entries<V: aya::Pod>(lab: &Lab, map: &str) -> usize {
+    let path = lab
+        .pin_root
+        .join(LB_IFACE)
+        .join(foobar::datapath::pin::layout_name())
+        .join(map);
+    let data =
+        aya::maps::MapData::from_pin(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let table =
+        aya::maps::HashMap::<_, foobar_common::FlowKey, V>::try_from(aya::maps::Map::HashMap(data))
+            .expect("a hash map");
+    table.keys().take(100_000).filter(|k| k.is_ok()).count()
+}
+
+/// The value of a metric sample line `name` (labels included) served on
+/// the LB node.
+fn metric(lab: &Lab, name: &str) -> u64 {
+    let text = lab
+        .exec(
+            &lab.lb.ns,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                "http://127.0.0.1:9183/metrics",
+            ],
+        )
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in the metrics:\n{text}"))
+}
+
+/// Ended NAT state is removed by the daemon's garbage collection: the
+/// datapath only treats an ended state as absent, so the states of closed
+/// connections (1 s linger) and of an idle open one (3 s TCP idle) stay in
+/// NAT_FLOWS until the daemon, every 5 s, deletes them and their reverse
+/// entries, and counts them in `foobar_nat_gc_removed_total`.
+#[test]
+fn the_daemon_removes_ended_nat_state() {
+    let lab = nat_lab_with("nat_linger = \"1s\"\nnat_tcp_idle = \"3s\"\n");
+    use foobar_common::{NatFlow, NatReverse};
+    // One connection held open (idle after one request), then 20 closed.
+    let path = format!("/var/run/netns/{}", lab.client.ns);
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let mut s =
+            TcpStream::connect_timeout(&SocketAddr::from((VIP, 80)), Duration::from_secs(5))
+                .unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: lab\r\n\r\n").unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).unwrap();
+        held_tx.send(buf[..n].starts_with(b"HTTP/1.1 200")).unwrap();
+        // Kept open (idle) until the test is done with it.
+        let _ = release_rx.recv_timeout(Duration::from_secs(60));
+    });
+    assert_eq!(held_rx.recv_timeout(Duration::from_secs(10)), Ok(true));
+    const N: usize = 20;
+    let out = lab
+        .output(
+            &lab.client.ns,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "30",
+                "-H",
+                "Connection: close",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}\n",
+                &format!("http://{VIP}/?[1-{N}]"),
+            ],
+        )
+        .unwrap();
+    let codes = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(codes.lines().filter(|l| *l == "200").count(), N, "{codes}");
+    // Right after the requests every state is still there: the linger has
+    // not passed, and the datapath deletes no state of its own.
+    let states = pinned_entries::<NatFlow>(&lab, "NAT_FLOWS");
+    assert_eq!(states, N + 1, "one state per connection");
+    assert_eq!(pinned_entries::<NatReverse>(&lab, "NAT_REVERSE"), N + 1);
+
+    // Within the linger, the idle timeout, the clock slack (1 s) and two
+    // collection periods (5 s), with scheduling slack: every state is gone.
+    lab::wait_for("the NAT tables are empty", Duration::from_secs(25), || {
+        Ok(pinned_entries::<NatFlow>(&lab, "NAT_FLOWS") == 0
+            && pinned_entries::<NatReverse>(&lab, "NAT_REVERSE") == 0)
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.foobar_log()));
+    let removed = "foobar_nat_gc_removed_total{table=\"state\"}";
+    lab::wait_for(
+        "the daemon counts what it removed",
+        Duration::from_secs(10),
+        || Ok(metric(&lab, removed) > N as u64 && metric(&lab, "foobar_nat_states") == 0),
+    )
+    .unwrap();
+    assert_eq!(metric(&lab, removed), N as u64 + 1);
+    // Closing the held connection now (its state gone) is the client's
+    // business: the datapath makes new state for its FIN, or passes it.
+    let _ = release_tx.send(());
+    holder.join().unwrap();
 }

@@ -137,3 +137,84 @@ fn check_validates_without_root() {
     );
     assert!(ok, "{err}");
 }
+
+/// An SNAT address the interface does not have is refused at start (exit
+/// code 5, nothing attached) and on reload (exit code 5, nothing changed),
+/// with the `ip addr add` that fixes it.
+#[test]
+fn an_snat_address_off_the_interface_is_refused_with_the_command_that_adds_it() {
+    let mut lab = lab();
+    let bin = lab::foobar_bin().unwrap();
+    let base = lab.config();
+    let nat = |snat: &str| {
+        base.clone()
+            .replace(
+                "[datapath]\n",
+                &format!("[datapath]\nsnat_address = \"{snat}\"\n"),
+            )
+            .replace("forwarding = \"dsr\"", "forwarding = \"nat\"")
+    };
+    let bad = lab.dir.join("snat-bad.toml");
+    std::fs::write(&bad, nat("10.201.0.77")).unwrap();
+    let out = lab
+        .output(
+            &lab.lb.ns,
+            &[
+                bin.to_str().unwrap(),
+                "run",
+                "--config",
+                bad.to_str().unwrap(),
+            ],
+        )
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(
+        err.contains("datapath.snat_address: SNAT address 10.201.0.77 is not an address of eth0"),
+        "{err}"
+    );
+    assert!(
+        err.contains("`ip addr add 10.201.0.77/24 dev eth0`"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&lab.lb.addr.to_string()),
+        "names what it has: {err}"
+    );
+    assert!(!lab.xdp_attached().unwrap(), "nothing attached");
+
+    // The LB's own address is on the interface: it starts. A reload to a
+    // missing address is refused the same way and changes nothing.
+    let good = nat(&lab.lb.addr.to_string());
+    lab.start_foobar(&bin, &good).unwrap();
+    let conf = lab.dir.join("foobar.toml");
+    std::fs::write(&conf, nat("10.201.0.78")).unwrap();
+    let out = lab.foobar_cli(&bin, &["reload"]).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(
+        err.contains("`ip addr add 10.201.0.78/24 dev eth0`"),
+        "{err}"
+    );
+    // After `ip addr add`, the same reload applies.
+    lab::run(&[
+        "ip",
+        "-n",
+        &lab.lb.ns,
+        "addr",
+        "add",
+        "10.201.0.78/24",
+        "dev",
+        LB_IFACE,
+    ])
+    .unwrap();
+    let out = lab.foobar_cli(&bin, &["reload"]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = lab.foobar_cli(&bin, &["status", "--json"]).unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["vips"][0]["snat_address"], "10.201.0.78", "{status}");
+}

@@ -446,7 +446,7 @@ fn a_second_load_adopts_the_pinned_maps() {
         let pins = PinDir::new(&root, "test0");
         let opts = LoadOptions::default();
         let config = foobar::config::parse(
-            "[[vip]]\nname = \"web\"\naddress = \"192.0.2.10\"\nport = 80\n\
+            "[[vip]]\nname = \"web\"\naddress = \"192.0.2.10\"\nport = 80\nforwarding = \"dsr\"\n\
              [[vip.backend]]\naddress = \"10.0.0.11\"\n[[vip.backend]]\naddress = \"10.0.0.12\"\n",
         )
         .unwrap();

@@ -33,7 +33,7 @@ fn pin_to_one_cpu() {
 /// A VIP 192.0.2.10:80 with `backends` (10.0.0.x) in the given order.
 fn config_text(scheduler: &str, backends: &[u8], extra: &str) -> String {
     let mut t = format!(
-        "[[vip]]\nname = \"web\"\naddress = \"192.0.2.10\"\nport = 80\nscheduler = \"{scheduler}\"\n{extra}\n"
+        "[[vip]]\nname = \"web\"\naddress = \"192.0.2.10\"\nport = 80\nforwarding = \"dsr\"\nscheduler = \"{scheduler}\"\n{extra}\n"
     );
     for b in backends {
         t.push_str(&format!("[[vip.backend]]\naddress = \"10.0.0.{b}\"\n"));

@@ -47,6 +47,7 @@ const CONFIG: &str = r#"
     name = "web"
     address = "192.0.2.10"
     port = 80
+    forwarding = "dsr"
     [[vip.backend]]
     address = "10.0.0.11"
 "#;

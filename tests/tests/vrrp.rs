@@ -305,7 +305,7 @@ fn the_daemon_runs_vrrp_from_its_config_and_resigns_on_sigterm() {
     .unwrap_or_else(|e| panic!("{e:#}\n{}", keepalived_log(&lab)));
 
     let config = format!(
-        "{}\n[[vip]]\nname = \"ha\"\naddress = \"{VVIP}\"\nport = 80\n\
+        "{}\n[[vip]]\nname = \"ha\"\naddress = \"{VVIP}\"\nport = 80\nforwarding = \"dsr\"\n\
          [[vip.backend]]\naddress = \"{}\"\n\n\
          [[vrrp]]\nvrid = {VRID}\npriority = 200\nadvert_interval_ms = 1000\nvips = [\"ha\"]\n",
         lab.config(),
@@ -379,7 +379,7 @@ fn a_crashed_master_is_replaced_in_time_and_preempts_on_return() {
     )
     .unwrap_or_else(|e| panic!("{e:#}\n{:?}", peer.status()));
     let config = format!(
-        "{}\n[[vip]]\nname = \"ha\"\naddress = \"{VVIP}\"\nport = 80\n\
+        "{}\n[[vip]]\nname = \"ha\"\naddress = \"{VVIP}\"\nport = 80\nforwarding = \"dsr\"\n\
          [[vip.backend]]\naddress = \"{}\"\n\n\
          [[vrrp]]\nvrid = {VRID}\npriority = 200\nvips = [\"ha\"]\n",
         lab.config(),
@@ -437,7 +437,7 @@ fn a_crashed_master_is_replaced_in_time_and_preempts_on_return() {
 /// checked fast, and `extra` lines in its `[[vrrp]]` instance.
 fn ha_config(lab: &Lab, vrrp: &str) -> String {
     let mut text = format!(
-        "{}\n[[vip]]\nname = \"ha\"\naddress = \"{VVIP}\"\nport = 80\n\
+        "{}\n[[vip]]\nname = \"ha\"\naddress = \"{VVIP}\"\nport = 80\nforwarding = \"dsr\"\n\
          [vip.health]\ncheck = \"http\"\nhttp_path = \"/\"\ninterval_ms = 200\n\
          timeout_ms = 150\nrise = 2\nfall = 2\n",
         lab.config()

@@ -486,3 +486,44 @@ fn the_client_refuses_a_server_that_is_not_root() {
     assert_eq!(wait_exit(pid), 0);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn nat_fields_travel_typed_and_are_optional() {
+    let vip = |forwarding| Request::VipAdd {
+        name: "api".into(),
+        address: "10.0.0.101".parse().unwrap(),
+        port: 8080,
+        protocol: crate::config::Protocol::Tcp,
+        scheduler: crate::config::Scheduler::RoundRobin,
+        forwarding,
+        maglev_table_size: None,
+        persistence_timeout_s: None,
+        health: None,
+        snat_address: Some("10.0.0.5".parse().unwrap()),
+    };
+    let add = vip(crate::config::Forwarding::Nat);
+    assert_eq!(add.validate(), Ok(()));
+    let line = add.encode();
+    assert!(line.contains(r#""snat_address":"10.0.0.5""#), "{line}");
+    assert_eq!(Request::decode(line.as_bytes()), Ok(add));
+    // Without the new fields: as before (an older client's request).
+    let old = br#"{"v":1,"op":"backend_add","vip":"web","address":"10.0.0.11"}"#;
+    match Request::decode(old).unwrap() {
+        Request::BackendAdd { port, weight, .. } => assert_eq!((port, weight), (None, 1)),
+        other => panic!("{other:?}"),
+    }
+    let ported = br#"{"v":1,"op":"backend_add","vip":"api","address":"10.0.0.11","port":8443}"#;
+    assert!(matches!(
+        Request::decode(ported).unwrap(),
+        Request::BackendAdd {
+            port: Some(8443),
+            ..
+        }
+    ));
+    // An SNAT address is for nat VIPs only, and must be a unicast source.
+    let dsr = vip(crate::config::Forwarding::Dsr);
+    assert!(dsr
+        .validate()
+        .unwrap_err()
+        .contains("only a VIP with forwarding nat"));
+}

@@ -38,6 +38,11 @@ pub enum Request {
         /// Health check of the VIP's backends; None: the default (TCP).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         health: Option<HealthSpec>,
+        /// `nat` only: the VIP's SNAT address (an address of the LB's
+        /// interface); None: the node's (`[datapath] snat_address`, else
+        /// the interface's primary address).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        snat_address: Option<Ipv4Addr>,
     },
     VipRemove {
         name: String,
@@ -47,6 +52,10 @@ pub enum Request {
         address: Ipv4Addr,
         #[serde(default = "default_weight")]
         weight: u32,
+        /// `nat` VIPs only: the port the backend serves on; None: the port
+        /// the client asked for.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<u16>,
     },
     BackendRemove {
         vip: String,
@@ -87,7 +96,7 @@ fn default_scheduler() -> Scheduler {
     Scheduler::RoundRobin
 }
 fn default_forwarding() -> Forwarding {
-    Forwarding::Dsr
+    Forwarding::Nat
 }
 fn default_weight() -> u32 {
     1
@@ -175,13 +184,27 @@ impl Request {
                     "weight {weight} is out of range 0..={MAX_WEIGHT} (0 takes no new flows)"
                 ))
             }
+            Request::BackendAdd { port: Some(0), .. } => {
+                Err("backend port 0: give the port the backend serves on (1..=65535)".into())
+            }
             Request::VipAdd {
                 scheduler,
+                forwarding,
                 maglev_table_size,
                 persistence_timeout_s,
                 health,
+                snat_address,
                 ..
             } => {
+                if let Some(a) = snat_address {
+                    if *forwarding != Forwarding::Nat {
+                        return Err(format!(
+                            "SNAT address {a}: only a VIP with forwarding nat translates \
+                             sources; add --forwarding nat or leave --snat-address out"
+                        ));
+                    }
+                    crate::config::nat::snat_address(&a.to_string())?;
+                }
                 if let Some(n) = maglev_table_size {
                     if *scheduler != Scheduler::Maglev {
                         return Err(format!(
@@ -416,6 +439,7 @@ mod tests {
             maglev_table_size: None,
             persistence_timeout_s: None,
             health,
+            snat_address: None,
         };
         let good = crate::config::HealthSpec::default();
         assert!(vip(Some(good.clone())).validate().is_ok());

@@ -29,6 +29,10 @@ pub enum BackendCmd {
         /// 0..=256; 0 takes no new flows.
         #[arg(long, default_value = "1", value_parser = args::weight)]
         weight: u32,
+        /// A nat VIP's backend only: the port it serves on (default: the
+        /// port the client asked for). Example: --port 8080
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        port: Option<u16>,
     },
     /// Remove a backend: no new flows; established flows finish on it.
     /// Refused for the VIP's last backend that takes new flows, unless
@@ -83,13 +87,17 @@ pub fn backend(socket: &Path, cmd: BackendCmd) -> anyhow::Result<()> {
     let Target { vip, address, .. } = cmd.target();
     let (vip, address) = (vip.clone(), *address);
     let (request, line) = match cmd {
-        BackendCmd::Add { weight, .. } => (
+        BackendCmd::Add { weight, port, .. } => (
             Request::BackendAdd {
                 vip: vip.clone(),
                 address,
                 weight,
+                port,
             },
-            format!("backend {address} added to VIP {vip} (weight {weight})"),
+            match port {
+                Some(p) => format!("backend {address}:{p} added to VIP {vip} (weight {weight})"),
+                None => format!("backend {address} added to VIP {vip} (weight {weight})"),
+            },
         ),
         BackendCmd::Remove { force, .. } => {
             let request = Request::BackendRemove {

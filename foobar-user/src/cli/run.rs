@@ -17,7 +17,7 @@ use crate::{
     config::{self, Config},
     daemon::{self, Owner, NEIGH_TIMEOUT},
     datapath::{AttachMode, Datapath, LoadOptions, PinDir, Stats, DEFAULT_PIN_ROOT},
-    metrics, neigh,
+    metrics, neigh, snat,
     state::{SavedVip, State},
     state_file,
 };
@@ -63,7 +63,7 @@ pub fn run(
         "foobar starting"
     );
     // The same entry point as `foobar check`: what one accepts, so does the other.
-    let (config, text) = loaded?;
+    let (mut config, text) = loaded?;
     let iface = args
         .iface
         .clone()
@@ -81,13 +81,24 @@ pub fn run(
     prepare_state_dir(&state_file);
     info!(file = %state_file.display(), "state file");
     let digest = daemon::config_digest(&text);
-    // Never fails: a bad state file is kept aside and the config used.
-    let (saved, _) = state_file::restore(&config, &state_file, &digest);
-
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    // NAT VIPs without an SNAT address get the interface's primary one;
+    // every SNAT address in use must be on the interface.
+    let addrs = runtime.block_on(snat::read(ifindex, &iface))?;
+    let invalid = |problems| config::ConfigError {
+        file: args.config.clone(),
+        problems,
+    };
+    snat::fill_default(&mut config, &addrs).map_err(|p| invalid(vec![p]))?;
+    // Never fails: a bad state file is kept aside and the config used.
+    let (saved, _) = state_file::restore(&config, &state_file, &digest);
+    let problems = addrs.problems(&snat::uses(&config, &saved));
+    if !problems.is_empty() {
+        return Err(invalid(problems).into());
+    }
     let pins = PinDir::new(&args.pin_root, &iface);
     let result = runtime.block_on(serve(
         config,

@@ -29,11 +29,18 @@ pub enum VipCmd {
         /// (weighted least-connections).
         #[arg(long, default_value = "rr", value_parser = args::scheduler)]
         scheduler: Scheduler,
-        /// How packets reach the backends: dsr (L2 direct server return) or
-        /// ipip (IPv4-in-IPv4 tunnel; needs a daemon started with
-        /// datapath.ipip_source).
-        #[arg(long, default_value = "dsr", value_parser = args::forwarding)]
+        /// How packets reach the backends: nat (full NAT: backends
+        /// unmodified, replies back through the LB), dsr (L2 direct server
+        /// return) or ipip (IPv4-in-IPv4 tunnel; needs a daemon started
+        /// with datapath.ipip_source).
+        #[arg(long, default_value = "nat", value_parser = args::forwarding)]
         forwarding: Forwarding,
+        /// With --forwarding nat: the source address of translated packets,
+        /// an address of the LB's interface (default: the node's
+        /// [datapath] snat_address, else the interface's primary address).
+        /// Example: --snat-address 10.0.0.5
+        #[arg(long, value_parser = args::ipv4)]
+        snat_address: Option<Ipv4Addr>,
         /// Slots of the Maglev table, a prime (default 65537); with
         /// --scheduler maglev. Example: --maglev-table-size 251
         #[arg(long, value_parser = args::maglev_table_size)]
@@ -90,6 +97,7 @@ pub fn vip(socket: &Path, cmd: VipCmd) -> anyhow::Result<()> {
             maglev_table_size,
             persistence,
             health,
+            snat_address,
             json,
         } => {
             let health = health.spec().map_err(super::exit::UsageError)?;
@@ -104,6 +112,7 @@ pub fn vip(socket: &Path, cmd: VipCmd) -> anyhow::Result<()> {
                 maglev_table_size,
                 persistence_timeout_s: persistence,
                 health,
+                snat_address,
             };
             super::change(socket, request, json, line)
         }

@@ -8,8 +8,12 @@ use serde::{Deserialize, Serialize};
 
 use super::{parse_duration_s, validate::Problems, Forwarding, RawDatapath, Vip};
 
-/// SNAT port range of `snat_ports` when the key is absent.
-pub const DEFAULT_SNAT_PORTS: (u16, u16) = (20000, 59999);
+/// SNAT port range of `snat_ports` when the key is absent: below Linux's
+/// default ephemeral range (`net.ipv4.ip_local_port_range`, 32768-60999),
+/// so that with the default SNAT address, the interface's primary one, the
+/// node's own connections to a backend (health checks) never take the
+/// 5-tuple of a NAT flow.
+pub const DEFAULT_SNAT_PORTS: (u16, u16) = (1024, 32767);
 /// Lowest port `snat_ports` may use: ports below are the node's services'.
 pub const SNAT_PORT_MIN: u16 = 1024;
 
@@ -122,7 +126,7 @@ pub(super) fn validate_defaults(raw: &RawDatapath, p: &mut Problems) -> Option<N
 }
 
 /// An SNAT address: a unicast IPv4 address.
-pub(super) fn snat_address(text: &str) -> Result<Ipv4Addr, String> {
+pub fn snat_address(text: &str) -> Result<Ipv4Addr, String> {
     let a: Ipv4Addr = text
         .parse()
         .map_err(|_| format!("\"{text}\" is not an IPv4 address"))?;
@@ -135,28 +139,23 @@ pub(super) fn snat_address(text: &str) -> Result<Ipv4Addr, String> {
 }
 
 /// Gives every NAT VIP of the file its settings: its own `snat_address`
-/// (already in `vip.nat`) or the node's, with the node's ports and timeouts.
-pub(super) fn resolve(vips: &mut [Vip], keys: &[String], defaults: &NatDefaults, p: &mut Problems) {
-    for (vip, key) in vips.iter_mut().zip(keys) {
+/// (already in `vip.nat`) or the node's, with the node's ports and
+/// timeouts. Without either the address stays unspecified: `foobar run`
+/// (and `reload`) give it the interface's primary IPv4 address
+/// (`snat::fill_default`), which only the running node knows.
+pub(super) fn resolve(vips: &mut [Vip], defaults: &NatDefaults) {
+    for vip in vips.iter_mut() {
         if vip.forwarding != Forwarding::Nat {
             continue;
         }
         let own = vip.nat.map(|n| n.snat_address);
         let address = own
             .filter(|a| !a.is_unspecified())
-            .or(defaults.snat_address);
-        match address {
-            Some(a) => {
-                vip.nat = Some(NatSettings {
-                    snat_address: a,
-                    ..defaults.settings
-                })
-            }
-            None => p.add(
-                format!("{key}.snat_address"),
-                "missing; a nat VIP needs an SNAT address: set it here or as \
-                 [datapath] snat_address (an address of the LB's interface)",
-            ),
-        }
+            .or(defaults.snat_address)
+            .unwrap_or(Ipv4Addr::UNSPECIFIED);
+        vip.nat = Some(NatSettings {
+            snat_address: address,
+            ..defaults.settings
+        });
     }
 }

@@ -48,7 +48,10 @@ fn good_config_parses_with_defaults() {
     assert_eq!(web.address, Ipv4Addr::new(192, 0, 2, 10));
     assert_eq!(web.protocol, Protocol::Tcp);
     assert_eq!(web.scheduler, Scheduler::RoundRobin);
-    assert_eq!(web.forwarding, Forwarding::Dsr);
+    // nat is the default; its SNAT address is the interface's primary,
+    // which only `foobar run` knows (unspecified until then).
+    assert_eq!(web.forwarding, Forwarding::Nat);
+    assert!(web.nat.is_some_and(|n| n.snat_address.is_unspecified()));
     assert_eq!(web.backends[0].weight, 1);
     assert_eq!(web.backends[1].weight, 3);
     assert_eq!(c.vips[1].port, 0);
@@ -744,8 +747,14 @@ fn run_accepts_every_config_check_accepts() {
         .replace("\"web\"", &format!("\"{}\"", "a.b_c-D9".repeat(8))),
         many,
     ];
+    // `foobar run` resolves nat VIPs' SNAT address on its interface first.
+    let eth0 = crate::snat::IfaceAddrs {
+        iface: "eth0".into(),
+        addrs: vec![(Ipv4Addr::new(10, 0, 0, 2), 24, true)],
+    };
     for text in &corpus {
-        let config = parse(text).unwrap_or_else(|p| panic!("{p:?}\n{text}"));
+        let mut config = parse(text).unwrap_or_else(|p| panic!("{p:?}\n{text}"));
+        crate::snat::fill_default(&mut config, &eth0).unwrap();
         let saved = crate::state::saved_from_config(&config);
         let macs = config
             .vips
@@ -762,7 +771,7 @@ fn run_accepts_every_config_check_accepts() {
 #[test]
 fn runtime_operations_apply_the_same_rules() {
     use crate::state::{Admin, BackendSpec, State, StateError, VipSpec};
-    let config = parse(&one_vip("", "address = \"10.0.0.11\"")).unwrap();
+    let config = parse(&one_vip("forwarding = \"dsr\"", "address = \"10.0.0.11\"")).unwrap();
     let spec = VipSpec::from_config(&config.vips[0]);
     let mut state = State::default();
     for bad in ["my web", "web\n", "a\"b", "\u{1b}[2J", ""] {
@@ -883,7 +892,11 @@ fn a_backend_address_is_on_one_vlan_only() {
 #[test]
 fn backend_add_keeps_an_address_on_one_vlan() {
     use crate::state::{Admin, BackendSpec, State, StateError, VipSpec};
-    let config = parse(&one_vip("vlan = 100", "address = \"10.0.0.11\"")).unwrap();
+    let config = parse(&one_vip(
+        "vlan = 100\nforwarding = \"dsr\"",
+        "address = \"10.0.0.11\"",
+    ))
+    .unwrap();
     let web100 = VipSpec {
         name: "web100".into(),
         ..VipSpec::from_config(&config.vips[0])
@@ -1114,6 +1127,7 @@ fn nat_vips_get_their_own_or_the_node_snat_address_and_the_node_settings() {
         name = "dsr"
         address = "192.0.2.12"
         port = 80
+        forwarding = "dsr"
         [[vip.backend]]
         address = "10.0.0.13"
     "#;
@@ -1140,7 +1154,7 @@ fn nat_vips_get_their_own_or_the_node_snat_address_and_the_node_settings() {
     // The defaults, documented in examples/foobar.toml and docs/NAT.md.
     let d = parse("").expect("valid").datapath.nat;
     assert_eq!(d.snat_address, None);
-    assert_eq!((d.settings.port_min, d.settings.port_max), (20000, 59999));
+    assert_eq!((d.settings.port_min, d.settings.port_max), (1024, 32767));
     assert_eq!(
         (
             d.settings.tcp_idle_s,
@@ -1159,18 +1173,22 @@ fn nat_keys_are_refused_where_they_cannot_work() {
              [[vip.backend]]\naddress = \"10.0.0.11\"\n{backend}\n"
         )
     };
-    // A nat VIP without any SNAT address.
-    assert_eq!(
-        keys(&vip("forwarding = \"nat\"", "")),
-        vec!["vip[0].snat_address"]
-    );
+    // A nat VIP without any SNAT address is valid: `foobar run` gives it
+    // the interface's primary address.
+    let c = parse(&vip("", "")).expect("valid");
+    assert!(c.vips[0]
+        .nat
+        .is_some_and(|n| n.snat_address.is_unspecified()));
     // An SNAT address or a backend port on a DSR VIP.
     assert_eq!(
-        keys(&vip("snat_address = \"10.0.0.1\"", "")),
+        keys(&vip(
+            "forwarding = \"dsr\"\nsnat_address = \"10.0.0.1\"",
+            ""
+        )),
         vec!["vip[0].snat_address"]
     );
     assert_eq!(
-        keys(&vip("", "port = 8080")),
+        keys(&vip("forwarding = \"dsr\"", "port = 8080")),
         vec!["vip[0].backend[0].port"]
     );
     assert_eq!(

@@ -91,11 +91,9 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
     // Backend address -> (VLAN, name) of the first VIP it backs.
     let mut segments = std::collections::HashMap::new();
     let mut vips = Vec::new();
-    let mut vip_keys = Vec::new();
     for (i, raw_vip) in raw.vips.iter().enumerate() {
         let key = format!("vip[{i}]");
         if let Some(vip) = validate_vip(&key, raw_vip, Origin::File, &mut p) {
-            vip_keys.push(key.clone());
             if !names.insert(vip.name.clone()) {
                 p.add(
                     format!("{key}.name"),
@@ -157,7 +155,7 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
         }
     }
     if let Some(d) = &datapath {
-        super::nat::resolve(&mut vips, &vip_keys, &d.nat, &mut p);
+        super::nat::resolve(&mut vips, &d.nat);
     }
     let (vrrp, vrrp_problems) = super::vrrp::validate(&raw.vrrp, &vips);
     for (key, message) in vrrp_problems {
@@ -397,7 +395,8 @@ fn validate_vip(key: &str, raw: &RawVip, origin: Origin, p: &mut Problems) -> Op
     );
     let forwarding = p.field(
         &format!("{key}.forwarding"),
-        Forwarding::parse(raw.forwarding.as_deref().unwrap_or("dsr")),
+        // nat is the default: backends need nothing (docs/NAT.md).
+        Forwarding::parse(raw.forwarding.as_deref().unwrap_or("nat")),
     );
     // The VIP's own SNAT address; `nat::resolve` adds the node's defaults.
     let own_snat = match raw.snat_address.as_deref() {

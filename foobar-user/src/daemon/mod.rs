@@ -1,6 +1,6 @@
 //! The daemon: one task owns the desired state and the datapath; the API
-//! server, the metrics server, the health checkers, the neighbour watcher
-//! and the flow-table walker send it events. Every change goes through
+//! server, the metrics server, the health checkers, the neighbour watcher,
+//! the flow-table walker and the NAT garbage collector send it events. Every change goes through
 //! `transact`: the new state is saved to the state file, then written to the
 //! maps; if either fails, the old state is restored in both and the request
 //! is refused, so a refused request changes nothing. Nothing slow runs on
@@ -33,6 +33,7 @@ use crate::{
 
 mod events;
 mod flows;
+mod nat_gc;
 mod reconfig;
 mod report;
 mod requests;
@@ -41,6 +42,7 @@ mod tests;
 mod vrrp;
 
 use events::wanted;
+pub use nat_gc::{NatGcTotals, NAT_GC_PERIOD};
 
 /// How long a removed backend's flows may stay idle before its entry is
 /// freed (a flow idle longer than this is rescheduled if it sends again);
@@ -145,6 +147,8 @@ pub struct Owner {
     /// The datapath was loaded with a source-affinity table (a reload may
     /// add a VIP with `persistence` only then).
     affinity_table: bool,
+    /// NAT garbage collection (see `nat_gc`).
+    nat_gc: nat_gc::NatGc,
 }
 
 /// A flow-table walk's result, back from its blocking thread.
@@ -217,6 +221,7 @@ impl Owner {
             config_path: None,
             base: None,
             affinity_table: false,
+            nat_gc: nat_gc::NatGc::new(),
         }
     }
 
@@ -307,6 +312,7 @@ impl Owner {
         tokio::pin!(shutdown);
         let mut rate_tick = tokio::time::interval(RATE_PERIOD);
         let mut scan_tick = tokio::time::interval(self.wlc_period.min(GC_PERIOD));
+        let mut nat_gc_tick = tokio::time::interval(NAT_GC_PERIOD);
         loop {
             tokio::select! {
                 signal = &mut shutdown => return signal,
@@ -322,6 +328,8 @@ impl Owner {
                 Some(done) = self.walk_rx.recv() => self.on_walk(done),
                 _ = rate_tick.tick() => self.sample_rates(),
                 _ = scan_tick.tick() => self.scan_flows(),
+                _ = nat_gc_tick.tick() => self.start_nat_gc(),
+                Some(done) = self.nat_gc.rx.recv() => self.on_nat_gc(done),
             }
             let segments = &mut self.segments;
             let state = &self.state;

@@ -4,6 +4,7 @@ use tracing::{info, warn};
 
 use super::{config_digest, Owner};
 use crate::{
+    api::ErrorKind,
     config::Config,
     state::{Admin, State, StateError},
 };
@@ -16,13 +17,42 @@ impl Owner {
     /// one is logged and listed in the answer). Settings that need a new
     /// datapath (`[datapath]`, `[api]`, `[metrics]`) take effect at the
     /// next restart, which the answer says.
-    pub(super) fn reload(&mut self) -> Result<serde_json::Value, String> {
-        let path = self
-            .config_path
-            .clone()
-            .ok_or("this daemon was started without a config file; nothing to reload")?;
-        let (config, text) = crate::config::load_with_text(&path).map_err(|e| e.to_string())?;
-        let digest = config_digest(&text);
+    pub(super) async fn reload(&mut self) -> Result<serde_json::Value, (ErrorKind, String)> {
+        let refused = |m: String| (ErrorKind::Refused, m);
+        let path = self.config_path.clone().ok_or_else(|| {
+            refused("this daemon was started without a config file; nothing to reload".into())
+        })?;
+        // A config with problems is told apart from a refused change: the
+        // client exits with its own code.
+        let invalid = |e: crate::config::ConfigError| (ErrorKind::ConfigInvalid, e.to_string());
+        let (mut config, text) = crate::config::load_with_text(&path).map_err(invalid)?;
+        let addrs = crate::snat::read(self.ifindex, &self.iface)
+            .await
+            .map_err(|e| refused(format!("{e:#}")))?;
+        let problem = |problems| crate::config::ConfigError {
+            file: path.clone(),
+            problems,
+        };
+        crate::snat::fill_default(&mut config, &addrs).map_err(|p| invalid(problem(vec![p])))?;
+        let problems = addrs.problems(&crate::snat::uses(
+            &config,
+            &crate::state::saved_from_config(&config),
+        ));
+        if !problems.is_empty() {
+            return Err(invalid(problem(problems)));
+        }
+        self.reload_config(path, config, &text)
+    }
+
+    /// The rest of `reload`, once the new config is valid and resolved.
+    fn reload_config(
+        &mut self,
+        path: std::path::PathBuf,
+        config: Config,
+        text: &str,
+    ) -> Result<serde_json::Value, (ErrorKind, String)> {
+        let refused = |m: String| (ErrorKind::Refused, m);
+        let digest = config_digest(text);
         let base = self
             .base
             .as_ref()
@@ -38,13 +68,13 @@ impl Owner {
                 _ => None,
             });
             if let Some(name) = wants {
-                return Err(format!(
+                return Err(refused(format!(
                     "{}: VIP {name}: persistence needs the source-affinity table, which this \
                      daemon started without (no VIP had persistence); nothing was applied: \
                      restart foobar to serve it, or set datapath.affinity_table_size before \
                      the next start",
                     path.display()
-                ));
+                )));
             }
         }
         let restart = self
@@ -69,7 +99,7 @@ impl Owner {
             if let Err(save) = self.save() {
                 warn!(err = %save, "re-saving the state after a refused reload failed");
             }
-            return Err(format!("{}: {e}", path.display()));
+            return Err(refused(format!("{}: {e}", path.display())));
         }
         self.base = Some(config);
         self.follow_checkers(&before);

@@ -28,6 +28,7 @@ impl Owner {
                         let latest = record.as_ref().and_then(|r| r.last.clone());
                         json!({
                             "address": b.spec.address,
+                            "port": b.spec.port,
                             "id": b.id,
                             "active_flows": self.state.active(b.id),
                             "weight": b.spec.weight,
@@ -71,6 +72,7 @@ impl Owner {
                     "protocol": v.spec.protocol.name(),
                     "scheduler": v.spec.scheduler.name(),
                     "forwarding": v.spec.forwarding.name(),
+                    "snat_address": v.spec.nat.map(|n| n.snat_address),
                     "vlan": v.spec.vlan,
                     "packets_per_s": pps,
                     "bytes_per_s": bps,
@@ -157,6 +159,7 @@ impl Owner {
             health_checks_not_run: health::checks_not_run(),
             flow_capacity: u64::from(self.datapath.flow_table_size()),
             vrrp: self.vrrp.as_ref().map(|r| r.statuses()).unwrap_or_default(),
+            nat: self.nat_gc.totals,
             ..Default::default()
         };
         for v in self.state.vips() {

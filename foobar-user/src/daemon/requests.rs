@@ -1,5 +1,7 @@
 //! Control requests: dispatch, and `transact` (save, then apply; roll
 //! back both on failure).
+use std::net::Ipv4Addr;
+
 use serde_json::json;
 use tracing::{debug, info, warn};
 
@@ -122,16 +124,7 @@ impl Owner {
         let refused = |message: String| (ErrorKind::Refused, message);
         match request {
             Request::Status => Ok(self.status()),
-            Request::Reload => {
-                // A config with problems is told apart from a refused
-                // change: the client exits with its own code.
-                if let Some(path) = &self.config_path {
-                    if let Err(e) = crate::config::load(path) {
-                        return Err((ErrorKind::ConfigInvalid, e.to_string()));
-                    }
-                }
-                self.reload().map_err(refused)
-            }
+            Request::Reload => self.reload().await,
             Request::Stats => self.stats_json().map_err(refused),
             Request::VipAdd {
                 name,
@@ -143,6 +136,7 @@ impl Owner {
                 maglev_table_size,
                 persistence_timeout_s,
                 health,
+                snat_address,
             } => {
                 let maglev_table_size =
                     maglev_table_size.unwrap_or(crate::maglev::DEFAULT_TABLE_SIZE);
@@ -160,6 +154,12 @@ impl Owner {
                          this daemon started without; set it in the config and restart foobar"
                     )));
                 }
+                let nat = match forwarding {
+                    crate::config::Forwarding::Nat => {
+                        Some(self.nat_settings(&name, snat_address).await?)
+                    }
+                    _ => None,
+                };
                 let spec = VipSpec {
                     name: name.clone(),
                     address,
@@ -169,7 +169,7 @@ impl Owner {
                     maglev_table_size,
                     affinity_timeout_s: persistence_timeout_s,
                     forwarding,
-                    nat: None,
+                    nat,
                     vlan: None,
                     pass_closed_ports: false,
                     health: health.unwrap_or_default(),
@@ -205,11 +205,12 @@ impl Owner {
                 vip,
                 address,
                 weight,
+                port,
             } => {
                 let spec = BackendSpec {
                     address,
                     weight,
-                    port: None,
+                    port,
                     admin: Admin::Enabled,
                     health: self
                         .state
@@ -292,6 +293,43 @@ impl Owner {
                 Ok(json!({ "vip": vip, "backend": address, "weight": weight }))
             }
         }
+    }
+
+    /// A runtime `nat` VIP's settings: the node's ports and timeouts
+    /// (`[datapath]`), with `snat_address` or the node's SNAT address (the
+    /// configured one, else the interface's primary, resolved at start).
+    /// The address must be on the interface now, as at start.
+    async fn nat_settings(
+        &self,
+        name: &str,
+        snat_address: Option<Ipv4Addr>,
+    ) -> Result<crate::config::NatSettings, (ErrorKind, String)> {
+        let refused = |message: String| (ErrorKind::Refused, message);
+        let defaults = self
+            .base
+            .as_ref()
+            .map(|c| c.datapath.nat)
+            .unwrap_or_default();
+        let address = snat_address.or(defaults.snat_address).ok_or_else(|| {
+            refused(format!(
+                "VIP {name}: forwarding nat needs an SNAT address, and this daemon has none: \
+                 give --snat-address (an address of {}), or set [datapath] snat_address",
+                self.iface
+            ))
+        })?;
+        let addrs = crate::snat::read(self.ifindex, &self.iface)
+            .await
+            .map_err(|e| refused(format!("{e:#}")))?;
+        if !addrs.has(address) {
+            return Err(refused(format!(
+                "VIP {name}: {}",
+                addrs.missing_message(address)
+            )));
+        }
+        Ok(crate::config::NatSettings {
+            snat_address: address,
+            ..defaults.settings
+        })
     }
 
     pub(super) fn max_ids(&self) -> (usize, usize) {

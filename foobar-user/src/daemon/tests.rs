@@ -115,6 +115,7 @@ async fn a_refused_change_leaves_state_file_and_maps_as_they_were() {
                 vip: "big".into(),
                 address: "10.0.0.1".parse().unwrap(),
                 weight: 1,
+                port: None,
             },
             crate::api::Caller::Uid(0),
         )

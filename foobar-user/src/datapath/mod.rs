@@ -27,6 +27,7 @@ use foobar_common::{
 
 pub use flows::{FlowUsage, FlowWalker};
 pub use load::{AttachMode, LoadOptions, PassProgram};
+pub use nat::{nat_state_ended, NatCollector, NatGcReport, NAT_GC_SLACK_NS};
 pub(crate) use pin::mount_bpffs;
 pub use pin::{PinDir, DEFAULT_PIN_ROOT};
 pub use rings::RingWriter;

@@ -61,6 +61,13 @@ pub(crate) fn sample() -> Snapshot {
         flow_capacity: 65536,
         health_checks_not_run: 2,
         vrrp: vec![crate::vrrp::status::tests::status()],
+        nat: crate::daemon::NatGcTotals {
+            states: 5,
+            reverse: 6,
+            states_removed: 7,
+            reverse_removed: 8,
+            runs: 3,
+        },
     }
 }
 
@@ -69,6 +76,10 @@ fn exposition_has_every_family_with_labels() {
     let text = render(&sample());
     for line in [
         "foobar_datapath_packets_total{reason=\"forwarded\"} 10",
+        "foobar_nat_states 5",
+        "foobar_nat_reverse_entries 6",
+        "foobar_nat_gc_removed_total{table=\"state\"} 7",
+        "foobar_nat_gc_removed_total{table=\"reverse\"} 8",
         "foobar_datapath_bytes_total{reason=\"pass_not_vip\"} 300",
         "foobar_vip_packets_total{vip=\"web\"} 10",
         "foobar_backend_bytes_total{vip=\"web\",backend=\"10.0.0.11\"} 1000",
@@ -218,6 +229,9 @@ pub(crate) const FAMILIES: &[(&str, &str)] = &[
     ("foobar_flow_table_entries", "gauge"),
     ("foobar_flow_table_capacity", "gauge"),
     ("foobar_health_checks_not_run", "counter"),
+    ("foobar_nat_states", "gauge"),
+    ("foobar_nat_reverse_entries", "gauge"),
+    ("foobar_nat_gc_removed", "counter"),
     ("foobar_vrrp_state", "gauge"),
     ("foobar_vrrp_priority", "gauge"),
     ("foobar_vrrp_configured_priority", "gauge"),

@@ -200,7 +200,7 @@ fn load_with(scheduler: &str, opts: LoadOptions) -> Result<Datapath> {
         ..opts
     };
     let text = format!(
-        "[[vip]]\nname = \"web\"\naddress = \"192.0.2.10\"\nport = 80\nscheduler = \"{scheduler}\"\n\
+        "[[vip]]\nname = \"web\"\naddress = \"192.0.2.10\"\nport = 80\nforwarding = \"dsr\"\nscheduler = \"{scheduler}\"\n\
          [[vip.backend]]\naddress = \"10.0.0.11\"\n[[vip.backend]]\naddress = \"10.0.0.12\"\n\
          [[vip.backend]]\naddress = \"10.0.0.13\"\n"
     );

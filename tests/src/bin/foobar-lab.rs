@@ -56,8 +56,11 @@ fn main() -> Result<()> {
 }
 
 fn start(foobar: &std::path::Path, backends: usize) -> Result<Lab> {
+    // Plain nginx backends (no VIP on lo, no ARP sysctls): `nat`, the
+    // default mode, needs nothing of them.
     let mut lab = Lab::start(&LabOptions {
         backends,
+        plain_backends: true,
         ..LabOptions::default()
     })?;
     println!(
@@ -72,9 +75,15 @@ fn start(foobar: &std::path::Path, backends: usize) -> Result<Lab> {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    let config = lab.config();
+    // The lab's VIP without `forwarding`: nat, the default, with the LB
+    // node's own address as the SNAT address (no snat_address set).
+    let config = lab.config().replace("forwarding = \"dsr\"\n", "");
     lab.start_foobar(foobar, &config)?;
-    println!("foobar run: attached to {LB_IFACE} of the LB node (native XDP, dsr, round-robin)");
+    println!(
+        "foobar run: attached to {LB_IFACE} of the LB node (native XDP, nat, round-robin; \
+         backends see the LB's {} as the client)",
+        lab.lb.addr
+    );
     Ok(lab)
 }
 
@@ -114,6 +123,23 @@ fn demo(foobar: &std::path::Path, requests: usize, backends: usize) -> Result<()
     }
     let (clean, counters) = lab.stop_foobar()?;
     println!("\nfoobar stopped (SIGTERM); its {counters}");
+    let reason = |name: &str| -> u64 {
+        counters
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!("reason {name} "))?
+                    .split(' ')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    let (to_backends, replies) = (reason("forwarded"), reason("forwarded_reply"));
+    println!(
+        "NAT: {to_backends} packets translated to the backends (forwarded), {replies} replies \
+         translated back to the client (forwarded_reply)"
+    );
     println!(
         "XDP still attached to {LB_IFACE} (pinned; a restart adopts it): {}",
         lab.xdp_attached()?
@@ -123,8 +149,11 @@ fn demo(foobar: &std::path::Path, requests: usize, backends: usize) -> Result<()
     println!("XDP still attached to {LB_IFACE}: {}", lab.xdp_attached()?);
     drop(lab);
     println!("lab removed");
-    if ok != requests || !clean || !detached {
-        bail!("demo failed: {ok} of {requests} requests OK, foobar exited cleanly: {clean}");
+    if ok != requests || !clean || !detached || replies == 0 {
+        bail!(
+            "demo failed: {ok} of {requests} requests OK, foobar exited cleanly: {clean}, \
+             {replies} replies translated"
+        );
     }
     Ok(())
 }
