@@ -8,6 +8,7 @@
 mod clock;
 mod flow;
 mod forward;
+mod frame;
 mod icmp;
 mod ipv4;
 mod maps;
@@ -26,7 +27,7 @@ use forward::Target;
 use parse::Packet;
 use verdict::Verdict;
 
-#[xdp]
+#[xdp(frags)]
 pub fn foobar(ctx: XdpContext) -> u32 {
     match pipeline(&ctx) {
         Ok(action) => action,
@@ -119,12 +120,13 @@ fn send(
     Ok(action)
 }
 
+/// The bytes a counter adds: the whole frame, fragments included.
 #[inline(always)]
 fn frame_len(ctx: &XdpContext) -> u64 {
-    (ctx.data_end() - ctx.data()) as u64
+    frame::len(ctx) as u64
 }
 
-#[xdp]
+#[xdp(frags)]
 pub fn foobar_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }

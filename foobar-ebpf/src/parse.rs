@@ -218,7 +218,8 @@ fn ipv4(ctx: &XdpContext, l3: usize, vlan: u16) -> Result<L3, Verdict> {
     // The mask bounds the L4 offset to l3 + 60 for the verifier as well as
     // reading the 4-bit IHL field.
     let ihl = ((ver_ihl & 0x0f) as usize) * 4;
-    let frame_len = ctx.data_end() - ctx.data();
+    // The whole frame: a jumbo frame's payload may lie in fragments.
+    let frame_len = crate::frame::len(ctx);
     if ihl < size_of::<Ipv4Hdr>() || tot_len < ihl || l3 + tot_len > frame_len {
         return Err(Verdict::pass(Reason::Malformed));
     }

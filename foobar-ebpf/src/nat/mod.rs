@@ -59,7 +59,7 @@ pub fn reply(ctx: &XdpContext, pkt: &Packet) -> Result<Option<u32>, Verdict> {
         (*eth).dst = client_mac;
         (*eth).src = LB_MAC.load();
     }
-    let len = (ctx.data_end() - ctx.data()) as u64;
+    let len = crate::frame::len(ctx) as u64;
     stats::count_reason(Reason::ForwardedReply, len);
     Ok(Some(xdp_action::XDP_TX))
 }
