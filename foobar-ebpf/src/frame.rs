@@ -4,6 +4,8 @@
 //! the linear part only. Every length the datapath compares or counts is
 //! the whole frame's; headers are read from the linear part only (`ptr_at`),
 //! which holds far more than any header on every driver (veth: ~3.5 KB).
+//! The helper costs 5 ns: parse asks it only for a packet that ends
+//! beyond the linear part and passes the length on (`parse::L3::frame_len`).
 use aya_ebpf::{helpers::bpf_xdp_get_buff_len, programs::XdpContext};
 
 /// The whole frame's length: the linear part and every fragment.
