@@ -607,9 +607,12 @@ fn jumbo_story(mode: Mode, xdp_mode: &str) {
         );
     }
     lab.stop_foobar().unwrap();
+    let replies = reply_average
+        .map(|a| format!("; replies {a} bytes per frame"))
+        .unwrap_or_default();
     eprintln!(
-        "jumbo {} ({xdp_mode}): upload {packets} frames, {upload_average} bytes per frame; \
-         nat replies {reply_average:?} bytes per frame; {:.1?} in all",
+        "jumbo {} ({xdp_mode}): upload {packets} frames, {upload_average} bytes per frame{replies}; \
+         {:.1?} in all",
         mode.name(),
         started.elapsed()
     );
