@@ -4,7 +4,9 @@
 //! program in TARGET[0]. MODE[0] says how much to restore (RESTORE_*): the
 //! bench measures each variant with `xdp_tx` as the target and subtracts
 //! exactly that variant. `xdp_tx` is the floor: the least an XDP program
-//! can cost.
+//! can cost. Every program here is frags-aware (`xdp.frags`) like the load
+//! balancer: the kernel lets a program tail-call only programs of its own
+//! kind, so a plain harness could not hold the load balancer in TARGET.
 #![no_std]
 #![no_main]
 
@@ -46,7 +48,7 @@ static MODE: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 static ITERATION: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
-#[xdp]
+#[xdp(frags)]
 pub fn xdp_tx(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
@@ -54,7 +56,7 @@ pub fn xdp_tx(_ctx: XdpContext) -> u32 {
 /// The minimal XDP forwarder: rewrites both MACs to fixed values (one
 /// backend) and sends the frame back out, nothing else. The ceiling for any
 /// XDP balancer's forward, measured beside foobar's paths.
-#[xdp]
+#[xdp(frags)]
 pub fn forwarder(ctx: XdpContext) -> u32 {
     const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
     const BACKEND_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
@@ -74,7 +76,7 @@ pub fn forwarder(ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
 
-#[xdp]
+#[xdp(frags)]
 pub fn harness(ctx: XdpContext) -> u32 {
     let start = ctx.data();
     // The verifier needs this check before any direct packet write below.

@@ -5,6 +5,10 @@
 //! as if it had arrived plain. It decapsulates only packets from an allowed
 //! outer source to a configured local outer destination; everything else
 //! passes untouched. It never drops and never changes the inner packet.
+//! It is frags-aware (`xdp.frags`, multi-buffer), so a backend interface
+//! with a jumbo MTU takes it: lengths are the whole frame's
+//! (bpf_xdp_get_buff_len), headers are read from the linear part only (a
+//! frame whose headers are not there passes, counted MALFORMED).
 #![no_std]
 #![no_main]
 
@@ -12,7 +16,7 @@ use core::mem::size_of;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::bpf_xdp_adjust_head,
+    helpers::{bpf_xdp_adjust_head, bpf_xdp_get_buff_len},
     macros::{map, xdp},
     maps::{lpm_trie::Key, HashMap, LpmTrie, PerCpuArray},
     programs::XdpContext,
@@ -124,7 +128,7 @@ enum Decision {
     Pass(u32),
 }
 
-#[xdp]
+#[xdp(frags)]
 pub fn foobar_decap(ctx: XdpContext) -> u32 {
     let counter = match decide(&ctx) {
         Decision::Pass(reason) => reason,
@@ -257,7 +261,9 @@ fn inner_checked(ctx: &XdpContext, outer_len: usize, tot_len: usize, ethertype: 
     } else {
         (IPV6_HDR_LEN, 6)
     };
-    let frame_len = ctx.data_end() - ctx.data();
+    // The whole frame: a jumbo frame's payload may lie in fragments.
+    // SAFETY: the helper only reads the xdp_buff the context points to.
+    let frame_len = (unsafe { bpf_xdp_get_buff_len(ctx.ctx) }) as usize;
     if tot_len < outer_len + inner_min || ETH_HDR_LEN + tot_len > frame_len {
         return Decision::Pass(MALFORMED);
     }

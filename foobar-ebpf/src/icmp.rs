@@ -11,6 +11,7 @@ use aya_ebpf::{
 use foobar_common::Reason;
 
 use crate::{
+    frame,
     ipv4::{self, Framing, Ipv4Hdr, IPPROTO_ICMP, IPV4_HDR_LEN},
     parse::{ptr_at, EthHdr, LB_MAC},
     verdict::Verdict,
@@ -61,7 +62,9 @@ pub fn frag_needed(ctx: &XdpContext, framing: &Framing, mtu: u32) -> Result<u32,
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(grow as i32)) } != 0 {
         return Err(Verdict::drop(Reason::TooBig));
     }
-    let len = ctx.data_end() - ctx.data();
+    // The whole frame: a jumbo frame's tail lies in fragments, and the
+    // shrink below frees them first (frame.rs).
+    let len = frame::len(ctx);
     let want = l3 + grow + quoted;
     // The original frame holds its IP header and at least 8 more bytes
     // (it is larger than the MTU); the check keeps the verifier and a
@@ -69,7 +72,8 @@ pub fn frag_needed(ctx: &XdpContext, framing: &Framing, mtu: u32) -> Result<u32,
     if want > len {
         return Err(Verdict::drop(Reason::TooBig));
     }
-    // SAFETY: as above; shrinking never fails for a frame this long.
+    // SAFETY: as above; shrinking never fails for a frame this long. What
+    // is left (`want` bytes) is all in the linear part: ptr_at reads it.
     if unsafe { bpf_xdp_adjust_tail(ctx.ctx, want as i32 - len as i32) } != 0 {
         return Err(Verdict::drop(Reason::TooBig));
     }

@@ -8,6 +8,7 @@
 mod clock;
 mod flow;
 mod forward;
+mod frame;
 mod icmp;
 mod ipv4;
 mod maps;
@@ -21,25 +22,35 @@ mod vip;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use flow::First;
-use foobar_common::{Backend, Reason, ADDR_SNAT, ADDR_SNAT_ONLY, FWD_NAT};
+use foobar_common::{Backend, Reason, ADDR_SNAT, ADDR_SNAT_ONLY, FWD_IPIP, FWD_NAT, IPIP_OVERHEAD};
 use forward::Target;
 use parse::Packet;
 use verdict::Verdict;
 
-#[xdp]
+#[xdp(frags)]
 pub fn foobar(ctx: XdpContext) -> u32 {
-    match pipeline(&ctx) {
+    // The frame's length once parse has it (0 before): a helper call less.
+    let mut len = 0;
+    match pipeline(&ctx, &mut len) {
         Ok(action) => action,
         Err(verdict) => {
-            stats::count_reason(verdict.reason, frame_len(&ctx));
+            // A verdict that sends a frame of its own (frag-needed) counts
+            // that frame, not the one that came in.
+            let bytes = if len == 0 || verdict.action == xdp_action::XDP_TX {
+                frame_len(&ctx)
+            } else {
+                len
+            };
+            stats::count_reason(verdict.reason, bytes);
             verdict.action
         }
     }
 }
 
 #[inline(always)]
-fn pipeline(ctx: &XdpContext) -> Result<u32, Verdict> {
+fn pipeline(ctx: &XdpContext, len: &mut u64) -> Result<u32, Verdict> {
     let ip = parse::l3(ctx)?;
+    *len = ip.frame_len;
     vip::prefilter(&ip)?;
     // The L4 header is read before the VIP address is confirmed, for the
     // flow-first path; its verdict (malformed, fragment, other L4) counts
@@ -63,7 +74,7 @@ fn pipeline(ctx: &XdpContext) -> Result<u32, Verdict> {
                         forward_mode,
                         backend_id,
                     };
-                    return send(ctx, pkt, &to, &backend, Reason::Forwarded);
+                    return send(ctx, pkt, &to, &backend, Reason::Forwarded, ip.frame_len);
                 }
                 First::Full(found) => entry = Some(found),
             }
@@ -74,7 +85,7 @@ fn pipeline(ctx: &XdpContext) -> Result<u32, Verdict> {
     // anything else to an address that is no VIP is the node's own.
     if addr_flags & ADDR_SNAT != 0 {
         if let Ok(pkt) = &parsed {
-            if let Some(action) = nat::reply(ctx, pkt)? {
+            if let Some(action) = nat::reply(ctx, pkt, ip.frame_len)? {
                 return Ok(action);
             }
         }
@@ -100,10 +111,11 @@ fn pipeline(ctx: &XdpContext) -> Result<u32, Verdict> {
         forward_mode: service.forward_mode,
         backend_id,
     };
-    send(ctx, &pkt, &to, &backend, reason)
+    send(ctx, &pkt, &to, &backend, reason, ip.frame_len)
 }
 
-/// Forwards the packet to its backend and counts it.
+/// Forwards the packet (a frame of `len` bytes) to its backend and counts
+/// it as sent.
 #[inline(always)]
 fn send(
     ctx: &XdpContext,
@@ -111,20 +123,28 @@ fn send(
     to: &Target,
     backend: &Backend,
     reason: Reason,
+    len: u64,
 ) -> Result<u32, Verdict> {
     let action = forward::forward(ctx, pkt, to, backend)?;
-    let len = frame_len(ctx);
+    // Only `ipip` changes the length of a frame it forwards.
+    let len = if to.forward_mode == FWD_IPIP {
+        len + u64::from(IPIP_OVERHEAD)
+    } else {
+        len
+    };
     stats::count_forward(to.vip_id, to.backend_id, len);
     stats::count_reason(reason, len);
     Ok(action)
 }
 
+/// The bytes a counter adds when parse did not say: the whole frame,
+/// fragments included.
 #[inline(always)]
 fn frame_len(ctx: &XdpContext) -> u64 {
-    (ctx.data_end() - ctx.data()) as u64
+    frame::len(ctx) as u64
 }
 
-#[xdp]
+#[xdp(frags)]
 pub fn foobar_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }

@@ -26,6 +26,10 @@
 //! bridge-side peer sends with tx VLAN offload off, so the tag is in the
 //! frame the XDP program sees (veth fact 4).
 //!
+//! A jumbo lab (`LabOptions::jumbo_mtu`) gives every link, both veth
+//! ends, one MTU (9000) before any XDP program is attached: the programs
+//! are frags-aware, so the kernel accepts them there (veth fact 3).
+//!
 //! A two-LB lab (`LabOptions::second_lb`) adds a second LB node, `lb2`, on
 //! the same bridge, for VRRP failover: neither LB node holds the VIP at
 //! start (the daemons' `[[vrrp]]` instances decide who does), each runs its
@@ -128,6 +132,13 @@ pub struct LabOptions {
     /// get this MTU while the client's keep 1500 — the room the `ipip`
     /// mode's outer header needs (1520) on the LB-to-backend path.
     pub tunnel_mtu: Option<u16>,
+    /// Some(mtu): every lab link (both veth ends: the client's, the LB
+    /// nodes', the backends') gets this MTU, e.g. 9000 for jumbo frames;
+    /// `tunnel_mtu`, when given too, then raises the LB nodes' and the
+    /// backends' links above it. Not with `client_path_mtu` (the router's
+    /// links keep 1500). The XDP programs are frags-aware, so the kernel
+    /// lets a veth with one attached, and its peer, take it.
+    pub jumbo_mtu: Option<u16>,
     /// Plain backends, as `nat` wants them: no VIP on loopback, no ARP
     /// sysctls. They reply to whoever sent the request (the LB's SNAT
     /// address, on the same segment). Implies wire-like offloads on every
@@ -174,6 +185,7 @@ impl Default for LabOptions {
             vlan_backends: 0,
             second_lb: false,
             tunnel_mtu: None,
+            jumbo_mtu: None,
             plain_backends: false,
         }
     }
@@ -200,6 +212,7 @@ pub struct Lab {
     wire_like_everywhere: bool,
     vlan_tags: bool,
     tunnel_mtu: Option<u16>,
+    jumbo_mtu: Option<u16>,
     plain_backends: bool,
     /// nginx masters by host name.
     servers: Vec<(String, Child)>,
@@ -218,6 +231,9 @@ impl Lab {
             && (opts.client_path_mtu.is_some() || opts.vlan_tags || opts.vlan_backends > 0)
         {
             bail!("a two-LB lab has no router in front of the client and no VLAN");
+        }
+        if opts.jumbo_mtu.is_some() && opts.client_path_mtu.is_some() {
+            bail!("a jumbo-MTU lab has no router in front of the client");
         }
         sweep_stale();
         let id = format!(
@@ -259,6 +275,7 @@ impl Lab {
             wire_like_everywhere: opts.wire_like_everywhere || opts.plain_backends,
             vlan_tags: opts.vlan_tags || vlan,
             tunnel_mtu: opts.tunnel_mtu,
+            jumbo_mtu: opts.jumbo_mtu,
             plain_backends: opts.plain_backends,
             servers: Vec::new(),
             foobar: [None, None],
@@ -322,6 +339,16 @@ impl Lab {
                 "eth0",
             ])?;
             run(&["ip", "-n", &h.ns, "link", "set", "eth0", "up"])?;
+        }
+        // Before any XDP program is attached: the LB's peer gets the pass
+        // program below, the LB's own link foobar's.
+        if let Some(mtu) = self.jumbo_mtu {
+            let mtu = mtu.to_string();
+            for h in self.bridge_hosts() {
+                let port = format!("p-{}", h.name);
+                run(&["ip", "-n", &sw, "link", "set", &port, "mtu", &mtu])?;
+                run(&["ip", "-n", &h.ns, "link", "set", "eth0", "mtu", &mtu])?;
+            }
         }
         if let Some(mtu) = self.tunnel_mtu {
             let mtu = mtu.to_string();
@@ -639,6 +666,12 @@ impl Lab {
             ],
         )?;
         Ok(())
+    }
+
+    /// `host`'s bridge-side veth peer: the switch namespace and the port's
+    /// name there (its XDP_PASS program, its MTU).
+    pub fn bridge_port(&self, host: &Host) -> (String, String) {
+        (self.switch_ns.clone(), format!("p-{}", host.name))
     }
 
     /// Deletes `host`'s interface on VLAN_ID.

@@ -49,6 +49,8 @@ pub fn forward(ctx: &XdpContext, backend: &Backend, flow: &FlowKey) -> Result<u3
         )
     };
     let mtu = IFACE_MTU.load();
+    // The IP header's length, which parse checked against the whole frame
+    // (fragments of a jumbo frame included), not the linear part's.
     let outer_len = u32::from(tot_len) + IPIP_OVERHEAD;
     if outer_len > mtu {
         if frag_off & IP_DF != 0 {

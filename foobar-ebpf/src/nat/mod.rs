@@ -23,10 +23,11 @@ use rewrite::Tuple;
 /// A backend's reply to a live NAT flow, translated back (source: the VIP
 /// and its port; destination: the client and its port; Ethernet: from the
 /// LB's MAC to the MAC the client's packets came from) and sent back out
-/// with XDP_TX, counted `forwarded_reply`. None: not such a reply (no
-/// reverse entry, or a stale one, which is removed): the caller goes on.
+/// with XDP_TX, counted `forwarded_reply` with `len` bytes (the frame's
+/// length: the rewrite keeps it). None: not such a reply (no reverse
+/// entry, or a stale one, which is removed): the caller goes on.
 #[inline(always)]
-pub fn reply(ctx: &XdpContext, pkt: &Packet) -> Result<Option<u32>, Verdict> {
+pub fn reply(ctx: &XdpContext, pkt: &Packet, len: u64) -> Result<Option<u32>, Verdict> {
     if pkt.icmp_error {
         return Ok(None);
     }
@@ -59,7 +60,6 @@ pub fn reply(ctx: &XdpContext, pkt: &Packet) -> Result<Option<u32>, Verdict> {
         (*eth).dst = client_mac;
         (*eth).src = LB_MAC.load();
     }
-    let len = (ctx.data_end() - ctx.data()) as u64;
     stats::count_reason(Reason::ForwardedReply, len);
     Ok(Some(xdp_action::XDP_TX))
 }
