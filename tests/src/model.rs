@@ -997,4 +997,157 @@ mod tests {
             .iter()
             .any(|u| matches!(u, Update::FlowInsert(..))));
     }
+
+    /// nat-web 192.0.2.60:80 (backend 10.0.0.91:8080, SNAT 10.0.0.1,
+    /// ports 20000-20001) and ipip-web 192.0.2.70:80 (10.0.0.101), outer
+    /// source 172.16.0.0/24, MTU 1500.
+    fn modes_model() -> Model {
+        let config = foobar::config::parse(
+            r#"
+            [datapath]
+            snat_address = "10.0.0.1"
+            snat_ports = "20000-20001"
+            ipip_source = "172.16.0.0/24"
+            [[vip]]
+            name = "nat-web"
+            address = "192.0.2.60"
+            port = 80
+            forwarding = "nat"
+            [[vip.backend]]
+            address = "10.0.0.91"
+            port = 8080
+            [[vip]]
+            name = "ipip-web"
+            address = "192.0.2.70"
+            port = 80
+            forwarding = "ipip"
+            [[vip.backend]]
+            address = "10.0.0.101"
+            "#,
+        )
+        .unwrap();
+        let macs = [91, 101]
+            .into_iter()
+            .map(|n| (Ipv4Addr::new(10, 0, 0, n), [2, 0xbe, 0, 0, 0, n]))
+            .collect();
+        Model::new(
+            &foobar::state::plan_of_config(&config, &macs).unwrap(),
+            LB,
+            0,
+        )
+        .with_ipip(IpipSettings {
+            source: Ipv4Addr::new(172, 16, 0, 0),
+            prefix_len: 24,
+            mtu: 1500,
+        })
+    }
+
+    /// The model's NAT translation, both ways, read back by etherparse:
+    /// addresses, ports and every checksum; the range of two ports runs out
+    /// on the third client; a reply to an aged-out state is not translated.
+    #[test]
+    fn nat_translates_both_ways_with_valid_checksums_and_runs_out_of_ports() {
+        let mut m = modes_model();
+        let client = |sport| Spec {
+            dst: [192, 0, 2, 60],
+            sport,
+            ..Spec::default()
+        };
+        let out = m.run(&client(40000).build());
+        assert_eq!((out.action, out.reason), (XDP_TX, Reason::Forwarded));
+        crate::frames::check_checksums(&out.output).unwrap();
+        let want_ports = (out.output[34..36].to_vec(), &out.output[36..38]);
+        assert_eq!(out.output[26..34], [10, 0, 0, 1, 10, 0, 0, 91]);
+        assert_eq!(want_ports.1, 8080u16.to_be_bytes());
+        let port = u16::from_be_bytes([want_ports.0[0], want_ports.0[1]]);
+        assert!((20000..=20001).contains(&port));
+        let reply = Spec {
+            src_mac: [2, 0xbe, 0, 0, 0, 91],
+            src: [10, 0, 0, 91],
+            dst: [10, 0, 0, 1],
+            sport: 8080,
+            dport: port,
+            ack: true,
+            ..Spec::default()
+        };
+        let back = m.run(&reply.build());
+        assert_eq!(back.reason, Reason::ForwardedReply);
+        let want = Spec {
+            src_mac: LB,
+            dst_mac: Spec::default().src_mac,
+            src: [192, 0, 2, 60],
+            dst: Spec::default().src,
+            sport: 80,
+            dport: 40000,
+            ack: true,
+            ..Spec::default()
+        }
+        .build();
+        assert_eq!(back.output, want, "etherparse's frame, checksums included");
+        assert_eq!(m.run(&client(40001).build()).reason, Reason::Forwarded);
+        assert_eq!(
+            m.run(&client(40002).build()).reason,
+            Reason::NatPortsExhausted
+        );
+        for k in m.nat_flows.keys().copied().collect::<Vec<_>>() {
+            m.expire(&k);
+        }
+        let stale = m.run(&reply.build());
+        assert_eq!(stale.reason, Reason::NotVip, "an SNAT-only address");
+        assert!(stale.updates.contains(&Update::NatReverseRemove(FlowKey {
+            src_be: u32::from_ne_bytes([10, 0, 0, 91]),
+            dst_be: u32::from_ne_bytes([10, 0, 0, 1]),
+            sport_be: 8080u16.to_be(),
+            dport_be: port.to_be(),
+            proto: PROTO_TCP,
+            family: AF_INET,
+            _pad: [0; 2],
+        })));
+    }
+
+    /// ipip: etherparse reads the outer header (protocol 4, source in the
+    /// prefix, valid checksum) and the untouched inner packet; a DF packet
+    /// over the MTU gets a valid ICMP frag-needed, one without DF is dropped.
+    #[test]
+    fn ipip_encapsulates_and_answers_too_big_packets() {
+        let m = modes_model();
+        let spec = Spec {
+            dst: [192, 0, 2, 70],
+            ..Spec::default()
+        };
+        let frame = spec.build();
+        let out = m.decide(&frame);
+        assert_eq!((out.action, out.reason), (XDP_TX, Reason::Forwarded));
+        let outer = etherparse::Ipv4HeaderSlice::from_slice(&out.output[14..]).unwrap();
+        let h = outer.to_header();
+        assert_eq!(h.header_checksum, h.calc_header_checksum());
+        assert_eq!(outer.protocol(), etherparse::IpNumber::IPV4);
+        assert_eq!(outer.source()[..3], [172, 16, 0]);
+        assert_eq!(outer.destination(), [10, 0, 0, 101]);
+        assert_eq!(usize::from(outer.total_len()), frame.len() - 14 + 20);
+        assert_eq!(out.output[34..], frame[14..]);
+
+        let big = |df: bool| {
+            let mut f = Spec {
+                payload: vec![7; 1500],
+                ..spec.clone()
+            }
+            .build();
+            // etherparse sets DF; set or clear it, and fix the checksum.
+            f[20] = if df { f[20] | 0x40 } else { f[20] & !0x40 };
+            let c = wire::checksum(&f[14..34], 10, 0);
+            f[24..26].copy_from_slice(&c.to_be_bytes());
+            f
+        };
+        let icmp = m.decide(&big(true));
+        assert_eq!(icmp.reason, Reason::IcmpFragNeededSent);
+        crate::frames::check_checksums(&icmp.output).unwrap();
+        assert_eq!(icmp.output[34..36], [3, 4]);
+        assert_eq!(icmp.output[40..42], 1480u16.to_be_bytes());
+        assert!(!icmp
+            .updates
+            .iter()
+            .any(|u| matches!(u, Update::Counted { .. })));
+        assert_eq!(m.decide(&big(false)).reason, Reason::TooBig);
+    }
 }
