@@ -100,6 +100,16 @@ fn pipeline(ctx: &XdpContext, len: &mut u64) -> Result<u32, Verdict> {
         return Err(Verdict::drop(Reason::NatIcmp));
     }
     let entry = entry.unwrap_or_else(|| flow::lookup(&pkt));
+    // A flow to an SNAT address never takes the flow-first path (its entry
+    // records generation 0, which never matches): its 5-tuple may be a NAT
+    // reply's, and the reply check above must see it first. A backend's
+    // stray to a port-0 VIP on its own SNAT address otherwise leaves a
+    // flow entry that later steals the replies of the flow given that port.
+    let vip_gen = if addr_flags & ADDR_SNAT != 0 {
+        0
+    } else {
+        vip_gen
+    };
     let (backend_id, backend) = flow::backend_for(&pkt, &service, vip_gen, entry)?;
     let reason = if pkt.icmp_error {
         Reason::ForwardedIcmp

@@ -16,13 +16,24 @@ use foobar::{
 };
 use foobar_common::MAX_BACKENDS;
 
-use crate::model::{Model, Outcome, Reason, XDP_DROP, XDP_PASS, XDP_TX};
+use crate::model::{IpipSettings, Model, Outcome, Reason, XDP_DROP, XDP_PASS, XDP_TX};
 
 mod churn;
+mod nat;
 
 /// Chance in percent, per fuzzed frame (or series), of a VIP change
 /// (`churn`) before it.
 const CHURN_PERCENT: u64 = 1;
+/// Chance in percent, per fuzzed frame (or series), that a NAT state is
+/// aged past its timeout before it (`nat::NatAger`).
+const EXPIRE_PERCENT: u64 = 2;
+/// The `ipip` outer source (a prefix: host bits from the flow) and the
+/// interface MTU the program is loaded with.
+const IPIP_SOURCE: ([u8; 4], u8) = ([172, 16, 0, 0], 24);
+const MTU: u32 = 1500;
+/// SNAT port ranges of the fuzzed NAT VIPs (by name): small, so ports are
+/// reused, reclaimed and exhausted within a run.
+const NAT_PORTS: &[(&str, u16, u16)] = &[("nat-web", 20000, 20031), ("nat-udp", 30000, 30003)];
 
 /// The LB's own MAC in the fuzzed state.
 pub const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
@@ -33,9 +44,16 @@ const FLOW_TABLE_SIZE: u32 = 1 << 18;
 /// Largest frame generated when the datapath would take anything.
 const JUMBO: usize = 9000;
 
-/// Seven VIPs on three addresses: exact and port-0 VIPs on one address,
-/// round-robin and Maglev, with and without source affinity.
+/// Eleven VIPs on five addresses: exact and port-0 VIPs on one address,
+/// round-robin and Maglev, with and without source affinity, in every
+/// forwarding mode: `dsr` (the first seven), `nat` (an SNAT-only address
+/// and a VIP address that is its own VIP's SNAT address, backend ports),
+/// `ipip` (a /24 outer source).
 const CONFIG: &str = r#"
+    [datapath]
+    snat_address = "10.0.0.1"
+    ipip_source = "172.16.0.0/24"
+
     [[vip]]
     name = "web"
     address = "192.0.2.10"
@@ -122,6 +140,53 @@ const CONFIG: &str = r#"
     address = "10.0.0.61"
     [[vip.backend]]
     address = "10.0.0.62"
+
+    [[vip]]
+    name = "nat-web"
+    address = "192.0.2.60"
+    port = 80
+    forwarding = "nat"
+    [[vip.backend]]
+    address = "10.0.0.91"
+    port = 8080
+    [[vip.backend]]
+    address = "10.0.0.92"
+
+    [[vip]]
+    name = "nat-udp"
+    address = "192.0.2.60"
+    port = 0
+    protocol = "udp"
+    scheduler = "maglev"
+    maglev_table_size = 61
+    forwarding = "nat"
+    snat_address = "192.0.2.60"
+    [[vip.backend]]
+    address = "10.0.0.93"
+    port = 5353
+    [[vip.backend]]
+    address = "10.0.0.94"
+
+    [[vip]]
+    name = "ipip-web"
+    address = "192.0.2.70"
+    port = 80
+    forwarding = "ipip"
+    [[vip.backend]]
+    address = "10.0.0.101"
+    [[vip.backend]]
+    address = "10.0.0.102"
+
+    [[vip]]
+    name = "ipip-udp"
+    address = "192.0.2.70"
+    port = 0
+    protocol = "udp"
+    scheduler = "maglev"
+    maglev_table_size = 61
+    forwarding = "ipip"
+    [[vip.backend]]
+    address = "10.0.0.103"
 "#;
 
 /// (address, protocol, port) targets frames are aimed at: every VIP, closed
@@ -142,6 +207,14 @@ const TARGETS: &[([u8; 4], u8, u16)] = &[
     ([192, 0, 2, 50], 6, 22),
     ([192, 0, 2, 2], 6, 22),
     ([203, 0, 113, 9], 17, 53),
+    ([192, 0, 2, 60], 6, 80),
+    ([192, 0, 2, 60], 6, 443),
+    ([192, 0, 2, 60], 17, 53),
+    ([192, 0, 2, 60], 17, 5000),
+    ([192, 0, 2, 70], 6, 80),
+    ([192, 0, 2, 70], 6, 22),
+    ([192, 0, 2, 70], 17, 53),
+    ([10, 0, 0, 1], 6, 20000),
 ];
 
 fn backend_mac(ip: Ipv4Addr) -> [u8; 6] {
@@ -172,6 +245,8 @@ pub struct FuzzReport {
     /// VIP changes (removed, re-added, id moved, shadowed, service or VLAN
     /// changed) made between frames.
     pub vip_changes: u64,
+    /// NAT states aged past their timeout between frames.
+    pub nat_expired: u64,
     /// The differences found (empty on success), each a printable report.
     pub differences: Vec<String>,
     /// Differences by kind ("model <action reason> / datapath <action
@@ -186,12 +261,13 @@ impl FuzzReport {
 
     pub fn summary(&self) -> String {
         let mut s = format!(
-            "{} frames in {:.1} s ({:.0} frames/s), {} VIP changes between them; largest frame \
-             BPF_PROG_TEST_RUN takes: {} bytes\n",
+            "{} frames in {:.1} s ({:.0} frames/s), {} VIP changes and {} NAT states aged out \
+             between them; largest frame BPF_PROG_TEST_RUN takes: {} bytes\n",
             self.frames,
             self.seconds,
             self.frames_per_second(),
             self.vip_changes,
+            self.nat_expired,
             self.max_frame_len
         );
         let mut reasons: Vec<_> = self.reasons.iter().collect();
@@ -283,16 +359,23 @@ pub fn pin_to_one_cpu() -> Result<()> {
 pub fn run(opts: &FuzzOptions) -> Result<FuzzReport> {
     pin_to_one_cpu()?;
     let (mut state, macs) = initial_state()?;
-    let dp = Datapath::load(&load_options())
+    let mut dp = Datapath::load(&load_options())
         .context("loading the XDP program (are you root? run `cargo xtask fuzz`)")?;
+    let mut ager = nat::NatAger::open(&mut dp)?;
+    let (source, prefix_len) = IPIP_SOURCE;
+    let ipip = IpipSettings {
+        source: Ipv4Addr::from(source),
+        prefix_len,
+        mtu: MTU,
+    };
     let mut sides = Sides {
-        model: Model::new(&state.plan(), LB_MAC, HASH_SEED),
+        model: Model::new(&fuzz_plan(state.plan()), LB_MAC, HASH_SEED).with_ipip(ipip),
         dp,
         reasons_seen: Vec::new(),
         vip_count: 0,
     };
-    let max_len = max_test_run_len(&state.plan())?;
-    sides.apply(&state.plan())?;
+    let max_len = max_test_run_len(&fuzz_plan(state.plan()))?;
+    sides.apply(&fuzz_plan(state.plan()))?;
     let mut report = FuzzReport {
         max_frame_len: max_len,
         ..FuzzReport::default()
@@ -327,7 +410,15 @@ pub fn run(opts: &FuzzOptions) -> Result<FuzzReport> {
             sides.apply(&current)?;
             report.vip_changes += 1;
         }
-        for frame in gen.next_frames() {
+        if gen.rng.chance(EXPIRE_PERCENT) {
+            let states = nat::sorted_states(&sides.model);
+            if !states.is_empty() {
+                let key = *gen.rng.pick(&states);
+                ager.expire(&mut sides.model, &key)?;
+                report.nat_expired += 1;
+            }
+        }
+        for frame in gen.next_frames(&sides.model) {
             if fuzzed >= opts.frames {
                 break;
             }
@@ -350,6 +441,9 @@ pub fn run(opts: &FuzzOptions) -> Result<FuzzReport> {
     report.frames = fuzzed;
     if report.differences.is_empty() {
         sides.compare_counters(opts.seed, &mut report)?;
+        for d in nat::compare(&sides.dp, &sides.model)? {
+            report.differences.push(format!("seed {}: {d}", opts.seed));
+        }
     }
     Ok(report)
 }
@@ -360,8 +454,27 @@ fn load_options() -> LoadOptions {
         affinity_table_size: FLOW_TABLE_SIZE,
         hash_seed: HASH_SEED,
         lb_mac: LB_MAC,
+        ipip_source: Some((Ipv4Addr::from(IPIP_SOURCE.0), IPIP_SOURCE.1)),
+        mtu: MTU,
         ..LoadOptions::default()
     }
+}
+
+/// A plan of the fuzz state with the fuzzer's NAT settings: small port
+/// ranges (`NAT_PORTS`) and timeouts no run reaches (states end only when
+/// the harness ages them).
+fn fuzz_plan(mut plan: Plan) -> Plan {
+    for v in &plan.vips {
+        if let Some(cfg) = plan.nat_vips.get_mut(&v.service.vip_id) {
+            if let Some(&(_, lo, hi)) = NAT_PORTS.iter().find(|(n, ..)| *n == v.name) {
+                (cfg.port_min, cfg.port_max) = (lo, hi);
+            }
+            cfg.tcp_idle_s = nat::NAT_TIMEOUT_S;
+            cfg.udp_idle_s = nat::NAT_TIMEOUT_S;
+            cfg.linger_s = nat::NAT_TIMEOUT_S;
+        }
+    }
+    plan
 }
 
 fn initial_state() -> Result<(State, HashMap<Ipv4Addr, [u8; 6]>)> {
@@ -467,7 +580,7 @@ fn age_state(st: &mut State, macs: &HashMap<Ipv4Addr, [u8; 6]>) -> Result<Plan> 
         .find(|v| v.name == "broken")
         .context("the broken VIP")?;
     broken.ring = broken_ring;
-    Ok(plan)
+    Ok(fuzz_plan(plan))
 }
 
 /// The largest frame the XDP program sees whole under BPF_PROG_TEST_RUN.
@@ -706,8 +819,16 @@ impl Generator<'_> {
     }
 
     /// One fuzzed frame, or a series (every truncation of one frame).
-    fn next_frames(&mut self) -> Vec<Vec<u8>> {
-        let base = self.base();
+    fn next_frames(&mut self, model: &Model) -> Vec<Vec<u8>> {
+        let mut base = if self.rng.chance(12) {
+            self.nat_reply(model)
+        } else {
+            self.base()
+        };
+        // Another client MAC now and then: NAT replies go to the latest.
+        if self.rng.chance(5) && base.bytes.len() >= 12 {
+            base.bytes[11] = 0x11;
+        }
         if self.rng.chance(1) {
             // Every truncation through the headers, from a bare Ethernet
             // header up, and the last few bytes.
@@ -753,8 +874,10 @@ impl Generator<'_> {
         let room = self.max_len.min(JUMBO).saturating_sub(headers);
         let len = match self.rng.below(100) {
             0..=14 => 0,
-            15..=69 => self.rng.range(1, 64),
-            70..=94 => self.rng.range(1, 1400),
+            15..=64 => self.rng.range(1, 64),
+            65..=89 => self.rng.range(1, 1400),
+            // Around the MTU `ipip` checks (1500 − 20 for the packet).
+            90..=94 => self.rng.range(1380, 1480),
             // Jumbo: anything up to 9000, capped at what the kernel runs.
             _ => self.rng.range(1, JUMBO).min(room),
         };
@@ -772,6 +895,8 @@ impl Generator<'_> {
                 let options = self.ip_options();
                 let frag = if self.rng.chance(8) {
                     self.fragment()
+                } else if self.rng.chance(50) {
+                    0x4000 // DF
                 } else {
                     0
                 };

@@ -4,14 +4,25 @@
 //! return, the frame it must leave, and what it must remember. It shares no
 //! parsing code with the datapath (frames are read here by plain byte
 //! slicing); only `flow_hash`, the documented hash of consistent hashing,
-//! comes from foobar-common. It never touches BPF.
+//! comes from foobar-common. It never touches BPF. Every forwarding mode
+//! is modelled: `dsr` here, `ipip` (encapsulation, the MTU check and the
+//! ICMP it sends) in `ipip`, `nat` (state, port choice, both directions of
+//! translation) in `nat`; every output checksum is computed from scratch
+//! (`wire`), never updated incrementally as the datapath does.
 use std::collections::HashMap;
 
 use foobar::plan::Plan;
 use foobar_common::{
-    flow_hash, AffinityKey, FlowKey, Service, AF_INET, BACKEND_NEW_FLOWS, BACKEND_UP, SCHED_MAGLEV,
-    SERVICE_AFFINITY,
+    flow_hash, AffinityKey, FlowKey, NatVip, Service, AF_INET, BACKEND_NEW_FLOWS, BACKEND_UP,
+    FWD_IPIP, FWD_NAT, SCHED_MAGLEV, SERVICE_AFFINITY,
 };
+
+mod ipip;
+pub mod nat;
+mod wire;
+
+pub use nat::{NatRev, NatState};
+use wire::{be16, ne16, ne32};
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
@@ -35,9 +46,12 @@ const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 
-/// VIP address flag: TCP/UDP to a port no service uses goes to the kernel
-/// instead of being dropped.
+/// VIP address flags (VIP_ADDRS4): TCP/UDP to a port no service uses goes
+/// to the kernel instead of being dropped; the address is an SNAT address
+/// (replies are looked up first); it is only that.
 pub const ADDR_PASS_CLOSED_PORTS: u32 = 1;
+pub const ADDR_SNAT: u32 = 2;
+pub const ADDR_SNAT_ONLY: u32 = 4;
 
 /// The spec's reasons, numbered as the REASONS counter array is indexed.
 /// The model keeps its own list so that a renumbering on either side shows
@@ -56,10 +70,15 @@ pub enum Reason {
     NotForUs = 9,
     ClosedPort = 10,
     ForwardedIcmp = 11,
+    IcmpFragNeededSent = 12,
+    TooBig = 13,
+    NatPortsExhausted = 14,
+    ForwardedReply = 15,
+    NatIcmp = 16,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 17] = [
         Reason::Forwarded,
         Reason::NotIp,
         Reason::NotVip,
@@ -72,6 +91,11 @@ impl Reason {
         Reason::NotForUs,
         Reason::ClosedPort,
         Reason::ForwardedIcmp,
+        Reason::IcmpFragNeededSent,
+        Reason::TooBig,
+        Reason::NatPortsExhausted,
+        Reason::ForwardedReply,
+        Reason::NatIcmp,
     ];
 
     pub fn index(self) -> usize {
@@ -93,6 +117,11 @@ impl Reason {
             Reason::NotForUs => "pass_not_for_us",
             Reason::ClosedPort => "drop_closed_port",
             Reason::ForwardedIcmp => "forwarded_icmp",
+            Reason::IcmpFragNeededSent => "icmp_frag_needed_sent",
+            Reason::TooBig => "drop_too_big",
+            Reason::NatPortsExhausted => "drop_nat_ports_exhausted",
+            Reason::ForwardedReply => "forwarded_reply",
+            Reason::NatIcmp => "drop_nat_icmp",
         }
     }
 }
@@ -111,6 +140,7 @@ pub struct VipKey {
 /// does not hold reads as all zeroes (the array's cleared entry).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Backend {
+    pub addr_be: u32,
     pub mac: [u8; 6],
     pub flags: u8,
     pub gen: u32,
@@ -126,6 +156,25 @@ pub struct Entry {
     pub backend_gen: u32,
 }
 
+/// The `ipip` load-time settings: the outer source (address, prefix
+/// length) and the interface MTU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpipSettings {
+    pub source: std::net::Ipv4Addr,
+    pub prefix_len: u8,
+    pub mtu: u32,
+}
+
+impl Default for IpipSettings {
+    fn default() -> Self {
+        IpipSettings {
+            source: std::net::Ipv4Addr::UNSPECIFIED,
+            prefix_len: 32,
+            mtu: 1500,
+        }
+    }
+}
+
 /// Everything the decision reads: the maps userspace writes (from a
 /// [`Plan`]), the load-time globals, and the tables the datapath writes
 /// itself, kept here as the model's own copy.
@@ -133,14 +182,24 @@ pub struct Entry {
 pub struct Model {
     pub lb_mac: [u8; 6],
     pub hash_seed: u32,
+    pub ipip: IpipSettings,
     pub vips: HashMap<VipKey, Service>,
-    /// VIP_ADDRS4: (address, VLAN) -> flags.
+    /// VIP_ADDRS4: (address, VLAN) -> ADDR_* flags.
     pub addrs: HashMap<(u32, u16), u32>,
     pub backends: HashMap<u32, Backend>,
     /// Live ring of each VIP id.
     pub rings: HashMap<u32, Vec<u32>>,
+    /// NAT settings by VIP id, and the NAT port of backend ids that have one.
+    pub nat_vips: HashMap<u32, NatVip>,
+    pub backend_ports: HashMap<u32, u16>,
     pub flows: HashMap<FlowKey, Entry>,
     pub affinity: HashMap<AffinityKey, Entry>,
+    /// NAT_FLOWS and NAT_REVERSE as the model keeps them (see `nat`).
+    pub nat_flows: HashMap<FlowKey, NatState>,
+    pub nat_reverse: HashMap<FlowKey, NatRev>,
+    /// The version the next new NAT state gets (the model's nonce: unique,
+    /// so "same nonce" is "same version").
+    pub next_nat_version: u64,
     /// The round-robin cursor of each VIP id, for the one CPU the harness
     /// runs on.
     pub rr_cursor: HashMap<u32, u32>,
@@ -149,14 +208,11 @@ pub struct Model {
     pub backend_counters: HashMap<u32, (u64, u64)>,
     /// TCP packets without SYN that had to be scheduled anew.
     pub midflow_misses: u64,
-    /// What a dropped frame still changed: the datapath advances a
-    /// round-robin cursor before it reads the slot's backend, so a drop on
-    /// a slot naming a down backend (BadBackend) moves the cursor on.
-    /// Written by `ring_choice`, taken by `decide`.
-    dropped_updates: std::cell::RefCell<Vec<Update>>,
 }
 
-/// What the model remembers after a frame.
+/// What the model remembers after a frame. A dropped or passed frame may
+/// still change things (a round-robin cursor moved, a flow inserted before
+/// its NAT port ran out, a stale reverse entry removed).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Update {
     FlowInsert(FlowKey, Entry),
@@ -175,6 +231,21 @@ pub enum Update {
         backend_id: u32,
     },
     MidflowMiss,
+    /// NAT state made (replacing any), with its reverse entry.
+    NatNew {
+        key: FlowKey,
+        state: NatState,
+        reverse_key: FlowKey,
+    },
+    /// A packet of a live NAT state, either way: its flags after it, and
+    /// the client's MAC (client packets refresh it).
+    NatTouch {
+        key: FlowKey,
+        flags: u16,
+        client_mac: [u8; 6],
+    },
+    /// A stale reverse entry met by a reply, removed.
+    NatReverseRemove(FlowKey),
 }
 
 /// The model's answer for one frame.
@@ -186,6 +257,23 @@ pub struct Outcome {
     pub updates: Vec<Update>,
 }
 
+/// A verdict that leaves the frame as it came.
+type Verdict = (u32, Reason);
+
+/// What a decision sends: action, reason, the frame.
+type Sent = (u32, Reason, Vec<u8>);
+
+/// A TCP/UDP packet to a VIP address (or an ICMP error about a VIP flow,
+/// with the embedded flow turned around as `key`), as the decision reads it.
+pub(crate) struct Packet {
+    pub key: FlowKey,
+    pub tcp_flags: u8,
+    pub icmp_error: bool,
+    pub l3: usize,
+    pub ip: Ipv4,
+    pub l4: usize,
+}
+
 impl Model {
     /// The maps as `Datapath::apply(plan)` writes them, with empty
     /// flow/affinity tables and cursors at zero.
@@ -193,16 +281,24 @@ impl Model {
         let mut m = Model {
             lb_mac,
             hash_seed,
+            next_nat_version: 1,
             ..Model::default()
         };
         m.apply_plan(plan);
         m
     }
 
-    /// Replaces what userspace writes (VIPs, addresses, backends, rings)
-    /// and keeps what the datapath wrote itself (flows, affinity, cursors).
-    /// This function is the only place that reads foobar-common's map
-    /// layouts, so a layout change is adapted here only.
+    /// The same with the `ipip` load-time settings.
+    pub fn with_ipip(mut self, ipip: IpipSettings) -> Self {
+        self.ipip = ipip;
+        self
+    }
+
+    /// Replaces what userspace writes (VIPs, addresses, backends, rings,
+    /// NAT settings) and keeps what the datapath wrote itself (flows,
+    /// affinity, NAT state, cursors). This function is the only place that
+    /// reads foobar-common's map layouts, so a layout change is adapted
+    /// here only.
     pub fn apply_plan(&mut self, plan: &Plan) {
         // An id that leaves the maps goes back to the pool with its
         // counters zeroed (the next holder counts from zero).
@@ -225,20 +321,24 @@ impl Model {
                 vlan: plan_vlan(v),
             };
             self.vips.insert(key, v.service);
-            self.addrs
-                .insert((key.addr_be, key.vlan), plan_addr_flags(plan, &key));
             self.rings.insert(v.service.vip_id, v.ring.clone());
+        }
+        for (k, &flags) in &plan.addresses {
+            self.addrs.insert((k.addr_be, k.vlan), flags);
         }
         for (&id, b) in &plan.backends {
             self.backends.insert(
                 id,
                 Backend {
+                    addr_be: b.addr_be[0],
                     mac: b.mac,
                     flags: b.flags,
                     gen: plan_gen(b),
                 },
             );
         }
+        self.nat_vips = plan.nat_vips.iter().map(|(&k, &v)| (k, v)).collect();
+        self.backend_ports = plan.backend_ports.iter().map(|(&k, &v)| (k, v)).collect();
     }
 
     fn backend(&self, id: u32) -> Backend {
@@ -248,12 +348,14 @@ impl Model {
     /// Runs the model on one frame and applies its updates.
     pub fn run(&mut self, frame: &[u8]) -> Outcome {
         let outcome = self.decide(frame);
-        self.apply(&outcome, frame.len());
+        self.apply(&outcome);
         outcome
     }
 
-    /// Records an outcome's updates (and counters) in the model's tables.
-    pub fn apply(&mut self, outcome: &Outcome, frame_len: usize) {
+    /// Records an outcome's updates (and counters: the bytes sent) in the
+    /// model's tables.
+    pub fn apply(&mut self, outcome: &Outcome) {
+        let sent_len = outcome.output.len() as u64;
         for u in &outcome.updates {
             match u {
                 Update::FlowInsert(k, e) => {
@@ -277,40 +379,62 @@ impl Model {
                     ] {
                         let c = map.entry(*id).or_default();
                         c.0 += 1;
-                        c.1 += frame_len as u64;
+                        c.1 += sent_len;
                     }
                 }
                 Update::MidflowMiss => self.midflow_misses += 1,
+                Update::NatNew {
+                    key,
+                    state,
+                    reverse_key,
+                } => {
+                    self.nat_flows.insert(*key, *state);
+                    self.nat_reverse.insert(
+                        *reverse_key,
+                        NatRev {
+                            flow: *key,
+                            version: state.version,
+                        },
+                    );
+                    self.next_nat_version = self.next_nat_version.max(state.version + 1);
+                }
+                Update::NatTouch {
+                    key,
+                    flags,
+                    client_mac,
+                } => {
+                    if let Some(s) = self.nat_flows.get_mut(key) {
+                        s.flags = *flags;
+                        s.client_mac = *client_mac;
+                    }
+                }
+                Update::NatReverseRemove(key) => {
+                    self.nat_reverse.remove(key);
+                }
             }
         }
     }
 
     /// The decision for one frame, without changing the model.
     pub fn decide(&self, frame: &[u8]) -> Outcome {
-        match self.decide_inner(frame) {
-            Ok((reason, backend_mac, updates)) => {
-                let mut output = frame.to_vec();
-                output[0..6].copy_from_slice(&backend_mac);
-                output[6..12].copy_from_slice(&self.lb_mac);
-                Outcome {
-                    action: XDP_TX,
-                    reason,
-                    output,
-                    updates,
-                }
-            }
+        let mut updates = Vec::new();
+        match self.decide_inner(frame, &mut updates) {
+            Ok((action, reason, output)) => Outcome {
+                action,
+                reason,
+                output,
+                updates,
+            },
             Err((action, reason)) => Outcome {
                 action,
                 reason,
                 output: frame.to_vec(),
-                updates: std::mem::take(&mut *self.dropped_updates.borrow_mut()),
+                updates,
             },
         }
     }
 
-    /// Ok: forwarded under `reason` to a backend MAC; Err: not forwarded.
-    #[allow(clippy::type_complexity)]
-    fn decide_inner(&self, f: &[u8]) -> Result<(Reason, [u8; 6], Vec<Update>), (u32, Reason)> {
+    fn decide_inner(&self, f: &[u8], updates: &mut Vec<Update>) -> Result<Sent, Verdict> {
         let pass = |r| (XDP_PASS, r);
         let drop = |r| (XDP_DROP, r);
         // 1. Ethernet.
@@ -344,42 +468,154 @@ impl Model {
         }
         // 5. IPv4 header, lengths checked against the frame.
         let ip = Ipv4::read(f, l3).ok_or(pass(Reason::Malformed))?;
-        // 6. A VIP address on this VLAN?
+        // 6. A VIP (or SNAT) address on this VLAN?
         let Some(&addr_flags) = self.addrs.get(&(ip.dst_be, vlan)) else {
             return Err(pass(Reason::NotVip));
         };
-        // 7. Fragments to a VIP address are dropped.
+        // 7-9. Fragments dropped; TCP/UDP, or the flow of an ICMP error.
+        let parsed = self.l4(f, l3, ip);
+        // 10. An SNAT address: a backend's reply to a live NAT state is
+        // translated back; anything else to an SNAT-only address is the
+        // node's.
+        if addr_flags & ADDR_SNAT != 0 {
+            if let Ok(pkt) = &parsed {
+                if !pkt.icmp_error {
+                    if let Some(sent) = self.nat_reply(f, pkt, updates) {
+                        return Ok(sent);
+                    }
+                }
+            }
+            if addr_flags & ADDR_SNAT_ONLY != 0 {
+                return Err(pass(Reason::NotVip));
+            }
+        }
+        let pkt = parsed?;
+        // 11. The VIP: the exact port, then the every-port VIP.
+        let Some(service) = self.service(pkt.key.dst_be, pkt.key.dport_be, pkt.key.proto, vlan)
+        else {
+            return Err(
+                if pkt.icmp_error || addr_flags & ADDR_PASS_CLOSED_PORTS != 0 {
+                    pass(Reason::NotVip)
+                } else {
+                    drop(Reason::ClosedPort)
+                },
+            );
+        };
+        // The embedded header of an ICMP error is not translated.
+        if service.forward_mode == FWD_NAT && pkt.icmp_error {
+            return Err(drop(Reason::NatIcmp));
+        }
+        // 12-13. The backend.
+        let (reason, id) = if pkt.icmp_error {
+            let id = match self.valid_hit(&pkt.key, &service, false) {
+                Some(id) => id,
+                None => self.ring_choice(&pkt.key, &service, updates)?,
+            };
+            (Reason::ForwardedIcmp, id)
+        } else {
+            (
+                Reason::Forwarded,
+                self.schedule_flow(&pkt.key, &service, pkt.tcp_flags, updates)?,
+            )
+        };
+        // 14. Forward in the VIP's mode.
+        let backend = self.backend(id);
+        let output = match service.forward_mode {
+            FWD_NAT => self.nat_forward(f, &pkt, service.vip_id, id, &backend, updates)?,
+            FWD_IPIP => match self.ipip_forward(f, &pkt, &backend)? {
+                ipip::Encapsulated::Frame(out) => out,
+                // The client got ICMP instead: not counted as forwarded.
+                ipip::Encapsulated::FragNeeded(icmp) => {
+                    return Ok((XDP_TX, Reason::IcmpFragNeededSent, icmp))
+                }
+            },
+            _ => self.rewrite_macs(f, &backend.mac),
+        };
+        updates.push(Update::Counted {
+            vip_id: service.vip_id,
+            backend_id: id,
+        });
+        Ok((XDP_TX, reason, output))
+    }
+
+    /// The frame with the Ethernet addresses of a frame the LB sends to `to`.
+    fn rewrite_macs(&self, f: &[u8], to: &[u8; 6]) -> Vec<u8> {
+        let mut output = f.to_vec();
+        output[0..6].copy_from_slice(to);
+        output[6..12].copy_from_slice(&self.lb_mac);
+        output
+    }
+
+    /// Steps 7-9: the packet's flow (TCP/UDP), or the flow an ICMP error
+    /// is about (from the VIP to the client, turned around).
+    fn l4(&self, f: &[u8], l3: usize, ip: Ipv4) -> Result<Packet, Verdict> {
+        let malformed = (XDP_PASS, Reason::Malformed);
         if ip.frag & 0x3fff != 0 {
-            return Err(drop(Reason::Fragment));
+            return Err((XDP_DROP, Reason::Fragment));
         }
         let l4 = l3 + ip.ihl;
         let l4_len = ip.total_len - ip.ihl;
+        let key = |src_be, dst_be, sport_be, dport_be, proto| FlowKey {
+            src_be,
+            dst_be,
+            sport_be,
+            dport_be,
+            proto,
+            family: AF_INET,
+            _pad: [0; 2],
+        };
         match ip.proto {
-            // 8. ICMP.
-            PROTO_ICMP => self.icmp(f, l4, l4_len, vlan),
-            // 9. TCP and UDP.
+            PROTO_ICMP => {
+                if f.len() < l4 + ICMP_HDR_LEN {
+                    return Err(malformed);
+                }
+                if f[l4] != ICMP_DEST_UNREACH && f[l4] != ICMP_TIME_EXCEEDED {
+                    return Err((XDP_PASS, Reason::OtherL4));
+                }
+                let inner = l4 + ICMP_HDR_LEN;
+                if f.len() < inner + 20 {
+                    return Err(malformed);
+                }
+                let ihl = usize::from(f[inner] & 0x0f) * 4;
+                let proto = f[inner + 9];
+                if f[inner] >> 4 != 4
+                    || ihl < 20
+                    || !(proto == PROTO_TCP || proto == PROTO_UDP)
+                    // The quote must lie inside the ICMP message (the IP
+                    // payload), not in padding after it.
+                    || ICMP_HDR_LEN + ihl + 8 > l4_len
+                {
+                    return Err(malformed);
+                }
+                // The erring datagram went from the VIP to the client.
+                Ok(Packet {
+                    key: key(
+                        ne32(f, inner + 16),
+                        ne32(f, inner + 12),
+                        ne16(f, inner + ihl + 2),
+                        ne16(f, inner + ihl),
+                        proto,
+                    ),
+                    tcp_flags: 0,
+                    icmp_error: true,
+                    l3,
+                    ip,
+                    l4,
+                })
+            }
             PROTO_TCP | PROTO_UDP => {
                 let (sport_be, dport_be, tcp_flags) =
-                    l4_ports(f, l4, l4_len, ip.proto).ok_or(pass(Reason::Malformed))?;
-                let key = FlowKey {
-                    src_be: ip.src_be,
-                    dst_be: ip.dst_be,
-                    sport_be,
-                    dport_be,
-                    proto: ip.proto,
-                    family: AF_INET,
-                    _pad: [0; 2],
-                };
-                let Some(service) = self.service(ip.dst_be, dport_be, ip.proto, vlan) else {
-                    return Err(if addr_flags & ADDR_PASS_CLOSED_PORTS != 0 {
-                        pass(Reason::NotVip)
-                    } else {
-                        drop(Reason::ClosedPort)
-                    });
-                };
-                self.schedule_flow(&key, &service, tcp_flags)
+                    l4_ports(f, l4, l4_len, ip.proto).ok_or(malformed)?;
+                Ok(Packet {
+                    key: key(ip.src_be, ip.dst_be, sport_be, dport_be, ip.proto),
+                    tcp_flags,
+                    icmp_error: false,
+                    l3,
+                    ip,
+                    l4,
+                })
             }
-            _ => Err(pass(Reason::OtherL4)),
+            _ => Err((XDP_PASS, Reason::OtherL4)),
         }
     }
 
@@ -397,68 +633,7 @@ impl Model {
             .copied()
     }
 
-    /// Step 8: ICMP to a VIP address. Errors about a VIP flow go where the
-    /// flow goes (or would go); everything else is the node's.
-    #[allow(clippy::type_complexity)]
-    fn icmp(
-        &self,
-        f: &[u8],
-        l4: usize,
-        l4_len: usize,
-        vlan: u16,
-    ) -> Result<(Reason, [u8; 6], Vec<Update>), (u32, Reason)> {
-        let malformed = (XDP_PASS, Reason::Malformed);
-        if f.len() < l4 + ICMP_HDR_LEN {
-            return Err(malformed);
-        }
-        if f[l4] != ICMP_DEST_UNREACH && f[l4] != ICMP_TIME_EXCEEDED {
-            return Err((XDP_PASS, Reason::OtherL4));
-        }
-        let inner = l4 + ICMP_HDR_LEN;
-        if f.len() < inner + 20 {
-            return Err(malformed);
-        }
-        let ihl = usize::from(f[inner] & 0x0f) * 4;
-        let proto = f[inner + 9];
-        if f[inner] >> 4 != 4
-            || ihl < 20
-            || !(proto == PROTO_TCP || proto == PROTO_UDP)
-            // The quote must lie inside the ICMP message (the IP payload),
-            // not in padding after it.
-            || ICMP_HDR_LEN + ihl + 8 > l4_len
-        {
-            return Err(malformed);
-        }
-        // The erring datagram went from the VIP to the client.
-        let vip_be = ne32(f, inner + 12);
-        let client_be = ne32(f, inner + 16);
-        let vip_port_be = ne16(f, inner + ihl);
-        let client_port_be = ne16(f, inner + ihl + 2);
-        let key = FlowKey {
-            src_be: client_be,
-            dst_be: vip_be,
-            sport_be: client_port_be,
-            dport_be: vip_port_be,
-            proto,
-            family: AF_INET,
-            _pad: [0; 2],
-        };
-        let service = self
-            .service(vip_be, vip_port_be, proto, vlan)
-            .ok_or((XDP_PASS, Reason::NotVip))?;
-        let mut updates = Vec::new();
-        let id = match self.valid_hit(&key, &service, false) {
-            Some(id) => id,
-            None => self.ring_choice(&key, &service, &mut updates)?,
-        };
-        updates.push(Update::Counted {
-            vip_id: service.vip_id,
-            backend_id: id,
-        });
-        Ok((Reason::ForwardedIcmp, self.backend(id).mac, updates))
-    }
-
-    /// The backend of a flow-table hit that still counts (step 10).
+    /// The backend of a flow-table hit that still counts.
     fn valid_hit(&self, key: &FlowKey, service: &Service, new_syn: bool) -> Option<u32> {
         let flow = self.flows.get(key)?;
         let b = self.backend(flow.backend_id);
@@ -469,54 +644,48 @@ impl Model {
         valid.then_some(flow.backend_id)
     }
 
-    /// Steps 10 and 11 for TCP/UDP.
-    #[allow(clippy::type_complexity)]
+    /// The flow table for TCP/UDP: a valid hit, else a new choice,
+    /// remembered.
     fn schedule_flow(
         &self,
         key: &FlowKey,
         service: &Service,
         tcp_flags: u8,
-    ) -> Result<(Reason, [u8; 6], Vec<Update>), (u32, Reason)> {
+        updates: &mut Vec<Update>,
+    ) -> Result<u32, Verdict> {
         let closing = tcp_flags & (TCP_FIN | TCP_RST) != 0;
-        let new_syn = tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-        let mut updates = Vec::new();
-        let id = if let Some(id) = self.valid_hit(key, service, new_syn) {
+        let new_syn = opens(tcp_flags);
+        if let Some(id) = self.valid_hit(key, service, new_syn) {
             let was_closed = self.flows[key].closed;
             updates.push(Update::FlowHit {
                 key: *key,
                 closed: was_closed || closing,
             });
-            id
-        } else {
-            let id = self.pick(key, service, &mut updates)?;
-            if key.proto == PROTO_TCP && tcp_flags & TCP_SYN == 0 {
-                updates.push(Update::MidflowMiss);
-            }
-            updates.push(Update::FlowInsert(
-                *key,
-                Entry {
-                    backend_id: id,
-                    vip_id: service.vip_id,
-                    closed: closing,
-                    backend_gen: self.backend(id).gen,
-                },
-            ));
-            id
-        };
-        updates.push(Update::Counted {
-            vip_id: service.vip_id,
-            backend_id: id,
-        });
-        Ok((Reason::Forwarded, self.backend(id).mac, updates))
+            return Ok(id);
+        }
+        let id = self.pick(key, service, updates)?;
+        if key.proto == PROTO_TCP && tcp_flags & TCP_SYN == 0 {
+            updates.push(Update::MidflowMiss);
+        }
+        updates.push(Update::FlowInsert(
+            *key,
+            Entry {
+                backend_id: id,
+                vip_id: service.vip_id,
+                closed: closing,
+                backend_gen: self.backend(id).gen,
+            },
+        ));
+        Ok(id)
     }
 
-    /// Step 11: source affinity, else the ring (and remember the choice).
+    /// Source affinity, else the ring (and remember the choice).
     fn pick(
         &self,
         key: &FlowKey,
         service: &Service,
         updates: &mut Vec<Update>,
-    ) -> Result<u32, (u32, Reason)> {
+    ) -> Result<u32, Verdict> {
         if service.flags & SERVICE_AFFINITY == 0 {
             return self.ring_choice(key, service, updates);
         }
@@ -544,13 +713,14 @@ impl Model {
     }
 
     /// The ring's choice: round-robin by this CPU's cursor, Maglev by the
-    /// flow hash. The cursor moves whenever the ring is not empty.
+    /// flow hash. The cursor moves whenever the ring is not empty, even
+    /// when the slot names a down backend and the packet is dropped.
     fn ring_choice(
         &self,
         key: &FlowKey,
         service: &Service,
         updates: &mut Vec<Update>,
-    ) -> Result<u32, (u32, Reason)> {
+    ) -> Result<u32, Verdict> {
         let ring = self
             .rings
             .get(&service.vip_id)
@@ -572,51 +742,36 @@ impl Model {
         };
         let id = ring[pos as usize];
         if self.backend(id).flags & BACKEND_UP == 0 {
-            // The cursor moved on all the same (see `dropped_updates`).
-            *self.dropped_updates.borrow_mut() = updates
-                .iter()
-                .filter(|u| matches!(u, Update::CursorAdvance { .. }))
-                .cloned()
-                .collect();
             return Err((XDP_DROP, Reason::BadBackend));
         }
         Ok(id)
     }
 }
 
-/// The VLAN of a planned VIP. foobar-common's VipKey has no VLAN field
-/// before the VLAN work lands: every VIP is untagged (0) until then.
+/// A TCP SYN without ACK: a client opening a connection.
+fn opens(tcp_flags: u8) -> bool {
+    tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
+/// The VLAN of a planned VIP.
 fn plan_vlan(v: &foobar::plan::PlannedVip) -> u16 {
     v.key.vlan
 }
 
-/// VIP_ADDRS4 flags of a VIP's address. Before per-address settings land
-/// every address drops closed ports (flags 0), the spec's default.
-fn plan_addr_flags(plan: &Plan, key: &VipKey) -> u32 {
-    plan.addresses
-        .get(&foobar_common::VipAddrKey {
-            addr_be: key.addr_be,
-            vlan: key.vlan,
-            _pad: 0,
-        })
-        .copied()
-        .unwrap_or(0)
-}
-
-/// The generation of a backend entry. Before generations land in
-/// foobar-common every entry reads as generation 0 on both sides.
+/// The generation of a backend entry.
 fn plan_gen(b: &foobar_common::Backend) -> u32 {
     b.gen
 }
 
 /// The IPv4 header fields the decision reads, after step 5's checks.
-struct Ipv4 {
-    ihl: usize,
-    total_len: usize,
-    frag: u16,
-    proto: u8,
-    src_be: u32,
-    dst_be: u32,
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ipv4 {
+    pub ihl: usize,
+    pub total_len: usize,
+    pub frag: u16,
+    pub proto: u8,
+    pub src_be: u32,
+    pub dst_be: u32,
 }
 
 impl Ipv4 {
@@ -663,19 +818,6 @@ fn l4_ports(f: &[u8], l4: usize, l4_len: usize, proto: u8) -> Option<(u16, u16, 
         }
         Some((ne16(f, l4), ne16(f, l4 + 2), 0))
     }
-}
-
-fn be16(f: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([f[at], f[at + 1]])
-}
-
-/// Two bytes as they lie in memory (the `_be` fields keep wire order).
-fn ne16(f: &[u8], at: usize) -> u16 {
-    u16::from_ne_bytes([f[at], f[at + 1]])
-}
-
-fn ne32(f: &[u8], at: usize) -> u32 {
-    u32::from_ne_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]])
 }
 
 #[cfg(test)]
@@ -854,5 +996,158 @@ mod tests {
             .updates
             .iter()
             .any(|u| matches!(u, Update::FlowInsert(..))));
+    }
+
+    /// nat-web 192.0.2.60:80 (backend 10.0.0.91:8080, SNAT 10.0.0.1,
+    /// ports 20000-20001) and ipip-web 192.0.2.70:80 (10.0.0.101), outer
+    /// source 172.16.0.0/24, MTU 1500.
+    fn modes_model() -> Model {
+        let config = foobar::config::parse(
+            r#"
+            [datapath]
+            snat_address = "10.0.0.1"
+            snat_ports = "20000-20001"
+            ipip_source = "172.16.0.0/24"
+            [[vip]]
+            name = "nat-web"
+            address = "192.0.2.60"
+            port = 80
+            forwarding = "nat"
+            [[vip.backend]]
+            address = "10.0.0.91"
+            port = 8080
+            [[vip]]
+            name = "ipip-web"
+            address = "192.0.2.70"
+            port = 80
+            forwarding = "ipip"
+            [[vip.backend]]
+            address = "10.0.0.101"
+            "#,
+        )
+        .unwrap();
+        let macs = [91, 101]
+            .into_iter()
+            .map(|n| (Ipv4Addr::new(10, 0, 0, n), [2, 0xbe, 0, 0, 0, n]))
+            .collect();
+        Model::new(
+            &foobar::state::plan_of_config(&config, &macs).unwrap(),
+            LB,
+            0,
+        )
+        .with_ipip(IpipSettings {
+            source: Ipv4Addr::new(172, 16, 0, 0),
+            prefix_len: 24,
+            mtu: 1500,
+        })
+    }
+
+    /// The model's NAT translation, both ways, read back by etherparse:
+    /// addresses, ports and every checksum; the range of two ports runs out
+    /// on the third client; a reply to an aged-out state is not translated.
+    #[test]
+    fn nat_translates_both_ways_with_valid_checksums_and_runs_out_of_ports() {
+        let mut m = modes_model();
+        let client = |sport| Spec {
+            dst: [192, 0, 2, 60],
+            sport,
+            ..Spec::default()
+        };
+        let out = m.run(&client(40000).build());
+        assert_eq!((out.action, out.reason), (XDP_TX, Reason::Forwarded));
+        crate::frames::check_checksums(&out.output).unwrap();
+        let want_ports = (out.output[34..36].to_vec(), &out.output[36..38]);
+        assert_eq!(out.output[26..34], [10, 0, 0, 1, 10, 0, 0, 91]);
+        assert_eq!(want_ports.1, 8080u16.to_be_bytes());
+        let port = u16::from_be_bytes([want_ports.0[0], want_ports.0[1]]);
+        assert!((20000..=20001).contains(&port));
+        let reply = Spec {
+            src_mac: [2, 0xbe, 0, 0, 0, 91],
+            src: [10, 0, 0, 91],
+            dst: [10, 0, 0, 1],
+            sport: 8080,
+            dport: port,
+            ack: true,
+            ..Spec::default()
+        };
+        let back = m.run(&reply.build());
+        assert_eq!(back.reason, Reason::ForwardedReply);
+        let want = Spec {
+            src_mac: LB,
+            dst_mac: Spec::default().src_mac,
+            src: [192, 0, 2, 60],
+            dst: Spec::default().src,
+            sport: 80,
+            dport: 40000,
+            ack: true,
+            ..Spec::default()
+        }
+        .build();
+        assert_eq!(back.output, want, "etherparse's frame, checksums included");
+        assert_eq!(m.run(&client(40001).build()).reason, Reason::Forwarded);
+        assert_eq!(
+            m.run(&client(40002).build()).reason,
+            Reason::NatPortsExhausted
+        );
+        for k in m.nat_flows.keys().copied().collect::<Vec<_>>() {
+            m.expire(&k);
+        }
+        let stale = m.run(&reply.build());
+        assert_eq!(stale.reason, Reason::NotVip, "an SNAT-only address");
+        assert!(stale.updates.contains(&Update::NatReverseRemove(FlowKey {
+            src_be: u32::from_ne_bytes([10, 0, 0, 91]),
+            dst_be: u32::from_ne_bytes([10, 0, 0, 1]),
+            sport_be: 8080u16.to_be(),
+            dport_be: port.to_be(),
+            proto: PROTO_TCP,
+            family: AF_INET,
+            _pad: [0; 2],
+        })));
+    }
+
+    /// ipip: etherparse reads the outer header (protocol 4, source in the
+    /// prefix, valid checksum) and the untouched inner packet; a DF packet
+    /// over the MTU gets a valid ICMP frag-needed, one without DF is dropped.
+    #[test]
+    fn ipip_encapsulates_and_answers_too_big_packets() {
+        let m = modes_model();
+        let spec = Spec {
+            dst: [192, 0, 2, 70],
+            ..Spec::default()
+        };
+        let frame = spec.build();
+        let out = m.decide(&frame);
+        assert_eq!((out.action, out.reason), (XDP_TX, Reason::Forwarded));
+        let outer = etherparse::Ipv4HeaderSlice::from_slice(&out.output[14..]).unwrap();
+        let h = outer.to_header();
+        assert_eq!(h.header_checksum, h.calc_header_checksum());
+        assert_eq!(outer.protocol(), etherparse::IpNumber::IPV4);
+        assert_eq!(outer.source()[..3], [172, 16, 0]);
+        assert_eq!(outer.destination(), [10, 0, 0, 101]);
+        assert_eq!(usize::from(outer.total_len()), frame.len() - 14 + 20);
+        assert_eq!(out.output[34..], frame[14..]);
+
+        let big = |df: bool| {
+            let mut f = Spec {
+                payload: vec![7; 1500],
+                ..spec.clone()
+            }
+            .build();
+            // etherparse sets DF; set or clear it, and fix the checksum.
+            f[20] = if df { f[20] | 0x40 } else { f[20] & !0x40 };
+            let c = wire::checksum(&f[14..34], 10, 0);
+            f[24..26].copy_from_slice(&c.to_be_bytes());
+            f
+        };
+        let icmp = m.decide(&big(true));
+        assert_eq!(icmp.reason, Reason::IcmpFragNeededSent);
+        crate::frames::check_checksums(&icmp.output).unwrap();
+        assert_eq!(icmp.output[34..36], [3, 4]);
+        assert_eq!(icmp.output[40..42], 1480u16.to_be_bytes());
+        assert!(!icmp
+            .updates
+            .iter()
+            .any(|u| matches!(u, Update::Counted { .. })));
+        assert_eq!(m.decide(&big(false)).reason, Reason::TooBig);
     }
 }

@@ -1,8 +1,10 @@
 //! The datapath against its reference model (`foobar_tests::model`): 20 000
-//! seeded random and mutated frames through BPF_PROG_TEST_RUN and the
-//! model must agree on action, reason and output frame, and the per-VIP and
-//! per-backend counters must agree at the end, with VIPs removed, re-added,
-//! moved to other ids, shadowed and changed between the frames. Needs root (`cargo xtask
+//! seeded random and mutated frames through BPF_PROG_TEST_RUN, to VIPs of
+//! every forwarding mode (dsr, ipip, nat) and from NAT backends back, and
+//! the model must agree on action, reason and output frame byte for byte,
+//! and the per-VIP and per-backend counters and the NAT tables must agree
+//! at the end, with VIPs removed, re-added, moved to other ids, shadowed
+//! and changed (modes included) and NAT states aged out between the frames. Needs root (`cargo xtask
 //! test`); `cargo xtask fuzz --frames N --seed S` runs longer or other seeds.
 use foobar_tests::fuzz::{self, FuzzOptions};
 
@@ -29,6 +31,12 @@ fn datapath_and_model_agree_on_20000_fuzzed_frames() {
         report.vip_changes >= 100,
         "only {} VIP changes in the run\n{}",
         report.vip_changes,
+        report.summary()
+    );
+    assert!(
+        report.nat_expired >= 100,
+        "only {} NAT states aged out in the run\n{}",
+        report.nat_expired,
         report.summary()
     );
     // The run must reach every kind of decision, or it proves little.

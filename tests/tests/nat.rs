@@ -509,3 +509,103 @@ fn a_full_port_range_drops_new_flows_as_exhausted() {
     let port = source_port(&tx(&mut dp, &again.build(), "existing flow"));
     assert!(ports.contains(&port));
 }
+
+/// A NAT VIP that serves every UDP port of its address and uses that
+/// address as its SNAT address: a backend's stray datagram to an SNAT
+/// port nobody holds is a client flow of that VIP, with a flow entry. A
+/// later client flow given that port must still get its replies translated
+/// back, byte for byte: the reply check comes before the flow table
+/// (docs/DATAPATH.md), so such a flow entry must not take the flow-first
+/// path. Found by the reference-model fuzzer (seed 1).
+#[test]
+fn replies_to_a_port_0_vip_on_its_snat_address_are_translated_not_flows() {
+    const ANY: &str = r#"
+        [datapath]
+        snat_address = "10.0.0.1"
+
+        [[vip]]
+        name = "any"
+        address = "192.0.2.70"
+        port = 0
+        protocol = "udp"
+        forwarding = "nat"
+        snat_address = "192.0.2.70"
+        [[vip.backend]]
+        address = "10.0.0.71"
+        port = 5353
+    "#;
+    let load = || {
+        let config = config::parse(ANY).expect("test config is valid");
+        let macs = [(Ipv4Addr::new(10, 0, 0, 71), backend_mac(71))]
+            .into_iter()
+            .collect();
+        let plan = State::build(&state::saved_from_config(&config), &macs)
+            .expect("MACs given")
+            .plan();
+        let mut dp = Datapath::load(&LoadOptions {
+            lb_mac: lb_mac(),
+            ..LoadOptions::default()
+        })
+        .expect("loading the XDP program (are you root?)");
+        dp.apply(&plan).expect("programming the maps");
+        dp
+    };
+    let vip = [192, 0, 2, 70];
+    let client = Spec {
+        l4: L4::Udp,
+        dst: vip,
+        dport: 53,
+        payload: b"query".to_vec(),
+        ..Spec::default()
+    };
+    // The SNAT port the client's flow gets (a fresh datapath, same seed).
+    let port = source_port(&tx(&mut load(), &client.build(), "probe"));
+
+    let mut dp = load();
+    let from_backend = |payload: &[u8]| Spec {
+        l4: L4::Udp,
+        src_mac: backend_mac(71),
+        dst_mac: lb_mac(),
+        src: [10, 0, 0, 71],
+        dst: vip,
+        sport: 5353,
+        dport: port,
+        payload: payload.to_vec(),
+        ..Spec::default()
+    };
+    // Before the client's flow: a stray to that port is the VIP's flow.
+    tx(&mut dp, &from_backend(b"stray").build(), "stray");
+    let out = tx(&mut dp, &client.build(), "client");
+    let translated = Spec {
+        src_mac: lb_mac(),
+        dst_mac: backend_mac(71),
+        src: vip,
+        dst: [10, 0, 0, 71],
+        sport: port,
+        dport: 5353,
+        ..client.clone()
+    }
+    .build();
+    assert_eq!(out, translated, "the client's flow got the probed port");
+    let out = tx(&mut dp, &from_backend(b"answer").build(), "answer");
+    let untranslated = Spec {
+        src_mac: lb_mac(),
+        dst_mac: client.src_mac,
+        src: vip,
+        dst: client.src,
+        sport: 53,
+        dport: client.sport,
+        payload: b"answer".to_vec(),
+        ..client.clone()
+    }
+    .build();
+    assert_eq!(out, untranslated, "the answer goes back to the client");
+    let replies = dp
+        .stats(0, 0)
+        .expect("stats")
+        .reasons
+        .iter()
+        .find(|(name, _)| *name == Reason::ForwardedReply.name())
+        .map_or(0, |(_, c)| c.packets);
+    assert_eq!(replies, 1, "counted forwarded_reply");
+}

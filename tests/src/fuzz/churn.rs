@@ -1,7 +1,8 @@
 //! VIP churn between the fuzzer's frames: VIPs removed and re-added (under
 //! their old id or another one), ids moved and swapped between VIPs,
 //! exact-port VIPs shadowing a port-0 VIP for their port and going away
-//! again, services changed in place, a VIP moved to another VLAN. Flows
+//! again, services changed in place (scheduler, affinity, forwarding
+//! mode), a VIP moved to another VLAN. Flows
 //! made before a change meet it on their next frames, which is where the
 //! datapath's flow-first path (a flow entry trusted while its VIP's
 //! generation is unchanged) would part from the reference model if
@@ -9,7 +10,10 @@
 use std::collections::{BTreeSet, HashMap};
 
 use foobar::plan::{Plan, PlannedVip};
-use foobar_common::{VipAddrKey, VipKey, SCHED_MAGLEV, SCHED_RR, SERVICE_AFFINITY};
+use foobar_common::{
+    NatVip, VipAddrKey, VipKey, ADDR_PASS_CLOSED_PORTS, ADDR_SNAT, ADDR_SNAT_ONLY, FWD_DSR,
+    FWD_IPIP, FWD_NAT, SCHED_MAGLEV, SCHED_RR, SERVICE_AFFINITY,
+};
 
 use super::Rng;
 
@@ -112,14 +116,22 @@ fn toggle_shadow(base: &Plan, vips: &mut Vec<PlannedVip>, rng: &mut Rng) {
     });
 }
 
-/// Changes a VIP's service in place: scheduler or source affinity.
+/// Changes a VIP's service in place: scheduler, source affinity or
+/// forwarding mode (a VIP that becomes `nat` gets its base NAT settings,
+/// or those of the node's SNAT address).
 fn change_service(vips: &mut [PlannedVip], rng: &mut Rng) {
     if vips.is_empty() {
         return;
     }
     let i = rng.below(vips.len() as u64) as usize;
     let s = &mut vips[i].service;
-    if rng.chance(50) {
+    if rng.chance(40) {
+        let others: Vec<u8> = [FWD_DSR, FWD_NAT, FWD_IPIP]
+            .into_iter()
+            .filter(|&m| m != s.forward_mode)
+            .collect();
+        s.forward_mode = *rng.pick(&others);
+    } else if rng.chance(50) {
         s.scheduler = if s.scheduler == SCHED_MAGLEV {
             SCHED_RR
         } else {
@@ -159,11 +171,35 @@ fn free_id(vips: &[PlannedVip], rng: &mut Rng) -> Option<u32> {
     (!free.is_empty()).then(|| *rng.pick(&free))
 }
 
-/// A plan of `vips` with the base plan's backends, and the addresses of
-/// `vips`, each with the flags its VIP's address has in the base plan
-/// (the flags of the untagged address for a VIP the base plan lacks).
+/// A plan of `vips` with the base plan's backends and backend ports, and
+/// the addresses of `vips`, each with the closed-port flag its VIP's
+/// address has in the base plan (the flags of the untagged address for a
+/// VIP the base plan lacks); NAT settings for the `nat` VIPs under their
+/// current ids (the base ones of the VIP's name, else those of the node's
+/// SNAT address) and their SNAT addresses, as `State::plan` makes them.
 fn plan_of(base: &Plan, vips: Vec<PlannedVip>) -> Plan {
     let mut addresses = HashMap::new();
+    let mut nat_vips = std::collections::BTreeMap::new();
+    let node_snat = u32::from_ne_bytes([10, 0, 0, 1]);
+    let fallback: Option<NatVip> = base
+        .nat_vips
+        .values()
+        .find(|c| c.snat_addr_be == node_snat)
+        .copied();
+    for v in &vips {
+        if v.service.forward_mode != FWD_NAT {
+            continue;
+        }
+        let own = base
+            .vips
+            .iter()
+            .find(|b| b.name == v.name)
+            .and_then(|b| base.nat_vips.get(&b.service.vip_id))
+            .copied();
+        if let Some(cfg) = own.or(fallback) {
+            nat_vips.insert(v.service.vip_id, cfg);
+        }
+    }
     for v in &vips {
         let base_vlan = base
             .vips
@@ -178,7 +214,8 @@ fn plan_of(base: &Plan, vips: Vec<PlannedVip>) -> Plan {
                 _pad: 0,
             })
             .copied()
-            .unwrap_or(0);
+            .unwrap_or(0)
+            & ADDR_PASS_CLOSED_PORTS;
         let key = VipAddrKey {
             addr_be: v.key.addr_be[0],
             vlan: v.key.vlan,
@@ -186,10 +223,22 @@ fn plan_of(base: &Plan, vips: Vec<PlannedVip>) -> Plan {
         };
         *addresses.entry(key).or_insert(0) |= flags;
     }
+    for v in &vips {
+        let Some(cfg) = nat_vips.get(&v.service.vip_id) else {
+            continue;
+        };
+        let key = VipAddrKey {
+            addr_be: cfg.snat_addr_be,
+            vlan: v.key.vlan,
+            _pad: 0,
+        };
+        *addresses.entry(key).or_insert(ADDR_SNAT_ONLY) |= ADDR_SNAT;
+    }
     Plan {
         vips,
         backends: base.backends.clone(),
         addresses,
-        ..Plan::default()
+        nat_vips,
+        backend_ports: base.backend_ports.clone(),
     }
 }
