@@ -1079,3 +1079,18 @@ fn ipip_needs_a_source_and_the_source_is_an_address_or_a_prefix() {
     // A dsr-only config needs no source.
     assert!(parse(&vip.replace("\"ipip\"", "\"dsr\"")).is_ok());
 }
+
+#[test]
+fn flow_table_mode_defaults_to_shared_and_takes_per_cpu() {
+    assert_eq!(
+        parse("").unwrap().datapath.flow_table,
+        FlowTableMode::Shared
+    );
+    let c = parse("[datapath]\nflow_table = \"per-cpu\"\n").unwrap();
+    assert_eq!(c.datapath.flow_table, FlowTableMode::PerCpu);
+    let c = parse("[datapath]\nflow_table = \"shared\"\n").unwrap();
+    assert_eq!(c.datapath.flow_table, FlowTableMode::Shared);
+    let p = problems("[datapath]\nflow_table = \"percpu\"\n");
+    assert_eq!(p[0].key, "datapath.flow_table");
+    assert!(p[0].message.contains("\"per-cpu\""), "{}", p[0].message);
+}
