@@ -305,7 +305,7 @@ pub const NAT_PORT_PROBES: u32 = 16;
 /// Bump it by hand whenever a map's key or value changes meaning, a map is
 /// added, removed or renamed, or a flag changes value: a daemon refuses to
 /// adopt maps pinned by a binary of another layout.
-pub const LAYOUT_VERSION: u32 = 7;
+pub const LAYOUT_VERSION: u32 = 8;
 
 /// Sizes of the shared types the pinned maps hold, in the order FlowKey,
 /// Flow, Backend, VipKey, Service, AffinityKey, VipAddrKey, Counter, VipGen,

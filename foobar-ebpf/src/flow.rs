@@ -19,8 +19,8 @@
 use foobar_common::{Backend, Event, Flow, Service, BACKEND_UP, FLOW_CLOSED, IPPROTO_TCP};
 
 use crate::{
-    clock,
-    maps::{BACKENDS, FLOWS, VIP_GEN},
+    clock, flow_table,
+    maps::{BACKENDS, VIP_GEN},
     parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     schedule, stats,
     verdict::Verdict,
@@ -46,7 +46,7 @@ pub enum First {
 /// The flow-first hit path (not for ICMP errors: see `backend_for`).
 #[inline(always)]
 pub fn first(pkt: &Packet) -> First {
-    let Some(flow) = FLOWS.get_ptr_mut(&pkt.flow) else {
+    let Some(flow) = flow_table::get(&pkt.flow) else {
         return First::Full(None);
     };
     // SAFETY: LRU entries may be recycled under us; we copy the fields out
@@ -89,7 +89,7 @@ pub fn first(pkt: &Packet) -> First {
 /// when the flow-first one did not run).
 #[inline(always)]
 pub fn lookup(pkt: &Packet) -> Option<*mut Flow> {
-    FLOWS.get_ptr_mut(&pkt.flow)
+    flow_table::get(&pkt.flow)
 }
 
 /// A TCP SYN without ACK: a client opening a connection.
@@ -184,10 +184,9 @@ pub fn backend_for(
         backend_gen: backend.gen,
         vip_gen,
     };
-    // A full LRU evicts its oldest entry; an insert can only fail on memory
-    // pressure, and then the packet is still forwarded (the next one
+    // A failed insert still forwards the packet (the next one
     // reschedules, which round-robin may send elsewhere).
-    let _ = FLOWS.insert(&pkt.flow, &flow, 0);
+    flow_table::insert(&pkt.flow, &flow);
     stats::count_new_flow(backend_id);
     Ok((backend_id, backend))
 }

@@ -7,6 +7,7 @@
 
 mod clock;
 mod flow;
+mod flow_table;
 mod forward;
 mod frame;
 mod icmp;

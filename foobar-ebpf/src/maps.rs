@@ -3,7 +3,8 @@
 //! round-robin cursors and the counters, which the datapath writes.
 use crate::clock::Reading;
 use aya_ebpf::{
-    macros::map,
+    btf_maps,
+    macros::{btf_map, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use foobar_common::{
@@ -51,9 +52,22 @@ pub static RING_STATE: Array<u32> = Array::with_max_entries(MAX_VIPS, 0);
 #[map]
 pub static RR_CURSOR: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
 
-/// 5-tuple -> backend of an established flow. Size set at load time.
+/// 5-tuple -> backend of an established flow, one table for all CPUs
+/// (`datapath.flow_table = "shared"`). Size set at load time; 1 entry,
+/// unused, when the tables are per CPU.
 #[map]
 pub static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(FLOW_TABLE_DEFAULT, 0);
+
+/// The per-CPU flow tables (`datapath.flow_table = "per-cpu"`): slot N
+/// holds CPU N's own LRU table (5-tuple -> flow, as FLOWS), created and
+/// sized by userspace; no CPU takes another's lock. The outer array's size
+/// is set at load time (the possible CPUs; 1 when the table is shared).
+/// A BTF map definition: aya's legacy `#[map]` has no map-in-map. The
+/// inner definition is only the template the kernel checks the inner
+/// tables against (type, key, value, flags; not the size).
+#[btf_map]
+pub static FLOWS_PER_CPU: btf_maps::ArrayOfMaps<btf_maps::LruHashMap<FlowKey, Flow, 1>, 1> =
+    btf_maps::ArrayOfMaps::new();
 
 /// (VIP, client address) -> the backend of the client's latest new
 /// connection, for VIPs with source affinity. Size set at load time

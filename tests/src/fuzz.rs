@@ -10,7 +10,7 @@ use std::{collections::HashMap, fmt::Write as _, net::Ipv4Addr, time::Instant};
 use anyhow::{bail, Context as _, Result};
 use foobar::{
     config,
-    datapath::{Datapath, LoadOptions},
+    datapath::{Datapath, FlowTableMode, LoadOptions},
     plan::Plan,
     state::{Admin, State},
 };
@@ -231,6 +231,10 @@ pub struct FuzzOptions {
     /// first (later ones may follow from earlier ones: the two sides'
     /// tables differ after a difference).
     pub max_differences: usize,
+    /// The datapath's flow table: shared, or one per CPU (the run is
+    /// pinned to one CPU, so per-CPU tables see every flow in one table
+    /// and the model, which has one, must agree all the same).
+    pub flow_table: FlowTableMode,
 }
 
 /// What a run did.
@@ -359,8 +363,11 @@ pub fn pin_to_one_cpu() -> Result<()> {
 pub fn run(opts: &FuzzOptions) -> Result<FuzzReport> {
     pin_to_one_cpu()?;
     let (mut state, macs) = initial_state()?;
-    let mut dp = Datapath::load(&load_options())
-        .context("loading the XDP program (are you root? run `cargo xtask fuzz`)")?;
+    let mut dp = Datapath::load(&LoadOptions {
+        flow_table: opts.flow_table,
+        ..load_options()
+    })
+    .context("loading the XDP program (are you root? run `cargo xtask fuzz`)")?;
     let mut ager = nat::NatAger::open(&mut dp)?;
     let (source, prefix_len) = IPIP_SOURCE;
     let ipip = IpipSettings {

@@ -6,15 +6,28 @@
 //! at the end, with VIPs removed, re-added, moved to other ids, shadowed
 //! and changed (modes included) and NAT states aged out between the frames. Needs root (`cargo xtask
 //! test`); `cargo xtask fuzz --frames N --seed S` runs longer or other seeds.
+use foobar::datapath::FlowTableMode;
 use foobar_tests::fuzz::{self, FuzzOptions};
 
 #[test]
 fn datapath_and_model_agree_on_20000_fuzzed_frames() {
+    agree_on_20000_frames(FlowTableMode::Shared);
+}
+
+/// The same with per-CPU flow tables (the run is pinned to one CPU: its
+/// table must behave as the model's one table).
+#[test]
+fn datapath_with_per_cpu_flow_tables_and_model_agree_on_20000_fuzzed_frames() {
+    agree_on_20000_frames(FlowTableMode::PerCpu);
+}
+
+fn agree_on_20000_frames(flow_table: FlowTableMode) {
     let seed = 20_000;
     let report = fuzz::run(&FuzzOptions {
         frames: 20_000,
         seed,
         max_differences: 5,
+        flow_table,
     })
     .expect("running the fuzzer (are you root? run `cargo xtask test`)");
     println!("{}", report.summary());

@@ -32,8 +32,9 @@ const DOWNLOAD_BYTES: usize = 640 * 1024;
 /// limit each connection, not each backend).
 const DOWNLOADS: usize = 20;
 
-/// A lab whose three backends send at 32 KB/s, with foobar running rr.
-fn slow_lab() -> Lab {
+/// A lab whose three backends send at 32 KB/s, with foobar running rr
+/// (the config as `config` rewrites it).
+fn slow_lab_with(config: impl Fn(&str) -> String) -> Lab {
     let mut lab = Lab::start(&LabOptions {
         backends: 3,
         slow: vec!["be1".into(), "be2".into(), "be3".into()],
@@ -41,10 +42,22 @@ fn slow_lab() -> Lab {
     })
     .expect("lab starts");
     lab.make_file("long.bin", DOWNLOAD_BYTES).unwrap();
-    let config = lab.config();
+    let config = config(&lab.config());
     lab.start_foobar(&foobar(), &config)
         .expect("foobar run attaches");
     lab
+}
+
+/// The lab config with per-CPU flow tables. Maglev, not the lab's rr: a
+/// flow whose packets reach another CPU misses there and is scheduled
+/// anew, which Maglev does onto the same backend and rr would not (the
+/// lab's veths process a connection on whichever CPU its sender runs).
+fn per_cpu_config(config: &str) -> String {
+    let out = config
+        .replacen("[datapath]\n", "[datapath]\nflow_table = \"per-cpu\"\n", 1)
+        .replacen("scheduler = \"rr\"", "scheduler = \"maglev\"", 1);
+    assert!(out.contains("per-cpu") && out.contains("maglev"), "{out}");
+    out
 }
 
 /// Client addresses (ip:port) with an established connection to port 80,
@@ -154,7 +167,12 @@ fn exe_of(pid: u32) -> PathBuf {
 /// stop, a few seconds without any daemon, and a start: nothing fails,
 /// no established connection changes backend.
 fn restart_under_load(stop: Stop) {
-    let mut lab = slow_lab();
+    restart_under_load_with(stop, str::to_owned)
+}
+
+/// `restart_under_load` with the config rewritten by `config`.
+fn restart_under_load_with(stop: Stop, config: impl Fn(&str) -> String) {
+    let mut lab = slow_lab_with(&config);
     // A runtime change first, so ids and generations are not what a fresh
     // start from the saved state would give (be2 0/1, be3 1/2, be1 2/3):
     // only adoption keeps every flow entry on its backend.
@@ -174,6 +192,12 @@ fn restart_under_load(stop: Stop) {
         "downloads and wrk connections established: {before:?}"
     );
 
+    let mode = if config(&lab.config()).contains("flow_table = \"per-cpu\"") {
+        "per-cpu"
+    } else {
+        "shared"
+    };
+    assert_eq!(status(&lab)["flow_table"]["mode"], mode);
     let program_before = xdp_program_id(&lab).expect("an XDP program is attached");
     let binary = match stop {
         Stop::Upgrade => upgraded_binary(&lab),
@@ -197,7 +221,7 @@ fn restart_under_load(stop: Stop) {
     );
     let restart = Instant::now();
     let answered_without_daemon = prober.answered() - answered_at_stop;
-    lab.start_foobar(&binary, &lab.config()).unwrap();
+    lab.start_foobar(&binary, &config(&lab.config())).unwrap();
     let to_serving = restart.elapsed();
     assert_eq!(
         exe_of(lab.foobar_pid().unwrap()),
@@ -214,6 +238,7 @@ fn restart_under_load(stop: Stop) {
         "the restart adopts: {log}"
     );
     assert!(log.contains("adopted (program replaced in place)"), "{log}");
+    assert_eq!(status(&lab)["flow_table"]["mode"], mode, "the adopted mode");
 
     // Every connection established before the stop and still open now is
     // on the backend it had; none moved to another one.
@@ -280,6 +305,13 @@ fn kill_9_and_start_again_loses_nothing() {
 #[test]
 fn sigterm_and_start_again_loses_nothing() {
     restart_under_load(Stop::Term);
+}
+
+/// The same with `datapath.flow_table = "per-cpu"`: the per-CPU tables
+/// are adopted with their flows, in their mode.
+#[test]
+fn sigterm_and_start_again_with_per_cpu_flow_tables_loses_nothing() {
+    restart_under_load_with(Stop::Term, per_cpu_config);
 }
 
 /// Test 3 of the hitless-restart issue, "a rebuilt binary over a running

@@ -178,6 +178,7 @@ async fn serve(
     let datapath = Datapath::load_pinned(
         &LoadOptions {
             flow_table_size: config.datapath.flow_table_size,
+            flow_table: config.datapath.flow_table,
             affinity_table_size,
             hash_seed: config.datapath.hash_seed,
             lb_mac,

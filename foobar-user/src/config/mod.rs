@@ -135,6 +135,7 @@ struct RawDatapath {
     interface: Option<String>,
     xdp_mode: Option<String>,
     flow_table_size: Option<i64>,
+    flow_table: Option<String>,
     affinity_table_size: Option<i64>,
     hash_seed: Option<i64>,
     wlc_period_ms: Option<i64>,
@@ -263,6 +264,28 @@ pub enum AttachMode {
     Skb,
 }
 
+/// Where the datapath keeps its flows (`datapath.flow_table`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FlowTableMode {
+    /// One table for every CPU: a flow is found whichever CPU its packets
+    /// reach. Inserts from several CPUs at once contend for its lock.
+    #[default]
+    Shared,
+    /// One table per CPU, each of `flow_table_size` entries: new flows on
+    /// several CPUs scale, but a flow whose packets move to another CPU is
+    /// scheduled anew there (rr/wlc may pick another backend: a reset).
+    PerCpu,
+}
+
+impl FlowTableMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            FlowTableMode::Shared => "shared",
+            FlowTableMode::PerCpu => "per-cpu",
+        }
+    }
+}
+
 impl AttachMode {
     pub fn name(self) -> &'static str {
         match self {
@@ -277,7 +300,9 @@ pub struct DatapathConfig {
     /// The LB node's NIC; `foobar run --iface` overrides it.
     pub interface: Option<String>,
     pub xdp_mode: AttachMode,
+    /// Entries of the flow table; per CPU with `FlowTableMode::PerCpu`.
     pub flow_table_size: u32,
+    pub flow_table: FlowTableMode,
     /// Entries of the source-affinity table; None: the flow table's size if
     /// a VIP uses persistence, else 1 (the least a map can have).
     pub affinity_table_size: Option<u32>,

@@ -1214,3 +1214,18 @@ fn nat_keys_are_refused_where_they_cannot_work() {
         assert_eq!(keys(&text), vec![format!("datapath.{key}")], "{key}");
     }
 }
+
+#[test]
+fn flow_table_mode_defaults_to_shared_and_takes_per_cpu() {
+    assert_eq!(
+        parse("").unwrap().datapath.flow_table,
+        FlowTableMode::Shared
+    );
+    let c = parse("[datapath]\nflow_table = \"per-cpu\"\n").unwrap();
+    assert_eq!(c.datapath.flow_table, FlowTableMode::PerCpu);
+    let c = parse("[datapath]\nflow_table = \"shared\"\n").unwrap();
+    assert_eq!(c.datapath.flow_table, FlowTableMode::Shared);
+    let p = problems("[datapath]\nflow_table = \"percpu\"\n");
+    assert_eq!(p[0].key, "datapath.flow_table");
+    assert!(p[0].message.contains("\"per-cpu\""), "{}", p[0].message);
+}

@@ -227,6 +227,17 @@ fn validate_datapath(raw: &RawDatapath, p: &mut Problems) -> Option<DatapathConf
             None
         }
     };
+    let flow_table = match raw.flow_table.as_deref() {
+        None | Some("shared") => Some(FlowTableMode::Shared),
+        Some("per-cpu") => Some(FlowTableMode::PerCpu),
+        Some(other) => {
+            p.add(
+                "datapath.flow_table",
+                format!("\"{other}\" is not a flow table; use \"shared\" or \"per-cpu\""),
+            );
+            None
+        }
+    };
     if let Some(iface) = &raw.interface {
         p.field("datapath.interface", rules::interface(iface));
     }
@@ -292,6 +303,7 @@ fn validate_datapath(raw: &RawDatapath, p: &mut Problems) -> Option<DatapathConf
         interface: raw.interface.clone(),
         xdp_mode: xdp_mode?,
         flow_table_size: flow_table_size?,
+        flow_table: flow_table?,
         affinity_table_size: affinity_table_size?,
         hash_seed: hash_seed?,
         wlc_period_ms: wlc_period_ms?,

@@ -240,6 +240,11 @@ pub(super) fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
         b.flow_table_size.to_string(),
     );
     cmp(
+        "datapath.flow_table",
+        a.flow_table.name().into(),
+        b.flow_table.name().into(),
+    );
+    cmp(
         "datapath.affinity_table_size",
         format!("{:?}", a.affinity_table_size),
         format!("{:?}", b.affinity_table_size),

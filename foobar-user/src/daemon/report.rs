@@ -91,6 +91,7 @@ impl Owner {
             "flow_table": {
                 "entries": self.flow_entries,
                 "capacity": self.datapath.flow_table_size(),
+                "mode": self.datapath.flow_table_mode().name(),
                 "walk_ms": self.last_walk.as_secs_f64() * 1e3,
             },
             "health_checks_not_run": health::checks_not_run(),

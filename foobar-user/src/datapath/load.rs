@@ -13,13 +13,14 @@ use aya::{
 };
 
 use super::{
+    flow_tables::{self, PER_CPU_MAP},
     pin::{PinDir, PINNED_MAPS},
     rings::RingWriter,
     stats::CounterMaps,
     Attached, Datapath, DatapathError, Maps, Result, Written, LB_PROGRAM, OBJECT, PASS_PROGRAM,
 };
 
-pub use crate::config::AttachMode;
+pub use crate::config::{AttachMode, FlowTableMode};
 
 /// The aya attach flag of an attach mode.
 fn xdp_mode(mode: AttachMode) -> XdpMode {
@@ -32,8 +33,10 @@ fn xdp_mode(mode: AttachMode) -> XdpMode {
 /// Load-time settings of the datapath.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
-    /// Entries of the flow table.
+    /// Entries of the flow table: of each CPU's with `FlowTableMode::PerCpu`.
     pub flow_table_size: u32,
+    /// One flow table for all CPUs, or one per CPU (`datapath.flow_table`).
+    pub flow_table: FlowTableMode,
     /// Entries of the source-affinity table (1 when no VIP uses it: a map
     /// cannot have 0).
     pub affinity_table_size: u32,
@@ -67,6 +70,7 @@ impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
             flow_table_size: foobar_common::FLOW_TABLE_DEFAULT,
+            flow_table: FlowTableMode::Shared,
             affinity_table_size: 1,
             hash_seed: 0,
             lb_mac: [0; 6],
@@ -114,9 +118,19 @@ impl Datapath {
         };
         let (ipip_src_be, ipip_host_mask_be) = ipip_source_globals(opts.ipip_source);
         let vmac_vrids = vmac_bitmap(&opts.vmac_vrids);
+        let flow_table = flow_table_mode(opts.flow_table, pins.as_ref().filter(|_| adopted));
+        let per_cpu = flow_table == FlowTableMode::PerCpu;
+        let per_cpu_global = u8::from(per_cpu);
+        // The table of the other mode is made as small as a map can be.
+        let (shared_size, cpus) = match flow_table {
+            FlowTableMode::Shared => (opts.flow_table_size, 1),
+            FlowTableMode::PerCpu => (1, flow_tables::possible_cpus()?),
+        };
         let mut loader = EbpfLoader::new();
         loader
-            .map_max_entries("FLOWS", opts.flow_table_size)
+            .map_max_entries("FLOWS", shared_size)
+            .map_max_entries(PER_CPU_MAP, cpus)
+            .override_global("FLOW_TABLE_PER_CPU", &per_cpu_global, true)
             .map_max_entries("AFFINITY", opts.affinity_table_size.max(1))
             .map_max_entries("NAT_FLOWS", opts.flow_table_size)
             .map_max_entries("NAT_REVERSE", opts.flow_table_size)
@@ -127,7 +141,11 @@ impl Datapath {
             .override_global("IFACE_MTU", &opts.mtu, true)
             .override_global("VMAC_VRIDS", &vmac_vrids, true);
         let paths: Vec<(&'static str, std::path::PathBuf)> = match &pins {
-            Some(p) => PINNED_MAPS.iter().map(|&n| (n, p.map(n))).collect(),
+            Some(p) => PINNED_MAPS
+                .iter()
+                .chain([&PER_CPU_MAP])
+                .map(|&n| (n, p.map(n)))
+                .collect(),
             None => Vec::new(),
         };
         for (name, path) in &paths {
@@ -146,7 +164,7 @@ impl Datapath {
         // Reused flow and affinity tables keep the sizes they were made with.
         let mut flow_table_size = opts.flow_table_size;
         for (name, configured) in [
-            ("FLOWS", opts.flow_table_size),
+            ("FLOWS", shared_size),
             ("AFFINITY", opts.affinity_table_size.max(1)),
         ] {
             let size = match ebpf.map(name) {
@@ -168,7 +186,33 @@ impl Datapath {
                 flow_table_size = size;
             }
         }
-        let maps = take_maps(&mut ebpf)?;
+        let mut maps = take_maps(&mut ebpf)?;
+        if per_cpu {
+            let outer = ebpf.take_map(PER_CPU_MAP).ok_or(DatapathError::Missing {
+                what: "array of maps",
+                name: PER_CPU_MAP,
+            })?;
+            let Map::ArrayOfMaps(outer) = outer else {
+                return Err(DatapathError::Missing {
+                    what: "array of maps",
+                    name: PER_CPU_MAP,
+                });
+            };
+            maps.flows = flow_tables::per_cpu_tables(outer, opts.flow_table_size)?;
+            // Adopted tables keep their size (CPU 0's says it for all).
+            flow_table_size = maps.flows[0]
+                .info()
+                .map_or(opts.flow_table_size, |i| i.max_entries());
+            if flow_table_size != opts.flow_table_size {
+                tracing::warn!(
+                    map = PER_CPU_MAP,
+                    pinned = flow_table_size,
+                    configured = opts.flow_table_size,
+                    "adopted per-CPU flow tables keep their size; the configured one takes \
+                     effect after `foobar detach` and a start"
+                );
+            }
+        }
         // Adopted maps: generations the earlier run handed out are never
         // handed out again, even by an `apply` without a `resync` first.
         let mut next_vip_gen = 1;
@@ -185,6 +229,7 @@ impl Datapath {
             adopted,
             _pin_lock: pin_lock,
             flow_table_size,
+            flow_table,
             written: Written {
                 next_vip_gen,
                 ..Written::default()
@@ -288,6 +333,23 @@ impl Datapath {
     }
 }
 
+/// The flow table mode this run uses: the pinned one when adopting (the
+/// flows stay where they are), else the configured one.
+fn flow_table_mode(configured: FlowTableMode, adopting: Option<&PinDir>) -> FlowTableMode {
+    let Some(pinned) = adopting.and_then(flow_tables::pinned_mode) else {
+        return configured;
+    };
+    if pinned != configured {
+        tracing::warn!(
+            pinned = pinned.name(),
+            configured = configured.name(),
+            "the adopted flow table keeps its mode (datapath.flow_table) and its flows; the \
+             configured one takes effect after `foobar detach` and a start"
+        );
+    }
+    pinned
+}
+
 /// Takes the maps userspace writes or reads out of the object, typed, once
 /// (the programs keep their own references to them).
 fn take_maps(ebpf: &mut Ebpf) -> Result<Maps> {
@@ -316,7 +378,7 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<Maps> {
         vip_addrs4: take::<HashMap<MapData, _, _>>(ebpf, "VIP_ADDRS4")?,
         vip_addr_bits: take::<Array<MapData, _>>(ebpf, "VIP_ADDR_BITS")?,
         affinity: take::<HashMap<MapData, _, _>>(ebpf, "AFFINITY")?,
-        flows,
+        flows: vec![flows],
         counters: CounterMaps {
             reasons: take::<PerCpuArray<MapData, _>>(ebpf, "REASONS")?,
             events: take::<PerCpuArray<MapData, _>>(ebpf, "EVENTS")?,

@@ -7,6 +7,7 @@
 //! (the double-buffered ring writer), `flows` (the flow-table walk),
 //! `stats` (counters); this file writes VIPs and backends from a plan.
 pub mod bench;
+mod flow_tables;
 mod flows;
 mod load;
 mod nat;
@@ -26,7 +27,7 @@ use foobar_common::{
 };
 
 pub use flows::{FlowUsage, FlowWalker};
-pub use load::{AttachMode, LoadOptions, PassProgram};
+pub use load::{AttachMode, FlowTableMode, LoadOptions, PassProgram};
 pub use nat::{nat_state_ended, NatCollector, NatGcReport, NAT_GC_SLACK_NS};
 pub(crate) use pin::mount_bpffs;
 pub use pin::{PinDir, DEFAULT_PIN_ROOT};
@@ -137,7 +138,9 @@ pub struct Datapath {
     adopted: bool,
     /// The pin directory's lock, held while this datapath lives.
     _pin_lock: Option<std::os::fd::OwnedFd>,
+    /// Entries of each flow table (of each CPU's, when per CPU).
     flow_table_size: u32,
+    flow_table: FlowTableMode,
     /// What the maps hold, as last written: `apply` writes differences only.
     written: Written,
     nat_written: nat::NatWritten,
@@ -160,7 +163,8 @@ struct Maps {
     vip_addrs4: HashMap<MapData, VipAddrKey, u32>,
     vip_addr_bits: Array<MapData, u64>,
     affinity: HashMap<MapData, AffinityKey, Flow>,
-    flows: MapData,
+    /// The flow tables: the shared one, or one per CPU, by CPU id.
+    flows: Vec<MapData>,
     counters: stats::CounterMaps,
     nat: nat::NatMaps,
 }
@@ -612,16 +616,31 @@ impl Datapath {
     /// while this `Datapath` keeps serving its owner.
     pub fn flow_walker(&self) -> Result<FlowWalker> {
         Ok(FlowWalker {
-            fd: self.flow_table_fd()?,
+            tables: self
+                .maps
+                .flows
+                .iter()
+                .map(flows::dup_fd)
+                .collect::<Result<_>>()?,
             capacity: self.flow_table_size,
         })
     }
 
-    /// A read-write handle of its own on the flow table, for tests and
-    /// benchmarks that fill it (the daemon never writes it).
-    pub fn flow_table(&self) -> Result<HashMap<MapData, FlowKey, Flow>> {
+    /// A read-write handle of its own on the flow table CPU `cpu` uses
+    /// (the shared one, whatever `cpu`, when the table is shared), for
+    /// tests and benchmarks that fill or read it (the daemon never writes
+    /// it).
+    pub fn flow_table_of(&self, cpu: u32) -> Result<HashMap<MapData, FlowKey, Flow>> {
+        let table = match self.flow_table {
+            FlowTableMode::Shared => self.maps.flows.first(),
+            FlowTableMode::PerCpu => self.maps.flows.get(cpu as usize),
+        }
+        .ok_or(DatapathError::Missing {
+            what: "flow table of CPU",
+            name: "FLOWS_PER_CPU",
+        })?;
         let data =
-            MapData::from_fd(self.flow_table_fd()?).map_err(|source| DatapathError::Map {
+            MapData::from_fd(flows::dup_fd(table)?).map_err(|source| DatapathError::Map {
                 map: "FLOWS",
                 source,
             })?;
@@ -631,12 +650,31 @@ impl Datapath {
         })
     }
 
-    fn flow_table_fd(&self) -> Result<std::os::fd::OwnedFd> {
-        flows::dup_fd(&self.maps.flows)
+    /// `flow_table_of(0)`: the shared table, or CPU 0's.
+    pub fn flow_table(&self) -> Result<HashMap<MapData, FlowKey, Flow>> {
+        self.flow_table_of(0)
     }
 
+    /// Entries all flow tables hold together: `flow_table_size` times the
+    /// tables (one, or one per possible CPU).
     pub fn flow_table_size(&self) -> u32 {
         self.flow_table_size
+            .saturating_mul(self.maps.flows.len() as u32)
+    }
+
+    /// Entries of each flow table (of each CPU's, when per CPU).
+    pub fn flow_table_size_each(&self) -> u32 {
+        self.flow_table_size
+    }
+
+    /// The flow table mode in use (an adopted datapath keeps its own).
+    pub fn flow_table_mode(&self) -> FlowTableMode {
+        self.flow_table
+    }
+
+    /// How many flow tables there are: 1, or one per possible CPU.
+    pub fn flow_tables(&self) -> usize {
+        self.maps.flows.len()
     }
 
     /// Reads and sums every per-CPU counter of VIP ids below `vip_count` and

@@ -24,7 +24,7 @@ use foobar::{
     config,
     datapath::{
         bench::{Harness, Restore, FRAME_LEN},
-        Datapath, LoadOptions,
+        Datapath, FlowTableMode, LoadOptions,
     },
     maglev,
     state::{self, State},
@@ -189,8 +189,14 @@ fn frame_with(dst: [u8; 4], ack: bool) -> [u8; FRAME_LEN] {
     f.try_into().expect("a FRAME_LEN frame")
 }
 
-fn load(scheduler: &str) -> Result<Datapath> {
-    load_with(scheduler, LoadOptions::default())
+fn load(scheduler: &str, flow_table: FlowTableMode) -> Result<Datapath> {
+    load_with(
+        scheduler,
+        LoadOptions {
+            flow_table,
+            ..LoadOptions::default()
+        },
+    )
 }
 
 fn load_with(scheduler: &str, opts: LoadOptions) -> Result<Datapath> {
@@ -233,6 +239,7 @@ fn roomy_table(inserts_per_cpu: u32) -> u32 {
 struct Case {
     name: String,
     scheduler: &'static str,
+    flow_table: FlowTableMode,
     /// Reload the datapath (an empty flow table) before every round.
     fresh: bool,
     dp: Datapath,
@@ -310,6 +317,16 @@ fn pin_to_cpu(cpu: usize) -> Result<()> {
 /// and established paths for each scheduler, in interleaved rounds; then
 /// new flows on one CPU and on two at once.
 fn per_packet(quick: bool) -> Result<String> {
+    // One CPU throughout: with per-CPU flow tables, an established flow is
+    // a hit only on the CPU that made it (two_cpus pins its own threads).
+    let affinity = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))?;
+    pin_to_cpu(0)?;
+    let out = per_packet_on_one_cpu(quick);
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &affinity)?;
+    out
+}
+
+fn per_packet_on_one_cpu(quick: bool) -> Result<String> {
     let (rounds, repeat) = if quick { (1, 10_000) } else { (5, 1_000_000) };
     let mut harness = Harness::load()?;
     let floor_fd = harness.floor_fd()?;
@@ -319,7 +336,13 @@ fn per_packet(quick: bool) -> Result<String> {
     let vip_ack = frame_with([192, 0, 2, 10], true);
     let other = frame([192, 0, 2, 99]);
     let mut cases = Vec::new();
-    for scheduler in ["rr", "maglev"] {
+    for (scheduler, flow_table) in [
+        ("rr", FlowTableMode::Shared),
+        ("maglev", FlowTableMode::Shared),
+        ("rr", FlowTableMode::PerCpu),
+        ("maglev", FlowTableMode::PerCpu),
+    ] {
+        let per_cpu = flow_table == FlowTableMode::PerCpu;
         for (path, frame, restore, action, fresh) in [
             ("pass (not a VIP)", other, Restore::Nothing, XDP_PASS, false),
             (
@@ -344,19 +367,22 @@ fn per_packet(quick: bool) -> Result<String> {
                 false,
             ),
         ] {
-            if path.starts_with("pass") && scheduler != "rr" {
+            if path.starts_with("pass") && (scheduler != "rr" || per_cpu) {
                 continue; // the pass path does not depend on the scheduler
             }
             let name = if path.starts_with("pass") {
                 path.to_owned()
+            } else if per_cpu {
+                format!("{scheduler}, dsr, per-CPU flow tables: {path}")
             } else {
                 format!("{scheduler}, dsr: {path}")
             };
             cases.push(Case {
                 name,
                 scheduler,
+                flow_table,
                 fresh,
-                dp: load(scheduler)?,
+                dp: load(scheduler, flow_table)?,
                 frame,
                 restore,
                 action,
@@ -384,6 +410,7 @@ fn per_packet(quick: bool) -> Result<String> {
             if case.fresh {
                 let opts = LoadOptions {
                     flow_table_size: roomy_table(repeat),
+                    flow_table: case.flow_table,
                     ..LoadOptions::default()
                 };
                 case.dp = load_with(case.scheduler, opts)?;
@@ -503,7 +530,11 @@ fn two_cpus(
     harness_cost: f64,
     rounds: usize,
 ) -> Result<String> {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Online CPUs, not this thread's affinity (per_packet pins it to one).
+    let cpus = nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN)
+        .ok()
+        .flatten()
+        .unwrap_or(1);
     let mut out = String::new();
     writeln!(out, "\n### New flows on two CPUs at once\n")?;
     if cpus < 2 {
@@ -511,12 +542,23 @@ fn two_cpus(
         return Ok(out);
     }
     let vip = frame([192, 0, 2, 10]);
+    // Rates by run: 1 and 2 CPUs with the shared table, the same with
+    // per-CPU tables, and 2 CPUs each with a datapath of its own (the
+    // ceiling of any flow table).
     let (mut one, mut two, mut overlap) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut one_per_cpu, mut two_per_cpu) = (Vec::new(), Vec::new());
     let mut two_own = Vec::new();
-    // (CPUs, whether each CPU has a datapath, and so a flow table, of its
-    // own: the scaling a per-CPU flow table, as Katran keeps, could reach).
+    // (CPUs, the flow table mode, whether each CPU has a datapath of its
+    // own), interleaved in every round.
     for _ in 0..rounds {
-        for (n_cpus, own_tables) in [(1usize, false), (2, false), (2, true)] {
+        for (n_cpus, flow_table, own_tables) in [
+            (1usize, FlowTableMode::Shared, false),
+            (1, FlowTableMode::PerCpu, false),
+            (2, FlowTableMode::Shared, false),
+            (2, FlowTableMode::PerCpu, false),
+            (2, FlowTableMode::Shared, true),
+        ] {
+            let per_cpu = flow_table == FlowTableMode::PerCpu;
             let tables = if own_tables { n_cpus } else { 1 };
             let mut dps = Vec::new();
             let mut harnesses = Vec::new();
@@ -525,6 +567,7 @@ fn two_cpus(
                     "rr",
                     LoadOptions {
                         flow_table_size: roomy_table(repeat),
+                        flow_table,
                         ..LoadOptions::default()
                     },
                 )?;
@@ -591,10 +634,14 @@ fn two_cpus(
             // harness subtracted; summed over the CPUs.
             let rate: f64 = runs.iter().map(|r| 1e9 / (r.0 - harness_cost)).sum();
             if n_cpus == 1 {
-                one.push(rate);
+                if per_cpu { &mut one_per_cpu } else { &mut one }.push(rate);
             } else {
                 if own_tables {
                     two_own.push(rate);
+                    continue;
+                }
+                if per_cpu {
+                    two_per_cpu.push(rate);
                     continue;
                 }
                 two.push(rate);
@@ -623,15 +670,32 @@ fn two_cpus(
     )?;
     writeln!(
         out,
-        "| CPUs | new flows/s (all CPUs) | × one CPU | target |\n|---:|---:|---:|---|"
+        "| CPUs | new flows/s (all CPUs) | × one CPU (shared table) | target |\n|---:|---:|---:|---|"
     )?;
-    writeln!(out, "| 1 | {:.0} | 1.00 | |", one)?;
-    writeln!(out, "| 2 | {:.0} | {:.2} | ≥ 1.8 |", two, two / one)?;
+    writeln!(out, "| 1, shared table | {:.0} | 1.00 | |", one)?;
+    writeln!(
+        out,
+        "| 2, shared table | {:.0} | {:.2} | ≥ 1.8 |",
+        two,
+        two / one
+    )?;
+    let (one_per_cpu, two_per_cpu) = (median(one_per_cpu), median(two_per_cpu));
+    writeln!(
+        out,
+        "| 1, per-CPU tables (`flow_table = \"per-cpu\"`) | {one_per_cpu:.0} | {:.2} | |",
+        one_per_cpu / one
+    )?;
+    writeln!(
+        out,
+        "| 2, per-CPU tables (`flow_table = \"per-cpu\"`; × its own one-CPU rate: {:.2}) | \
+         {two_per_cpu:.0} | {:.2} | ≥ 1.8 |",
+        two_per_cpu / one_per_cpu,
+        two_per_cpu / one
+    )?;
     let two_own = median(two_own);
     writeln!(
         out,
-        "| 2, each CPU a flow table of its own (the per-CPU table's ceiling; not what foobar \
-         ships) | {:.0} | {:.2} | |",
+        "| 2, each CPU a datapath of its own (the ceiling of any flow table) | {:.0} | {:.2} | |",
         two_own,
         two_own / one
     )?;
@@ -709,7 +773,7 @@ fn control_plane(quick: bool) -> Result<String> {
     }
     // Ring updates: a whole Maglev table, then one with one backend fewer
     // (only the slots that differ from the half being written are written).
-    let mut dp = load("maglev")?;
+    let mut dp = load("maglev", FlowTableMode::Shared)?;
     let members: Vec<maglev::Member> = (0..100)
         .map(|i| maglev::Member {
             id: i % 3,
@@ -952,6 +1016,7 @@ fn fuzz_run(quick: bool, seed: Option<u64>) -> Result<String> {
         frames,
         seed,
         max_differences: 1,
+        flow_table: FlowTableMode::Shared,
     };
     let report = std::thread::spawn(move || fuzz::run(&opts))
         .join()

@@ -23,6 +23,9 @@ struct Args {
     /// How many of the differences to print in full.
     #[arg(long, default_value_t = 20)]
     show: usize,
+    /// The flow table: "shared" or "per-cpu" (datapath.flow_table).
+    #[arg(long, default_value = "shared", value_parser = ["shared", "per-cpu"])]
+    flow_table: String,
 }
 
 fn main() -> Result<()> {
@@ -41,6 +44,11 @@ fn main() -> Result<()> {
         frames: args.frames,
         seed,
         max_differences: args.max_differences,
+        flow_table: if args.flow_table == "per-cpu" {
+            foobar::datapath::FlowTableMode::PerCpu
+        } else {
+            foobar::datapath::FlowTableMode::Shared
+        },
     })?;
     print!("{}", report.summary());
     if !report.differences.is_empty() {
