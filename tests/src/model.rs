@@ -836,6 +836,7 @@ mod tests {
             name = "web"
             address = "192.0.2.10"
             port = 80
+            forwarding = "dsr"
             [[vip.backend]]
             address = "10.0.0.11"
             [[vip.backend]]
@@ -846,6 +847,7 @@ mod tests {
             address = "192.0.2.20"
             port = 0
             protocol = "udp"
+            forwarding = "dsr"
             [[vip.backend]]
             address = "10.0.0.21"
             "#,
