@@ -23,6 +23,7 @@ const CONFIG: &str = r#"
     name = "web"
     address = "192.0.2.10"
     port = 80
+    forwarding = "dsr"
     [[vip.backend]]
     address = "10.0.0.11"
     [[vip.backend]]
@@ -35,6 +36,7 @@ const CONFIG: &str = r#"
     address = "192.0.2.20"
     port = 0
     protocol = "udp"
+    forwarding = "dsr"
     [[vip.backend]]
     address = "10.0.0.21"
 "#;
