@@ -1446,6 +1446,46 @@ pub fn foobar_bin() -> Result<PathBuf> {
     bail!("no foobar binary found: build it (`cargo build -p foobar-user`) or set FOOBAR_BIN")
 }
 
+/// A TCP sink in namespace `ns` on 0.0.0.0:`port`: accepts one connection
+/// and returns what it read until EOF (30 s limits).
+pub fn sink_in(ns: &str, port: u16) -> std::thread::JoinHandle<anyhow::Result<Vec<u8>>> {
+    let path = format!("/var/run/netns/{ns}");
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || -> anyhow::Result<Vec<u8>> {
+        let file = std::fs::File::open(&path)?;
+        nix::sched::setns(
+            std::os::fd::AsFd::as_fd(&file),
+            nix::sched::CloneFlags::CLONE_NEWNET,
+        )?;
+        let listener = std::net::TcpListener::bind(("0.0.0.0", port))?;
+        listener.set_nonblocking(true)?;
+        let _ = ready_tx.send(());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut stream = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    anyhow::ensure!(
+                        std::time::Instant::now() < deadline,
+                        "no connection in 30 s"
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut stream, &mut out)?;
+        Ok(out)
+    });
+    ready_rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("the sink listens");
+    handle
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_wrk;

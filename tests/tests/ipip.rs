@@ -10,9 +10,8 @@
 //! `flock -o /tmp/foobar-lab.lock`.
 use std::{
     collections::HashMap,
-    io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpListener},
-    os::fd::AsFd as _,
+    io::Write as _,
+    net::{Ipv4Addr, SocketAddr},
     process::Command,
     time::{Duration, Instant},
 };
@@ -604,7 +603,7 @@ fn lab_ipip_without_mtu_room_answers_frag_needed_and_uploads_complete() {
         ipip_config(&lab),
         lab.backends[0].addr
     );
-    let sink = sink_in(&lab.backends[0].ns, PORT);
+    let sink = lab::sink_in(&lab.backends[0].ns, PORT);
     lab.start_foobar(&lab::foobar_bin().unwrap(), &config)
         .expect("foobar run attaches");
 
@@ -636,38 +635,4 @@ fn lab_ipip_without_mtu_room_answers_frag_needed_and_uploads_complete() {
     );
     let d = decap_stats(&lab, &lab.backends[0]);
     assert!(d["decapsulated"].as_u64().unwrap() >= 1000, "{d}");
-}
-
-/// A TCP sink in namespace `ns` on 0.0.0.0:`port`: accepts one connection
-/// and returns what it read until EOF (30 s limits).
-fn sink_in(ns: &str, port: u16) -> std::thread::JoinHandle<anyhow::Result<Vec<u8>>> {
-    let path = format!("/var/run/netns/{ns}");
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let handle = std::thread::spawn(move || -> anyhow::Result<Vec<u8>> {
-        let file = std::fs::File::open(&path)?;
-        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)?;
-        let listener = TcpListener::bind(("0.0.0.0", port))?;
-        listener.set_nonblocking(true)?;
-        let _ = ready_tx.send(());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut stream = loop {
-            match listener.accept() {
-                Ok((s, _)) => break s,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    anyhow::ensure!(Instant::now() < deadline, "no connection in 30 s");
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
-        stream.set_nonblocking(false)?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let mut out = Vec::new();
-        stream.read_to_end(&mut out)?;
-        Ok(out)
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(5))
-        .expect("the sink listens");
-    handle
 }

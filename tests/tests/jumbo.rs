@@ -10,9 +10,8 @@
 //! under `flock -o /tmp/foobar-lab.lock`.
 use std::{
     collections::HashMap,
-    io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpListener},
-    os::fd::AsFd as _,
+    io::Write as _,
+    net::{Ipv4Addr, SocketAddr},
     process::Command,
     time::{Duration, Instant},
 };
@@ -443,40 +442,6 @@ fn mtu(ns: &str, iface: &str) -> u32 {
     .unwrap()
 }
 
-/// A TCP sink in namespace `ns` on 0.0.0.0:`port`: accepts one connection
-/// and returns what it read until EOF (30 s limits).
-fn sink_in(ns: &str, port: u16) -> std::thread::JoinHandle<anyhow::Result<Vec<u8>>> {
-    let path = format!("/var/run/netns/{ns}");
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let handle = std::thread::spawn(move || -> anyhow::Result<Vec<u8>> {
-        let file = std::fs::File::open(&path)?;
-        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)?;
-        let listener = TcpListener::bind(("0.0.0.0", port))?;
-        listener.set_nonblocking(true)?;
-        let _ = ready_tx.send(());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut stream = loop {
-            match listener.accept() {
-                Ok((s, _)) => break s,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    anyhow::ensure!(Instant::now() < deadline, "no connection in 30 s");
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
-        stream.set_nonblocking(false)?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        let mut out = Vec::new();
-        stream.read_to_end(&mut out)?;
-        Ok(out)
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(5))
-        .expect("the sink listens");
-    handle
-}
-
 fn sha256(path: &std::path::Path) -> String {
     lab::run(&["sha256sum", path.to_str().unwrap()]).unwrap()[..64].to_owned()
 }
@@ -526,7 +491,7 @@ fn jumbo_story(mode: Mode, xdp_mode: &str) {
     let data: Vec<u8> = (0..TRANSFER as u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
-    let sink = sink_in(&backend.ns, SINK_PORT);
+    let sink = lab::sink_in(&backend.ns, SINK_PORT);
     let before = stats(&lab);
     let mut conn = lab
         .connect_from_client(SocketAddr::new(VIP.into(), SINK_PORT))
