@@ -6,6 +6,8 @@
 //! Timings are reported, never asserted; what is asserted is correctness
 //! (each path's counters, the flow gauge within capacity, no fuzzer
 //! difference).
+mod decap;
+
 use std::{
     fmt::Write as _,
     net::Ipv4Addr,
@@ -48,12 +50,12 @@ struct Args {
     /// The command line to print as "how to reproduce".
     #[arg(long, default_value = "cargo xtask bench")]
     command: String,
-    /// Which sections to run (comma-separated): per-packet, control,
+    /// Which sections to run (comma-separated): per-packet, decap, control,
     /// flow-walk, fuzz, e2e, restart, failover.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "per-packet,control,flow-walk,fuzz,e2e,restart,failover"
+        default_value = "per-packet,decap,control,flow-walk,fuzz,e2e,restart,failover"
     )]
     sections: Vec<String>,
     /// The fuzzer's PRNG seed (default: from the clock; the report prints it).
@@ -61,8 +63,9 @@ struct Args {
     fuzz_seed: Option<u64>,
 }
 
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "per-packet",
+    "decap",
     "control",
     "flow-walk",
     "fuzz",
@@ -106,6 +109,9 @@ fn main() -> Result<()> {
     let wants = |name: &str| args.sections.iter().any(|s| s == name);
     if wants("per-packet") {
         report.push_str(&per_packet(args.quick)?);
+    }
+    if wants("decap") {
+        report.push_str(&decap::decap_cost(args.quick)?);
     }
     if wants("control") {
         report.push_str(&control_plane(args.quick)?);
