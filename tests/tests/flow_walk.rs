@@ -65,6 +65,7 @@ fn walking_a_million_flows_is_exact_bounded_and_blocks_nothing() {
     let usage = walker.usage(now - 1).unwrap();
     let walk = t.elapsed();
     assert_eq!(usage.entries, FILLED as usize);
+    assert_eq!(usage.fullest, usage.entries, "one shared table");
     let recent_open = (0..FILLED).filter(|i| i % 10 != 0 && i % 4 != 0).count();
     assert_eq!(
         usage.active.values().map(|&n| n as usize).sum::<usize>(),

@@ -290,6 +290,10 @@ fn a_full_cpu_table_evicts_its_oldest_flows_and_no_other_cpus() {
         cpus[0]
     );
     assert_eq!(usage.entries, mine + usize::from(other.is_some()));
+    assert_eq!(
+        usage.fullest, mine,
+        "the fullest table is this CPU's, whatever the sum"
+    );
     // The newest flow is there, the oldest was evicted.
     assert_eq!(
         tables_holding(&dp, &syn(10_000 + total - 1)),

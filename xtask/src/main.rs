@@ -52,6 +52,10 @@ enum Cmd {
         /// Use the release build (faster frames, slower first build).
         #[arg(long)]
         release: bool,
+        /// The datapath's flow table: "shared" or "per-cpu"
+        /// (datapath.flow_table).
+        #[arg(long, default_value = "shared", value_parser = ["shared", "per-cpu"])]
+        flow_table: String,
     },
     /// Setup, build, and run foobar in the netns lab: HTTP requests through
     /// the VIP, who served them, foobar's counters. Needs root.
@@ -122,11 +126,34 @@ fn main() -> Result<()> {
             seed,
             max_differences,
             release,
-        } => fuzz(frames, seed, max_differences, release),
+            flow_table,
+        } => fuzz(&FuzzRun {
+            frames,
+            seed,
+            max_differences,
+            release,
+            flow_table,
+        }),
     }
 }
 
-fn fuzz(frames: u64, seed: Option<u64>, max_differences: usize, release: bool) -> Result<()> {
+/// What `cargo xtask fuzz` passes on to foobar-fuzz.
+struct FuzzRun {
+    frames: u64,
+    seed: Option<u64>,
+    max_differences: usize,
+    release: bool,
+    flow_table: String,
+}
+
+fn fuzz(run: &FuzzRun) -> Result<()> {
+    let FuzzRun {
+        frames,
+        seed,
+        max_differences,
+        release,
+        ref flow_table,
+    } = *run;
     setup::run()?;
     require_root("cargo xtask fuzz")?;
     let mut args = vec!["build", "-p", "foobar-tests", "--bin", "foobar-fuzz"];
@@ -139,7 +166,8 @@ fn fuzz(frames: u64, seed: Option<u64>, max_differences: usize, release: bool) -
         .join("foobar-fuzz");
     let mut cmd = Command::new(bin);
     cmd.args(["--frames", &frames.to_string()])
-        .args(["--max-differences", &max_differences.to_string()]);
+        .args(["--max-differences", &max_differences.to_string()])
+        .args(["--flow-table", flow_table]);
     if let Some(seed) = seed {
         cmd.args(["--seed", &seed.to_string()]);
     }

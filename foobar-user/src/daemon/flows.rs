@@ -99,23 +99,31 @@ impl Owner {
         self.walking = true;
     }
 
-    /// Records the flow table's occupancy and logs once each time it
-    /// crosses FLOW_TABLE_WARN of its capacity (and once when it is back
-    /// under): a full LRU evicts live flows, which rr/wlc reschedule.
-    pub(super) fn note_occupancy(&mut self, entries: usize) {
+    /// Records the flow tables' occupancy and logs once each time the
+    /// fullest table crosses FLOW_TABLE_WARN of its capacity (and once when
+    /// it is back under): a full LRU evicts live flows, which rr/wlc
+    /// reschedule. With per-CPU tables each CPU's table evicts on its own,
+    /// so the fullest one decides, not the sum.
+    pub(super) fn note_occupancy(&mut self, entries: usize, fullest: usize) {
         self.flow_entries = entries;
-        let capacity = self.datapath.flow_table_size() as usize;
-        let near_full = entries as f64 >= capacity as f64 * FLOW_TABLE_WARN;
+        let capacity = self.datapath.flow_table_size_each() as usize;
+        let near_full = fullest as f64 >= capacity as f64 * FLOW_TABLE_WARN;
         if near_full && !self.flow_table_near_full {
             warn!(
                 entries,
-                capacity,
+                fullest,
+                capacity_per_table = capacity,
                 "the flow table is nearly full: new flows evict the least recently used ones, \
                  and evicted connections of rr/wlc VIPs are reset; raise datapath.flow_table_size \
                  (see midflow_miss in foobar stats)"
             );
         } else if !near_full && self.flow_table_near_full {
-            info!(entries, capacity, "the flow table has room again");
+            info!(
+                entries,
+                fullest,
+                capacity_per_table = capacity,
+                "the flow table has room again"
+            );
         }
         self.flow_table_near_full = near_full;
     }
@@ -138,7 +146,7 @@ impl Owner {
                 "walking the flow table took longer than its period"
             );
         }
-        self.note_occupancy(usage.entries);
+        self.note_occupancy(usage.entries, usage.fullest);
         let before = self.state.clone();
         let reweighted = self.state.set_active(usage.active);
         let freed = if done.gc_due {

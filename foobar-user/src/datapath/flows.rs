@@ -14,6 +14,10 @@ pub struct FlowUsage {
     pub in_use: HashSet<u32>,
     pub active: std::collections::HashMap<u32, u32>,
     pub entries: usize,
+    /// Entries of the fullest table (= `entries` with one shared table):
+    /// a per-CPU table evicts when it alone is full, whatever the others
+    /// hold.
+    pub fullest: usize,
 }
 
 /// Walks the flow tables (the shared one, or every CPU's) with BPF_MAP_LOOKUP_BATCH on a file descriptor of
@@ -46,7 +50,9 @@ impl FlowWalker {
         let mut keys = vec![FlowKey::default(); WALK_BATCH];
         let mut values = vec![Flow::default(); WALK_BATCH];
         for table in &self.tables {
-            usage.entries += self.walk(table, since_ns, &mut usage, &mut keys, &mut values)?;
+            let read = self.walk(table, since_ns, &mut usage, &mut keys, &mut values)?;
+            usage.entries += read;
+            usage.fullest = usage.fullest.max(read);
         }
         Ok(usage)
     }
