@@ -92,6 +92,30 @@ pub const fn vip_addr_bit(addr_be: u32) -> (u32, u64) {
     (bit >> 6, 1u64 << (bit & 63))
 }
 
+/// Key of the IPv6 VIP-address table (VIP_ADDRS6): an IPv6 address that
+/// has at least one VIP, on one VLAN (0: untagged).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipAddrKey6 {
+    pub addr_be: [u32; 4],
+    pub vlan: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(size_of::<VipAddrKey6>() == 20);
+
+/// The prefilter bit of an IPv6 address (VIP_ADDR_BITS6): `vip_addr_bit`
+/// of the address's four words folded into one (each rotated by its own
+/// amount, so addresses that differ in one word only land apart).
+#[inline(always)]
+pub const fn vip_addr_bit6(addr_be: &[u32; 4]) -> (u32, u64) {
+    vip_addr_bit(
+        addr_be[0]
+            ^ addr_be[1].rotate_left(8)
+            ^ addr_be[2].rotate_left(16)
+            ^ addr_be[3].rotate_left(24),
+    )
+}
+
 /// Value of the VIP map: what the datapath needs to serve one VIP.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -124,6 +148,9 @@ pub const FWD_NAT: u8 = 1;
 pub const FWD_IPIP: u8 = 2;
 /// Bytes the `ipip` mode adds in front of the client's IPv4 packet.
 pub const IPIP_OVERHEAD: u32 = 20;
+/// Bytes the `ipip` mode adds in front of the client's IPv6 packet (an
+/// outer IPv6 header, next header 41).
+pub const IPIP6_OVERHEAD: u32 = 40;
 
 /// One backend, indexed by its backend id.
 #[repr(C)]
@@ -167,6 +194,22 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 const _: () = assert!(size_of::<FlowKey>() == 16);
+
+/// Key of the IPv6 flow table (FLOWS6): the packet's IPv6 5-tuple as it
+/// arrives from the client. A table of its own, so the IPv4 table keeps
+/// its 16-byte key (see `FlowKey`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey6 {
+    pub src_be: [u32; 4],
+    pub dst_be: [u32; 4],
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<FlowKey6>() == 40);
 
 /// Key of the source-affinity table: one client address per VIP.
 #[repr(C)]
@@ -305,14 +348,14 @@ pub const NAT_PORT_PROBES: u32 = 16;
 /// Bump it by hand whenever a map's key or value changes meaning, a map is
 /// added, removed or renamed, or a flag changes value: a daemon refuses to
 /// adopt maps pinned by a binary of another layout.
-pub const LAYOUT_VERSION: u32 = 8;
+pub const LAYOUT_VERSION: u32 = 9;
 
 /// Sizes of the shared types the pinned maps hold, in the order FlowKey,
 /// Flow, Backend, VipKey, Service, AffinityKey, VipAddrKey, Counter, VipGen,
-/// NatVip, NatFlow, NatReverse: with
+/// NatVip, NatFlow, NatReverse, FlowKey6, VipAddrKey6: with
 /// `LAYOUT_VERSION`, the layout a pinned instance is tagged with, so a size
 /// change nobody remembered to version still refuses.
-pub const LAYOUT_SIZES: [usize; 12] = [
+pub const LAYOUT_SIZES: [usize; 14] = [
     size_of::<FlowKey>(),
     size_of::<Flow>(),
     size_of::<Backend>(),
@@ -325,6 +368,8 @@ pub const LAYOUT_SIZES: [usize; 12] = [
     size_of::<NatVip>(),
     size_of::<NatFlow>(),
     size_of::<NatReverse>(),
+    size_of::<FlowKey6>(),
+    size_of::<VipAddrKey6>(),
 ];
 
 /// Packets and bytes (per CPU in the maps; userspace sums the CPUs).
@@ -347,9 +392,13 @@ pub enum Reason {
     NotIp = 1,
     /// XDP_PASS: IP, but no VIP matches (address, port, protocol).
     NotVip = 2,
-    /// XDP_PASS: IPv6 is not served by this datapath version.
+    /// XDP_PASS: IPv6 that is not for an IPv6 VIP address (the node's own
+    /// IPv6 traffic), or that the datapath leaves to the kernel: more
+    /// extension headers than it walks, a routing header with segments
+    /// left, a jumbogram (docs/IPV6.md).
     Ipv6 = 3,
-    /// XDP_PASS: neither TCP nor UDP (ICMP, VRRP, ...).
+    /// XDP_PASS: neither TCP nor UDP (ICMP, ICMPv6 neighbour discovery,
+    /// VRRP, ...).
     OtherL4 = 4,
     /// XDP_DROP: an IPv4 fragment to a VIP address. Only the first fragment
     /// has ports, so later ones cannot be matched to a flow; passing them
@@ -372,8 +421,9 @@ pub enum Reason {
     /// XDP_TX: an ICMP error (destination unreachable, time exceeded) about
     /// a VIP flow, sent to the backend that owns the embedded flow.
     ForwardedIcmp = 11,
-    /// XDP_TX: an `ipip` VIP's packet with DF set would exceed the MTU once
-    /// encapsulated; the client got ICMP "fragmentation needed" instead.
+    /// XDP_TX: an `ipip` VIP's packet with DF set (any IPv6 packet) would
+    /// exceed the MTU once encapsulated; the client got ICMP "fragmentation
+    /// needed" (ICMPv6 "packet too big") instead.
     IcmpFragNeededSent = 12,
     /// XDP_DROP: an `ipip` VIP's packet without DF would exceed the MTU once
     /// encapsulated (XDP does not fragment).
@@ -469,18 +519,48 @@ impl Event {
 /// cannot disagree.
 #[inline(always)]
 pub fn flow_hash(key: &FlowKey, seed: u32) -> u32 {
-    let words = [
-        key.src_be,
-        0,
-        0,
-        0,
-        key.dst_be,
-        0,
-        0,
-        0,
-        u32::from(key.sport_be) | (u32::from(key.dport_be) << 16),
-        u32::from(key.proto),
-    ];
+    murmur3_words(
+        [
+            key.src_be,
+            0,
+            0,
+            0,
+            key.dst_be,
+            0,
+            0,
+            0,
+            u32::from(key.sport_be) | (u32::from(key.dport_be) << 16),
+            u32::from(key.proto),
+        ],
+        seed,
+    )
+}
+
+/// The flow hash of an IPv6 flow: `flow_hash`'s ten words with the four
+/// words of each address in place of the IPv4 address and its zeros.
+#[inline(always)]
+pub fn flow_hash6(key: &FlowKey6, seed: u32) -> u32 {
+    let (s, d) = (key.src_be, key.dst_be);
+    murmur3_words(
+        [
+            s[0],
+            s[1],
+            s[2],
+            s[3],
+            d[0],
+            d[1],
+            d[2],
+            d[3],
+            u32::from(key.sport_be) | (u32::from(key.dport_be) << 16),
+            u32::from(key.proto),
+        ],
+        seed,
+    )
+}
+
+/// MurmurHash3 (x86, 32-bit) of ten little-endian words.
+#[inline(always)]
+fn murmur3_words(words: [u32; 10], seed: u32) -> u32 {
     let mut h = seed;
     // A constant bound: the verifier sees a fixed, unrollable loop.
     let mut i = 0;
@@ -517,6 +597,8 @@ mod pod {
     unsafe impl aya::Pod for NatVip {}
     unsafe impl aya::Pod for NatFlow {}
     unsafe impl aya::Pod for NatReverse {}
+    unsafe impl aya::Pod for FlowKey6 {}
+    unsafe impl aya::Pod for VipAddrKey6 {}
 }
 
 #[cfg(test)]
@@ -566,6 +648,21 @@ mod tests {
         for seed in [0, 1, 0xdead_beef] {
             assert_eq!(flow_hash(&key, seed), murmur3_bytes(&bytes, seed));
         }
+        let key6 = FlowKey6 {
+            src_be: [1, 2, 3, 4],
+            dst_be: [5, 6, 7, 8],
+            sport_be: key.sport_be,
+            dport_be: key.dport_be,
+            proto: IPPROTO_TCP,
+            family: AF_INET6,
+            _pad: [0; 2],
+        };
+        let mut bytes6 = Vec::new();
+        for w in [1u32, 2, 3, 4, 5, 6, 7, 8] {
+            bytes6.extend_from_slice(&w.to_le_bytes());
+        }
+        bytes6.extend_from_slice(&bytes[32..]);
+        assert_eq!(flow_hash6(&key6, 9), murmur3_bytes(&bytes6, 9));
         // Known MurmurHash3_x86_32 values keep the byte-level reference honest.
         assert_eq!(murmur3_bytes(b"", 0), 0);
         assert_eq!(murmur3_bytes(b"", 1), 0x514e_28b7);

@@ -18,6 +18,7 @@ mod parse;
 mod rt;
 mod schedule;
 mod stats;
+mod v6;
 mod verdict;
 mod vip;
 
@@ -25,7 +26,7 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use flow::First;
 use foobar_common::{Backend, Reason, ADDR_SNAT, ADDR_SNAT_ONLY, FWD_IPIP, FWD_NAT, IPIP_OVERHEAD};
 use forward::Target;
-use parse::Packet;
+use parse::{Ip, Packet};
 use verdict::Verdict;
 
 #[xdp(frags)]
@@ -50,7 +51,15 @@ pub fn foobar(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn pipeline(ctx: &XdpContext, len: &mut u64) -> Result<u32, Verdict> {
-    let ip = parse::l3(ctx)?;
+    let ip = match parse::l3(ctx)? {
+        Ip::V4(ip) => ip,
+        Ip::V6(_) => {
+            // SAFETY: a tail call either does not return or fails (the
+            // array is empty: userspace did not load the IPv6 program).
+            unsafe { maps::PIPELINE6.tail_call(ctx, 0) };
+            return Err(Verdict::pass(Reason::Ipv6));
+        }
+    };
     *len = ip.frame_len;
     vip::prefilter(&ip)?;
     // The L4 header is read before the VIP address is confirmed, for the
@@ -151,8 +160,35 @@ fn send(
 /// The bytes a counter adds when parse did not say: the whole frame,
 /// fragments included.
 #[inline(always)]
-fn frame_len(ctx: &XdpContext) -> u64 {
+pub(crate) fn frame_len(ctx: &XdpContext) -> u64 {
     frame::len(ctx) as u64
+}
+
+/// The IPv6 pipeline (v6/), tail-called by `foobar` for IPv6 frames. It
+/// is frags-aware like `foobar`: the kernel refuses a tail call between a
+/// frags-aware program and one that is not.
+#[xdp(frags)]
+pub fn foobar_ipv6(ctx: XdpContext) -> u32 {
+    // The frame's length once parse has it (0 before), as in `foobar`.
+    let mut len = 0;
+    let result = match parse::l3(&ctx) {
+        Ok(Ip::V6(link)) => v6::pipeline(&ctx, &link, &mut len),
+        // Never: `foobar` calls this program for IPv6 frames only.
+        Ok(Ip::V4(_)) => Err(Verdict::pass(Reason::Ipv6)),
+        Err(verdict) => Err(verdict),
+    };
+    match result {
+        Ok(action) => action,
+        Err(verdict) => {
+            let bytes = if len == 0 || verdict.action == xdp_action::XDP_TX {
+                frame_len(&ctx)
+            } else {
+                len
+            };
+            stats::count_reason(verdict.reason, bytes);
+            verdict.action
+        }
+    }
 }
 
 #[xdp(frags)]

@@ -5,12 +5,12 @@ use crate::clock::Reading;
 use aya_ebpf::{
     btf_maps,
     macros::{btf_map, map},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use foobar_common::{
-    AffinityKey, Backend, Counter, Flow, FlowKey, NatFlow, NatReverse, NatVip, Service, VipAddrKey,
-    VipGen, VipKey, EVENT_COUNT, FLOW_TABLE_DEFAULT, MAX_BACKENDS, MAX_VIPS, REASON_COUNT,
-    RING_STRIDE, VIP_ADDR_BITMAP_WORDS,
+    AffinityKey, Backend, Counter, Flow, FlowKey, FlowKey6, NatFlow, NatReverse, NatVip, Service,
+    VipAddrKey, VipAddrKey6, VipGen, VipKey, EVENT_COUNT, FLOW_TABLE_DEFAULT, MAX_BACKENDS,
+    MAX_VIPS, REASON_COUNT, RING_STRIDE, VIP_ADDR_BITMAP_WORDS,
 };
 
 /// (IPv4 address, VLAN) pairs that have at least one VIP -> ADDR_* flags:
@@ -123,3 +123,24 @@ pub static NAT_FLOWS: LruHashMap<FlowKey, NatFlow> =
 #[map]
 pub static NAT_REVERSE: HashMap<FlowKey, NatReverse> =
     HashMap::with_max_entries(FLOW_TABLE_DEFAULT, 0);
+
+/// (IPv6 address, VLAN) pairs that have at least one VIP -> ADDR_* flags:
+/// VIP_ADDRS4 for IPv6 (docs/IPV6.md).
+#[map]
+pub static VIP_ADDRS6: HashMap<VipAddrKey6, u32> = HashMap::with_max_entries(MAX_VIPS, 0);
+
+/// The IPv6 prefilter: a bitmap of `vip_addr_bit6` over the addresses of
+/// VIP_ADDRS6, kept as VIP_ADDR_BITS is.
+#[map]
+pub static VIP_ADDR_BITS6: Array<u64> = Array::with_max_entries(VIP_ADDR_BITMAP_WORDS, 0);
+
+/// IPv6 5-tuple -> backend of an established flow: FLOWS for IPv6, beside
+/// it so the IPv4 key stays 16 bytes. Sized as FLOWS at load time.
+#[map]
+pub static FLOWS6: LruHashMap<FlowKey6, Flow> = LruHashMap::with_max_entries(FLOW_TABLE_DEFAULT, 0);
+
+/// Slot 0: the IPv6 pipeline program (`foobar_ipv6`), which `foobar`
+/// tail-calls for IPv6 frames. Filled by userspace at every load and not
+/// pinned: each loaded program has its own.
+#[map]
+pub static PIPELINE6: ProgramArray = ProgramArray::with_max_entries(1, 0);

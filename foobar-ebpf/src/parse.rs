@@ -1,6 +1,7 @@
 //! Step 1: parse, in two halves around the VIP-address check. `l3` reads
 //! Ethernet (the frame must be addressed to this interface), one
-//! 802.1Q/802.1ad tag and the IPv4 header; `l4` reads TCP/UDP into the flow
+//! 802.1Q/802.1ad tag and the IPv4 header (an IPv6 packet goes to the
+//! `v6` pipeline instead); `l4` reads TCP/UDP into the flow
 //! key, or the flow embedded in an ICMP error. Every header read goes through
 //! `ptr_at`, and every length the packet claims (IHL, total length, TCP data
 //! offset, UDP length, the embedded header's IHL) is checked against the
@@ -129,6 +130,19 @@ pub struct L3 {
     pub frame_len: u64,
 }
 
+/// What `l3` found: an IPv4 packet (this module's pipeline) or an IPv6
+/// packet, whose header `v6::parse` reads.
+pub enum Ip {
+    V4(L3),
+    V6(Link),
+}
+
+/// Where an IPv6 header starts, and the frame's VLAN.
+pub struct Link {
+    pub vlan: u16,
+    pub l3: usize,
+}
+
 /// What the later steps need to know about a packet.
 pub struct Packet {
     /// The flow as the client sends it. For an ICMP error this is the
@@ -176,7 +190,7 @@ fn is_vmac(dst: [u8; 6]) -> bool {
 }
 
 #[inline(always)]
-pub fn l3(ctx: &XdpContext) -> Result<L3, Verdict> {
+pub fn l3(ctx: &XdpContext) -> Result<Ip, Verdict> {
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: ptr_at checked that the header lies inside the frame.
     let (dst, mut ethertype) = unsafe { ((*eth).dst, u16::from_be_bytes((*eth).ethertype)) };
@@ -195,8 +209,8 @@ pub fn l3(ctx: &XdpContext) -> Result<L3, Verdict> {
         l3 += size_of::<VlanHdr>();
     }
     match ethertype {
-        ETH_P_IP => ipv4(ctx, l3, vlan),
-        ETH_P_IPV6 => Err(Verdict::pass(Reason::Ipv6)),
+        ETH_P_IP => ipv4(ctx, l3, vlan).map(Ip::V4),
+        ETH_P_IPV6 => Ok(Ip::V6(Link { vlan, l3 })),
         _ => Err(Verdict::pass(Reason::NotIp)),
     }
 }
@@ -244,7 +258,7 @@ fn ipv4(ctx: &XdpContext, l3: usize, vlan: u16) -> Result<L3, Verdict> {
 /// (5 ns a packet, measured). Beyond it, the kernel says how long the
 /// whole frame is (a jumbo frame's payload lies in fragments).
 #[inline(always)]
-fn whole_frame(ctx: &XdpContext, end: usize) -> Result<usize, Verdict> {
+pub fn whole_frame(ctx: &XdpContext, end: usize) -> Result<usize, Verdict> {
     let linear = ctx.data_end() - ctx.data();
     if end <= linear {
         return Ok(linear);
@@ -294,7 +308,7 @@ fn flow_key(src_be: u32, dst_be: u32, sport_be: u16, dport_be: u16, proto: u8) -
 }
 
 #[inline(always)]
-fn tcp(ctx: &XdpContext, l4: usize, l4_len: usize) -> Result<(u16, u16, u8), Verdict> {
+pub fn tcp(ctx: &XdpContext, l4: usize, l4_len: usize) -> Result<(u16, u16, u8), Verdict> {
     let tcp: *const TcpHdr = ptr_at(ctx, l4)?;
     // SAFETY: bounds checked by ptr_at.
     let (sport, dport, doff_res, flags) =
@@ -307,7 +321,7 @@ fn tcp(ctx: &XdpContext, l4: usize, l4_len: usize) -> Result<(u16, u16, u8), Ver
 }
 
 #[inline(always)]
-fn udp(ctx: &XdpContext, l4: usize, l4_len: usize) -> Result<(u16, u16, u8), Verdict> {
+pub fn udp(ctx: &XdpContext, l4: usize, l4_len: usize) -> Result<(u16, u16, u8), Verdict> {
     let udp: *const UdpHdr = ptr_at(ctx, l4)?;
     // SAFETY: bounds checked by ptr_at.
     let (sport, dport, len) = unsafe { ((*udp).sport, (*udp).dport, (*udp).len) };

@@ -23,11 +23,28 @@ pub(crate) static HASH_SEED: Global<u32> = Global::new(0);
 
 #[inline(always)]
 pub fn pick(pkt: &Packet, service: &Service, now: u64) -> Result<(u32, Backend), Verdict> {
+    pick_for(
+        [pkt.flow.src_be, 0, 0, 0],
+        |seed| flow_hash(&pkt.flow, seed),
+        service,
+        now,
+    )
+}
+
+/// `pick` for any address family: the client's address (an IPv4 address
+/// in the first word) and the flow hash of the flow with a given seed.
+#[inline(always)]
+pub fn pick_for(
+    client_be: [u32; 4],
+    hash: impl Fn(u32) -> u32,
+    service: &Service,
+    now: u64,
+) -> Result<(u32, Backend), Verdict> {
     if service.flags & SERVICE_AFFINITY == 0 {
-        return from_ring(pkt, service);
+        return ring_choice(hash, service);
     }
     let key = AffinityKey {
-        client_be: [pkt.flow.src_be, 0, 0, 0],
+        client_be,
         vip_id: service.vip_id,
     };
     let timeout_ns = u64::from(service.affinity_timeout_s) * 1_000_000_000;
@@ -45,7 +62,7 @@ pub fn pick(pkt: &Packet, service: &Service, now: u64) -> Result<(u32, Backend),
             }
         }
     }
-    let (backend_id, backend) = from_ring(pkt, service)?;
+    let (backend_id, backend) = ring_choice(hash, service)?;
     let choice = Flow {
         backend_id,
         // Below MAX_VIPS: the VIPS map holds no other id.
@@ -63,6 +80,16 @@ pub fn pick(pkt: &Packet, service: &Service, now: u64) -> Result<(u32, Backend),
 /// ICMP error's fallback, and the choice for a new flow).
 #[inline(always)]
 pub fn from_ring(pkt: &Packet, service: &Service) -> Result<(u32, Backend), Verdict> {
+    ring_choice(|seed| flow_hash(&pkt.flow, seed), service)
+}
+
+/// `from_ring` for any address family: `hash` gives the flow hash of the
+/// flow with a given seed (read only by Maglev).
+#[inline(always)]
+pub fn ring_choice(
+    hash: impl Fn(u32) -> u32,
+    service: &Service,
+) -> Result<(u32, Backend), Verdict> {
     let vip_id = service.vip_id;
     let state = *RING_STATE
         .get(vip_id)
@@ -73,7 +100,7 @@ pub fn from_ring(pkt: &Packet, service: &Service) -> Result<(u32, Backend), Verd
     }
     let pos = if service.scheduler == SCHED_MAGLEV {
         // checked_rem, not `%`: see round_robin.
-        flow_hash(&pkt.flow, HASH_SEED.load())
+        hash(HASH_SEED.load())
             .checked_rem(len)
             .ok_or(Verdict::drop(Reason::NoBackend))?
     } else {

@@ -4,7 +4,7 @@
 //! neither side needs the other.
 use std::{collections::BTreeMap, collections::HashMap};
 
-use foobar_common::{Backend, NatVip, Service, VipAddrKey, VipKey};
+use foobar_common::{Backend, NatVip, Service, VipAddrKey, VipAddrKey6, VipKey};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlannedVip {
@@ -24,6 +24,8 @@ pub struct Plan {
     /// Every (address, VLAN) that has a VIP or is a VIP's SNAT address,
     /// with its ADDR_* flags.
     pub addresses: HashMap<VipAddrKey, u32>,
+    /// Every (IPv6 address, VLAN) that has a VIP, with its ADDR_* flags.
+    pub addresses6: HashMap<VipAddrKey6, u32>,
     /// NAT settings of every NAT VIP, by VIP id.
     pub nat_vips: BTreeMap<u32, NatVip>,
     /// Backend id -> the port NAT sends to (network order), for backends

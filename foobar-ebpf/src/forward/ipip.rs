@@ -34,7 +34,7 @@ static IPIP_SRC_BE: Global<u32> = Global::new(0);
 static IPIP_SRC_HOST_MASK_BE: Global<u32> = Global::new(0);
 /// The interface's MTU, set at load time: the largest IP packet it sends.
 #[unsafe(no_mangle)]
-static IFACE_MTU: Global<u32> = Global::new(1500);
+pub(crate) static IFACE_MTU: Global<u32> = Global::new(1500);
 
 #[inline(always)]
 pub fn forward(ctx: &XdpContext, backend: &Backend, flow: &FlowKey) -> Result<u32, Verdict> {

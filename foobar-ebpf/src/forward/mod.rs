@@ -1,8 +1,8 @@
 //! Step 5: send the packet to its backend, in the VIP's forwarding mode:
 //! `dsr` (L2 direct server return), `nat` (full NAT) or `ipip`
 //! (IPv4-in-IPv4 tunnel DSR).
-mod dsr;
-mod ipip;
+pub mod dsr;
+pub mod ipip;
 mod nat;
 
 use aya_ebpf::programs::XdpContext;

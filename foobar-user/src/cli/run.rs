@@ -183,6 +183,7 @@ async fn serve(
             hash_seed: config.datapath.hash_seed,
             lb_mac,
             ipip_source: config.datapath.ipip_source,
+            ipip_source6: config.datapath.ipip_source6,
             mtu: interface_mtu(&iface)?,
             vmac_vrids: config
                 .vrrp

@@ -141,6 +141,7 @@ struct RawDatapath {
     wlc_period_ms: Option<i64>,
     retire_idle: Option<String>,
     ipip_source: Option<String>,
+    ipip_source6: Option<String>,
     snat_address: Option<String>,
     snat_ports: Option<String>,
     nat_tcp_idle: Option<String>,
@@ -318,6 +319,8 @@ pub struct DatapathConfig {
     /// or a prefix routed to it whose host bits the datapath takes from
     /// the flow, so backends' RSS spreads flows. None: no `ipip` VIP.
     pub ipip_source: Option<(Ipv4Addr, u8)>,
+    /// The outer source of IPv6 `ipip` packets, as `ipip_source`.
+    pub ipip_source6: Option<(std::net::Ipv6Addr, u8)>,
     /// The node-wide NAT keys (`snat_address`, `snat_ports`, timeouts).
     pub nat: NatDefaults,
 }
@@ -726,6 +729,7 @@ fn plain_serde_message(message: &str) -> String {
     format!("expected {expected}, found {found}")
 }
 
+pub mod ipv6;
 pub mod nat;
 pub mod rules;
 mod validate;

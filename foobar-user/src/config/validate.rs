@@ -297,6 +297,13 @@ fn validate_datapath(raw: &RawDatapath, p: &mut Problems) -> Option<DatapathConf
         None => Some(None),
         Some(text) => p.field("datapath.ipip_source", ipip_source(text).map(Some)),
     };
+    let ipip_source6 = match raw.ipip_source6.as_deref() {
+        None => Some(None),
+        Some(text) => p.field(
+            "datapath.ipip_source6",
+            super::ipv6::ipip_source6(text).map(Some),
+        ),
+    };
     let nat = super::nat::validate_defaults(raw, p);
     Some(DatapathConfig {
         nat: nat?,
@@ -309,6 +316,7 @@ fn validate_datapath(raw: &RawDatapath, p: &mut Problems) -> Option<DatapathConf
         wlc_period_ms: wlc_period_ms?,
         retire_idle: retire_idle?,
         ipip_source: ipip_source?,
+        ipip_source6: ipip_source6?,
     })
 }
 

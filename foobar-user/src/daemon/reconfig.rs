@@ -260,6 +260,11 @@ pub(super) fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
         format!("{:?}", b.ipip_source),
     );
     cmp(
+        "datapath.ipip_source6",
+        format!("{:?}", a.ipip_source6),
+        format!("{:?}", b.ipip_source6),
+    );
+    cmp(
         "datapath.wlc_period_ms",
         a.wlc_period_ms.to_string(),
         b.wlc_period_ms.to_string(),

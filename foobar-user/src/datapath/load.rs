@@ -49,6 +49,9 @@ pub struct LoadOptions {
     /// length; the host bits of a prefix come from the flow. None: no
     /// `ipip` VIP may be served (the outer source would be 0.0.0.0).
     pub ipip_source: Option<(std::net::Ipv4Addr, u8)>,
+    /// The IPv6 `ipip` outer source (`datapath.ipip_source6`), as
+    /// `ipip_source`.
+    pub ipip_source6: Option<(std::net::Ipv6Addr, u8)>,
     /// The interface's MTU: `ipip` packets that would exceed it once
     /// encapsulated get ICMP frag-needed (DF) or are dropped.
     pub mtu: u32,
@@ -75,6 +78,7 @@ impl Default for LoadOptions {
             hash_seed: 0,
             lb_mac: [0; 6],
             ipip_source: None,
+            ipip_source6: None,
             mtu: 1500,
             vmac_vrids: Vec::new(),
         }
@@ -89,6 +93,21 @@ pub fn ipip_source_globals(source: Option<(std::net::Ipv4Addr, u8)>) -> (u32, u3
     };
     let host = u32::MAX.checked_shr(u32::from(len)).unwrap_or(0);
     ((u32::from(addr) & !host).to_be(), host.to_be())
+}
+
+/// The IPv6 `ipip` outer source as the program's globals: the network
+/// part (four words as the packet holds them) and the host-bit mask of its
+/// last word (the flow hash fills at most 32 host bits; docs/IPV6.md).
+pub fn ipip_source6_globals(source: Option<(std::net::Ipv6Addr, u8)>) -> ([u32; 4], u32) {
+    let Some((addr, len)) = source else {
+        return ([0; 4], 0);
+    };
+    let host = u128::MAX.checked_shr(u32::from(len)).unwrap_or(0);
+    let net = (u128::from(addr) & !host).to_be_bytes();
+    let words = std::array::from_fn(|i| {
+        u32::from_ne_bytes(net[4 * i..4 * i + 4].try_into().expect("4 bytes"))
+    });
+    (words, (host as u32).to_be())
 }
 
 impl Datapath {
@@ -117,6 +136,7 @@ impl Datapath {
             None => (false, None),
         };
         let (ipip_src_be, ipip_host_mask_be) = ipip_source_globals(opts.ipip_source);
+        let (ipip6_src_be, ipip6_host_mask_be) = ipip_source6_globals(opts.ipip_source6);
         let vmac_vrids = vmac_bitmap(&opts.vmac_vrids);
         let flow_table = flow_table_mode(opts.flow_table, pins.as_ref().filter(|_| adopted));
         let per_cpu = flow_table == FlowTableMode::PerCpu;
@@ -129,6 +149,7 @@ impl Datapath {
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries("FLOWS", shared_size)
+            .map_max_entries("FLOWS6", opts.flow_table_size)
             .map_max_entries(PER_CPU_MAP, cpus)
             .override_global("FLOW_TABLE_PER_CPU", &per_cpu_global, true)
             .map_max_entries("AFFINITY", opts.affinity_table_size.max(1))
@@ -138,6 +159,8 @@ impl Datapath {
             .override_global("LB_MAC", &opts.lb_mac, true)
             .override_global("IPIP_SRC_BE", &ipip_src_be, true)
             .override_global("IPIP_SRC_HOST_MASK_BE", &ipip_host_mask_be, true)
+            .override_global("IPIP6_SRC_BE", &ipip6_src_be, true)
+            .override_global("IPIP6_SRC_HOST_MASK_BE", &ipip6_host_mask_be, true)
             .override_global("IFACE_MTU", &opts.mtu, true)
             .override_global("VMAC_VRIDS", &vmac_vrids, true);
         let paths: Vec<(&'static str, std::path::PathBuf)> = match &pins {
@@ -160,6 +183,7 @@ impl Datapath {
                     source,
                 })?;
         }
+        super::v6::load_program(&mut ebpf)?;
         let rings = RingWriter::open(xdp_program(&mut ebpf, LB_PROGRAM)?)?;
         // Reused flow and affinity tables keep the sizes they were made with.
         let mut flow_table_size = opts.flow_table_size;
@@ -213,6 +237,7 @@ impl Datapath {
                 );
             }
         }
+        let maps6 = super::v6::take(&mut ebpf)?;
         // Adopted maps: generations the earlier run handed out are never
         // handed out again, even by an `apply` without a `resync` first.
         let mut next_vip_gen = 1;
@@ -235,6 +260,8 @@ impl Datapath {
                 ..Written::default()
             },
             nat_written: Default::default(),
+            maps6,
+            written6: Default::default(),
         })
     }
 

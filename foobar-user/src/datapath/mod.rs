@@ -14,6 +14,7 @@ mod nat;
 pub mod pin;
 mod rings;
 mod stats;
+mod v6;
 
 use aya::{
     maps::{Array, HashMap, MapData},
@@ -144,6 +145,8 @@ pub struct Datapath {
     /// What the maps hold, as last written: `apply` writes differences only.
     written: Written,
     nat_written: nat::NatWritten,
+    maps6: v6::Maps6,
+    written6: v6::Written6,
 }
 
 /// How the load balancer is attached.
@@ -274,6 +277,7 @@ impl Datapath {
             *word |= self.written.addr_bits.get(i).copied().unwrap_or(0);
         }
         self.write_addr_bits(&bits)?;
+        self.add_addresses6(plan)?;
         let prefilter = &mut self.maps.vip_addrs4;
         for (key, flags) in addrs {
             if self.written.vip_addrs4.get(key) != Some(flags) {
@@ -357,6 +361,7 @@ impl Datapath {
             self.written.vip_addrs4.remove(&key);
         }
         self.write_addr_bits(&addr_bits(self.written.vip_addrs4.keys()))?;
+        self.remove_addresses6(plan)?;
         for (&id, backend) in &plan.backends {
             if backend.flags & BACKEND_UP == 0 && self.written.backends.get(&id) != Some(backend) {
                 self.write_backend(id, backend)?;
@@ -568,6 +573,7 @@ impl Datapath {
             next_vip_gen,
             bump_all: true,
         };
+        self.reread6()?;
         self.rings.forget();
         self.apply(plan)
     }

@@ -238,6 +238,7 @@ fn plan_of(base: &Plan, vips: Vec<PlannedVip>) -> Plan {
         vips,
         backends: base.backends.clone(),
         addresses,
+        addresses6: base.addresses6.clone(),
         nat_vips,
         backend_ports: base.backend_ports.clone(),
     }
