@@ -11,7 +11,7 @@
 //! Weights: in every round a backend earns `weight` credits and claims one
 //! slot per `max weight` credits, so its share of the table follows its
 //! weight (a backend of weight 0 gets none).
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use sha2::Digest as _;
 
@@ -25,7 +25,7 @@ pub struct Member {
     pub id: u32,
     pub weight: u32,
     /// Its identity across LB nodes: the permutation is derived from it.
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
 }
 
 pub fn is_prime(n: u32) -> bool {
@@ -48,8 +48,13 @@ pub fn is_prime(n: u32) -> bool {
 /// (offset, skip) of a backend's permutation in a table of `size` slots:
 /// it visits `offset, offset + skip, offset + 2·skip, ... (mod size)`, every
 /// slot exactly once when `size` is prime.
-pub fn permutation(address: Ipv4Addr, size: u32) -> (u32, u32) {
-    let digest = sha2::Sha256::digest(address.octets());
+pub fn permutation(address: IpAddr, size: u32) -> (u32, u32) {
+    // IPv4 hashes its 4 octets (tables built before IPv6 stay the same),
+    // IPv6 its 16.
+    let digest = match address {
+        IpAddr::V4(a) => sha2::Sha256::digest(a.octets()),
+        IpAddr::V6(a) => sha2::Sha256::digest(a.octets()),
+    };
     let h1 = u64::from_le_bytes(digest[0..8].try_into().expect("8 bytes"));
     let h2 = u64::from_le_bytes(digest[8..16].try_into().expect("8 bytes"));
     let size = u64::from(size);
@@ -119,7 +124,7 @@ mod tests {
             .map(|i| Member {
                 id: i,
                 weight: weight(i),
-                address: Ipv4Addr::from(0x0a00_0000 + i + 1),
+                address: std::net::Ipv4Addr::from(0x0a00_0000 + i + 1).into(),
             })
             .collect()
     }

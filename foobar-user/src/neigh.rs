@@ -9,7 +9,7 @@
 //! owner decides.
 use std::{
     collections::{BTreeMap, HashMap},
-    net::{Ipv4Addr, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket},
     time::{Duration, Instant},
 };
 
@@ -27,10 +27,15 @@ pub enum NeighError {
 }
 
 /// Why a backend has no MAC, for `foobar status` and the logs.
-pub fn no_mac_reason(address: Ipv4Addr, iface: &str) -> String {
+pub fn no_mac_reason(address: IpAddr, iface: &str) -> String {
     format!(
-        "no MAC: ARP for {address} on {iface} got no answer (retrying; the backend is down, \
-         or not on {iface}'s L2 segment, which dsr needs; see `ip neigh show dev {iface}`)"
+        "no MAC: {} for {address} on {iface} got no answer (retrying; the backend is down, \
+         or not on {iface}'s L2 segment, which dsr needs; see `ip neigh show dev {iface}`)",
+        if address.is_ipv4() {
+            "ARP"
+        } else {
+            "neighbour discovery"
+        }
     )
 }
 
@@ -46,7 +51,7 @@ pub fn no_vlan_interface_reason(vip: &str, vlan: u16, iface: &str) -> String {
 
 /// A backend address and the 802.1Q VLAN it is reached on (None: the
 /// datapath interface itself, untagged).
-pub type Wanted = (Option<u16>, Ipv4Addr);
+pub type Wanted = (Option<u16>, IpAddr);
 
 /// The 802.1Q subinterfaces of the datapath interface, by VLAN id.
 pub type VlanInterfaces = BTreeMap<u16, VlanInterface>;
@@ -61,7 +66,7 @@ pub struct VlanInterface {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Report {
     /// By address; an address the table has no entry for is left out.
-    pub neighbours: HashMap<Ipv4Addr, Neighbour>,
+    pub neighbours: HashMap<IpAddr, Neighbour>,
     /// The datapath interface's VLAN subinterfaces (they may come and go).
     pub vlan_interfaces: VlanInterfaces,
 }
@@ -74,7 +79,7 @@ pub async fn resolve(
     ifindex: u32,
     wanted: &[Wanted],
     timeout: Duration,
-) -> Result<(HashMap<Ipv4Addr, [u8; 6]>, VlanInterfaces), NeighError> {
+) -> Result<(HashMap<IpAddr, [u8; 6]>, VlanInterfaces), NeighError> {
     let (conn, handle, _) =
         rtnetlink::new_connection().map_err(|e| NeighError::Netlink(e.to_string()))?;
     let conn = tokio::spawn(conn);
@@ -85,7 +90,7 @@ pub async fn resolve(
             Ok(r) => r,
             Err(e) => break Err(e),
         };
-        let known: HashMap<Ipv4Addr, [u8; 6]> = report
+        let known: HashMap<IpAddr, [u8; 6]> = report
             .neighbours
             .iter()
             .filter_map(|(a, n)| match n {
@@ -95,7 +100,7 @@ pub async fn resolve(
             .collect();
         // An address on a VLAN without an interface cannot resolve: no
         // point waiting for it.
-        let missing: Vec<Ipv4Addr> = wanted
+        let missing: Vec<IpAddr> = wanted
             .iter()
             .map(|(_, a)| *a)
             .filter(|a| {
@@ -186,7 +191,7 @@ pub async fn watch(
                 continue;
             }
         };
-        let unresolved: Vec<Ipv4Addr> = addrs
+        let unresolved: Vec<IpAddr> = addrs
             .iter()
             .map(|(_, a)| *a)
             .filter(|a| {
@@ -251,9 +256,7 @@ async fn read(
 }
 
 /// The neighbour table, by (interface index, address).
-async fn dump(
-    handle: &rtnetlink::Handle,
-) -> Result<HashMap<(u32, Ipv4Addr), Neighbour>, NeighError> {
+async fn dump(handle: &rtnetlink::Handle) -> Result<HashMap<(u32, IpAddr), Neighbour>, NeighError> {
     let mut entries = handle.neighbours().get().execute();
     let mut known = HashMap::new();
     while let Some(msg) = entries
@@ -328,7 +331,7 @@ fn vlan_link(msg: &LinkMessage, parent: u32) -> Option<(u16, VlanInterface)> {
 
 /// An IPv4 entry whose MAC the kernel currently trusts, or that failed to
 /// resolve; None for anything else (resolution under way).
-fn entry(msg: &NeighbourMessage) -> Option<(Ipv4Addr, Neighbour)> {
+fn entry(msg: &NeighbourMessage) -> Option<(IpAddr, Neighbour)> {
     let failed = msg.header.state == NeighbourState::Failed;
     if !failed
         && !matches!(
@@ -347,7 +350,13 @@ fn entry(msg: &NeighbourMessage) -> Option<(Ipv4Addr, Neighbour)> {
     let mut mac = None;
     for attr in &msg.attributes {
         match attr {
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => addr = Some(*a),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
+                addr = Some(IpAddr::V4(*a))
+            }
+            // IPv6 neighbours (neighbour discovery) are in the same table.
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
+                addr = Some(IpAddr::V6(*a))
+            }
             NeighbourAttribute::LinkLayerAddress(bytes) => {
                 mac = <[u8; 6]>::try_from(&bytes[..]).ok()
             }
@@ -361,11 +370,15 @@ fn entry(msg: &NeighbourMessage) -> Option<(Ipv4Addr, Neighbour)> {
 }
 
 /// One empty datagram to each address's discard port (9): the kernel must
-/// resolve the next hop to send it. Failures are ignored; the deadline and
+/// resolve the next hop to send it (ARP for IPv4, a neighbour solicitation
+/// for IPv6). Failures are ignored; the deadline and
 /// the error that follows it tell the operator what is missing.
-fn nudge(addrs: &[Ipv4Addr]) {
-    if let Ok(sock) = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)) {
-        for a in addrs {
+fn nudge(addrs: &[IpAddr]) {
+    let v4 = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok();
+    let v6 = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)).ok();
+    for a in addrs {
+        let sock = if a.is_ipv4() { &v4 } else { &v6 };
+        if let Some(sock) = sock {
             let _ = sock.send_to(&[], (*a, 9));
         }
     }

@@ -8,7 +8,7 @@
 //! emergency `weight 0` stays 0 unless the file's weight for it changed,
 //! backends and VIPs added at run time stay until removed by hand, and a
 //! backend or VIP the file removes is removed. No I/O here.
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use crate::{
     config::HealthSpec,
@@ -22,16 +22,16 @@ pub enum Op {
     AddVip(VipSpec),
     RemoveBackend {
         vip: String,
-        address: Ipv4Addr,
+        address: IpAddr,
     },
     SetWeight {
         vip: String,
-        address: Ipv4Addr,
+        address: IpAddr,
         weight: u32,
     },
     SetHealth {
         vip: String,
-        address: Ipv4Addr,
+        address: IpAddr,
         health: HealthSpec,
     },
     AddBackend {
@@ -93,7 +93,7 @@ pub fn diff(base: &[SavedVip], running: &[SavedVip], new: &[SavedVip]) -> Diff {
                          did not change them)"
                     ));
                 }
-                let running_of = |a: Ipv4Addr| r.backends.iter().find(|x| x.address == a);
+                let running_of = |a: IpAddr| r.backends.iter().find(|x| x.address == a);
                 for m in backends {
                     match m {
                         Merge::Remove(address) => removes.push(Op::RemoveBackend {
@@ -157,7 +157,7 @@ enum Merge {
     /// Running: it becomes this (its admin state is the running one).
     Keep(BackendSpec),
     /// Running, removed from the config.
-    Remove(Ipv4Addr),
+    Remove(IpAddr),
 }
 
 fn merge_backends(
@@ -167,7 +167,7 @@ fn merge_backends(
     new: &SavedVip,
     kept: &mut Vec<String>,
 ) -> Vec<Merge> {
-    let in_base = |a: Ipv4Addr| base.and_then(|b| b.backends.iter().find(|x| x.address == a));
+    let in_base = |a: IpAddr| base.and_then(|b| b.backends.iter().find(|x| x.address == a));
     let mut out = Vec::new();
     for n in &new.backends {
         let a = n.address;
@@ -249,7 +249,7 @@ mod tests {
         SavedVip {
             spec: VipSpec {
                 name: name.into(),
-                address: Ipv4Addr::new(192, 0, 2, last),
+                address: std::net::Ipv4Addr::new(192, 0, 2, last).into(),
                 port: 80,
                 protocol: Protocol::Tcp,
                 scheduler: Scheduler::RoundRobin,
@@ -276,8 +276,8 @@ mod tests {
         }
     }
 
-    fn addr(last: u8) -> Ipv4Addr {
-        Ipv4Addr::new(10, 0, 0, last)
+    fn addr(last: u8) -> IpAddr {
+        std::net::Ipv4Addr::new(10, 0, 0, last).into()
     }
 
     fn add(vip: &str, last: u8, weight: u32) -> Op {

@@ -132,7 +132,14 @@ pub fn fill_default(config: &mut Config, addrs: &IfaceAddrs) -> Result<(), Probl
     if config.datapath.nat.snat_address.is_some() {
         return Ok(());
     }
-    let vips: Vec<Ipv4Addr> = config.vips.iter().map(|v| v.address).collect();
+    let vips: Vec<Ipv4Addr> = config
+        .vips
+        .iter()
+        .filter_map(|v| match v.address {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
     let Some(primary) = addrs.primary(&vips) else {
         if !needs {
             return Ok(());

@@ -9,12 +9,12 @@
 //! on it, until the owner sees no recent flow using it and frees its id.
 use std::{
     collections::{HashMap, HashSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use foobar_common::{
-    Backend, NatVip, Service, VipAddrKey, VipKey, ADDR_PASS_CLOSED_PORTS, ADDR_SNAT,
-    ADDR_SNAT_ONLY, AF_INET, BACKEND_NEW_FLOWS, BACKEND_UP, FWD_DSR, FWD_IPIP, FWD_NAT,
+    Backend, NatVip, Service, VipAddrKey, VipAddrKey6, VipKey, ADDR_PASS_CLOSED_PORTS, ADDR_SNAT,
+    ADDR_SNAT_ONLY, AF_INET, AF_INET6, BACKEND_NEW_FLOWS, BACKEND_UP, FWD_DSR, FWD_IPIP, FWD_NAT,
     MAX_BACKENDS, MAX_VIPS, RING_CAPACITY, SCHED_MAGLEV, SCHED_RR, SERVICE_AFFINITY,
 };
 use serde::{Deserialize, Serialize};
@@ -30,7 +30,7 @@ use crate::{
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VipSpec {
     pub name: String,
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
     pub scheduler: Scheduler,
@@ -80,7 +80,7 @@ impl Admin {
 /// A backend as configured or added at run time.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackendSpec {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub weight: u32,
     /// NAT VIPs only: the port the backend serves on (None: the VIP's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -114,7 +114,7 @@ pub struct VipState {
 pub struct Retired {
     pub id: u32,
     pub vip: String,
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub mac: Option<[u8; 6]>,
     pub gen: u32,
     /// Its health when it was removed (retired backends are not checked).
@@ -133,7 +133,7 @@ pub struct SavedVip {
     /// start down, and take traffic after `rise` good checks. Absent in
     /// older files: every backend starts up, at the edge.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub down: Vec<Ipv4Addr>,
+    pub down: Vec<IpAddr>,
 }
 
 /// What `State::adopt` kept and changed, for the log.
@@ -152,7 +152,7 @@ pub enum StateError {
     #[error("no VIP named \"{0}\" (`foobar status` lists the VIPs)")]
     UnknownVip(String),
     #[error("VIP {vip} has no backend {address} (`foobar status` lists its backends)")]
-    UnknownBackend { vip: String, address: Ipv4Addr },
+    UnknownBackend { vip: String, address: IpAddr },
     #[error("a VIP named \"{0}\" exists already; pick another name or remove it first")]
     DuplicateVip(String),
     #[error("{0} is already served by VIP \"{1}\"")]
@@ -160,7 +160,7 @@ pub enum StateError {
     #[error(
         "VIP {vip} already has backend {address}; use `foobar backend weight|enable` to change it"
     )]
-    DuplicateBackend { vip: String, address: Ipv4Addr },
+    DuplicateBackend { vip: String, address: IpAddr },
     #[error("{what}: the datapath holds at most {limit}")]
     Full { what: &'static str, limit: u32 },
     #[error("{0}")]
@@ -201,9 +201,8 @@ impl VipSpec {
     fn service_text(&self) -> String {
         let vlan = self.vlan.map(|v| format!(" on VLAN {v}"));
         format!(
-            "{}:{}/{}{}",
-            self.address,
-            self.port,
+            "{}/{}{}",
+            std::net::SocketAddr::new(self.address, self.port),
             self.protocol.name(),
             vlan.unwrap_or_default()
         )
@@ -237,10 +236,7 @@ impl State {
     /// Builds the state from saved VIPs (from the config or the state file),
     /// checking them as the run-time operations would; every backend must
     /// have a MAC in `macs`.
-    pub fn build(
-        saved: &[SavedVip],
-        macs: &HashMap<Ipv4Addr, [u8; 6]>,
-    ) -> Result<State, BuildError> {
+    pub fn build(saved: &[SavedVip], macs: &HashMap<IpAddr, [u8; 6]>) -> Result<State, BuildError> {
         let state = State::build_unresolved(saved, macs)?;
         if let Some((v, b)) = state
             .vips
@@ -261,7 +257,7 @@ impl State {
     /// starts with the backends it can reach.
     pub fn build_unresolved(
         saved: &[SavedVip],
-        macs: &HashMap<Ipv4Addr, [u8; 6]>,
+        macs: &HashMap<IpAddr, [u8; 6]>,
     ) -> Result<State, StateError> {
         let mut state = State::default();
         for vip in saved {
@@ -313,6 +309,14 @@ impl State {
         config::rules::vip_address(spec.address).map_err(StateError::Invalid)?;
         if self.vips.iter().any(|v| v.spec.name == spec.name) {
             return Err(StateError::DuplicateVip(spec.name));
+        }
+        if spec.address.is_ipv6() && spec.forwarding == Forwarding::Nat {
+            return Err(StateError::Invalid(format!(
+                "VIP {}: {} is IPv6, and nat (the default) is IPv4-only; forward it with dsr \
+                 or ipip (`--forwarding dsr`, or forwarding = \"dsr\" in the config; \
+                 docs/IPV6.md)",
+                spec.name, spec.address
+            )));
         }
         if spec.forwarding == Forwarding::Nat
             && spec.nat.is_none_or(|n| n.snat_address.is_unspecified())
@@ -446,7 +450,7 @@ impl State {
     pub fn remove_backend(
         &mut self,
         vip: &str,
-        address: Ipv4Addr,
+        address: IpAddr,
     ) -> Result<BackendState, StateError> {
         let v = self.vip_mut(vip)?;
         let index = v
@@ -473,11 +477,7 @@ impl State {
         });
     }
 
-    fn backend_mut(
-        &mut self,
-        vip: &str,
-        address: Ipv4Addr,
-    ) -> Result<&mut BackendState, StateError> {
+    fn backend_mut(&mut self, vip: &str, address: IpAddr) -> Result<&mut BackendState, StateError> {
         self.vip_mut(vip)?
             .backends
             .iter_mut()
@@ -491,7 +491,7 @@ impl State {
     pub fn set_admin(
         &mut self,
         vip: &str,
-        address: Ipv4Addr,
+        address: IpAddr,
         admin: Admin,
     ) -> Result<u32, StateError> {
         let b = self.backend_mut(vip, address)?;
@@ -502,7 +502,7 @@ impl State {
     pub fn set_weight(
         &mut self,
         vip: &str,
-        address: Ipv4Addr,
+        address: IpAddr,
         weight: u32,
     ) -> Result<u32, StateError> {
         check_weight(weight)?;
@@ -536,7 +536,7 @@ impl State {
     pub fn set_health_spec(
         &mut self,
         vip: &str,
-        address: Ipv4Addr,
+        address: IpAddr,
         health: HealthSpec,
     ) -> Result<u32, StateError> {
         let b = self.backend_mut(vip, address)?;
@@ -559,7 +559,7 @@ impl State {
 
     /// Records the MAC of every backend at `address` (None: it cannot be
     /// resolved any more); the ids whose MAC changed.
-    pub fn set_mac(&mut self, address: Ipv4Addr, mac: Option<[u8; 6]>) -> Vec<u32> {
+    pub fn set_mac(&mut self, address: IpAddr, mac: Option<[u8; 6]>) -> Vec<u32> {
         let mut changed = Vec::new();
         let backends = self.vips.iter_mut().flat_map(|v| v.backends.iter_mut());
         for b in backends.filter(|b| b.spec.address == address && b.mac != mac) {
@@ -573,7 +573,7 @@ impl State {
     }
 
     /// The MAC known for `address` (from any backend, current or retired).
-    pub fn mac_of(&self, address: Ipv4Addr) -> Option<[u8; 6]> {
+    pub fn mac_of(&self, address: IpAddr) -> Option<[u8; 6]> {
         self.vips
             .iter()
             .flat_map(|v| v.backends.iter().map(|b| (b.spec.address, b.mac)))
@@ -583,8 +583,8 @@ impl State {
 
     /// Every backend address, current and retired (the addresses whose
     /// MACs the daemon follows).
-    pub fn addresses(&self) -> Vec<Ipv4Addr> {
-        let mut all: Vec<Ipv4Addr> = self
+    pub fn addresses(&self) -> Vec<IpAddr> {
+        let mut all: Vec<IpAddr> = self
             .vips
             .iter()
             .flat_map(|v| v.backends.iter().map(|b| b.spec.address))
@@ -681,12 +681,11 @@ impl State {
                 .map(|r| r.iter().copied().collect())
                 .unwrap_or_default();
             for (bi, b) in v.backends.iter_mut().enumerate() {
-                let addr_be = u32::from(b.spec.address).to_be();
+                let (addr_be, family) = addr_words(b.spec.address);
                 let candidates = || {
-                    pinned
-                        .backends
-                        .iter()
-                        .filter(|(id, e)| e.addr_be[0] == addr_be && !claimed.contains(id))
+                    pinned.backends.iter().filter(|(id, e)| {
+                        e.addr_be == addr_be && e.family == family && !claimed.contains(id)
+                    })
                 };
                 let found = candidates()
                     .find(|(id, _)| ring.contains(id))
@@ -720,7 +719,7 @@ impl State {
             self.retired.push(Retired {
                 id,
                 vip,
-                address: Ipv4Addr::from(u32::from_be(entry.addr_be[0])),
+                address: words_addr(entry.addr_be, entry.family),
                 mac: (entry.mac != [0; 6]).then_some(entry.mac),
                 gen: entry.gen,
                 up: entry.flags & BACKEND_UP != 0,
@@ -804,14 +803,24 @@ impl State {
                 }
             };
             let vlan = v.spec.vlan.unwrap_or(0);
-            let addr_flags = plan
-                .addresses
-                .entry(VipAddrKey {
-                    addr_be: u32::from(v.spec.address).to_be(),
-                    vlan,
-                    _pad: 0,
-                })
-                .or_insert(0);
+            let addr_flags = match v.spec.address {
+                IpAddr::V4(a) => plan
+                    .addresses
+                    .entry(VipAddrKey {
+                        addr_be: u32::from(a).to_be(),
+                        vlan,
+                        _pad: 0,
+                    })
+                    .or_insert(0),
+                IpAddr::V6(_) => plan
+                    .addresses6
+                    .entry(VipAddrKey6 {
+                        addr_be: addr_words(v.spec.address).0,
+                        vlan,
+                        _pad: 0,
+                    })
+                    .or_insert(0),
+            };
             if v.spec.pass_closed_ports {
                 *addr_flags |= ADDR_PASS_CLOSED_PORTS;
             }
@@ -901,13 +910,40 @@ impl State {
     }
 }
 
+/// An address as the maps hold it: four words as the packet holds them
+/// (IPv4 in the first, the rest 0), and its family.
+pub fn addr_words(a: IpAddr) -> ([u32; 4], u8) {
+    match a {
+        IpAddr::V4(a) => ([u32::from_ne_bytes(a.octets()), 0, 0, 0], AF_INET),
+        IpAddr::V6(a) => {
+            let o = a.octets();
+            let w = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+            ([w(0), w(4), w(8), w(12)], AF_INET6)
+        }
+    }
+}
+
+/// The inverse of `addr_words`.
+pub fn words_addr(words: [u32; 4], family: u8) -> IpAddr {
+    if family == AF_INET6 {
+        let mut o = [0u8; 16];
+        for (i, w) in words.iter().enumerate() {
+            o[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+        }
+        IpAddr::V6(Ipv6Addr::from(o))
+    } else {
+        IpAddr::V4(Ipv4Addr::from(words[0].to_ne_bytes()))
+    }
+}
+
 /// The VIPS map key of a VIP.
 fn vip_key(spec: &VipSpec) -> VipKey {
+    let (addr_be, family) = addr_words(spec.address);
     VipKey {
-        addr_be: [u32::from(spec.address).to_be(), 0, 0, 0],
+        addr_be,
         port_be: spec.port.to_be(),
         proto: spec.protocol.number(),
-        family: AF_INET,
+        family,
         vlan: spec.vlan.unwrap_or(0),
         _pad: 0,
     }
@@ -915,11 +951,12 @@ fn vip_key(spec: &VipSpec) -> VipKey {
 
 /// A backend entry; one without a MAC is never marked up (a frame sent to
 /// it would carry no valid destination).
-fn entry(address: Ipv4Addr, mac: Option<[u8; 6]>, gen: u32, flags: u8) -> Backend {
+fn entry(address: IpAddr, mac: Option<[u8; 6]>, gen: u32, flags: u8) -> Backend {
+    let (addr_be, family) = addr_words(address);
     Backend {
-        addr_be: [u32::from(address).to_be(), 0, 0, 0],
+        addr_be,
         mac: mac.unwrap_or_default(),
-        family: AF_INET,
+        family,
         flags: if mac.is_some() { flags } else { 0 },
         gen,
         _pad: 0,
@@ -949,7 +986,7 @@ fn check_ring(weights: impl IntoIterator<Item = u32>) -> Result<(), StateError> 
 #[error("no MAC address is known for backend {address} of VIP {vip}")]
 pub struct MissingMac {
     pub vip: String,
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
 }
 
 /// The plan of a config as it starts: ids in config order (VIPs from 0,
@@ -957,7 +994,7 @@ pub struct MissingMac {
 /// its counters stay per VIP).
 pub fn plan_of_config(
     config: &config::Config,
-    macs: &HashMap<Ipv4Addr, [u8; 6]>,
+    macs: &HashMap<IpAddr, [u8; 6]>,
 ) -> Result<Plan, BuildError> {
     Ok(State::build(&saved_from_config(config), macs)?.plan())
 }
@@ -977,7 +1014,7 @@ mod tests {
     fn vip(name: &str, last: u8, port: u16) -> VipSpec {
         VipSpec {
             name: name.into(),
-            address: Ipv4Addr::new(192, 0, 2, last),
+            address: Ipv4Addr::new(192, 0, 2, last).into(),
             port,
             protocol: Protocol::Tcp,
             scheduler: Scheduler::RoundRobin,
@@ -993,7 +1030,7 @@ mod tests {
 
     fn backend(last: u8, weight: u32) -> BackendSpec {
         BackendSpec {
-            address: Ipv4Addr::new(10, 0, 0, last),
+            address: Ipv4Addr::new(10, 0, 0, last).into(),
             weight,
             port: None,
             admin: Admin::Enabled,
@@ -1014,8 +1051,8 @@ mod tests {
         s
     }
 
-    fn ip(last: u8) -> Ipv4Addr {
-        Ipv4Addr::new(10, 0, 0, last)
+    fn ip(last: u8) -> IpAddr {
+        Ipv4Addr::new(10, 0, 0, last).into()
     }
 
     #[test]
@@ -1273,6 +1310,49 @@ mod tests {
         assert_eq!(s.vip("m").unwrap().backends[0].spec.weight, 1, "unchanged");
         s.set_weight("m", ip(1), 3).unwrap();
     }
+
+    #[test]
+    fn an_ipv6_vip_is_planned_into_the_ipv6_tables() {
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut s = State::default();
+        let mut spec = vip("web6", 0, 80);
+        spec.address = v6("2001:db8::10");
+        s.add_vip(spec).unwrap();
+        let mut b = backend(11, 1);
+        b.address = v6("fd00::11");
+        s.add_backend("web6", b, [2, 0, 0, 0, 0, 11]).unwrap();
+        let plan = s.plan();
+        assert!(
+            plan.addresses.is_empty(),
+            "no IPv4 address: {:?}",
+            plan.addresses
+        );
+        let want = VipAddrKey6 {
+            addr_be: [
+                u32::from_ne_bytes([0x20, 0x01, 0x0d, 0xb8]),
+                0,
+                0,
+                u32::from_ne_bytes([0, 0, 0, 0x10]),
+            ],
+            vlan: 0,
+            _pad: 0,
+        };
+        assert_eq!(plan.addresses6.keys().collect::<Vec<_>>(), [&want]);
+        assert_eq!(plan.vips[0].key.family, AF_INET6);
+        assert_eq!(plan.vips[0].key.addr_be, want.addr_be);
+        let entry = plan.backends[&plan.vips[0].backend_ids[0]];
+        assert_eq!(entry.family, AF_INET6);
+        assert_eq!(words_addr(entry.addr_be, entry.family), v6("fd00::11"));
+        assert_eq!(addr_words(v6("fd00::11")), (entry.addr_be, AF_INET6));
+        // A v4 backend for a v6 VIP, and a nat v6 VIP, are refused.
+        let err = s.add_backend("web6", backend(12, 1), [2; 6]).unwrap_err();
+        assert!(err.to_string().contains("families differ"), "{err}");
+        let mut nat = vip("nat6", 0, 80);
+        nat.address = v6("2001:db8::11");
+        nat.forwarding = Forwarding::Nat;
+        let err = s.add_vip(nat).unwrap_err();
+        assert!(err.to_string().contains("--forwarding dsr"), "{err}");
+    }
 }
 
 #[cfg(test)]
@@ -1303,7 +1383,7 @@ mod plan_tests {
         address = "10.0.0.12"
     "#;
 
-    fn macs() -> HashMap<Ipv4Addr, [u8; 6]> {
+    fn macs() -> HashMap<IpAddr, [u8; 6]> {
         HashMap::from([
             ("10.0.0.11".parse().unwrap(), [2, 0, 0, 0, 0, 11]),
             ("10.0.0.12".parse().unwrap(), [2, 0, 0, 0, 0, 12]),

@@ -390,6 +390,30 @@ address = "10.0.0.2"
     }
 
     #[test]
+    fn ipv6_vips_and_backends_survive_the_state_file() {
+        let config = config::parse(CONFIG).unwrap();
+        let (dir, path) = dir("ipv6");
+        let mut vips = changed(&config);
+        let mut v6 = vips[0].clone();
+        v6.spec.name = "web6".into();
+        v6.spec.address = "2001:db8::10".parse().unwrap();
+        v6.backends[0].address = "fd00::1".parse().unwrap();
+        v6.backends[1].address = "fd00::2".parse().unwrap();
+        v6.down = vec!["fd00::2".parse().unwrap()];
+        vips.push(v6);
+        save(&path, vips.clone());
+        let text = fs::read_to_string(&path).unwrap();
+        let (restored, source) = restore(&config, &path, &config_digest(CONFIG));
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            text.contains("\"2001:db8::10\""),
+            "addresses as text: {text}"
+        );
+        assert_eq!(source, Source::StateFile);
+        assert_eq!(restored, vips);
+    }
+
+    #[test]
     fn a_corrupt_or_truncated_state_file_falls_back_to_the_config_and_is_kept() {
         let config = config::parse(CONFIG).unwrap();
         let (dir, path) = dir("corrupt");

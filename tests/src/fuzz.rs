@@ -5,7 +5,12 @@
 //! frame is an error naming the seed, the frame index and the frame in hex.
 //! Used by `tests/tests/fuzz.rs` and the `foobar-fuzz` binary
 //! (`cargo xtask fuzz`). Needs root (it loads BPF).
-use std::{collections::HashMap, fmt::Write as _, net::Ipv4Addr, time::Instant};
+use std::{
+    collections::HashMap,
+    fmt::Write as _,
+    net::{IpAddr, Ipv4Addr},
+    time::Instant,
+};
 
 use anyhow::{bail, Context as _, Result};
 use foobar::{
@@ -217,7 +222,10 @@ const TARGETS: &[([u8; 4], u8, u16)] = &[
     ([10, 0, 0, 1], 6, 20000),
 ];
 
-fn backend_mac(ip: Ipv4Addr) -> [u8; 6] {
+fn backend_mac(ip: IpAddr) -> [u8; 6] {
+    let IpAddr::V4(ip) = ip else {
+        panic!("the fuzz config has IPv4 backends only")
+    };
     let o = ip.octets();
     [0x02, 0xbe, 0, 0, o[2], o[3]]
 }
@@ -484,10 +492,10 @@ fn fuzz_plan(mut plan: Plan) -> Plan {
     plan
 }
 
-fn initial_state() -> Result<(State, HashMap<Ipv4Addr, [u8; 6]>)> {
+fn initial_state() -> Result<(State, HashMap<IpAddr, [u8; 6]>)> {
     let config = config::parse(CONFIG)
         .map_err(|problems| anyhow::anyhow!("the fuzz config is invalid: {problems:?}"))?;
-    let mut macs: HashMap<Ipv4Addr, [u8; 6]> = HashMap::new();
+    let mut macs: HashMap<IpAddr, [u8; 6]> = HashMap::new();
     for v in &config.vips {
         for b in &v.backends {
             macs.insert(b.address, backend_mac(b.address));
@@ -499,7 +507,7 @@ fn initial_state() -> Result<(State, HashMap<Ipv4Addr, [u8; 6]>)> {
         [10, 0, 0, 71],
         [10, 0, 0, 81],
     ] {
-        let ip = Ipv4Addr::from(extra);
+        let ip = IpAddr::from(extra);
         macs.insert(ip, backend_mac(ip));
     }
     let mut state = State::build(&foobar::state::saved_from_config(&config), &macs)
@@ -512,20 +520,20 @@ fn initial_state() -> Result<(State, HashMap<Ipv4Addr, [u8; 6]>)> {
     ] {
         let mut spec = state.vip("web")?.spec.clone();
         spec.name = name.into();
-        spec.address = Ipv4Addr::from(addr);
+        spec.address = IpAddr::from(addr);
         spec.vlan = vlan;
         spec.pass_closed_ports = true;
         state.add_vip(spec)?;
         let mut b = state.vip("web")?.backends[0].spec.clone();
-        b.address = Ipv4Addr::from(backend);
-        state.add_backend(name, b, macs[&Ipv4Addr::from(backend)])?;
+        b.address = IpAddr::from(backend);
+        state.add_backend(name, b, macs[&IpAddr::from(backend)])?;
     }
     Ok((state, macs))
 }
 
 /// Ages the state after the pre-fill (see `run`) and returns its plan.
-fn age_state(st: &mut State, macs: &HashMap<Ipv4Addr, [u8; 6]>) -> Result<Plan> {
-    let ip = |s: &str| -> Ipv4Addr { s.parse().expect("a literal address") };
+fn age_state(st: &mut State, macs: &HashMap<IpAddr, [u8; 6]>) -> Result<Plan> {
+    let ip = |s: &str| -> IpAddr { s.parse().expect("a literal address") };
     let id_of = |st: &State, vip: &str, a: &str| -> Result<u32> {
         st.vip(vip)?
             .backends

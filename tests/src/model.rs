@@ -855,7 +855,7 @@ mod tests {
         .unwrap();
         let macs = [11, 12, 21]
             .into_iter()
-            .map(|n| (Ipv4Addr::new(10, 0, 0, n), [2, 0xbe, 0, 0, 0, n]))
+            .map(|n| (Ipv4Addr::new(10, 0, 0, n).into(), [2, 0xbe, 0, 0, 0, n]))
             .collect();
         Model::new(
             &foobar::state::plan_of_config(&config, &macs).unwrap(),
@@ -1030,7 +1030,7 @@ mod tests {
         .unwrap();
         let macs = [91, 101]
             .into_iter()
-            .map(|n| (Ipv4Addr::new(10, 0, 0, n), [2, 0xbe, 0, 0, 0, n]))
+            .map(|n| (Ipv4Addr::new(10, 0, 0, n).into(), [2, 0xbe, 0, 0, 0, n]))
             .collect();
         Model::new(
             &foobar::state::plan_of_config(&config, &macs).unwrap(),

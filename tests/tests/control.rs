@@ -306,7 +306,7 @@ fn bad_cli_input_fails_with_one_line_and_changes_nothing() {
     };
     usage(
         &["backend", "add", "web", "10.201.0.300"],
-        "\"10.201.0.300\" is not an IPv4 address",
+        "\"10.201.0.300\" is not an IPv4 or IPv6 address",
     );
     one_line(&["backend", "add", "web", &be1], "already has backend");
     usage(

@@ -57,10 +57,10 @@ fn backend_mac(last: u8) -> [u8; 6] {
     [0x02, 0xbe, 0, 0, 0, last]
 }
 
-fn macs() -> HashMap<Ipv4Addr, [u8; 6]> {
+fn macs() -> HashMap<std::net::IpAddr, [u8; 6]> {
     [11, 12, 13, 21, 31]
         .into_iter()
-        .map(|n| (Ipv4Addr::new(10, 0, 0, n), backend_mac(n)))
+        .map(|n| (Ipv4Addr::new(10, 0, 0, n).into(), backend_mac(n)))
         .collect()
 }
 
@@ -675,13 +675,13 @@ fn a_reused_backend_id_never_inherits_old_flows() {
         "the flow starts on .11 (id 0)"
     );
 
-    st.remove_backend("web", Ipv4Addr::new(10, 0, 0, 11))
+    st.remove_backend("web", std::net::IpAddr::from(Ipv4Addr::new(10, 0, 0, 11)))
         .unwrap();
     dp.apply(&st.plan()).unwrap();
     assert_eq!(st.free_retired(&Default::default()).len(), 1);
     dp.apply(&st.plan()).unwrap();
     let spec = foobar::state::BackendSpec {
-        address: Ipv4Addr::new(10, 0, 0, 14),
+        address: std::net::IpAddr::from(Ipv4Addr::new(10, 0, 0, 14)),
         ..foobar::state::saved_from_config(&config)[0].backends[0].clone()
     };
     let id = st.add_backend("web", spec, backend_mac(14)).unwrap();
@@ -732,11 +732,11 @@ fn a_reused_backend_id_never_inherits_affinity() {
         "the client's choice is .11 (id 0)"
     );
 
-    st.remove_backend("web", Ipv4Addr::new(10, 0, 0, 11))
+    st.remove_backend("web", std::net::IpAddr::from(Ipv4Addr::new(10, 0, 0, 11)))
         .unwrap();
     assert_eq!(st.free_retired(&Default::default()).len(), 1);
     let spec = foobar::state::BackendSpec {
-        address: Ipv4Addr::new(10, 0, 0, 14),
+        address: std::net::IpAddr::from(Ipv4Addr::new(10, 0, 0, 14)),
         ..foobar::state::saved_from_config(&config)[0].backends[0].clone()
     };
     assert_eq!(st.add_backend("web", spec, backend_mac(14)).unwrap(), 0);
@@ -761,7 +761,7 @@ fn a_backend_removed_while_down_stays_down() {
     let mut st =
         foobar::state::State::build(&foobar::state::saved_from_config(&config), &macs()).unwrap();
     assert!(st.set_health(0, false, "test: connect refused"));
-    st.remove_backend("web", Ipv4Addr::new(10, 0, 0, 11))
+    st.remove_backend("web", std::net::IpAddr::from(Ipv4Addr::new(10, 0, 0, 11)))
         .unwrap();
     let plan = st.plan();
     assert_eq!(
@@ -1003,7 +1003,7 @@ fn vip_generations_change_exactly_when_a_vips_flows_may_change() {
     spec.port = 53;
     let dns_id = st.add_vip(spec).unwrap();
     let mut b = st.vip("udp-any").unwrap().backends[0].spec.clone();
-    b.address = Ipv4Addr::new(10, 0, 0, 41);
+    b.address = std::net::IpAddr::from(Ipv4Addr::new(10, 0, 0, 41));
     st.add_backend("dns", b, backend_mac(41)).unwrap();
     if let Ok(empty) = st.vip("empty") {
         let ids: Vec<u32> = empty.backends.iter().map(|b| b.id).collect();

@@ -11,7 +11,7 @@
 use std::{
     collections::HashMap,
     io::Write as _,
-    net::{Ipv4Addr, SocketAddr},
+    net::SocketAddr,
     process::Command,
     time::{Duration, Instant},
 };
@@ -83,14 +83,14 @@ fn lb_mac() -> [u8; 6] {
 
 fn datapath(text: &str) -> (Datapath, Plan) {
     let config = config::parse(text).expect("test config is valid");
-    let macs: HashMap<Ipv4Addr, [u8; 6]> = [
+    let macs: HashMap<std::net::IpAddr, [u8; 6]> = [
         ([10, 0, 0, 41], 41),
         ([10, 0, 0, 42], 42),
         ([10, 0, 0, 11], 11),
         ([10, 0, 1, 51], 51),
     ]
     .into_iter()
-    .map(|(a, n)| (Ipv4Addr::from(a), backend_mac(n)))
+    .map(|(a, n)| (std::net::IpAddr::from(a), backend_mac(n)))
     .collect();
     let st = State::build(&state::saved_from_config(&config), &macs).expect("MACs known");
     let plan = st.plan();

@@ -83,9 +83,9 @@ fn lb_mac() -> [u8; 6] {
 /// The datapath with CONFIG, on an interface of MTU `mtu`.
 fn datapath(mtu: u32) -> (Datapath, Plan) {
     let config = config::parse(CONFIG).expect("test config is valid");
-    let macs: HashMap<Ipv4Addr, [u8; 6]> = [11, 21, 41]
+    let macs: HashMap<std::net::IpAddr, [u8; 6]> = [11, 21, 41]
         .into_iter()
-        .map(|n| (Ipv4Addr::new(10, 0, 0, n), backend_mac(n)))
+        .map(|n| (Ipv4Addr::new(10, 0, 0, n).into(), backend_mac(n)))
         .collect();
     let st = State::build(&state::saved_from_config(&config), &macs).expect("MACs known");
     let plan = st.plan();

@@ -78,7 +78,7 @@ fn nat_plan(datapath: &str) -> Plan {
     let config = config::parse(&text).expect("test config is valid");
     let macs = [11, 21, 51, 61]
         .into_iter()
-        .map(|n| (Ipv4Addr::new(10, 0, 0, n), backend_mac(n)))
+        .map(|n| (Ipv4Addr::new(10, 0, 0, n).into(), backend_mac(n)))
         .collect();
     State::build(&state::saved_from_config(&config), &macs)
         .expect("MACs given")
@@ -536,7 +536,7 @@ fn replies_to_a_port_0_vip_on_its_snat_address_are_translated_not_flows() {
     "#;
     let load = || {
         let config = config::parse(ANY).expect("test config is valid");
-        let macs = [(Ipv4Addr::new(10, 0, 0, 71), backend_mac(71))]
+        let macs = [(Ipv4Addr::new(10, 0, 0, 71).into(), backend_mac(71))]
             .into_iter()
             .collect();
         let plan = State::build(&state::saved_from_config(&config), &macs)

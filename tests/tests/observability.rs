@@ -46,7 +46,7 @@ fn each_failure_has_its_exit_code_and_a_json_error() {
     let (code, out, err) = run(&lab, &["backend", "add", "web", "10.201.0.300", "--json"]);
     assert_eq!(code, i32::from(exit::USAGE), "{err}");
     assert_eq!(json_error(&out), ("usage".into(), 2));
-    assert!(err.contains("is not an IPv4 address"), "{err}");
+    assert!(err.contains("is not an IPv4 or IPv6 address"), "{err}");
     let (code, _, err) = run(&lab, &["backend", "weight", "web", &be1, "300"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("weight 300 is out of range"), "{err}");

@@ -45,10 +45,10 @@ fn backend_mac(last: u8) -> [u8; 6] {
     [0x02, 0xbe, 0, 0, 0, last]
 }
 
-fn macs() -> HashMap<Ipv4Addr, [u8; 6]> {
+fn macs() -> HashMap<std::net::IpAddr, [u8; 6]> {
     [11, 12, 13, 21, 41]
         .into_iter()
-        .map(|n| (Ipv4Addr::new(10, 0, 0, n), backend_mac(n)))
+        .map(|n| (Ipv4Addr::new(10, 0, 0, n).into(), backend_mac(n)))
         .collect()
 }
 
@@ -254,7 +254,7 @@ fn hits_keep_their_backend_and_generation_checks_reschedule() {
     spec.port = 53;
     st.add_vip(spec).unwrap();
     let mut b = st.vip("udp-any").unwrap().backends[0].spec.clone();
-    b.address = Ipv4Addr::new(10, 0, 0, 41);
+    b.address = Ipv4Addr::new(10, 0, 0, 41).into();
     st.add_backend("dns", b, backend_mac(41)).unwrap();
     dp.apply(&st.plan()).unwrap();
     assert_eq!(

@@ -47,7 +47,7 @@ fn refusals_name_the_problem_and_attach_nothing() {
     );
     assert!(
         err.contains(&format!(
-            "{bad}: vip[0].address: \"10.201.0.300\" is not an IPv4 address"
+            "{bad}: vip[0].address: \"10.201.0.300\" is not an IPv4 or IPv6 address"
         )),
         "{err}"
     );

@@ -15,7 +15,10 @@ use foobar_tests::frames::{dst_mac, Spec};
 
 const XDP_TX: u32 = 3;
 
-fn mac_of(addr: Ipv4Addr) -> [u8; 6] {
+fn mac_of(addr: std::net::IpAddr) -> [u8; 6] {
+    let std::net::IpAddr::V4(addr) = addr else {
+        panic!("IPv4 backends only")
+    };
     let o = addr.octets();
     [0x02, 0xbe, o[0], o[1], o[2], o[3]]
 }
@@ -45,7 +48,7 @@ fn config_text(scheduler: &str, backends: &[u8], extra: &str) -> String {
 fn node(text: &str, seed: u32) -> (Datapath, State) {
     let config = config::parse(text).expect("valid test config");
     let saved = state::saved_from_config(&config);
-    let macs: HashMap<Ipv4Addr, [u8; 6]> = saved
+    let macs: HashMap<std::net::IpAddr, [u8; 6]> = saved
         .iter()
         .flat_map(|v| v.backends.iter().map(|b| (b.address, mac_of(b.address))))
         .collect();
@@ -124,7 +127,7 @@ fn the_datapath_picks_what_the_table_and_the_hash_say() {
         })
         .collect();
     let table = maglev::table(&members, 4099);
-    let by_id: HashMap<u32, Ipv4Addr> = members.iter().map(|m| (m.id, m.address)).collect();
+    let by_id: HashMap<u32, std::net::IpAddr> = members.iter().map(|m| (m.id, m.address)).collect();
     for i in 0..2_000 {
         let f = flow(i);
         let key = FlowKey {
@@ -180,18 +183,26 @@ fn established_flows_keep_their_backend_across_add_remove_and_weight_changes() {
     let flows: Vec<Spec> = (0..300).map(flow).collect();
     let first: Vec<Ipv4Addr> = flows.iter().map(|f| backend_for(&mut dp, f)).collect();
     let spec = |b: u8| BackendSpec {
-        address: Ipv4Addr::new(10, 0, 0, b),
+        address: std::net::IpAddr::from(Ipv4Addr::new(10, 0, 0, b)),
         weight: 1,
         port: None,
         admin: Admin::Enabled,
         health: Default::default(),
     };
-    st.add_backend("web", spec(15), mac_of(Ipv4Addr::new(10, 0, 0, 15)))
+    st.add_backend(
+        "web",
+        spec(15),
+        mac_of(std::net::IpAddr::from(Ipv4Addr::new(10, 0, 0, 15))),
+    )
+    .unwrap();
+    st.remove_backend("web", std::net::IpAddr::from(Ipv4Addr::new(10, 0, 0, 11)))
         .unwrap();
-    st.remove_backend("web", Ipv4Addr::new(10, 0, 0, 11))
-        .unwrap();
-    st.set_weight("web", Ipv4Addr::new(10, 0, 0, 12), 5)
-        .unwrap();
+    st.set_weight(
+        "web",
+        std::net::IpAddr::from(Ipv4Addr::new(10, 0, 0, 12)),
+        5,
+    )
+    .unwrap();
     dp.apply(&st.plan()).unwrap();
     for (f, before) in flows.iter().zip(&first) {
         assert_eq!(backend_for(&mut dp, f), *before, "flow {} moved", f.sport);
@@ -239,7 +250,7 @@ fn source_affinity_keeps_a_client_on_its_backend_until_drain_or_timeout() {
     assert!(b1 != b2 && b2 != b3 && b1 != b3, "{b1} {b2} {b3}");
 
     // Drained: client 1's new connections go elsewhere; its open flow stays.
-    st.set_admin("web", b1, Admin::Drained).unwrap();
+    st.set_admin("web", b1.into(), Admin::Drained).unwrap();
     dp.apply(&st.plan()).unwrap();
     assert_eq!(
         backend_for(&mut dp, &client(1, 1000)),
@@ -255,7 +266,7 @@ fn source_affinity_keeps_a_client_on_its_backend_until_drain_or_timeout() {
     );
 
     // After the timeout, a new connection is scheduled afresh.
-    st.set_admin("web", b1, Admin::Enabled).unwrap();
+    st.set_admin("web", b1.into(), Admin::Enabled).unwrap();
     dp.apply(&st.plan()).unwrap();
     let c4 = backend_for(&mut dp, &client(4, 1000));
     std::thread::sleep(Duration::from_millis(1200));

@@ -56,7 +56,8 @@ const BACKEND_MAC: [u8; 6] = [0x02, 0xbe, 0, 0, 0, 11];
 
 fn datapath(vmac_vrids: Vec<u8>) -> Datapath {
     let config = config::parse(CONFIG).expect("test config is valid");
-    let macs: HashMap<Ipv4Addr, [u8; 6]> = [(Ipv4Addr::new(10, 0, 0, 11), BACKEND_MAC)].into();
+    let macs: HashMap<std::net::IpAddr, [u8; 6]> =
+        [(Ipv4Addr::new(10, 0, 0, 11).into(), BACKEND_MAC)].into();
     let st = State::build(&state::saved_from_config(&config), &macs).expect("the backend's MAC");
     let mut dp = Datapath::load(&LoadOptions {
         lb_mac: Spec::default().dst_mac,

@@ -1,8 +1,8 @@
 //! What travels on the control socket: typed requests and responses, and
 //! the protocol version both carry (docs/API.md is the reference). The
-//! daemon never re-parses text: an address is an `Ipv4Addr`, a scheduler a
+//! daemon never re-parses text: an address is an `IpAddr`, a scheduler a
 //! `Scheduler`, by the time a request reaches the state owner.
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -20,7 +20,7 @@ pub enum Request {
     Stats,
     VipAdd {
         name: String,
-        address: Ipv4Addr,
+        address: IpAddr,
         /// 0 serves every port.
         port: u16,
         #[serde(default = "default_protocol")]
@@ -49,7 +49,7 @@ pub enum Request {
     },
     BackendAdd {
         vip: String,
-        address: Ipv4Addr,
+        address: IpAddr,
         #[serde(default = "default_weight")]
         weight: u32,
         /// `nat` VIPs only: the port the backend serves on; None: the port
@@ -59,7 +59,7 @@ pub enum Request {
     },
     BackendRemove {
         vip: String,
-        address: Ipv4Addr,
+        address: IpAddr,
         /// Remove it even if it is the VIP's last backend taking new flows
         /// (the VIP then drops its new traffic).
         #[serde(default)]
@@ -67,15 +67,15 @@ pub enum Request {
     },
     BackendDrain {
         vip: String,
-        address: Ipv4Addr,
+        address: IpAddr,
     },
     BackendEnable {
         vip: String,
-        address: Ipv4Addr,
+        address: IpAddr,
     },
     BackendWeight {
         vip: String,
-        address: Ipv4Addr,
+        address: IpAddr,
         weight: u32,
     },
     /// Re-read the daemon's config file and apply what changed (see

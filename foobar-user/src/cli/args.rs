@@ -1,7 +1,7 @@
 //! Value parsers of the CLI's arguments: a bad value is refused by clap
 //! (usage error, exit code 2) before any request is sent, with the message
 //! the config file would give.
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use clap::Args;
 
@@ -10,6 +10,13 @@ use crate::config::{self, Check, Forwarding, HealthSpec, Protocol, Scheduler, MA
 pub fn ipv4(text: &str) -> Result<Ipv4Addr, String> {
     text.parse()
         .map_err(|_| format!("\"{text}\" is not an IPv4 address (for example 10.0.0.11)"))
+}
+
+/// A VIP or backend address: IPv4 or IPv6.
+pub fn ip(text: &str) -> Result<IpAddr, String> {
+    text.parse().map_err(|_| {
+        format!("\"{text}\" is not an IPv4 or IPv6 address (for example 10.0.0.11 or 2001:db8::11)")
+    })
 }
 
 pub fn weight(text: &str) -> Result<u32, String> {

@@ -1,5 +1,5 @@
 //! `foobar backend add|remove|drain|enable|weight`.
-use std::{net::Ipv4Addr, path::Path};
+use std::{net::IpAddr, path::Path};
 
 use clap::{Args, Subcommand};
 
@@ -11,9 +11,9 @@ use crate::api::{self, Request};
 pub struct Target {
     /// The VIP's name. Example: web
     pub vip: String,
-    /// The backend's IPv4 address. Example: 10.0.0.11
-    #[arg(value_parser = args::ipv4)]
-    pub address: Ipv4Addr,
+    /// The backend's address, of the VIP's family. Example: 10.0.0.11
+    #[arg(value_parser = args::ip)]
+    pub address: IpAddr,
     /// Print the daemon's answer as JSON (docs/JSON.md).
     #[arg(long)]
     pub json: bool,
@@ -95,7 +95,10 @@ pub fn backend(socket: &Path, cmd: BackendCmd) -> anyhow::Result<()> {
                 port,
             },
             match port {
-                Some(p) => format!("backend {address}:{p} added to VIP {vip} (weight {weight})"),
+                Some(p) => format!(
+                    "backend {} added to VIP {vip} (weight {weight})",
+                    std::net::SocketAddr::new(address, p)
+                ),
                 None => format!("backend {address} added to VIP {vip} (weight {weight})"),
             },
         ),

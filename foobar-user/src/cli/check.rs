@@ -39,10 +39,9 @@ pub fn check(args: CheckArgs) -> anyhow::Result<()> {
         println!("{}: valid", args.config.display());
         for v in &config.vips {
             println!(
-                "  vip {} {}:{}/{}: {} backend(s)",
+                "  vip {} {}/{}: {} backend(s)",
                 v.name,
-                v.address,
-                v.port,
+                std::net::SocketAddr::new(v.address, v.port),
                 v.protocol.name(),
                 v.backends.len()
             );

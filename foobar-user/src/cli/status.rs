@@ -109,10 +109,13 @@ pub fn render(s: &Status) -> String {
     );
     for v in &s.vips {
         out.push_str(&format!(
-            "\nVIP {} {}:{}/{} ({}, {})  {} pkt/s  {} B/s\n",
+            "\nVIP {} {}/{} ({}, {})  {} pkt/s  {} B/s\n",
             v.name,
-            v.address,
-            v.port,
+            // An IPv6 address goes in brackets before its port.
+            match v.address.parse::<std::net::IpAddr>() {
+                Ok(a) => std::net::SocketAddr::new(a, v.port).to_string(),
+                Err(_) => format!("{}:{}", v.address, v.port),
+            },
             v.protocol,
             v.scheduler,
             v.forwarding,

@@ -1,5 +1,8 @@
 //! `foobar vip add|remove|purge-affinity`.
-use std::{net::Ipv4Addr, path::Path};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::Path,
+};
 
 use clap::Subcommand;
 
@@ -16,10 +19,10 @@ pub enum VipCmd {
     Add {
         /// A unique name (letters, digits, - and _). Example: web
         name: String,
-        /// The virtual IPv4 address (the LB node must hold it).
-        /// Example: 10.0.0.100
-        #[arg(value_parser = args::ipv4)]
-        address: Ipv4Addr,
+        /// The virtual IPv4 or IPv6 address (the LB node must hold it).
+        /// An IPv6 VIP needs --forwarding dsr or ipip. Example: 10.0.0.100
+        #[arg(value_parser = args::ip)]
+        address: IpAddr,
         /// 1..=65535, or 0 for every port. Example: 443
         port: u16,
         /// tcp or udp.
@@ -101,7 +104,11 @@ pub fn vip(socket: &Path, cmd: VipCmd) -> anyhow::Result<()> {
             json,
         } => {
             let health = health.spec().map_err(super::exit::UsageError)?;
-            let line = format!("VIP {name} added: {address}:{port}/{}", protocol.name());
+            let line = format!(
+                "VIP {name} added: {}/{}",
+                std::net::SocketAddr::new(address, port),
+                protocol.name()
+            );
             let request = Request::VipAdd {
                 name,
                 address,

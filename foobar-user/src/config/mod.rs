@@ -4,7 +4,7 @@
 //! `examples/foobar.toml` and README.md; keep them in step with this file.
 use std::{
     fmt,
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
 };
 
@@ -447,7 +447,8 @@ impl Protocol {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Vip {
     pub name: String,
-    pub address: Ipv4Addr,
+    /// IPv4 or IPv6; every backend of the VIP has the same family.
+    pub address: IpAddr,
     /// 0 serves every port.
     pub port: u16,
     pub protocol: Protocol,
@@ -473,7 +474,7 @@ pub struct Vip {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendConfig {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub weight: u32,
     /// NAT only: the backend's port (None: the port the client asked for).
     pub port: Option<u16>,

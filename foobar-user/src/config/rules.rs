@@ -5,7 +5,7 @@
 //! Each returns the problem as text, to be put after `KEY: `; the bad value
 //! is quoted with Rust's escaping, so a control character shows as `\n`,
 //! never raw on the operator's terminal.
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv6Addr};
 
 /// Longest name (VIP names end up in Prometheus labels, logs, JSON).
 pub const NAME_MAX: usize = 64;
@@ -60,7 +60,11 @@ pub fn interface(name: &str) -> Result<(), String> {
 }
 
 /// Addresses that can be a VIP: a unicast address the NIC can receive.
-pub fn vip_address(a: Ipv4Addr) -> Result<(), String> {
+pub fn vip_address(a: IpAddr) -> Result<(), String> {
+    let a = match a {
+        IpAddr::V4(a) => a,
+        IpAddr::V6(a) => return vip_address6(a),
+    };
     let why = if a.is_unspecified() || a.octets()[0] == 0 {
         "in 0.0.0.0/8 (unspecified)"
     } else if a.is_broadcast() {
@@ -75,9 +79,37 @@ pub fn vip_address(a: Ipv4Addr) -> Result<(), String> {
     Err(format!("{a} cannot be a VIP: it is {why}"))
 }
 
+fn vip_address6(a: Ipv6Addr) -> Result<(), String> {
+    let why = if a.is_unspecified() {
+        "the unspecified address"
+    } else if a.is_multicast() {
+        "a multicast address"
+    } else if a.is_loopback() {
+        "a loopback address, which never reaches the NIC"
+    } else if a.to_ipv4_mapped().is_some() {
+        "an IPv4-mapped address; write the IPv4 address itself"
+    } else {
+        return Ok(());
+    };
+    Err(format!("{a} cannot be a VIP: it is {why}"))
+}
+
 /// Addresses that can be a backend of a VIP at `vip`: a unicast address of
-/// another host, one the LB can resolve a MAC for and send frames to.
-pub fn backend_address(a: Ipv4Addr, vip: Ipv4Addr) -> Result<(), String> {
+/// another host, one the LB can resolve a MAC for and send frames to, of
+/// the VIP's family (the datapath forwards a packet in its own family).
+pub fn backend_address(a: IpAddr, vip: IpAddr) -> Result<(), String> {
+    let (a, vip) = match (a, vip) {
+        (IpAddr::V4(a), IpAddr::V4(vip)) => (a, vip),
+        (IpAddr::V6(a), IpAddr::V6(vip)) => return backend_address6(a, vip),
+        (a, vip) => {
+            return Err(format!(
+                "{a} cannot be a backend of VIP {vip}: the families differ (IPv4 and IPv6 \
+                 cannot be mixed within one VIP); give an {} backend address, or add a \
+                 second VIP of the other family",
+                if vip.is_ipv4() { "IPv4" } else { "IPv6" }
+            ))
+        }
+    };
     let why = if a.is_unspecified() || a.octets()[0] == 0 {
         "in 0.0.0.0/8 (unspecified)"
     } else if a.is_broadcast() {
@@ -98,11 +130,30 @@ pub fn backend_address(a: Ipv4Addr, vip: Ipv4Addr) -> Result<(), String> {
     ))
 }
 
+fn backend_address6(a: Ipv6Addr, vip: Ipv6Addr) -> Result<(), String> {
+    let why = if a.is_unspecified() {
+        "the unspecified address"
+    } else if a.is_multicast() {
+        "a multicast address"
+    } else if a.is_loopback() {
+        "a loopback address (the LB node itself)"
+    } else if a.is_unicast_link_local() {
+        "a link-local address (fe80::/10 is ambiguous without an interface); give the          server's global or unique-local address"
+    } else if a == vip {
+        "the VIP's own address (the traffic would loop)"
+    } else {
+        return Ok(());
+    };
+    Err(format!(
+        "{a} cannot be a backend: it is {why}; give a server's unicast address"
+    ))
+}
+
 /// A backend address is one host on one L2 segment: its MAC is resolved,
 /// and its health checked, by address. So an address that backs a VIP on
 /// `vlan` must not also back a VIP (`other`) on `other_vlan`.
 pub fn backend_vlan(
-    a: Ipv4Addr,
+    a: IpAddr,
     vlan: Option<u16>,
     other: &str,
     other_vlan: Option<u16>,
@@ -188,6 +239,7 @@ pub fn maglev_table(size: u32, weights: impl IntoIterator<Item = u32>) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     #[test]
     fn names_are_a_restricted_charset() {
@@ -214,8 +266,11 @@ mod tests {
 
     #[test]
     fn backend_addresses_must_be_another_hosts_unicast() {
-        let vip = Ipv4Addr::new(192, 0, 2, 10);
-        assert_eq!(backend_address(Ipv4Addr::new(10, 0, 0, 11), vip), Ok(()));
+        let vip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10));
+        assert_eq!(
+            backend_address(Ipv4Addr::new(10, 0, 0, 11).into(), vip),
+            Ok(())
+        );
         for (bad, why) in [
             ("0.0.0.0", "unspecified"),
             ("255.255.255.255", "broadcast"),
@@ -229,8 +284,31 @@ mod tests {
             let err = backend_address(bad.parse().unwrap(), vip).expect_err(bad);
             assert!(err.contains(why), "{bad}: {err}");
         }
-        assert!(vip_address(Ipv4Addr::LOCALHOST).is_err());
-        assert!(vip_address(Ipv4Addr::new(198, 51, 100, 1)).is_ok());
+        assert!(vip_address(Ipv4Addr::LOCALHOST.into()).is_err());
+        assert!(vip_address(Ipv4Addr::new(198, 51, 100, 1).into()).is_ok());
+    }
+
+    #[test]
+    fn v6_addresses_follow_the_same_rules_and_families_do_not_mix() {
+        let vip: IpAddr = "2001:db8::10".parse().unwrap();
+        assert_eq!(backend_address("fd00::11".parse().unwrap(), vip), Ok(()));
+        for (bad, why) in [
+            ("::", "unspecified"),
+            ("::1", "loopback"),
+            ("ff02::1", "multicast"),
+            ("fe80::1", "link-local"),
+            ("2001:db8::10", "VIP's own address"),
+            ("10.0.0.11", "families differ"),
+        ] {
+            let err = backend_address(bad.parse().unwrap(), vip).expect_err(bad);
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+        let err = backend_address("fd00::11".parse().unwrap(), "192.0.2.10".parse().unwrap())
+            .unwrap_err();
+        assert!(err.contains("give an IPv4 backend address"), "{err}");
+        assert!(vip_address("::1".parse().unwrap()).is_err());
+        assert!(vip_address("::ffff:192.0.2.1".parse().unwrap()).is_err());
+        assert!(vip_address("2001:db8::10".parse().unwrap()).is_ok());
     }
 
     #[test]

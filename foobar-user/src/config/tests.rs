@@ -352,8 +352,11 @@ fn ipv6_and_special_addresses_get_specific_messages() {
         backend = [{ address = "10.0.0.1" }]
     "#;
     let p = problems(text);
-    assert!(p[0].message.contains("IPv6 is not supported yet"), "{p:?}");
-    assert!(p[1].message.contains("multicast"), "{p:?}");
+    // An IPv6 VIP is served (docs/IPV6.md), but not with nat, the default,
+    // nor with IPv4 backends.
+    assert_eq!(p[0].key, "vip[0].forwarding", "{p:?}");
+    assert!(p[1].message.contains("families differ"), "{p:?}");
+    assert!(p[2].message.contains("multicast"), "{p:?}");
 }
 
 #[test]
@@ -385,7 +388,9 @@ fn error_display_names_file_key_and_problem() {
     let text = err.to_string();
     assert!(text.contains("1 problem; nothing was applied"), "{text}");
     assert!(
-        text.contains("/etc/foobar/foobar.toml: vip[0].address: \"nope\" is not an IPv4 address"),
+        text.contains(
+            "/etc/foobar/foobar.toml: vip[0].address: \"nope\" is not an IPv4 or IPv6 address"
+        ),
         "{text}"
     );
 }
@@ -788,7 +793,7 @@ fn runtime_operations_apply_the_same_rules() {
     }
     let err = state
         .add_vip(VipSpec {
-            address: Ipv4Addr::LOCALHOST,
+            address: Ipv4Addr::LOCALHOST.into(),
             ..spec.clone()
         })
         .unwrap_err();
@@ -821,7 +826,7 @@ fn runtime_operations_apply_the_same_rules() {
     // A Maglev VIP of 13 slots holds one backend (10 slots each), not two.
     let maglev = VipSpec {
         name: "m".into(),
-        address: Ipv4Addr::new(192, 0, 2, 20),
+        address: Ipv4Addr::new(192, 0, 2, 20).into(),
         scheduler: Scheduler::Maglev,
         maglev_table_size: 13,
         ..spec
@@ -1228,4 +1233,96 @@ fn flow_table_mode_defaults_to_shared_and_takes_per_cpu() {
     let p = problems("[datapath]\nflow_table = \"percpu\"\n");
     assert_eq!(p[0].key, "datapath.flow_table");
     assert!(p[0].message.contains("\"per-cpu\""), "{}", p[0].message);
+}
+
+const V6: &str = r#"
+    [datapath]
+    ipip_source6 = "2001:db8:9::1"
+
+    [[vip]]
+    name = "web6"
+    address = "2001:db8::10"
+    port = 80
+    forwarding = "dsr"
+
+    [[vip.backend]]
+    address = "fd00::11"
+
+    [[vip]]
+    name = "tun6"
+    address = "2001:db8::20"
+    port = 443
+    forwarding = "ipip"
+
+    [[vip.backend]]
+    address = "fd00::21"
+
+    [[vip]]
+    name = "web4"
+    address = "192.0.2.10"
+    port = 80
+
+    [[vip.backend]]
+    address = "10.0.0.11"
+"#;
+
+#[test]
+fn a_dual_stack_config_parses() {
+    let c = parse(V6).unwrap();
+    let a = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    assert_eq!(c.vips[0].address, a("2001:db8::10"));
+    assert_eq!(c.vips[0].backends[0].address, a("fd00::11"));
+    assert_eq!(c.vips[0].forwarding, Forwarding::Dsr);
+    assert_eq!(c.vips[1].forwarding, Forwarding::Ipip);
+    assert_eq!(c.vips[2].address, a("192.0.2.10"));
+    assert_eq!(c.vips[2].forwarding, Forwarding::Nat);
+}
+
+#[test]
+fn an_ipv6_vip_must_name_dsr_or_ipip() {
+    let implicit = V6.replacen("forwarding = \"dsr\"\n", "", 1);
+    let p = problems(&implicit);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].key, "vip[0].forwarding");
+    assert!(
+        p[0].message.contains("forwarding = \"dsr\"") && p[0].message.contains("\"ipip\""),
+        "{}",
+        p[0].message
+    );
+    let nat = V6.replacen("forwarding = \"dsr\"", "forwarding = \"nat\"", 1);
+    let p = problems(&nat);
+    assert_eq!(keys(&nat), ["vip[0].forwarding"]);
+    assert!(p[0].message.contains("IPv4-only"), "{}", p[0].message);
+}
+
+#[test]
+fn families_do_not_mix_within_a_vip() {
+    let mixed = V6.replacen("address = \"fd00::11\"", "address = \"10.0.0.99\"", 1);
+    let p = problems(&mixed);
+    assert_eq!(keys(&mixed), ["vip[0].backend[0].address"]);
+    assert!(p[0].message.contains("families differ"), "{}", p[0].message);
+    let mixed = V6.replacen("address = \"10.0.0.11\"", "address = \"fd00::99\"", 1);
+    assert_eq!(keys(&mixed), ["vip[2].backend[0].address"]);
+}
+
+#[test]
+fn ipv6_ipip_needs_the_ipv6_outer_source() {
+    let without = V6.replacen("ipip_source6 = \"2001:db8:9::1\"", "", 1);
+    let p = problems(&without);
+    assert_eq!(keys(&without), ["vip[1].forwarding"]);
+    assert!(p[0].message.contains("ipip_source6"), "{}", p[0].message);
+}
+
+#[test]
+fn ipv6_vips_stay_out_of_vrrp() {
+    let text = format!(
+        "{V6}\n[[vrrp]]\nvrid = 7\ninterface = \"eth0\"\npriority = 100\nvips = [\"web4\", \"web6\"]\n"
+    );
+    let p = problems(&text);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].message.contains("VRRP here is IPv4 only"),
+        "{}",
+        p[0].message
+    );
 }

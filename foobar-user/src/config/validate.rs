@@ -2,7 +2,7 @@
 //! records every problem at its key, never stopping at the first.
 use std::{
     collections::HashSet,
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
     time::Duration,
 };
@@ -107,9 +107,8 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
                 p.add(
                     &key,
                     format!(
-                        "{}:{}/{}{} is already served by an earlier VIP",
-                        vip.address,
-                        vip.port,
+                        "{}/{}{} is already served by an earlier VIP",
+                        SocketAddr::new(vip.address, vip.port),
                         vip.protocol.name(),
                         vip.vlan
                             .map(|v| format!(" on VLAN {v}"))
@@ -142,9 +141,24 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
             vips.push(vip);
         }
     }
-    if datapath.as_ref().is_some_and(|d| d.ipip_source.is_none()) {
+    if let Some(d) = &datapath {
         for (i, vip) in raw.vips.iter().enumerate() {
-            if vip.forwarding.as_deref() == Some("ipip") {
+            if vip.forwarding.as_deref() != Some("ipip") {
+                continue;
+            }
+            let v6 = vip
+                .address
+                .as_deref()
+                .and_then(|a| a.parse::<IpAddr>().ok())
+                .is_some_and(|a| a.is_ipv6());
+            if v6 && d.ipip_source6.is_none() {
+                p.add(
+                    format!("vip[{i}].forwarding"),
+                    "\"ipip\" for an IPv6 VIP needs datapath.ipip_source6, the outer IPv6 \
+                     source address (or a /96../128 prefix routed to this node) the \
+                     backends' `foobar decap --allow-from` accepts",
+                );
+            } else if !v6 && d.ipip_source.is_none() {
                 p.add(
                     format!("vip[{i}].forwarding"),
                     "\"ipip\" needs datapath.ipip_source, the outer source address \
@@ -386,7 +400,7 @@ fn validate_vip(key: &str, raw: &RawVip, origin: Origin, p: &mut Problems) -> Op
             .field(&format!("{key}.name"), rules::name(n))
             .map(|()| n.to_owned()),
     };
-    let address = ipv4(&format!("{key}.address"), raw.address.as_deref(), p)
+    let address = ip(&format!("{key}.address"), raw.address.as_deref(), p)
         .and_then(|a| p.field(&format!("{key}.address"), rules::vip_address(a).map(|()| a)));
     let port = match raw.port {
         None => {
@@ -418,6 +432,22 @@ fn validate_vip(key: &str, raw: &RawVip, origin: Origin, p: &mut Problems) -> Op
         // nat is the default: backends need nothing (docs/NAT.md).
         Forwarding::parse(raw.forwarding.as_deref().unwrap_or("nat")),
     );
+    // IPv6 has no nat datapath yet: an IPv6 VIP names its mode (docs/IPV6.md).
+    if address.is_some_and(|a| a.is_ipv6()) {
+        match (raw.forwarding.as_deref(), forwarding) {
+            (None, _) => p.add(
+                format!("{key}.forwarding"),
+                "missing for an IPv6 VIP: nat, the default, is IPv4-only; write \
+                 forwarding = \"dsr\" or forwarding = \"ipip\" (docs/IPV6.md)",
+            ),
+            (Some(_), Some(Forwarding::Nat)) => p.add(
+                format!("{key}.forwarding"),
+                "\"nat\" is IPv4-only; an IPv6 VIP forwards with \"dsr\" or \"ipip\" \
+                 (docs/IPV6.md)",
+            ),
+            _ => {}
+        }
+    }
     // The VIP's own SNAT address; `nat::resolve` adds the node's defaults.
     let own_snat = match raw.snat_address.as_deref() {
         None => Some(None),
@@ -518,7 +548,7 @@ fn validate_vip(key: &str, raw: &RawVip, origin: Origin, p: &mut Problems) -> Op
     let mut seen = HashSet::new();
     for (j, raw_backend) in raw.backends.iter().enumerate() {
         let bkey = format!("{key}.backend[{j}]");
-        let address = ipv4(
+        let address = ip(
             &format!("{bkey}.address"),
             raw_backend.address.as_deref(),
             p,
@@ -729,20 +759,22 @@ fn validate_health(key: &str, raw: &RawHealth, p: &mut Problems) -> Option<Healt
     })
 }
 
-fn ipv4(key: &str, value: Option<&str>, p: &mut Problems) -> Option<Ipv4Addr> {
+fn ip(key: &str, value: Option<&str>, p: &mut Problems) -> Option<IpAddr> {
     match value {
         None => {
-            p.add(key, "missing; give an IPv4 address such as \"192.0.2.10\"");
+            p.add(
+                key,
+                "missing; give an IPv4 or IPv6 address such as \"192.0.2.10\" or \"2001:db8::10\"",
+            );
             None
         }
-        Some(text) => match text.parse::<Ipv4Addr>() {
+        Some(text) => match text.parse::<IpAddr>() {
             Ok(a) => Some(a),
-            Err(_) if text.parse::<std::net::Ipv6Addr>().is_ok() => {
-                p.add(key, format!("\"{text}\": IPv6 is not supported yet"));
-                None
-            }
             Err(_) => {
-                p.add(key, format!("\"{text}\" is not an IPv4 address"));
+                p.add(
+                    key,
+                    format!("\"{text}\" is not an IPv4 or IPv6 address (no brackets, no port)"),
+                );
                 None
             }
         },

@@ -168,9 +168,24 @@ pub(super) fn validate(
                     &format!("vips[{j}]"),
                     format!("no [[vip]] is named \"{name}\""),
                 ),
-                Some(v) if addresses.contains(&v.address) => {}
+                Some(v) if v.address.is_ipv6() => add(
+                    &format!("vips[{j}]"),
+                    format!(
+                        "VIP \"{name}\" is IPv6 ({}): VRRP here is IPv4 only (RFC 5798 IPv4 \
+                         instances); hold an IPv6 VIP's address by other means (BGP, or \
+                         `ip -6 addr add` on the active node) and leave it out of vips",
+                        v.address
+                    ),
+                ),
+                Some(v)
+                    if addresses
+                        .iter()
+                        .any(|a| std::net::IpAddr::V4(*a) == v.address) => {}
                 Some(v) => {
-                    if let Some(first) = claimed.get(&v.address) {
+                    let std::net::IpAddr::V4(address) = v.address else {
+                        continue;
+                    };
+                    if let Some(first) = claimed.get(&address) {
                         add(
                             &format!("vips[{j}]"),
                             format!(
@@ -179,9 +194,9 @@ pub(super) fn validate(
                             ),
                         );
                     } else {
-                        claimed.insert(v.address, key.clone());
+                        claimed.insert(address, key.clone());
                     }
-                    addresses.push(v.address);
+                    addresses.push(address);
                 }
             }
         }

@@ -1,6 +1,6 @@
 //! Events from the health checkers and the neighbour watcher, and the
 //! checkers' lifecycle.
-use std::{collections::HashMap, net::Ipv4Addr};
+use std::{collections::HashMap, net::IpAddr};
 
 use tracing::{info, warn};
 
@@ -21,7 +21,7 @@ impl Owner {
         let task = tokio::spawn(health::run_checker(
             id,
             self.next_epoch,
-            std::net::SocketAddrV4::new(b.spec.address, port),
+            std::net::SocketAddr::new(b.spec.address, port),
             b.spec.health.clone(),
             b.up,
             self.health_tx.clone(),
@@ -74,7 +74,7 @@ impl Owner {
 
     /// Why the backend at `address` of VIP `vip` (on `vlan`) has no MAC:
     /// its VLAN has no interface here, or nothing answered ARP there.
-    pub(super) fn no_mac_reason(&self, vlan: Option<u16>, vip: &str, address: Ipv4Addr) -> String {
+    pub(super) fn no_mac_reason(&self, vlan: Option<u16>, vip: &str, address: IpAddr) -> String {
         match vlan {
             None => neigh::no_mac_reason(address, &self.iface),
             Some(v) => match self.vlan_interfaces.get(&v) {
@@ -156,9 +156,9 @@ impl Owner {
 /// validation and `backend add` refuse more), so the first VIP decides.
 pub(super) fn wanted(
     state: &State,
-    segments: &mut HashMap<Ipv4Addr, Option<u16>>,
+    segments: &mut HashMap<IpAddr, Option<u16>>,
 ) -> Vec<neigh::Wanted> {
-    let mut now: HashMap<Ipv4Addr, Option<u16>> = HashMap::new();
+    let mut now: HashMap<IpAddr, Option<u16>> = HashMap::new();
     for v in state.vips() {
         for b in &v.backends {
             now.entry(b.spec.address).or_insert(v.spec.vlan);

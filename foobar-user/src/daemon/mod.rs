@@ -8,7 +8,6 @@
 //! own map handle, MACs are resolved by the watcher task.
 use std::{
     collections::HashMap,
-    net::Ipv4Addr,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -124,7 +123,7 @@ pub struct Owner {
     wanted: watch::Sender<Vec<neigh::Wanted>>,
     /// The VLAN each address was last followed on: a removed backend's
     /// entry keeps its VLAN after its VIP is gone.
-    segments: HashMap<Ipv4Addr, Option<u16>>,
+    segments: HashMap<std::net::IpAddr, Option<u16>>,
     /// The datapath interface's VLAN subinterfaces, as last seen (the
     /// start's resolve, then the watcher).
     pub vlan_interfaces: neigh::VlanInterfaces,

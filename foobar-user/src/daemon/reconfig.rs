@@ -188,10 +188,9 @@ pub(super) fn op_text(op: &crate::reload::Op) -> String {
     match op {
         Op::RemoveVip(name) => format!("vip remove {name}"),
         Op::AddVip(v) => format!(
-            "vip add {} {}:{}/{}",
+            "vip add {} {}/{}",
             v.name,
-            v.address,
-            v.port,
+            std::net::SocketAddr::new(v.address, v.port),
             v.protocol.name()
         ),
         Op::RemoveBackend { vip, address } => format!("backend remove {vip} {address}"),

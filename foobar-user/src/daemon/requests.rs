@@ -147,10 +147,21 @@ impl Owner {
                          datapath.affinity_table_size set, or add the VIP without persistence"
                     )));
                 }
-                let ipip_source = self.base.as_ref().and_then(|c| c.datapath.ipip_source);
-                if forwarding == crate::config::Forwarding::Ipip && ipip_source.is_none() {
+                let datapath = self.base.as_ref().map(|c| &c.datapath);
+                let (has_source, key) = if address.is_ipv6() {
+                    (
+                        datapath.is_some_and(|d| d.ipip_source6.is_some()),
+                        "ipip_source6",
+                    )
+                } else {
+                    (
+                        datapath.is_some_and(|d| d.ipip_source.is_some()),
+                        "ipip_source",
+                    )
+                };
+                if forwarding == crate::config::Forwarding::Ipip && !has_source {
                     return Err(refused(format!(
-                        "VIP {name}: forwarding \"ipip\" needs datapath.ipip_source, which \
+                        "VIP {name}: forwarding \"ipip\" needs datapath.{key}, which \
                          this daemon started without; set it in the config and restart foobar"
                     )));
                 }

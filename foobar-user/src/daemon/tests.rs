@@ -10,7 +10,7 @@ use crate::{
 fn vip(name: &str, last: u8, scheduler: Scheduler, table: u32) -> VipSpec {
     VipSpec {
         name: name.into(),
-        address: Ipv4Addr::new(192, 0, 2, last),
+        address: std::net::Ipv4Addr::new(192, 0, 2, last).into(),
         port: 80,
         protocol: Protocol::Tcp,
         scheduler,
@@ -27,7 +27,7 @@ fn vip(name: &str, last: u8, scheduler: Scheduler, table: u32) -> VipSpec {
 #[test]
 fn backends_are_followed_on_their_vip_vlan_and_removed_ones_keep_theirs() {
     let backend = |last: u8| BackendSpec {
-        address: Ipv4Addr::new(10, 0, 0, last),
+        address: std::net::Ipv4Addr::new(10, 0, 0, last).into(),
         weight: 1,
         port: None,
         admin: Admin::Enabled,
@@ -47,7 +47,7 @@ fn backends_are_followed_on_their_vip_vlan_and_removed_ones_keep_theirs() {
         state.add_backend(v, backend(last), None).unwrap();
     }
     let mut segments = HashMap::new();
-    let ip = |last| Ipv4Addr::new(10, 0, 0, last);
+    let ip = |last| std::net::IpAddr::from(std::net::Ipv4Addr::new(10, 0, 0, last));
     assert_eq!(
         wanted(&state, &mut segments),
         vec![(Some(100), ip(1)), (Some(100), ip(2)), (None, ip(3))]
@@ -75,7 +75,7 @@ async fn a_refused_change_leaves_state_file_and_maps_as_they_were() {
         .add_vip(vip("web", 10, Scheduler::RoundRobin, 65537))
         .unwrap();
     let be1 = BackendSpec {
-        address: Ipv4Addr::new(10, 0, 0, 1),
+        address: std::net::Ipv4Addr::new(10, 0, 0, 1).into(),
         weight: 1,
         port: None,
         admin: Admin::Enabled,
@@ -150,7 +150,7 @@ async fn an_emergency_drain_reaches_the_datapath_when_the_state_cannot_be_saved(
         .unwrap();
     for last in [1, 2] {
         let spec = BackendSpec {
-            address: Ipv4Addr::new(10, 0, 0, last),
+            address: std::net::Ipv4Addr::new(10, 0, 0, last).into(),
             weight: 1,
             port: None,
             admin: Admin::Enabled,

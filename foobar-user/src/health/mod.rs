@@ -8,7 +8,7 @@ mod board;
 mod probe;
 
 use std::{
-    net::SocketAddrV4,
+    net::SocketAddr,
     sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
@@ -106,14 +106,14 @@ pub fn checks_not_run() -> u64 {
 pub async fn run_checker(
     backend_id: u32,
     epoch: u64,
-    target: SocketAddrV4,
+    target: SocketAddr,
     spec: HealthSpec,
     up: bool,
     tx: mpsc::Sender<Transition>,
     board: Board,
 ) {
     board.open(backend_id, epoch, up);
-    let (address, port) = (*target.ip(), target.port());
+    let (address, port) = (target.ip(), target.port());
     let mut tracker = if up {
         Tracker::starting(&spec)
     } else {

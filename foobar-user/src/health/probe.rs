@@ -1,7 +1,7 @@
 //! One health check against one backend: TCP connect, or HTTP GET over
 //! hyper's HTTP/1 client. Passed or failed (the backend's doing), or not
 //! run (the daemon's own shortage); each with text for the log line.
-use std::{io, net::Ipv4Addr, time::Duration};
+use std::{io, net::IpAddr, time::Duration};
 
 use http_body_util::Empty;
 use hyper::body::Bytes;
@@ -20,7 +20,7 @@ pub enum Outcome {
     NotRun(String),
 }
 
-pub async fn probe(check: &Check, address: Ipv4Addr, port: u16, timeout: Duration) -> Outcome {
+pub async fn probe(check: &Check, address: IpAddr, port: u16, timeout: Duration) -> Outcome {
     match tokio::time::timeout(timeout, run(check, address, port)).await {
         Ok(Ok(what)) => Outcome::Passed(what),
         Ok(Err(outcome)) => outcome,
@@ -41,18 +41,24 @@ pub fn classify_connect_error(e: &io::Error, what: String) -> Outcome {
     }
 }
 
-async fn run(check: &Check, address: Ipv4Addr, port: u16) -> Result<String, Outcome> {
+async fn run(check: &Check, address: IpAddr, port: u16) -> Result<String, Outcome> {
     let connect = || async {
         TcpStream::connect((address, port)).await.map_err(|e| {
-            let what = format!("connect to {address}:{port}: {e}");
+            let what = format!(
+                "connect to {}: {e}",
+                std::net::SocketAddr::new(address, port)
+            );
             classify_connect_error(&e, what)
         })
     };
     match check {
         Check::None => Ok("not checked".into()),
-        Check::Tcp => connect()
-            .await
-            .map(|_| format!("connect to {address}:{port} succeeded")),
+        Check::Tcp => connect().await.map(|_| {
+            format!(
+                "connect to {} succeeded",
+                std::net::SocketAddr::new(address, port)
+            )
+        }),
         Check::Http {
             path,
             host,
@@ -64,7 +70,11 @@ async fn run(check: &Check, address: Ipv4Addr, port: u16) -> Result<String, Outc
                 .await
                 .map_err(|e| Outcome::Failed(format!("HTTP handshake: {e}")))?;
             let conn = tokio::spawn(conn);
-            let host = host.clone().unwrap_or_else(|| address.to_string());
+            // An IPv6 literal goes in brackets (RFC 7230 §5.4).
+            let host = host.clone().unwrap_or_else(|| match address {
+                IpAddr::V4(a) => a.to_string(),
+                IpAddr::V6(a) => format!("[{a}]"),
+            });
             let request = hyper::Request::get(path.as_str())
                 .header(hyper::header::HOST, host)
                 .header(hyper::header::USER_AGENT, "foobar-health-check")

@@ -221,7 +221,22 @@ fn load_with(scheduler: &str, opts: LoadOptions) -> Result<Datapath> {
     let macs = saved[0]
         .backends
         .iter()
-        .map(|b| (b.address, [2, 0, 0, 0, 0, b.address.octets()[3]]))
+        .map(|b| {
+            (
+                b.address,
+                [
+                    2,
+                    0,
+                    0,
+                    0,
+                    0,
+                    match b.address {
+                        std::net::IpAddr::V4(a) => a.octets()[3],
+                        std::net::IpAddr::V6(a) => a.octets()[15],
+                    },
+                ],
+            )
+        })
         .collect();
     let st = State::build(&saved, &macs)?;
     let mut dp = Datapath::load(&opts)?;
@@ -758,7 +773,7 @@ fn control_plane(quick: bool) -> Result<String> {
             .map(|i| maglev::Member {
                 id: i,
                 weight: 1,
-                address: Ipv4Addr::from(0x0a00_0000 + i + 1),
+                address: Ipv4Addr::from(0x0a00_0000 + i + 1).into(),
             })
             .collect();
         let times: Vec<f64> = (0..rounds)
@@ -784,7 +799,7 @@ fn control_plane(quick: bool) -> Result<String> {
         .map(|i| maglev::Member {
             id: i % 3,
             weight: 1,
-            address: Ipv4Addr::from(0x0a00_0000 + i + 1),
+            address: Ipv4Addr::from(0x0a00_0000 + i + 1).into(),
         })
         .collect();
     let full = maglev::table(&members, maglev::DEFAULT_TABLE_SIZE);
