@@ -527,3 +527,21 @@ fn nat_fields_travel_typed_and_are_optional() {
         .unwrap_err()
         .contains("only a VIP with forwarding nat"));
 }
+
+#[test]
+fn ipv6_addresses_travel_as_text() {
+    let line = br#"{"v":1,"op":"backend_add","vip":"web6","address":"2001:db8::11"}"#;
+    match Request::decode(line).unwrap() {
+        Request::BackendAdd { address, .. } => {
+            assert_eq!(address, "2001:db8::11".parse::<std::net::IpAddr>().unwrap())
+        }
+        other => panic!("{other:?}"),
+    }
+    let add = Request::BackendRemove {
+        vip: "web6".into(),
+        address: "fd00::11".parse().unwrap(),
+        force: false,
+    };
+    assert!(add.encode().contains(r#""address":"fd00::11""#));
+    assert_eq!(Request::decode(add.encode().as_bytes()), Ok(add));
+}

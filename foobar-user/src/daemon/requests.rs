@@ -165,6 +165,14 @@ impl Owner {
                          this daemon started without; set it in the config and restart foobar"
                     )));
                 }
+                // Before the SNAT address is looked for: the state refuses an
+                // IPv6 nat VIP anyway, with the modes that work.
+                if address.is_ipv6() && forwarding == crate::config::Forwarding::Nat {
+                    return Err(refused(format!(
+                        "VIP {name}: {address} is IPv6, and nat (the default) is IPv4-only; \
+                         add it with --forwarding dsr or --forwarding ipip (docs/IPV6.md)"
+                    )));
+                }
                 let nat = match forwarding {
                     crate::config::Forwarding::Nat => {
                         Some(self.nat_settings(&name, snat_address).await?)
