@@ -30,6 +30,11 @@
 //! ends, one MTU (9000) before any XDP program is attached: the programs
 //! are frags-aware, so the kernel accepts them there (veth fact 3).
 //!
+//! An IPv6 lab (`LabOptions::ipv6`) gives every host an address on a second,
+//! IPv6 lab subnet (fd00:201::/64, added `nodad` so it is usable at once),
+//! puts VIP6 on the LB node's eth0 and on the backends' loopback (as the
+//! IPv4 VIP), and has nginx listen on [::] too.
+//!
 //! A two-LB lab (`LabOptions::second_lb`) adds a second LB node, `lb2`, on
 //! the same bridge, for VRRP failover: neither LB node holds the VIP at
 //! start (the daemons' `[[vrrp]]` instances decide who does), each runs its
@@ -42,7 +47,7 @@
 use std::{
     fs,
     io::Read as _,
-    net::{Ipv4Addr, SocketAddr, TcpStream},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
     os::fd::AsFd as _,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -62,6 +67,10 @@ const BPFFS: &str = "/sys/fs/bpf";
 /// The lab's subnet: only inside the lab's namespaces.
 const NET: [u8; 3] = [10, 201, 0];
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 100);
+/// The IPv6 lab subnet (/64; host N is NET6::N), in an IPv6 lab.
+const NET6: [u16; 4] = [0xfd00, 0x201, 0, 0];
+/// The IPv6 VIP of an IPv6 lab.
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(NET6[0], NET6[1], NET6[2], NET6[3], 0, 0, 0, 0x100);
 /// The client's own subnet when it sits behind the router
 /// (`LabOptions::client_path_mtu`): also only inside the lab.
 const CLIENT_NET: [u8; 3] = [10, 201, 1];
@@ -94,6 +103,8 @@ pub struct Host {
     pub addr: Ipv4Addr,
     /// Its address on VLAN_ID (on `eth0.100`), in a VLAN lab.
     pub vlan_addr: Option<Ipv4Addr>,
+    /// Its IPv6 address (on eth0), in an IPv6 lab.
+    pub addr6: Option<Ipv6Addr>,
 }
 
 #[derive(Clone, Debug)]
@@ -146,6 +157,9 @@ pub struct LabOptions {
     /// and sends them on with XDP_TX, which drops a partial checksum's
     /// metadata (veth fact 2).
     pub plain_backends: bool,
+    /// IPv6 beside IPv4 (see the module's doc): one bridge, no router, no
+    /// VLAN, one LB node.
+    pub ipv6: bool,
 }
 
 /// An LB node of the lab: `Lb1` is `Lab::lb` (every lab has it), `Lb2` is
@@ -187,6 +201,7 @@ impl Default for LabOptions {
             tunnel_mtu: None,
             jumbo_mtu: None,
             plain_backends: false,
+            ipv6: false,
         }
     }
 }
@@ -232,6 +247,14 @@ impl Lab {
         {
             bail!("a two-LB lab has no router in front of the client and no VLAN");
         }
+        if opts.ipv6
+            && (opts.second_lb
+                || opts.client_path_mtu.is_some()
+                || opts.vlan_tags
+                || opts.vlan_backends > 0)
+        {
+            bail!("an IPv6 lab has one LB node, no router and no VLAN");
+        }
         if opts.jumbo_mtu.is_some() && opts.client_path_mtu.is_some() {
             bail!("a jumbo-MTU lab has no router in front of the client");
         }
@@ -250,6 +273,9 @@ impl Lab {
             ns: format!("{id}-{name}"),
             addr: Ipv4Addr::new(NET[0], NET[1], NET[2], last),
             vlan_addr: on_vlan.then(|| Ipv4Addr::new(VLAN_NET[0], VLAN_NET[1], VLAN_NET[2], last)),
+            addr6: opts.ipv6.then(|| {
+                Ipv6Addr::new(NET6[0], NET6[1], NET6[2], NET6[3], 0, 0, 0, u16::from(last))
+            }),
         };
         let client = match opts.client_path_mtu {
             None => host("client", 10, vlan),
@@ -338,6 +364,21 @@ impl Lab {
                 "dev",
                 "eth0",
             ])?;
+            if let Some(a6) = h.addr6 {
+                // nodad: usable at once, not "tentative" for a second.
+                run(&[
+                    "ip",
+                    "-n",
+                    &h.ns,
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{a6}/64"),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ])?;
+            }
             run(&["ip", "-n", &h.ns, "link", "set", "eth0", "up"])?;
         }
         // Before any XDP program is attached: the LB's peer gets the pass
@@ -392,6 +433,26 @@ impl Lab {
                 "dev",
                 LB_IFACE,
             ])?;
+            if self.lb.addr6.is_some() {
+                run(&[
+                    "ip",
+                    "-n",
+                    &self.lb.ns,
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{VIP6}/128"),
+                    "dev",
+                    LB_IFACE,
+                    "nodad",
+                    // Deprecated at once: never the source of the node's
+                    // own traffic (health checks), which IPv6 source
+                    // selection would otherwise take from the VIP, whose
+                    // replies the backends (VIP on lo) keep to themselves.
+                    "preferred_lft",
+                    "0",
+                ])?;
+            }
         }
         let dsr_backends = if self.plain_backends {
             Vec::new()
@@ -410,6 +471,22 @@ impl Lab {
                 "dev",
                 "lo",
             ])?;
+            // An address on lo is not advertised out of eth0 (no NA for
+            // it there): IPv6 needs no arp_ignore.
+            if b.addr6.is_some() {
+                run(&[
+                    "ip",
+                    "-n",
+                    &b.ns,
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{VIP6}/128"),
+                    "dev",
+                    "lo",
+                    "nodad",
+                ])?;
+            }
             for key in ["all", "eth0"] {
                 self.exec(
                     &b.ns,
@@ -457,6 +534,14 @@ impl Lab {
                 || Ok(self.curl(&url)?.trim() == h.name),
             )?;
             // ... and over the VLAN, from the client's VLAN interface.
+            if let Some(a6) = h.addr6 {
+                let url = format!("http://[{a6}]/");
+                wait_for(
+                    &format!("nginx on {} over IPv6", h.name),
+                    Duration::from_secs(10),
+                    || Ok(self.curl(&url)?.trim() == h.name),
+                )?;
+            }
             if let Some(a) = h.vlan_addr {
                 let url = format!("http://{a}/");
                 wait_for(
@@ -695,7 +780,15 @@ impl Lab {
         let n = &host.name;
         let listens: String = ports
             .iter()
-            .map(|p| format!("listen {p} reuseport; "))
+            .map(|p| {
+                // [::] with ipv6only (nginx's default) beside the IPv4 one.
+                let v6 = if host.addr6.is_some() {
+                    format!("listen [::]:{p} reuseport; ")
+                } else {
+                    String::new()
+                };
+                format!("listen {p} reuseport; {v6}")
+            })
             .collect();
         let rate = if self.slow.contains(n) {
             "limit_rate 32k;"
