@@ -122,6 +122,10 @@ pub const FWD_NAT: u8 = 1;
 /// IPv4-in-IPv4 tunnel DSR (Katran's mode): an outer IPv4 header to the
 /// backend, stripped there by `foobar decap`.
 pub const FWD_IPIP: u8 = 2;
+/// DNAT, IPVS-NAT style (docs/DNAT.md): the destination becomes the
+/// backend's, the client's address and port are kept; the backends route
+/// their replies through the LB, which translates the source back.
+pub const FWD_DNAT: u8 = 3;
 /// Bytes the `ipip` mode adds in front of the client's IPv4 packet.
 pub const IPIP_OVERHEAD: u32 = 20;
 
@@ -305,7 +309,7 @@ pub const NAT_PORT_PROBES: u32 = 16;
 /// Bump it by hand whenever a map's key or value changes meaning, a map is
 /// added, removed or renamed, or a flag changes value: a daemon refuses to
 /// adopt maps pinned by a binary of another layout.
-pub const LAYOUT_VERSION: u32 = 8;
+pub const LAYOUT_VERSION: u32 = 9;
 
 /// Sizes of the shared types the pinned maps hold, in the order FlowKey,
 /// Flow, Backend, VipKey, Service, AffinityKey, VipAddrKey, Counter, VipGen,

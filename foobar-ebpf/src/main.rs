@@ -23,7 +23,9 @@ mod vip;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use flow::First;
-use foobar_common::{Backend, Reason, ADDR_SNAT, ADDR_SNAT_ONLY, FWD_IPIP, FWD_NAT, IPIP_OVERHEAD};
+use foobar_common::{
+    Backend, Reason, ADDR_SNAT, ADDR_SNAT_ONLY, FWD_DNAT, FWD_IPIP, FWD_NAT, IPIP_OVERHEAD,
+};
 use forward::Target;
 use parse::Packet;
 use verdict::Verdict;
@@ -52,7 +54,14 @@ pub fn foobar(ctx: XdpContext) -> u32 {
 fn pipeline(ctx: &XdpContext, len: &mut u64) -> Result<u32, Verdict> {
     let ip = parse::l3(ctx)?;
     *len = ip.frame_len;
-    vip::prefilter(&ip)?;
+    if vip::prefilter(&ip).is_err() {
+        // The pass path: one more array read, for dnat replies (whose
+        // destination is a client, no VIP).
+        if nat::dnat::from_backend(&ip) {
+            return nat::dnat::reply(ctx, &ip);
+        }
+        return Err(Verdict::pass(Reason::NotVip));
+    }
     // The L4 header is read before the VIP address is confirmed, for the
     // flow-first path; its verdict (malformed, fragment, other L4) counts
     // only after the address check, as for any packet to a VIP address.
@@ -81,7 +90,12 @@ fn pipeline(ctx: &XdpContext, len: &mut u64) -> Result<u32, Verdict> {
             }
         }
     }
-    let addr_flags = vip::address(&ip)?;
+    // No VIP address: the node's own traffic, or a dnat reply.
+    let addr_flags = match vip::address(&ip) {
+        Ok(flags) => flags,
+        Err(_) if nat::dnat::from_backend(&ip) => return nat::dnat::reply(ctx, &ip),
+        Err(not_vip) => return Err(not_vip),
+    };
     // An SNAT address: a backend's reply to a NAT flow is translated back;
     // anything else to an address that is no VIP is the node's own.
     if addr_flags & ADDR_SNAT != 0 {
@@ -97,7 +111,7 @@ fn pipeline(ctx: &XdpContext, len: &mut u64) -> Result<u32, Verdict> {
     let pkt = parsed?;
     let (service, vip_gen) = vip::lookup(&pkt, addr_flags)?;
     // The embedded header of an ICMP error is not translated (docs/NAT.md).
-    if service.forward_mode == FWD_NAT && pkt.icmp_error {
+    if (service.forward_mode == FWD_NAT || service.forward_mode == FWD_DNAT) && pkt.icmp_error {
         return Err(Verdict::drop(Reason::NatIcmp));
     }
     let entry = entry.unwrap_or_else(|| flow::lookup(&pkt));

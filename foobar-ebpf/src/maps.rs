@@ -26,6 +26,14 @@ pub static VIP_ADDRS4: HashMap<VipAddrKey, u32> = HashMap::with_max_entries(MAX_
 #[map]
 pub static VIP_ADDR_BITS: Array<u64> = Array::with_max_entries(VIP_ADDR_BITMAP_WORDS, 0);
 
+/// The reply prefilter of `dnat` VIPs: a bitmap of `vip_addr_bit` over the
+/// SOURCE addresses of their backends. A packet that is no VIP's (its
+/// destination is a client) is looked up as a DNAT reply only if its
+/// source's bit is set. Userspace sets a bit before the VIPs whose
+/// backends need it take traffic and clears it after they are gone.
+#[map]
+pub static DNAT_SRC_BITS: Array<u64> = Array::with_max_entries(VIP_ADDR_BITMAP_WORDS, 0);
+
 /// (address, port, protocol) -> service. Port 0 is the every-port VIP.
 #[map]
 pub static VIPS: HashMap<VipKey, Service> = HashMap::with_max_entries(MAX_VIPS, 0);

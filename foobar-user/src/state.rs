@@ -14,7 +14,7 @@ use std::{
 
 use foobar_common::{
     Backend, NatVip, Service, VipAddrKey, VipKey, ADDR_PASS_CLOSED_PORTS, ADDR_SNAT,
-    ADDR_SNAT_ONLY, AF_INET, BACKEND_NEW_FLOWS, BACKEND_UP, FWD_DSR, FWD_IPIP, FWD_NAT,
+    ADDR_SNAT_ONLY, AF_INET, BACKEND_NEW_FLOWS, BACKEND_UP, FWD_DNAT, FWD_DSR, FWD_IPIP, FWD_NAT,
     MAX_BACKENDS, MAX_VIPS, RING_CAPACITY, SCHED_MAGLEV, SCHED_RR, SERVICE_AFFINITY,
 };
 use serde::{Deserialize, Serialize};
@@ -41,7 +41,8 @@ pub struct VipSpec {
     #[serde(default)]
     pub affinity_timeout_s: Option<u32>,
     pub forwarding: Forwarding,
-    /// NAT settings, for `Forwarding::Nat` (required then, absent else).
+    /// NAT settings, for `Forwarding::Nat` (required then) and
+    /// `Forwarding::Dnat` (timeouts only; defaults when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nat: Option<NatSettings>,
     /// Health check of backends added at run time.
@@ -306,13 +307,17 @@ impl State {
             .find_map(|v| v.backends.iter().find(|b| b.id == id).map(|b| (v, b)))
     }
 
-    pub fn add_vip(&mut self, spec: VipSpec) -> Result<u32, StateError> {
+    pub fn add_vip(&mut self, mut spec: VipSpec) -> Result<u32, StateError> {
         // The config's rules, so `vip add` and the file agree.
         config::rules::name(&spec.name)
             .map_err(|e| StateError::Invalid(format!("VIP name {e}")))?;
         config::rules::vip_address(spec.address).map_err(StateError::Invalid)?;
         if self.vips.iter().any(|v| v.spec.name == spec.name) {
             return Err(StateError::DuplicateVip(spec.name));
+        }
+        if spec.forwarding == Forwarding::Dnat && spec.nat.is_none() {
+            // No SNAT settings to ask for: the default timeouts.
+            spec.nat = Some(config::dnat::settings(&NatSettings::default()));
         }
         if spec.forwarding == Forwarding::Nat
             && spec.nat.is_none_or(|n| n.snat_address.is_unspecified())
@@ -828,6 +833,7 @@ impl State {
                         Forwarding::Dsr => FWD_DSR,
                         Forwarding::Ipip => FWD_IPIP,
                         Forwarding::Nat => FWD_NAT,
+                        Forwarding::Dnat => FWD_DNAT,
                     },
                     flags: if v.spec.affinity_timeout_s.is_some() {
                         SERVICE_AFFINITY
@@ -853,6 +859,7 @@ impl State {
             }
         }
         self.plan_nat(&mut plan);
+        self.plan_dnat(&mut plan);
         for r in &self.retired {
             // A retired backend keeps its flows only while it is up: one
             // that was down when removed stays down.
@@ -897,6 +904,40 @@ impl State {
             };
             let flags = plan.addresses.entry(key).or_insert(ADDR_SNAT_ONLY);
             *flags |= ADDR_SNAT;
+        }
+    }
+}
+
+impl State {
+    /// The dnat part of the plan: NAT settings per dnat VIP (timeouts; no
+    /// SNAT address), backend ports, and the backends' addresses (retired
+    /// ones included, their flows go on), whose replies the datapath looks
+    /// for (DNAT_SRC_BITS).
+    fn plan_dnat(&self, plan: &mut Plan) {
+        for v in &self.vips {
+            let (Forwarding::Dnat, Some(nat)) = (v.spec.forwarding, v.spec.nat) else {
+                continue;
+            };
+            plan.nat_vips.insert(
+                v.id,
+                NatVip {
+                    snat_addr_be: 0,
+                    port_min: 0,
+                    port_max: 0,
+                    tcp_idle_s: nat.tcp_idle_s,
+                    udp_idle_s: nat.udp_idle_s,
+                    linger_s: nat.linger_s,
+                },
+            );
+            for b in &v.backends {
+                if let Some(port) = b.spec.port {
+                    plan.backend_ports.insert(b.id, port.to_be());
+                }
+                plan.dnat_sources.insert(u32::from(b.spec.address).to_be());
+            }
+            let retired = self.retired.iter().filter(|r| r.vip == v.spec.name);
+            plan.dnat_sources
+                .extend(retired.map(|r| u32::from(r.address).to_be()));
         }
     }
 }

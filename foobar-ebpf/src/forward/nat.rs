@@ -5,6 +5,13 @@
 //! state (NAT_FLOWS) keeps its SNAT port and the client's MAC for the
 //! replies (nat::reply); a flow without live state for its backend gets a
 //! new port (nat::state::allocate) or is dropped when none is free.
+//!
+//! `dnat` (docs/DNAT.md) is the same machinery with the client's own
+//! address and port in the SNAT fields: a one-port "range", so the
+//! allocation records the reverse entry (backend:bport -> client:cport)
+//! or, when a live flow of another VIP holds that very 5-tuple, drops the
+//! packet as `drop_nat_ports_exhausted`. The rewrite then changes only the
+//! destination.
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use foobar_common::{Backend, NatFlow, Reason, IPPROTO_TCP, NAT_CLOSED, NAT_FIN_CLIENT};
 
@@ -27,14 +34,29 @@ pub fn forward(
     vip_id: u32,
     backend_id: u32,
     backend: &Backend,
+    dnat: bool,
 ) -> Result<u32, Verdict> {
     // A NAT VIP without settings, or a backend id without a port slot, is
     // a control-plane bug: counted as such.
-    let cfg = *NAT_VIPS
+    let mut cfg = *NAT_VIPS
         .get(vip_id)
         .ok_or(Verdict::drop(Reason::BadBackend))?;
-    if cfg.snat_addr_be == 0 {
+    // A dnat VIP's settings have no SNAT address; its timeouts say they
+    // were written (userspace checks they are at least 1 s).
+    let configured = if dnat {
+        cfg.tcp_idle_s != 0
+    } else {
+        cfg.snat_addr_be != 0
+    };
+    if !configured {
         return Err(Verdict::drop(Reason::BadBackend));
+    }
+    if dnat {
+        // The client's own address and port stand for the SNAT ones.
+        let port = u16::from_be(pkt.flow.sport_be);
+        cfg.snat_addr_be = pkt.flow.src_be;
+        cfg.port_min = port;
+        cfg.port_max = port;
     }
     let port_be = *NAT_BACKEND_PORTS
         .get(backend_id)

@@ -2,8 +2,11 @@
 //! packet rewrite with incremental checksums (`rewrite`, `csum`), and the
 //! reverse path (`reply`): a backend's reply to an SNAT address and port
 //! is translated back to the client. The forward translation is
-//! forward/nat.rs. Nothing here runs for a DSR VIP's packets.
+//! forward/nat.rs. `dnat` finds its replies through `dnat` (a source
+//! prefilter) and translates them with the same `reply`. Nothing here runs
+//! for a DSR VIP's packets.
 mod csum;
+pub mod dnat;
 pub mod rewrite;
 pub mod state;
 

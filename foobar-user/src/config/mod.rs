@@ -406,6 +406,9 @@ pub enum Forwarding {
     Dsr,
     Nat,
     Ipip,
+    /// Destination NAT only (docs/DNAT.md): backends see the client's
+    /// address and route their replies through the LB.
+    Dnat,
 }
 
 impl Forwarding {
@@ -414,6 +417,7 @@ impl Forwarding {
             Forwarding::Dsr => "dsr",
             Forwarding::Nat => "nat",
             Forwarding::Ipip => "ipip",
+            Forwarding::Dnat => "dnat",
         }
     }
 
@@ -422,8 +426,10 @@ impl Forwarding {
             "dsr" => Ok(Forwarding::Dsr),
             "nat" => Ok(Forwarding::Nat),
             "ipip" => Ok(Forwarding::Ipip),
+            "dnat" => Ok(Forwarding::Dnat),
             other => Err(format!(
-                "\"{other}\" is not available in this version; use \"dsr\", \"nat\" or \"ipip\""
+                "\"{other}\" is not available in this version; use \"dsr\", \"nat\", \"dnat\" \
+                 or \"ipip\""
             )),
         }
     }
@@ -456,7 +462,7 @@ pub struct Vip {
     pub affinity_timeout_s: Option<u32>,
     pub forwarding: Forwarding,
     /// With `forwarding = "nat"`: its SNAT address (its own or the node's),
-    /// ports and timeouts.
+    /// ports and timeouts; with `"dnat"`: the timeouts (no SNAT address).
     pub nat: Option<NatSettings>,
     /// Health check of backends added at run time (`foobar backend add`).
     pub health: HealthSpec,
@@ -472,7 +478,8 @@ pub struct Vip {
 pub struct BackendConfig {
     pub address: Ipv4Addr,
     pub weight: u32,
-    /// NAT only: the backend's port (None: the port the client asked for).
+    /// NAT and DNAT only: the backend's port (None: the port the client
+    /// asked for).
     pub port: Option<u16>,
     pub health: HealthSpec,
 }
@@ -726,6 +733,7 @@ fn plain_serde_message(message: &str) -> String {
     format!("expected {expected}, found {found}")
 }
 
+pub mod dnat;
 pub mod nat;
 pub mod rules;
 mod validate;

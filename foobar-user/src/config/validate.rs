@@ -156,6 +156,7 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
     }
     if let Some(d) = &datapath {
         super::nat::resolve(&mut vips, &d.nat);
+        super::dnat::resolve(&mut vips, &d.nat);
     }
     let (vrrp, vrrp_problems) = super::vrrp::validate(&raw.vrrp, &vips);
     for (key, message) in vrrp_problems {
@@ -554,11 +555,11 @@ fn validate_vip(key: &str, raw: &RawVip, origin: Origin, p: &mut Problems) -> Op
         };
         let port = match raw_backend.port {
             None => Some(None),
-            Some(_) if forwarding.is_some_and(|f| f != Forwarding::Nat) => {
+            Some(_) if forwarding.is_some_and(|f| !super::dnat::translates_port(f)) => {
                 p.add(
                     format!("{bkey}.port"),
                     "a dsr or ipip backend answers on the VIP's port; a backend port \
-                     needs forwarding = \"nat\"",
+                     needs forwarding = \"nat\" or \"dnat\"",
                 );
                 None
             }

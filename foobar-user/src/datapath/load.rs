@@ -387,6 +387,7 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<Maps> {
             new_flows: take::<PerCpuArray<MapData, _>>(ebpf, "BACKEND_NEW_FLOWS")?,
         },
         nat: super::nat::take(ebpf)?,
+        dnat: super::dnat::take(ebpf)?,
     })
 }
 

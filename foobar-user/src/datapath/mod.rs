@@ -7,6 +7,7 @@
 //! (the double-buffered ring writer), `flows` (the flow-table walk),
 //! `stats` (counters); this file writes VIPs and backends from a plan.
 pub mod bench;
+mod dnat;
 mod flow_tables;
 mod flows;
 mod load;
@@ -167,6 +168,7 @@ struct Maps {
     flows: Vec<MapData>,
     counters: stats::CounterMaps,
     nat: nat::NatMaps,
+    dnat: dnat::DnatMaps,
 }
 
 #[derive(Default)]
@@ -258,6 +260,7 @@ impl Datapath {
             }
         }
         self.write_nat(plan)?;
+        self.add_dnat_sources(plan)?;
         for vip in &plan.vips {
             let id = vip.service.vip_id;
             if self.rings.live(id) != Some(&vip.ring) {
@@ -377,6 +380,7 @@ impl Datapath {
             self.written.backends.remove(&id);
         }
         self.clear_nat(plan)?;
+        self.trim_dnat_sources(plan)?;
         Ok(())
     }
 

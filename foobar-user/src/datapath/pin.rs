@@ -33,7 +33,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Every map of the object, pinned by name (a map left out would start
 /// empty in the new program).
-pub(super) const PINNED_MAPS: [&str; 20] = [
+pub(super) const PINNED_MAPS: [&str; 21] = [
     "VIP_ADDRS4",
     "VIP_ADDR_BITS",
     "VIPS",
@@ -54,6 +54,7 @@ pub(super) const PINNED_MAPS: [&str; 20] = [
     "NAT_BACKEND_PORTS",
     "NAT_FLOWS",
     "NAT_REVERSE",
+    "DNAT_SRC_BITS",
 ];
 
 /// The pin directory of one instance: `<root>/<iface>`.

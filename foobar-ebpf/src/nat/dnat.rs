@@ -1,0 +1,43 @@
+//! The reverse path of `dnat` VIPs (docs/DNAT.md): a backend's reply goes
+//! to the client's own address, which is no VIP's, so it arrives at the
+//! LB's MAC (the backend routes clients via the LB) and fails the VIP
+//! prefilter. A second bitmap over the backends' SOURCE addresses
+//! (DNAT_SRC_BITS) picks out the few packets worth a NAT_REVERSE lookup;
+//! everything else keeps the verdict it had. Writes no map of its own.
+use foobar_common::{vip_addr_bit, Reason};
+
+use aya_ebpf::programs::XdpContext;
+
+use crate::{
+    maps::DNAT_SRC_BITS,
+    parse::{self, L3},
+    verdict::Verdict,
+};
+
+/// Whether the packet's source may be a backend of a dnat VIP.
+#[inline(always)]
+pub fn from_backend(ip: &L3) -> bool {
+    let (word, mask) = vip_addr_bit(ip.src_be);
+    // An inlined array read, as the destination prefilter.
+    matches!(DNAT_SRC_BITS.get(word), Some(bits) if *bits & mask != 0)
+}
+
+/// A packet that is no VIP's, from a dnat backend (`from_backend`):
+/// translated back to its client and sent (`forwarded_reply`) if it is a
+/// backend's reply to a live dnat flow; otherwise passed untouched as
+/// `pass_not_vip`, also when its L4 header does not parse (a fragment, a
+/// malformed header: no VIP's business).
+#[inline(always)]
+pub fn reply(ctx: &XdpContext, ip: &L3) -> Result<u32, Verdict> {
+    let not_vip = Verdict::pass(Reason::NotVip);
+    // Parsed here, not handed over from the caller: the verifier loses a
+    // Result's discriminant spilled as one byte, and then walks the Ok
+    // path with an unbounded header offset.
+    let Ok(pkt) = parse::l4(ctx, ip) else {
+        return Err(not_vip);
+    };
+    match super::reply(ctx, &pkt, ip.frame_len)? {
+        Some(action) => Ok(action),
+        None => Err(not_vip),
+    }
+}
