@@ -727,6 +727,7 @@ impl Lab {
                  add_header X-Backend {n} always;\n\
                  {rate}\n\
                  location = / {{ return 200 \"{n}\\n\"; }}\n\
+                 location = /peer {{ return 200 \"{n} $remote_addr\\n\"; }}\n\
                  location /slow/ {{ alias {d}/www/; limit_rate {SLOW_PATH_RATE}; }}\n\
                }}\n\
              }}\n"
