@@ -465,3 +465,55 @@ fn an_icmp_error_about_a_dnat_flow_is_dropped_and_counted() {
     let stats = dp.stats(3, 3).expect("counters");
     assert_eq!(stats.reason(Reason::NatIcmp).packets, 1);
 }
+
+#[test]
+fn a_dnat_vip_added_at_run_time_gets_the_default_timeouts() {
+    use foobar::{
+        config::{Forwarding, HealthSpec, Protocol, Scheduler},
+        state::{Admin, BackendSpec, VipSpec},
+    };
+    let mut state = State::default();
+    state
+        .add_vip(VipSpec {
+            name: "late".into(),
+            address: Ipv4Addr::new(192, 0, 2, 30),
+            port: 80,
+            protocol: Protocol::Tcp,
+            scheduler: Scheduler::RoundRobin,
+            maglev_table_size: 65537,
+            affinity_timeout_s: None,
+            forwarding: Forwarding::Dnat,
+            nat: None,
+            health: HealthSpec::default(),
+            vlan: None,
+            pass_closed_ports: false,
+        })
+        .expect("`vip add --forwarding dnat` needs no SNAT settings");
+    state
+        .add_backend(
+            "late",
+            BackendSpec {
+                address: Ipv4Addr::new(10, 0, 0, 31),
+                weight: 1,
+                port: None,
+                admin: Admin::Enabled,
+                health: HealthSpec::default(),
+            },
+            backend_mac(31),
+        )
+        .expect("backend");
+    let plan = state.plan();
+    let vip = &plan.vips[0];
+    assert_eq!(vip.service.forward_mode, FWD_DNAT);
+    let nat = plan.nat_vips[&vip.service.vip_id];
+    assert_eq!(
+        (
+            nat.snat_addr_be,
+            nat.tcp_idle_s,
+            nat.udp_idle_s,
+            nat.linger_s
+        ),
+        (0, 300, 30, 2)
+    );
+    assert!(plan.dnat_sources.contains(&addr_be([10, 0, 0, 31])));
+}

@@ -77,7 +77,11 @@ fn dnat_backends_see_the_client_address_and_a_big_transfer_is_intact() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 2 * N, "one body and one status line per request");
+    assert_eq!(
+        lines.len(),
+        2 * N,
+        "one body and one status line per request"
+    );
     let client = lab.client.addr.to_string();
     let mut served: BTreeMap<&str, usize> = BTreeMap::new();
     for pair in lines.chunks(2) {
