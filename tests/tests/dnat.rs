@@ -517,3 +517,14 @@ fn a_dnat_vip_added_at_run_time_gets_the_default_timeouts() {
     );
     assert!(plan.dnat_sources.contains(&addr_be([10, 0, 0, 31])));
 }
+
+/// The state file keeps VIPs as the config's rules see them: a dnat VIP
+/// read back from it passes them (its settings hold no SNAT address).
+#[test]
+fn a_dnat_vip_passes_the_rules_when_read_back() {
+    let config = config::parse(VIPS).expect("valid");
+    for (i, vip) in config.vips.iter().enumerate() {
+        let problems = vip.problems(&format!("vip[{i}]"));
+        assert!(problems.is_empty(), "{}: {problems:?}", vip.name);
+    }
+}

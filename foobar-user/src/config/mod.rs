@@ -571,7 +571,11 @@ impl From<&Vip> for RawVip {
                 timeout: Some(format!("{s}s")),
             }),
             forwarding: Some(v.forwarding.name().into()),
-            snat_address: v.nat.map(|n| n.snat_address.to_string()),
+            // A dnat VIP's settings hold no SNAT address.
+            snat_address: v
+                .nat
+                .filter(|_| v.forwarding == Forwarding::Nat)
+                .map(|n| n.snat_address.to_string()),
             vlan: v.vlan.map(i64::from),
             closed_ports: Some(if v.pass_closed_ports { "pass" } else { "drop" }.into()),
             health: RawHealth::from(&v.health),
