@@ -27,8 +27,11 @@ pub fn forward(
     backend: &Backend,
 ) -> Result<u32, Verdict> {
     match to.forward_mode {
-        FWD_NAT => nat::forward(ctx, pkt, to.vip_id, to.backend_id, backend, false),
-        FWD_DNAT => nat::forward(ctx, pkt, to.vip_id, to.backend_id, backend, true),
+        // One inlined copy of the NAT forward for both modes.
+        FWD_NAT | FWD_DNAT => {
+            let dnat = to.forward_mode == FWD_DNAT;
+            nat::forward(ctx, pkt, to.vip_id, to.backend_id, backend, dnat)
+        }
         FWD_IPIP => ipip::forward(ctx, backend, &pkt.flow),
         _ => dsr::forward(ctx, backend),
     }
