@@ -240,5 +240,6 @@ fn plan_of(base: &Plan, vips: Vec<PlannedVip>) -> Plan {
         addresses,
         nat_vips,
         backend_ports: base.backend_ports.clone(),
+        dnat_sources: base.dnat_sources.clone(),
     }
 }
