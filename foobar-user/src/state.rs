@@ -389,10 +389,13 @@ impl State {
                 .map_err(StateError::Invalid)?;
             }
         }
-        if let (Some(port), false) = (spec.port, v.spec.forwarding == Forwarding::Nat) {
+        if let (Some(port), false) = (
+            spec.port,
+            config::dnat::translates_port(v.spec.forwarding),
+        ) {
             return Err(StateError::Invalid(format!(
                 "backend port {port}: VIP {vip} forwards with {}, where a backend answers on \
-                 the VIP's port; a backend port needs forwarding nat",
+                 the VIP's port; a backend port needs forwarding nat or dnat",
                 v.spec.forwarding.name()
             )));
         }

@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use super::{Forwarding, NatDefaults, NatSettings, Vip};
 
 /// Whether a mode sends to a backend port other than the VIP's.
-pub(super) fn translates_port(mode: Forwarding) -> bool {
+pub fn translates_port(mode: Forwarding) -> bool {
     matches!(mode, Forwarding::Nat | Forwarding::Dnat)
 }
 
