@@ -55,7 +55,8 @@ fn pipeline(ctx: &XdpContext, len: &mut u64) -> Result<u32, Verdict> {
     let ip = parse::l3(ctx)?;
     *len = ip.frame_len;
     if vip::prefilter(&ip).is_err() {
-        // The pass path: one more array read, for dnat replies (whose
+        // The pass path. Only with dnat VIPs (a load-time global, pruned
+        // otherwise): one more array read, for dnat replies (whose
         // destination is a client, no VIP).
         if nat::dnat::from_backend(&ip) {
             return nat::dnat::reply(ctx, &ip);

@@ -389,10 +389,7 @@ impl State {
                 .map_err(StateError::Invalid)?;
             }
         }
-        if let (Some(port), false) = (
-            spec.port,
-            config::dnat::translates_port(v.spec.forwarding),
-        ) {
+        if let (Some(port), false) = (spec.port, config::dnat::translates_port(v.spec.forwarding)) {
             return Err(StateError::Invalid(format!(
                 "backend port {port}: VIP {vip} forwards with {}, where a backend answers on \
                  the VIP's port; a backend port needs forwarding nat or dnat",

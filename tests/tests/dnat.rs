@@ -81,6 +81,7 @@ fn dnat_plan(datapath: &str) -> Plan {
 fn datapath(linger_s: u32, udp_idle_s: u32) -> Datapath {
     let mut dp = Datapath::load(&LoadOptions {
         lb_mac: lb_mac(),
+        dnat_replies: true,
         ..LoadOptions::default()
     })
     .expect("loading the XDP program (are you root?)");
@@ -126,6 +127,33 @@ fn the_plan_and_the_config_carry_dnat() {
         problems.iter().any(|p| p.key == "vip[0].snat_address"),
         "{problems:?}"
     );
+}
+
+/// A datapath loaded without the dnat reply path (no dnat VIP at start:
+/// the pass path skips the check) refuses a plan with a dnat VIP, rather
+/// than forwarding flows whose replies it would never translate; loaded
+/// with it, the same plan applies.
+#[test]
+fn a_datapath_loaded_without_the_reply_path_refuses_dnat_vips() {
+    let mut dp = Datapath::load(&LoadOptions {
+        lb_mac: lb_mac(),
+        ..LoadOptions::default()
+    })
+    .expect("loading the XDP program (are you root?)");
+    assert!(!dp.dnat_replies());
+    let err = dp
+        .apply(&dnat_plan(""))
+        .expect_err("a dnat VIP without the reply path");
+    let text = err.to_string();
+    assert!(
+        text.contains("VIP web") && text.contains("restart foobar"),
+        "{text}"
+    );
+    assert!(
+        dp.dnat_source_bits().expect("bits").iter().all(|&w| w == 0),
+        "nothing written"
+    );
+    assert!(datapath(2, 30).dnat_replies());
 }
 
 #[test]

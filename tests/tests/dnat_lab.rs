@@ -117,3 +117,94 @@ fn dnat_backends_see_the_client_address_and_a_big_transfer_is_intact() {
     assert_eq!(std::fs::metadata(&copy).unwrap().len(), 100 * 1024 * 1024);
     assert_eq!(hash(&copy), hash(&original), "the download differs");
 }
+
+/// A daemon started without a dnat VIP loads its program without the dnat
+/// reply check (the pass path costs nothing for dnat): `vip add
+/// --forwarding dnat` and a reload that adds a dnat VIP are refused, say to
+/// restart, and change nothing; after a restart with the dnat config the
+/// VIP serves.
+#[test]
+fn a_dnat_vip_needs_a_daemon_started_with_one() {
+    let mut lab = Lab::start(&LabOptions {
+        backends: 1,
+        plain_backends: true,
+        ..LabOptions::default()
+    })
+    .expect("lab starts (root? `cargo xtask setup`?)");
+    let bin = lab::foobar_bin().unwrap();
+    let dsr = lab.config();
+    lab.start_foobar(&bin, &dsr).expect("foobar run attaches");
+
+    let out = lab
+        .foobar_cli(
+            &bin,
+            &[
+                "vip",
+                "add",
+                "api",
+                "10.201.0.101",
+                "8080",
+                "--forwarding",
+                "dnat",
+                "--check",
+                "none",
+            ],
+        )
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "vip add of a dnat VIP was accepted");
+    assert!(
+        err.contains("dnat reply path") && err.contains("restart foobar"),
+        "{err}"
+    );
+
+    let dnat = dsr.replace("forwarding = \"dsr\"", "forwarding = \"dnat\"");
+    std::fs::write(lab.dir.join("foobar.toml"), &dnat).unwrap();
+    let out = lab.foobar_cli(&bin, &["reload"]).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a reload to dnat was applied");
+    assert!(
+        err.contains("dnat reply path") && err.contains("restart foobar"),
+        "{err}"
+    );
+    let status = lab.foobar_cli(&bin, &["status", "--json"]).unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status");
+    let vips = status["vips"].as_array().expect("vips");
+    assert_eq!(vips.len(), 1, "{status}");
+    assert_eq!(vips[0]["forwarding"], "dsr", "{status}");
+
+    // A restart with the dnat config loads the reply path: it serves.
+    lab.stop_foobar().unwrap();
+    for b in &lab.backends {
+        lab.exec(
+            &b.ns,
+            &[
+                "ip",
+                "route",
+                "add",
+                &lab.client.addr.to_string(),
+                "via",
+                &lab.lb.addr.to_string(),
+            ],
+        )
+        .unwrap();
+    }
+    lab.start_foobar(&bin, &dnat).expect("foobar run with dnat");
+    let out = lab
+        .output(
+            &lab.client.ns,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+                &format!("http://{VIP}/peer"),
+            ],
+        )
+        .unwrap();
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        body.trim().ends_with(&format!(" {}", lab.client.addr)),
+        "served through dnat: {body}"
+    );
+}

@@ -4,9 +4,13 @@
 //! prefilter. A second bitmap over the backends' SOURCE addresses
 //! (DNAT_SRC_BITS) picks out the few packets worth a NAT_REVERSE lookup;
 //! everything else keeps the verdict it had. Writes no map of its own.
+//!
+//! All of it sits behind DNAT_REPLIES, a load-time global: a datapath
+//! loaded without a dnat VIP (the common case) keeps the pass path at one
+//! array lookup, as if dnat did not exist.
 use foobar_common::{vip_addr_bit, Reason};
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::{programs::XdpContext, Global};
 
 use crate::{
     maps::DNAT_SRC_BITS,
@@ -14,9 +18,19 @@ use crate::{
     verdict::Verdict,
 };
 
+/// Non-zero: the reply path is on (set at load time when a dnat VIP is
+/// configured; userspace refuses a dnat VIP on a datapath loaded without
+/// it). A read-only global, so the verifier prunes the reply check when it
+/// is 0 and the pass path pays nothing for it.
+#[unsafe(no_mangle)]
+static DNAT_REPLIES: Global<u8> = Global::new(0);
+
 /// Whether the packet's source may be a backend of a dnat VIP.
 #[inline(always)]
 pub fn from_backend(ip: &L3) -> bool {
+    if DNAT_REPLIES.load() == 0 {
+        return false;
+    }
     let (word, mask) = vip_addr_bit(ip.src_be);
     // An inlined array read, as the destination prefilter.
     matches!(DNAT_SRC_BITS.get(word), Some(bits) if *bits & mask != 0)

@@ -190,6 +190,13 @@ async fn serve(
                 .filter(|v| v.use_vmac)
                 .map(|v| v.vrid)
                 .collect(),
+            // The dnat reply check only when a VIP needs it (the pass path
+            // skips it otherwise); `vip add`/`reload` of a dnat VIP without
+            // it are refused with "restart".
+            dnat_replies: state
+                .vips()
+                .iter()
+                .any(|v| v.spec.forwarding == crate::config::Forwarding::Dnat),
         },
         pins.clone(),
     )

@@ -77,6 +77,22 @@ impl Owner {
                 )));
             }
         }
+        if !self.datapath.dnat_replies() {
+            let wants = diff.ops.iter().find_map(|op| match op {
+                crate::reload::Op::AddVip(v) if v.forwarding == crate::config::Forwarding::Dnat => {
+                    Some(v.name.clone())
+                }
+                _ => None,
+            });
+            if let Some(name) = wants {
+                return Err(refused(format!(
+                    "{}: VIP {name}: forwarding \"dnat\" needs the dnat reply path, which this \
+                     daemon's XDP program was loaded without (no dnat VIP at start, so the pass \
+                     path skips it; docs/DNAT.md); nothing was applied: restart foobar to serve it",
+                    path.display()
+                )));
+            }
+        }
         let restart = self
             .base
             .as_ref()

@@ -154,10 +154,26 @@ impl Owner {
                          this daemon started without; set it in the config and restart foobar"
                     )));
                 }
+                if forwarding == crate::config::Forwarding::Dnat && !self.datapath.dnat_replies() {
+                    return Err(refused(format!(
+                        "VIP {name}: forwarding \"dnat\" needs the dnat reply path, which this \
+                         daemon's XDP program was loaded without (no dnat VIP at start, so the \
+                         pass path skips it; docs/DNAT.md); add the VIP to the config file and \
+                         restart foobar"
+                    )));
+                }
                 let nat = match forwarding {
                     crate::config::Forwarding::Nat => {
                         Some(self.nat_settings(&name, snat_address).await?)
                     }
+                    // The node's NAT timeouts.
+                    crate::config::Forwarding::Dnat => Some(crate::config::dnat::settings(
+                        &self
+                            .base
+                            .as_ref()
+                            .map(|c| c.datapath.nat.settings)
+                            .unwrap_or_default(),
+                    )),
                     _ => None,
                 };
                 let spec = VipSpec {

@@ -2,11 +2,15 @@
 //! over the addresses of dnat VIPs' backends, written from a plan. Bits
 //! are set before the VIPs that need them take traffic and cleared after
 //! they are gone, as the destination prefilter's. Writes no other map.
+//!
+//! The program looks at the bitmap only when loaded with `dnat_replies`
+//! (its DNAT_REPLIES global, so the pass path costs nothing without dnat):
+//! a plan with a dnat VIP is refused by a datapath loaded without it.
 use aya::{
     maps::{Array, MapData},
     Ebpf,
 };
-use foobar_common::{vip_addr_bit, VIP_ADDR_BITMAP_WORDS};
+use foobar_common::{vip_addr_bit, FWD_DNAT, VIP_ADDR_BITMAP_WORDS};
 
 use super::{Datapath, DatapathError, Result};
 use crate::plan::Plan;
@@ -18,13 +22,15 @@ pub(super) struct DnatMaps {
     /// What the bitmap holds, word by word (read back at load: pinned maps
     /// adopted keep their bits).
     written: Vec<u64>,
+    /// The program was loaded with its dnat reply path on.
+    replies: bool,
 }
 
 fn map_err(source: aya::maps::MapError) -> DatapathError {
     DatapathError::Map { map: MAP, source }
 }
 
-pub(super) fn take(ebpf: &mut Ebpf) -> Result<DnatMaps> {
+pub(super) fn take(ebpf: &mut Ebpf, replies: bool) -> Result<DnatMaps> {
     let map = ebpf.take_map(MAP).ok_or(DatapathError::Missing {
         what: "map",
         name: MAP,
@@ -33,7 +39,11 @@ pub(super) fn take(ebpf: &mut Ebpf) -> Result<DnatMaps> {
     let written = (0..VIP_ADDR_BITMAP_WORDS)
         .map(|i| src_bits.get(&i, 0).map_err(map_err))
         .collect::<Result<_>>()?;
-    Ok(DnatMaps { src_bits, written })
+    Ok(DnatMaps {
+        src_bits,
+        written,
+        replies,
+    })
 }
 
 /// The bitmap of a set of addresses (network order).
@@ -47,6 +57,24 @@ fn bits<'a>(addrs: impl IntoIterator<Item = &'a u32>) -> Vec<u64> {
 }
 
 impl Datapath {
+    /// Refuses a plan with a dnat VIP when the program was loaded without
+    /// the reply path (`apply` calls it before writing anything).
+    pub(super) fn check_dnat(&self, plan: &Plan) -> Result<()> {
+        if self.maps.dnat.replies {
+            return Ok(());
+        }
+        match plan
+            .vips
+            .iter()
+            .find(|v| v.service.forward_mode == FWD_DNAT)
+        {
+            Some(vip) => Err(DatapathError::DnatOff {
+                vip: vip.name.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Sets the bits of `plan`'s dnat backends, keeping the ones set
     /// (`apply` calls it before the VIP keys change).
     pub(super) fn add_dnat_sources(&mut self, plan: &Plan) -> Result<()> {
@@ -72,6 +100,12 @@ impl Datapath {
             }
         }
         Ok(())
+    }
+
+    /// Whether the program was loaded with its dnat reply path
+    /// (`LoadOptions::dnat_replies`): only then may a plan hold dnat VIPs.
+    pub fn dnat_replies(&self) -> bool {
+        self.maps.dnat.replies
     }
 
     /// The dnat reply prefilter as the kernel holds it, one word per entry.

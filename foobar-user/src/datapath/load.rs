@@ -55,6 +55,10 @@ pub struct LoadOptions {
     /// VRIDs whose VRRP virtual MAC (00:00:5e:00:01:VRID, `use_vmac`) is
     /// served as well as `lb_mac`.
     pub vmac_vrids: Vec<u8>,
+    /// Whether the program looks for `dnat` replies (the `DNAT_REPLIES`
+    /// global): true when a dnat VIP is configured at start. Off, the pass
+    /// path skips the check and `apply` refuses a plan with a dnat VIP.
+    pub dnat_replies: bool,
 }
 
 /// The `VMAC_VRIDS` global: bit `vrid % 64` of word `vrid / 64`.
@@ -77,6 +81,7 @@ impl Default for LoadOptions {
             ipip_source: None,
             mtu: 1500,
             vmac_vrids: Vec::new(),
+            dnat_replies: false,
         }
     }
 }
@@ -118,6 +123,7 @@ impl Datapath {
         };
         let (ipip_src_be, ipip_host_mask_be) = ipip_source_globals(opts.ipip_source);
         let vmac_vrids = vmac_bitmap(&opts.vmac_vrids);
+        let dnat_replies = u8::from(opts.dnat_replies);
         let flow_table = flow_table_mode(opts.flow_table, pins.as_ref().filter(|_| adopted));
         let per_cpu = flow_table == FlowTableMode::PerCpu;
         let per_cpu_global = u8::from(per_cpu);
@@ -139,7 +145,8 @@ impl Datapath {
             .override_global("IPIP_SRC_BE", &ipip_src_be, true)
             .override_global("IPIP_SRC_HOST_MASK_BE", &ipip_host_mask_be, true)
             .override_global("IFACE_MTU", &opts.mtu, true)
-            .override_global("VMAC_VRIDS", &vmac_vrids, true);
+            .override_global("VMAC_VRIDS", &vmac_vrids, true)
+            .override_global("DNAT_REPLIES", &dnat_replies, true);
         let paths: Vec<(&'static str, std::path::PathBuf)> = match &pins {
             Some(p) => PINNED_MAPS
                 .iter()
@@ -186,7 +193,7 @@ impl Datapath {
                 flow_table_size = size;
             }
         }
-        let mut maps = take_maps(&mut ebpf)?;
+        let mut maps = take_maps(&mut ebpf, opts.dnat_replies)?;
         if per_cpu {
             let outer = ebpf.take_map(PER_CPU_MAP).ok_or(DatapathError::Missing {
                 what: "array of maps",
@@ -352,7 +359,7 @@ fn flow_table_mode(configured: FlowTableMode, adopting: Option<&PinDir>) -> Flow
 
 /// Takes the maps userspace writes or reads out of the object, typed, once
 /// (the programs keep their own references to them).
-fn take_maps(ebpf: &mut Ebpf) -> Result<Maps> {
+fn take_maps(ebpf: &mut Ebpf, dnat_replies: bool) -> Result<Maps> {
     fn take<T: TryFrom<Map, Error = aya::maps::MapError>>(
         ebpf: &mut Ebpf,
         name: &'static str,
@@ -387,7 +394,7 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<Maps> {
             new_flows: take::<PerCpuArray<MapData, _>>(ebpf, "BACKEND_NEW_FLOWS")?,
         },
         nat: super::nat::take(ebpf)?,
-        dnat: super::dnat::take(ebpf)?,
+        dnat: super::dnat::take(ebpf, dnat_replies)?,
     })
 }
 

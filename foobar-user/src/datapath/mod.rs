@@ -116,6 +116,12 @@ pub enum DatapathError {
         path: std::path::PathBuf,
         source: aya::programs::links::LinkError,
     },
+    #[error(
+        "VIP {vip} forwards with dnat, but the XDP program was loaded without the dnat \
+         reply path (no dnat VIP at start; it costs the pass path a lookup): add the VIP \
+         to the config file and restart foobar"
+    )]
+    DnatOff { vip: String },
     #[error("the plan has {what} {got}, more than the datapath's limit {limit}")]
     TooMany {
         what: &'static str,
@@ -254,6 +260,7 @@ impl Datapath {
                 limit: MAX_BACKENDS - 1,
             });
         }
+        self.check_dnat(plan)?;
         for (&id, backend) in &plan.backends {
             if backend.flags & BACKEND_UP != 0 && self.written.backends.get(&id) != Some(backend) {
                 self.write_backend(id, backend)?;
