@@ -86,7 +86,24 @@ impl Generator<'_> {
     pub(super) fn nat_reply(&mut self, model: &Model) -> Built {
         let mut reverse: Vec<FlowKey> = model.nat_reverse.keys().copied().collect();
         reverse.sort_by_key(order);
-        let key = if reverse.is_empty() || self.rng.chance(15) {
+        let key = if self.rng.chance(5) {
+            // A dnat backend to some client (docs/DNAT.md: replies to the
+            // client's own address and port), mostly without state.
+            let &(src, sport) = self.rng.pick(&[
+                ([10, 0, 0, 111], 8080u16),
+                ([10, 0, 0, 112], 80),
+                ([10, 0, 0, 113], 53),
+            ]);
+            let (dst, port) = super::client(self.rng.below(64) as u16);
+            FlowKey {
+                src_be: u32::from_ne_bytes(src),
+                dst_be: u32::from_ne_bytes(dst),
+                sport_be: sport.to_be(),
+                dport_be: port.to_be(),
+                proto: *self.rng.pick(&[6u8, 17]),
+                ..FlowKey::default()
+            }
+        } else if reverse.is_empty() || self.rng.chance(15) {
             // Some backend of a NAT VIP to some SNAT address and port.
             let &(src, sport) = self.rng.pick(&[
                 ([10, 0, 0, 91], 8080u16),

@@ -6,7 +6,11 @@
 //! timeout or a new SYN. Time is not real here: a state ends only when
 //! the harness expires it (`expire`), having aged it in the datapath's
 //! map too; the configured timeouts are far longer than a run.
-use foobar_common::{FlowKey, AF_INET};
+//!
+//! `dnat` (docs/DNAT.md) is the same state with the client's address and
+//! port in the SNAT fields; its replies come from the backends to the
+//! client (DNAT_SRC_BITS picks them out, `Model::dnat_source`).
+use foobar_common::{FlowKey, Service, AF_INET, FWD_DNAT};
 
 use super::{
     opens,
@@ -116,23 +120,34 @@ impl Model {
         Some((XDP_TX, Reason::ForwardedReply, out))
     }
 
-    /// A client's packet to a NAT VIP's backend `backend_id`: its live
-    /// state's port, or a new state and port; the translated frame.
+    /// A client's packet to a NAT (or dnat) VIP's backend `backend_id`: its live
+    /// state's port, or a new state and port; the translated frame. With
+    /// `dnat`, the SNAT address and port are the client's own, so only the
+    /// destination changes and a taken reply 5-tuple is "exhausted".
     pub(super) fn nat_forward(
         &self,
         f: &[u8],
         pkt: &Packet,
-        vip_id: u32,
+        service: &Service,
         backend_id: u32,
         backend: &Backend,
         updates: &mut Vec<Update>,
     ) -> Result<Vec<u8>, Verdict> {
         let bad = (XDP_DROP, Reason::BadBackend);
-        let cfg = self.nat_vips.get(&vip_id).copied().ok_or(bad)?;
-        if cfg.snat_addr_be == 0 {
+        let dnat = service.forward_mode == FWD_DNAT;
+        let mut cfg = self.nat_vips.get(&service.vip_id).copied().ok_or(bad)?;
+        let key = pkt.key;
+        if dnat {
+            // docs/DNAT.md: settings with timeouts; the client's own address
+            // and port stand for the SNAT ones (a one-port range).
+            if cfg.tcp_idle_s == 0 {
+                return Err(bad);
+            }
+            let port = u16::from_be(key.sport_be);
+            (cfg.snat_addr_be, cfg.port_min, cfg.port_max) = (key.src_be, port, port);
+        } else if cfg.snat_addr_be == 0 {
             return Err(bad);
         }
-        let key = pkt.key;
         let backend_port_be = match self.backend_ports.get(&backend_id) {
             Some(&p) if p != 0 => p,
             _ => key.dport_be,
