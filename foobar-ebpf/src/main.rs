@@ -55,11 +55,11 @@ fn pipeline(ctx: &XdpContext, len: &mut u64) -> Result<u32, Verdict> {
     let ip = parse::l3(ctx)?;
     *len = ip.frame_len;
     if vip::prefilter(&ip).is_err() {
-        // The pass path. Only with dnat VIPs (a load-time global, pruned
-        // otherwise): one more array read, for dnat replies (whose
-        // destination is a client, no VIP).
-        if nat::dnat::from_backend(&ip) {
-            return nat::dnat::reply(ctx, &ip);
+        // The pass path. Only with dnat VIPs (a load-time global: the
+        // verifier prunes the check without them) one more array read, for
+        // dnat replies (whose destination is a client, no VIP).
+        if nat::dnat::from_backend(ctx, &ip) {
+            return nat::dnat::reply(ctx);
         }
         return Err(Verdict::pass(Reason::NotVip));
     }
@@ -94,7 +94,7 @@ fn pipeline(ctx: &XdpContext, len: &mut u64) -> Result<u32, Verdict> {
     // No VIP address: the node's own traffic, or a dnat reply.
     let addr_flags = match vip::address(&ip) {
         Ok(flags) => flags,
-        Err(_) if nat::dnat::from_backend(&ip) => return nat::dnat::reply(ctx, &ip),
+        Err(_) if nat::dnat::from_backend(ctx, &ip) => return nat::dnat::reply(ctx),
         Err(not_vip) => return Err(not_vip),
     };
     // An SNAT address: a backend's reply to a NAT flow is translated back;

@@ -201,6 +201,18 @@ pub fn l3(ctx: &XdpContext) -> Result<L3, Verdict> {
     }
 }
 
+impl L3 {
+    /// The source address read from the packet again, not `src_be`: for a
+    /// branch off the pass path, so the compiler need not assemble the
+    /// source before the prefilter for it (nat::dnat).
+    #[inline(always)]
+    pub fn reread_src_be(&self, ctx: &XdpContext) -> Option<u32> {
+        let ip: *const Ipv4Hdr = ptr_at(ctx, self.l3).ok()?;
+        // SAFETY: bounds checked by ptr_at.
+        Some(u32::from_ne_bytes(unsafe { (*ip).saddr }))
+    }
+}
+
 #[inline(always)]
 fn ipv4(ctx: &XdpContext, l3: usize, vlan: u16) -> Result<L3, Verdict> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, l3)?;

@@ -25,13 +25,25 @@ use crate::{
 #[unsafe(no_mangle)]
 static DNAT_REPLIES: Global<u8> = Global::new(0);
 
-/// Whether the packet's source may be a backend of a dnat VIP.
+/// Whether the program was loaded with the reply path.
 #[inline(always)]
-pub fn from_backend(ip: &L3) -> bool {
-    if DNAT_REPLIES.load() == 0 {
+pub fn replies_loaded() -> bool {
+    DNAT_REPLIES.load() != 0
+}
+
+/// Whether the packet's source may be a backend of a dnat VIP (never
+/// without the reply path).
+#[inline(always)]
+pub fn from_backend(ctx: &XdpContext, ip: &L3) -> bool {
+    if !replies_loaded() {
         return false;
     }
-    let (word, mask) = vip_addr_bit(ip.src_be);
+    // Read again: with `ip.src_be`, the compiler assembles the source
+    // before the prefilter, on the pass path of programs without dnat too.
+    let Some(src_be) = ip.reread_src_be(ctx) else {
+        return false;
+    };
+    let (word, mask) = vip_addr_bit(src_be);
     // An inlined array read, as the destination prefilter.
     matches!(DNAT_SRC_BITS.get(word), Some(bits) if *bits & mask != 0)
 }
@@ -42,12 +54,18 @@ pub fn from_backend(ip: &L3) -> bool {
 /// `pass_not_vip`, also when its L4 header does not parse (a fragment, a
 /// malformed header: no VIP's business).
 #[inline(always)]
-pub fn reply(ctx: &XdpContext, ip: &L3) -> Result<u32, Verdict> {
+pub fn reply(ctx: &XdpContext) -> Result<u32, Verdict> {
     let not_vip = Verdict::pass(Reason::NotVip);
-    // Parsed here, not handed over from the caller: the verifier loses a
-    // Result's discriminant spilled as one byte, and then walks the Ok
-    // path with an unbounded header offset.
-    let Ok(pkt) = parse::l4(ctx, ip) else {
+    // The IPv4 header parsed again, not the caller's: with it the compiler
+    // assembles the source address (for the flow key) before the
+    // prefilter, which costs every packet of programs without dnat too.
+    let Ok(ip) = parse::l3(ctx) else {
+        return Err(not_vip);
+    };
+    // The L4 header parsed here, not handed over from the caller: the
+    // verifier loses a Result's discriminant spilled as one byte, and then
+    // walks the Ok path with an unbounded header offset.
+    let Ok(pkt) = parse::l4(ctx, &ip) else {
         return Err(not_vip);
     };
     match super::reply(ctx, &pkt, ip.frame_len)? {
