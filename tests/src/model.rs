@@ -75,10 +75,11 @@ pub enum Reason {
     NatPortsExhausted = 14,
     ForwardedReply = 15,
     NatIcmp = 16,
+    ForwardedIcmpReply = 17,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 18] = [
         Reason::Forwarded,
         Reason::NotIp,
         Reason::NotVip,
@@ -96,6 +97,7 @@ impl Reason {
         Reason::NatPortsExhausted,
         Reason::ForwardedReply,
         Reason::NatIcmp,
+        Reason::ForwardedIcmpReply,
     ];
 
     pub fn index(self) -> usize {
@@ -122,6 +124,7 @@ impl Reason {
             Reason::NatPortsExhausted => "drop_nat_ports_exhausted",
             Reason::ForwardedReply => "forwarded_reply",
             Reason::NatIcmp => "drop_nat_icmp",
+            Reason::ForwardedIcmpReply => "forwarded_icmp_reply",
         }
     }
 }
@@ -479,10 +482,13 @@ impl Model {
         // node's.
         if addr_flags & ADDR_SNAT != 0 {
             if let Ok(pkt) = &parsed {
-                if !pkt.icmp_error {
-                    if let Some(sent) = self.nat_reply(f, pkt, updates) {
-                        return Ok(sent);
-                    }
+                let sent = if pkt.icmp_error {
+                    self.nat_icmp_to_client(f, pkt)
+                } else {
+                    self.nat_reply(f, pkt, updates)
+                };
+                if let Some(sent) = sent {
+                    return Ok(sent);
                 }
             }
             if addr_flags & ADDR_SNAT_ONLY != 0 {
@@ -501,9 +507,17 @@ impl Model {
                 },
             );
         };
-        // The embedded header of an ICMP error is not translated.
+        // An ICMP error about a NAT flow's reply goes to its backend,
+        // translated; without live state it is dropped.
         if service.forward_mode == FWD_NAT && pkt.icmp_error {
-            return Err(drop(Reason::NatIcmp));
+            let (id, out) = self
+                .nat_icmp_to_backend(f, &pkt)
+                .ok_or(drop(Reason::NatIcmp))?;
+            updates.push(Update::Counted {
+                vip_id: service.vip_id,
+                backend_id: id,
+            });
+            return Ok((XDP_TX, Reason::ForwardedIcmp, out));
         }
         // 12-13. The backend.
         let (reason, id) = if pkt.icmp_error {
