@@ -307,9 +307,11 @@ pub const NAT_PORT_PROBES: u32 = 16;
 
 /// Version of what the pinned maps hold and mean (see `LAYOUT_SIZES`).
 /// Bump it by hand whenever a map's key or value changes meaning, a map is
-/// added, removed or renamed, or a flag changes value: a daemon refuses to
-/// adopt maps pinned by a binary of another layout.
-pub const LAYOUT_VERSION: u32 = 9;
+/// added, removed or renamed, a map's size constant changes (a new
+/// `Reason` grows REASONS, which holds REASON_COUNT counters: v10), or a
+/// flag changes value: a daemon refuses to adopt maps pinned by a binary
+/// of another layout.
+pub const LAYOUT_VERSION: u32 = 10;
 
 /// Sizes of the shared types the pinned maps hold, in the order FlowKey,
 /// Flow, Backend, VipKey, Service, AffinityKey, VipAddrKey, Counter, VipGen,
@@ -387,12 +389,18 @@ pub enum Reason {
     NatPortsExhausted = 14,
     /// XDP_TX: a backend's reply to a NAT flow, translated back to the client.
     ForwardedReply = 15,
-    /// XDP_DROP: an ICMP error about a flow of a NAT VIP (the embedded
-    /// header is not translated).
+    /// XDP_DROP: an ICMP error to a NAT VIP about a flow without live NAT
+    /// state (or whose backend is gone): there is nothing to translate its
+    /// quoted header to.
     NatIcmp = 16,
+    /// XDP_TX: an ICMP error to an SNAT address about a packet the LB sent
+    /// to a backend, translated (outer and quoted headers) and sent to the
+    /// NAT flow's client. Its counterpart towards the backend counts as
+    /// `ForwardedIcmp`.
+    ForwardedIcmpReply = 17,
 }
 
-pub const REASON_COUNT: u32 = 17;
+pub const REASON_COUNT: u32 = 18;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -413,6 +421,7 @@ impl Reason {
         Reason::NatPortsExhausted,
         Reason::ForwardedReply,
         Reason::NatIcmp,
+        Reason::ForwardedIcmpReply,
     ];
 
     /// Stable name used in logs, `foobar stats` and metrics.
@@ -435,6 +444,7 @@ impl Reason {
             Reason::NatPortsExhausted => "drop_nat_ports_exhausted",
             Reason::ForwardedReply => "forwarded_reply",
             Reason::NatIcmp => "drop_nat_icmp",
+            Reason::ForwardedIcmpReply => "forwarded_icmp_reply",
         }
     }
 }

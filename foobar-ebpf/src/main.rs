@@ -115,9 +115,21 @@ fn pipeline(ctx: &XdpContext, len: &mut u64) -> Result<u32, Verdict> {
     }
     let pkt = parsed?;
     let (service, vip_gen) = vip::lookup(&pkt, addr_flags)?;
-    // The embedded header of an ICMP error is not translated (docs/NAT.md).
-    if (service.forward_mode == FWD_NAT || service.forward_mode == FWD_DNAT) && pkt.icmp_error {
+    // The embedded header of an ICMP error about a dnat flow is not
+    // translated (docs/DNAT.md).
+    if service.forward_mode == FWD_DNAT && pkt.icmp_error {
         return Err(Verdict::drop(Reason::NatIcmp));
+    }
+    // An ICMP error about a NAT flow's reply goes to its backend, its
+    // quoted header translated; without live state it is dropped
+    // (docs/NAT.md, "ICMP").
+    if service.forward_mode == FWD_NAT && pkt.icmp_error {
+        let Some(backend_id) = nat::icmp::to_backend(ctx, &pkt)? else {
+            return Err(Verdict::drop(Reason::NatIcmp));
+        };
+        stats::count_forward(service.vip_id, backend_id, ip.frame_len);
+        stats::count_reason(Reason::ForwardedIcmp, ip.frame_len);
+        return Ok(xdp_action::XDP_TX);
     }
     let entry = entry.unwrap_or_else(|| flow::lookup(&pkt));
     // A flow to an SNAT address never takes the flow-first path (its entry

@@ -884,7 +884,14 @@ impl Generator<'_> {
 
     /// One fuzzed frame, or a series (every truncation of one frame).
     fn next_frames(&mut self, model: &Model) -> Vec<Vec<u8>> {
-        let mut base = if self.rng.chance(12) {
+        let nat_icmp = if self.rng.chance(4) {
+            self.nat_icmp(model)
+        } else {
+            None
+        };
+        let mut base = if let Some(b) = nat_icmp {
+            b
+        } else if self.rng.chance(12) {
             self.nat_reply(model)
         } else {
             self.base()

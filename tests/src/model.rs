@@ -75,10 +75,11 @@ pub enum Reason {
     NatPortsExhausted = 14,
     ForwardedReply = 15,
     NatIcmp = 16,
+    ForwardedIcmpReply = 17,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 18] = [
         Reason::Forwarded,
         Reason::NotIp,
         Reason::NotVip,
@@ -96,6 +97,7 @@ impl Reason {
         Reason::NatPortsExhausted,
         Reason::ForwardedReply,
         Reason::NatIcmp,
+        Reason::ForwardedIcmpReply,
     ];
 
     pub fn index(self) -> usize {
@@ -122,6 +124,7 @@ impl Reason {
             Reason::NatPortsExhausted => "drop_nat_ports_exhausted",
             Reason::ForwardedReply => "forwarded_reply",
             Reason::NatIcmp => "drop_nat_icmp",
+            Reason::ForwardedIcmpReply => "forwarded_icmp_reply",
         }
     }
 }
@@ -505,10 +508,13 @@ impl Model {
         // node's.
         if addr_flags & ADDR_SNAT != 0 {
             if let Ok(pkt) = &parsed {
-                if !pkt.icmp_error {
-                    if let Some(sent) = self.nat_reply(f, pkt, updates) {
-                        return Ok(sent);
-                    }
+                let sent = if pkt.icmp_error {
+                    self.nat_icmp_to_client(f, pkt)
+                } else {
+                    self.nat_reply(f, pkt, updates)
+                };
+                if let Some(sent) = sent {
+                    return Ok(sent);
                 }
             }
             if addr_flags & ADDR_SNAT_ONLY != 0 {
@@ -527,9 +533,22 @@ impl Model {
                 },
             );
         };
-        // The embedded header of an ICMP error is not translated.
-        if matches!(service.forward_mode, FWD_NAT | FWD_DNAT) && pkt.icmp_error {
+        // The embedded header of an ICMP error about a dnat flow is not
+        // translated.
+        if service.forward_mode == FWD_DNAT && pkt.icmp_error {
             return Err(drop(Reason::NatIcmp));
+        }
+        // An ICMP error about a NAT flow's reply goes to its backend,
+        // translated; without live state it is dropped.
+        if service.forward_mode == FWD_NAT && pkt.icmp_error {
+            let (id, out) = self
+                .nat_icmp_to_backend(f, &pkt)
+                .ok_or(drop(Reason::NatIcmp))?;
+            updates.push(Update::Counted {
+                vip_id: service.vip_id,
+                backend_id: id,
+            });
+            return Ok((XDP_TX, Reason::ForwardedIcmp, out));
         }
         // 12-13. The backend.
         let (reason, id) = if pkt.icmp_error {
@@ -1232,6 +1251,93 @@ mod tests {
             family: AF_INET,
             _pad: [0; 2],
         })));
+    }
+
+    /// ICMP errors about a NAT flow, both ways, equal the frames etherparse
+    /// builds around the packets as their senders wrote them (every
+    /// checksum included); after the state ended, the error to the VIP is
+    /// dropped and the one to the SNAT address passed untouched.
+    #[test]
+    fn nat_icmp_errors_are_translated_both_ways() {
+        use crate::frames::{icmp_error, quote};
+        use etherparse::{icmpv4::DestUnreachableHeader, Icmpv4Type};
+        let mut m = modes_model();
+        let router = [2, 0x99, 0, 0, 0, 1];
+        let kind = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+            next_hop_mtu: 1400,
+        });
+        let client = Spec {
+            dst: [192, 0, 2, 60],
+            ..Spec::default()
+        };
+        let sent = client.build();
+        let forwarded = m.run(&sent).output;
+        let port = u16::from_be_bytes([forwarded[34], forwarded[35]]);
+        let to_snat = icmp_error(
+            router,
+            LB,
+            [10, 0, 0, 254],
+            [10, 0, 0, 1],
+            kind.clone(),
+            &quote(&forwarded, None),
+        );
+        let out = m.run(&to_snat);
+        assert_eq!(
+            (out.action, out.reason),
+            (XDP_TX, Reason::ForwardedIcmpReply)
+        );
+        let want = icmp_error(
+            LB,
+            client.src_mac,
+            client.dst,
+            client.src,
+            kind.clone(),
+            &quote(&sent, None),
+        );
+        assert_eq!(out.output, want, "to the client, quoting its packet");
+
+        let reply = |src, dst, sport, dport| {
+            Spec {
+                src,
+                dst,
+                sport,
+                dport,
+                ack: true,
+                payload: vec![1; 1400],
+                ..client.clone()
+            }
+            .build()
+        };
+        let backend_reply = reply([10, 0, 0, 91], [10, 0, 0, 1], 8080, port);
+        let client_reply = reply(client.dst, client.src, 80, client.sport);
+        let to_vip = icmp_error(
+            router,
+            LB,
+            [203, 0, 113, 1],
+            client.dst,
+            kind.clone(),
+            &quote(&client_reply, Some(8)),
+        );
+        let out = m.run(&to_vip);
+        assert_eq!((out.action, out.reason), (XDP_TX, Reason::ForwardedIcmp));
+        let want = icmp_error(
+            LB,
+            [2, 0xbe, 0, 0, 0, 91],
+            [10, 0, 0, 1],
+            [10, 0, 0, 91],
+            kind,
+            &quote(&backend_reply, Some(8)),
+        );
+        assert_eq!(out.output, want, "to the backend, quoting its reply");
+
+        for k in m.nat_flows.keys().copied().collect::<Vec<_>>() {
+            m.expire(&k);
+        }
+        let out = m.run(&to_vip);
+        assert_eq!((out.action, out.reason), (XDP_DROP, Reason::NatIcmp));
+        let out = m.run(&to_snat);
+        assert_eq!((out.action, out.reason), (XDP_PASS, Reason::NotVip));
+        assert_eq!(out.output, to_snat);
     }
 
     /// ipip: etherparse reads the outer header (protocol 4, source in the

@@ -1,12 +1,13 @@
 //! Full NAT (docs/NAT.md): the state both directions share (`state`), the
 //! packet rewrite with incremental checksums (`rewrite`, `csum`), and the
 //! reverse path (`reply`): a backend's reply to an SNAT address and port
-//! is translated back to the client. The forward translation is
-//! forward/nat.rs. `dnat` finds its replies through `dnat` (a source
-//! prefilter) and translates them with the same `reply`. Nothing here runs
-//! for a DSR VIP's packets.
+//! is translated back to the client; ICMP errors about NAT flows both
+//! ways (`icmp`). The forward translation is forward/nat.rs. `dnat` finds
+//! its replies through `dnat` (a source prefilter) and translates them with
+//! the same `reply`. Nothing here runs for a DSR VIP's packets.
 mod csum;
 pub mod dnat;
+pub mod icmp;
 pub mod rewrite;
 pub mod state;
 
@@ -28,11 +29,17 @@ use rewrite::Tuple;
 /// LB's MAC to the MAC the client's packets came from) and sent back out
 /// with XDP_TX, counted `forwarded_reply` with `len` bytes (the frame's
 /// length: the rewrite keeps it). None: not such a reply (no reverse
-/// entry, or a stale one, which is removed): the caller goes on.
+/// entry, or a stale one, which is removed): the caller goes on. An ICMP
+/// error about a packet the LB sent to a backend of a live flow goes to
+/// the client instead (`icmp::to_client`), counted `forwarded_icmp_reply`.
 #[inline(always)]
 pub fn reply(ctx: &XdpContext, pkt: &Packet, len: u64) -> Result<Option<u32>, Verdict> {
     if pkt.icmp_error {
-        return Ok(None);
+        if !icmp::to_client(ctx, pkt)? {
+            return Ok(None);
+        }
+        stats::count_reason(Reason::ForwardedIcmpReply, len);
+        return Ok(Some(xdp_action::XDP_TX));
     }
     // SAFETY: a hash value, copied out at once.
     let Some(rev) = (unsafe { NAT_REVERSE.get(&pkt.flow) }).copied() else {
