@@ -43,13 +43,37 @@ pub fn load(scheduler: &str, flow_table: FlowTableMode) -> Result<Datapath> {
 }
 
 pub fn load_with(scheduler: &str, opts: LoadOptions) -> Result<Datapath> {
+    load_mode(scheduler, "dsr", opts)
+}
+
+/// The bench's SNAT address (`nat`) and `ipip` outer source: the LB's.
+pub const LB_ADDR: [u8; 4] = [10, 0, 0, 1];
+/// The widest SNAT port range: the most new NAT flows one run can open.
+pub const SNAT_PORTS: (u16, u16) = (1024, 65535);
+
+/// The bench VIP (192.0.2.10:80, three backends 10.0.0.11-13 whose MAC
+/// ends in the address's last byte) with `scheduler` and `forwarding`
+/// (a `forwarding` config value: "dsr", "nat", "ipip").
+pub fn load_mode(scheduler: &str, forwarding: &str, opts: LoadOptions) -> Result<Datapath> {
+    let [a, b, c, d] = LB_ADDR;
     // The bench's frames are addressed to the fixtures' LB MAC.
     let opts = LoadOptions {
         lb_mac: Spec::default().dst_mac,
+        ipip_source: Some((std::net::Ipv4Addr::new(a, b, c, d), 32)),
         ..opts
     };
+    // A mode's settings only where a VIP uses them: the dsr rows' datapath
+    // stays what it was before the other modes' rows existed.
+    let nat = match forwarding {
+        "nat" => format!(
+            "[datapath]\nsnat_address = \"{a}.{b}.{c}.{d}\"\nsnat_ports = \"{}-{}\"\n",
+            SNAT_PORTS.0, SNAT_PORTS.1
+        ),
+        "ipip" => format!("[datapath]\nipip_source = \"{a}.{b}.{c}.{d}/32\"\n"),
+        _ => String::new(),
+    };
     let text = format!(
-        "[[vip]]\nname = \"web\"\naddress = \"192.0.2.10\"\nport = 80\nforwarding = \"dsr\"\nscheduler = \"{scheduler}\"\n\
+        "{nat}[[vip]]\nname = \"web\"\naddress = \"192.0.2.10\"\nport = 80\nforwarding = \"{forwarding}\"\nscheduler = \"{scheduler}\"\n\
          [[vip.backend]]\naddress = \"10.0.0.11\"\n[[vip.backend]]\naddress = \"10.0.0.12\"\n\
          [[vip.backend]]\naddress = \"10.0.0.13\"\n"
     );

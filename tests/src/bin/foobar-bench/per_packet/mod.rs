@@ -4,32 +4,15 @@
 use std::fmt::Write as _;
 
 use anyhow::{ensure, Result};
-use foobar::datapath::{
-    bench::{Harness, Restore, FRAME_LEN},
-    Datapath, FlowTableMode, LoadOptions,
-};
-use foobar_common::Reason;
+use foobar::datapath::bench::{Harness, Restore, FRAME_LEN};
+
+mod cases;
 
 use crate::{
     common::median,
-    fixture::{
-        frame, frame_with, load, load_with, pin_to_cpu, roomy_table, test_run, XDP_PASS, XDP_TX,
-    },
+    fixture::{frame, pin_to_cpu, test_run, XDP_PASS, XDP_TX},
     two_cpus::two_cpus,
 };
-
-pub struct Case {
-    name: String,
-    scheduler: &'static str,
-    flow_table: FlowTableMode,
-    /// Reload the datapath (an empty flow table) before every round.
-    fresh: bool,
-    dp: Datapath,
-    frame: [u8; FRAME_LEN],
-    restore: Restore,
-    action: u32,
-    samples: Vec<f64>,
-}
 
 /// Per-packet cost with BPF_PROG_TEST_RUN: the floor (a trivial XDP_TX
 /// program), each harness variant's own cost, and foobar's pass, new-flow
@@ -50,66 +33,16 @@ pub fn per_packet_on_one_cpu(quick: bool) -> Result<String> {
     let mut harness = Harness::load()?;
     let floor_fd = harness.floor_fd()?;
     let vip = frame([192, 0, 2, 10]);
-    // Established flows carry ACK segments (a SYN opens a flow: the
-    // datapath sends it the new-flow way).
-    let vip_ack = frame_with([192, 0, 2, 10], true);
-    let other = frame([192, 0, 2, 99]);
-    let mut cases = Vec::new();
-    for (scheduler, flow_table) in [
-        ("rr", FlowTableMode::Shared),
-        ("maglev", FlowTableMode::Shared),
-        ("rr", FlowTableMode::PerCpu),
-        ("maglev", FlowTableMode::PerCpu),
-    ] {
-        let per_cpu = flow_table == FlowTableMode::PerCpu;
-        for (path, frame, restore, action, fresh) in [
-            ("pass (not a VIP)", other, Restore::Nothing, XDP_PASS, false),
-            (
-                "new flow, table with room (miss, schedule, insert)",
-                vip,
-                Restore::NewFlow,
-                XDP_TX,
-                true,
-            ),
-            (
-                "new flow, full table (… and LRU eviction)",
-                vip,
-                Restore::NewFlow,
-                XDP_TX,
-                false,
-            ),
-            (
-                "established (flow-table hit)",
-                vip_ack,
-                Restore::Macs,
-                XDP_TX,
-                false,
-            ),
-        ] {
-            if path.starts_with("pass") && (scheduler != "rr" || per_cpu) {
-                continue; // the pass path does not depend on the scheduler
-            }
-            let name = if path.starts_with("pass") {
-                path.to_owned()
-            } else if per_cpu {
-                format!("{scheduler}, dsr, per-CPU flow tables: {path}")
-            } else {
-                format!("{scheduler}, dsr: {path}")
-            };
-            cases.push(Case {
-                name,
-                scheduler,
-                flow_table,
-                fresh,
-                dp: load(scheduler, flow_table)?,
-                frame,
-                restore,
-                action,
-                samples: Vec::new(),
-            });
-        }
-    }
-    let variants = [Restore::Nothing, Restore::Macs, Restore::NewFlow];
+    let mut cases = cases::all(repeat)?;
+    let variants = [
+        Restore::Nothing,
+        Restore::Macs,
+        Restore::NewFlow,
+        Restore::Headers,
+        Restore::HeadersNewFlow,
+        Restore::Decap,
+        Restore::DecapNewFlow,
+    ];
     let mut floor = Vec::new();
     let mut with_harness: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
     // The check: the pass path (which changes nothing) run directly, with
@@ -127,16 +60,11 @@ pub fn per_packet_on_one_cpu(quick: bool) -> Result<String> {
         forwarder.push(s.ns_per_packet);
         for case in &mut cases {
             if case.fresh {
-                let opts = LoadOptions {
-                    flow_table_size: roomy_table(repeat),
-                    flow_table: case.flow_table,
-                    ..LoadOptions::default()
-                };
-                case.dp = load_with(case.scheduler, opts)?;
+                case.reload()?;
             }
             let before = case.dp.stats(1, 3)?;
             let fd = case.dp.program_fd()?;
-            let s = harness.run(&fd, &case.frame, case.restore, repeat)?;
+            let s = harness.run(&fd, &case.frame, case.restore, case.repeat)?;
             ensure!(
                 s.action == case.action,
                 "{}: action {} (expected {})",
@@ -145,7 +73,7 @@ pub fn per_packet_on_one_cpu(quick: bool) -> Result<String> {
                 case.action
             );
             let after = case.dp.stats(1, 3)?;
-            check_path(case, &before, &after, repeat)?;
+            case.check(&before, &after)?;
             case.samples.push(s.ns_per_packet);
             if case.restore == Restore::Nothing {
                 let (action, ns) = test_run(&fd, &case.frame, repeat)?;
@@ -164,12 +92,20 @@ pub fn per_packet_on_one_cpu(quick: bool) -> Result<String> {
     writeln!(out, "\n## Per-packet cost (BPF_PROG_TEST_RUN)\n")?;
     writeln!(
         out,
-        "repeat {repeat}, median of {rounds} interleaved round(s); a {FRAME_LEN}-byte TCP frame (a SYN on the pass and new-flow paths, an ACK segment on the established path). \
-         The harness restores only what the program changes (nothing on the pass path, the 12 \
-         MAC bytes on a flow-table hit; for new flows also a source address and port never seen \
-         before, on any CPU) with plain stores, then tail-calls the program. Each variant's own \
-         cost is measured with the trivial program as the target and subtracted from the paths \
-         that use it. Each figure's path is checked against foobar's counters.\n"
+        "repeat {repeat} (nat new flows: fewer, as the row says: one run's new flows must fit \
+         the SNAT port range), median of {rounds} interleaved round(s); a {FRAME_LEN}-byte TCP \
+         frame (a SYN on the pass and new-flow paths, an ACK segment on the established and \
+         reply paths). The harness restores only what the program changes (nothing on the pass \
+         path; the 12 MAC bytes after a dsr forward; the Ethernet, IPv4 and TCP headers after a \
+         nat rewrite; after an ipip encapsulation, the outer header stripped with \
+         bpf_xdp_adjust_head, called on every iteration, and the Ethernet header; for new flows \
+         also a source address and port never seen before, on any CPU) with plain stores, then \
+         tail-calls the program. Each variant's own cost is measured with the trivial program \
+         as the target and subtracted from the paths that use it. Each figure's path is checked \
+         against foobar's counters (`not_vip`, `forwarded`, or `forwarded_reply` for the nat \
+         reply row: a backend's reply to a flow opened beforehand, translated back to the \
+         client) and the flow table (one entry on a hit, many after new flows). The modes' rows \
+         use rr and the shared flow table; dsr has both schedulers and table kinds.\n"
     )?;
     writeln!(
         out,
@@ -181,8 +117,24 @@ pub fn per_packet_on_one_cpu(quick: bool) -> Result<String> {
     )?;
     for (r, what) in [
         (Restore::Nothing, "nothing restored (pass)"),
-        (Restore::Macs, "MACs restored (established)"),
-        (Restore::NewFlow, "MACs and a new 5-tuple (new flows)"),
+        (Restore::Macs, "MACs restored (dsr established)"),
+        (Restore::NewFlow, "MACs and a new 5-tuple (dsr new flows)"),
+        (
+            Restore::Headers,
+            "headers restored (nat established, reply)",
+        ),
+        (
+            Restore::HeadersNewFlow,
+            "headers and a new 5-tuple (nat new flows)",
+        ),
+        (
+            Restore::Decap,
+            "outer header stripped, Ethernet restored (ipip established)",
+        ),
+        (
+            Restore::DecapNewFlow,
+            "outer header stripped, Ethernet and a new 5-tuple (ipip new flows)",
+        ),
     ] {
         writeln!(
             out,
@@ -202,7 +154,7 @@ pub fn per_packet_on_one_cpu(quick: bool) -> Result<String> {
         if case.restore == Restore::Nothing {
             pass_behind = cost;
         }
-        let target = if case.name.contains("full table") {
+        let target = if case.name.contains("full table") || case.name.contains("reply") {
             "(reported)"
         } else if case.name.starts_with("pass") {
             "≤ 1.5"
@@ -238,43 +190,4 @@ pub fn per_packet_on_one_cpu(quick: bool) -> Result<String> {
         rounds,
     )?);
     Ok(out)
-}
-
-/// Did the run go down the path its name says?
-pub fn check_path(
-    case: &mut Case,
-    before: &foobar::datapath::Stats,
-    after: &foobar::datapath::Stats,
-    repeat: u32,
-) -> Result<()> {
-    let delta = |r: Reason| after.reason(r).packets - before.reason(r).packets;
-    let want = if case.action == XDP_PASS {
-        Reason::NotVip
-    } else {
-        Reason::Forwarded
-    };
-    ensure!(
-        delta(want) == u64::from(repeat),
-        "{}: {} packets counted as {}, expected {repeat}",
-        case.name,
-        delta(want),
-        want.name()
-    );
-    if case.action == XDP_TX {
-        let entries = case.dp.flow_usage(0)?.entries;
-        if case.restore == Restore::NewFlow {
-            ensure!(
-                entries > 1,
-                "{}: new-flow run left {entries} flow entries",
-                case.name
-            );
-        } else {
-            ensure!(
-                entries == 1,
-                "{}: established run left {entries} flow entries",
-                case.name
-            );
-        }
-    }
-    Ok(())
 }
