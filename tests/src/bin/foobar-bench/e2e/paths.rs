@@ -8,6 +8,7 @@ use foobar_tests::{
     peers,
 };
 
+use super::modes;
 use crate::common::mac_text;
 
 /// The load-balancing paths compared end to end.
@@ -29,18 +30,25 @@ pub enum Path {
     FoobarOne,
     /// foobar, native XDP, DSR, round-robin over the three backends.
     Foobar,
+    /// foobar, `nat` (the default mode): backends unmodified, replies
+    /// translated back by the LB (SNAT address: the LB's own).
+    FoobarNat,
+    /// foobar, `ipip`: `foobar decap` on every backend while it runs.
+    FoobarIpip,
     /// HAProxy in TCP mode, `balance roundrobin`.
     Haproxy,
     /// nftables DNAT with `numgen inc`, masquerade.
     Nft,
 }
 
-pub const PATHS: [Path; 7] = [
+pub const PATHS: [Path; 9] = [
     Path::Direct,
     Path::DirectSpread,
     Path::Forwarder,
     Path::FoobarOne,
     Path::Foobar,
+    Path::FoobarNat,
+    Path::FoobarIpip,
     Path::Haproxy,
     Path::Nft,
 ];
@@ -64,7 +72,9 @@ impl Path {
             Path::DirectSpread => "direct ×3",
             Path::Forwarder => "forwarder",
             Path::FoobarOne => "foobar ×1",
-            Path::Foobar => "foobar",
+            Path::Foobar => "foobar dsr",
+            Path::FoobarNat => "foobar nat",
+            Path::FoobarIpip => "foobar ipip",
             Path::Haproxy => "HAProxy",
             Path::Nft => "nftables",
         }
@@ -76,9 +86,32 @@ impl Path {
         match self {
             Path::Direct => vec![lab.backends[0].addr.to_string()],
             Path::DirectSpread => lab.backends.iter().map(|b| b.addr.to_string()).collect(),
-            Path::Forwarder | Path::FoobarOne | Path::Foobar => vec![VIP.to_string()],
+            Path::Forwarder
+            | Path::FoobarOne
+            | Path::Foobar
+            | Path::FoobarNat
+            | Path::FoobarIpip => vec![VIP.to_string()],
             Path::Haproxy => vec![peers::HAPROXY_ADDR.to_string()],
             Path::Nft => vec![peers::NFT_ADDR.to_string()],
+        }
+    }
+
+    /// Whether foobar (or the forwarder) is attached to the LB's eth0.
+    pub fn attaches_xdp(self) -> bool {
+        matches!(
+            self,
+            Path::Forwarder | Path::FoobarOne | Path::Foobar | Path::FoobarNat | Path::FoobarIpip
+        )
+    }
+
+    /// After the workloads, before `stop`: foobar's (and the backends'
+    /// decap's) counters show the path went the way its mode says.
+    pub fn check_counters(self, lab: &Lab) -> Result<()> {
+        match self {
+            Path::Foobar | Path::FoobarOne => modes::check_counters(lab, "dsr"),
+            Path::FoobarNat => modes::check_counters(lab, "nat"),
+            Path::FoobarIpip => modes::check_counters(lab, "ipip"),
+            _ => Ok(()),
         }
     }
 
@@ -148,6 +181,15 @@ impl Path {
                 let config = peers::foobar_config(lab);
                 lab.start_foobar(&lab::foobar_bin()?, &config)
             }
+            Path::FoobarNat => {
+                let config = modes::nat_config(lab)?;
+                lab.start_foobar(&lab::foobar_bin()?, &config)
+            }
+            Path::FoobarIpip => {
+                modes::attach_decap(lab)?;
+                let config = modes::ipip_config(lab)?;
+                lab.start_foobar(&lab::foobar_bin()?, &config)
+            }
             Path::Haproxy => peers::start_haproxy(lab),
             Path::Nft => peers::start_nft(lab),
         }
@@ -164,7 +206,13 @@ impl Path {
                 )
                 .map(|_| ())
             }
-            Path::FoobarOne | Path::Foobar => lab.stop_and_detach_foobar().map(|_| ()),
+            Path::FoobarOne | Path::Foobar | Path::FoobarNat => {
+                lab.stop_and_detach_foobar().map(|_| ())
+            }
+            Path::FoobarIpip => {
+                let stopped = lab.stop_and_detach_foobar().map(|_| ());
+                modes::detach_decap(lab).and(stopped)
+            }
             Path::Haproxy => peers::stop_haproxy(lab),
             Path::Nft => peers::stop_nft(lab),
         }

@@ -77,6 +77,14 @@ pub const WORKLOADS: [&str; 8] = [
 /// The workloads measured with the same tool on every path (throughput and
 /// the whole machine's CPU); the rest are the LB's XDP time.
 pub const RATED: usize = 5;
+/// The rated workloads' short names (the ratio table's columns).
+pub const RATED_SHORT: [&str; RATED] = [
+    "small HTTP requests/s",
+    "1 MB responses, MB/s",
+    "TCP stream",
+    "UDP 64 B packets/s",
+    "CPU per small request",
+];
 
 /// system + irq + softirq jiffies of the whole machine.
 pub fn kernel_jiffies() -> u64 {
