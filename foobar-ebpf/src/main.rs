@@ -11,6 +11,7 @@ mod flow_table;
 mod forward;
 mod frame;
 mod icmp;
+mod iface;
 mod ipv4;
 mod maps;
 mod nat;

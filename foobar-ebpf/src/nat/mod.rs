@@ -7,13 +7,13 @@ mod csum;
 pub mod rewrite;
 pub mod state;
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use foobar_common::{Reason, NAT_FIN_BACKEND};
 
 use crate::{
-    clock,
+    clock, iface,
     maps::NAT_REVERSE,
-    parse::{ptr_at, EthHdr, Packet, LB_MAC},
+    parse::{ptr_at, EthHdr, Packet},
     stats,
     verdict::Verdict,
 };
@@ -22,8 +22,8 @@ use rewrite::Tuple;
 
 /// A backend's reply to a live NAT flow, translated back (source: the VIP
 /// and its port; destination: the client and its port; Ethernet: from the
-/// LB's MAC to the MAC the client's packets came from) and sent back out
-/// with XDP_TX, counted `forwarded_reply` with `len` bytes (the frame's
+/// LB's MAC to the MAC the client's packets came from) and sent out of the
+/// interface the client's packets came in on (iface.rs), counted `forwarded_reply` with `len` bytes (the frame's
 /// length: the rewrite keeps it). None: not such a reply (no reverse
 /// entry, or a stale one, which is removed): the caller goes on.
 #[inline(always)]
@@ -45,7 +45,7 @@ pub fn reply(ctx: &XdpContext, pkt: &Packet, len: u64) -> Result<Option<u32>, Ve
         return Ok(None);
     };
     // SAFETY: as in state::state_ended: copied out at once.
-    let client_mac = unsafe { (*state).client_mac };
+    let (client_mac, client_ifindex) = unsafe { ((*state).client_mac, (*state).client_ifindex) };
     state::touch(state, pkt.tcp_flags, NAT_FIN_BACKEND, now);
     let to = Tuple {
         src_be: rev.flow.dst_be,
@@ -53,13 +53,14 @@ pub fn reply(ctx: &XdpContext, pkt: &Packet, len: u64) -> Result<Option<u32>, Ve
         sport_be: rev.flow.dport_be,
         dport_be: rev.flow.sport_be,
     };
+    let out = iface::out(ctx, client_ifindex)?;
     rewrite::rewrite(ctx, pkt, &to)?;
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: ptr_at checked the Ethernet header is inside the frame.
     unsafe {
         (*eth).dst = client_mac;
-        (*eth).src = LB_MAC.load();
+        (*eth).src = out.src;
     }
     stats::count_reason(Reason::ForwardedReply, len);
-    Ok(Some(xdp_action::XDP_TX))
+    Ok(Some(out.action))
 }
