@@ -449,6 +449,29 @@ mod tests {
     }
 
     #[test]
+    fn two_arm_egress_is_the_interface_that_knows_the_mac() {
+        let a = Ipv4Addr::new(10, 0, 2, 11);
+        let mac = [2, 0, 0, 0, 0, 11];
+        let mut table = HashMap::new();
+        // Resolved on the backend side (3) only.
+        table.insert((3, a), Neighbour::Known(mac));
+        assert_eq!(
+            on_either(&table, [2, 3], a),
+            Some((3, Neighbour::Known(mac)))
+        );
+        // A failed entry on the client side (2) does not hide it.
+        table.insert((2, a), Neighbour::Failed);
+        assert_eq!(
+            on_either(&table, [2, 3], a),
+            Some((3, Neighbour::Known(mac)))
+        );
+        // Failed everywhere: the first interface's entry; unknown: none.
+        table.insert((3, a), Neighbour::Failed);
+        assert_eq!(on_either(&table, [2, 3], a), Some((2, Neighbour::Failed)));
+        assert_eq!(on_either(&table, [2, 3], Ipv4Addr::new(10, 0, 2, 12)), None);
+    }
+
+    #[test]
     fn a_vlan_interface_is_found_by_kind_parent_and_id_not_by_name() {
         let vlan = |id| Some(InfoData::Vlan(vec![InfoVlan::Id(id)]));
         // eth0 is ifindex 2.
