@@ -12,6 +12,11 @@ use std::collections::BTreeMap;
 use foobar_tests::lab::{self, Lab, LabOptions, LB_BACKEND_ADDR, VIP};
 
 fn two_arm_lab(forwarding: &str) -> Lab {
+    two_arm_lab_with_config(forwarding).0
+}
+
+/// `two_arm_lab` and the config its daemon runs with.
+fn two_arm_lab_with_config(forwarding: &str) -> (Lab, String) {
     let mut lab = Lab::start(&LabOptions {
         two_arm: true,
         plain_backends: forwarding == "nat",
@@ -25,7 +30,15 @@ fn two_arm_lab(forwarding: &str) -> Lab {
     assert!(config.contains("backend_interface = \"eth1\""), "{config}");
     lab.start_foobar(&lab::foobar_bin().unwrap(), &config)
         .expect("foobar run attaches");
-    lab
+    (lab, config)
+}
+
+/// Whether `iface` of the LB node has an XDP program attached.
+fn xdp_on(lab: &Lab, iface: &str) -> bool {
+    let link = lab
+        .exec(&lab.lb.ns, &["ip", "-d", "link", "show", "dev", iface])
+        .unwrap();
+    link.contains("prog/xdp") || link.contains(" xdp")
 }
 
 fn stats(lab: &Lab) -> serde_json::Value {
@@ -153,6 +166,10 @@ fn two_arm_nat_redirects_both_ways_3000_requests_and_100_mb_intact() {
 #[test]
 fn two_arm_dsr_redirects_to_the_backend_side_3000_requests_and_100_mb_intact() {
     let lab = two_arm_lab("dsr");
+    assert!(
+        xdp_on(&lab, "eth0") && xdp_on(&lab, "eth1"),
+        "attached to both"
+    );
     requests_and_a_big_transfer(&lab);
     assert!(reason(&lab, "forwarded") >= 3000);
     assert_eq!(reason(&lab, "drop_bad_backend"), 0);
@@ -164,4 +181,33 @@ fn two_arm_dsr_redirects_to_the_backend_side_3000_requests_and_100_mb_intact() {
         gw_tx > 3000,
         "the gateway forwarded the replies: {gw_tx} packets"
     );
+}
+
+/// A restart takes both pinned links over (the backend side keeps
+/// forwarding while no daemon runs), and `foobar detach` removes both.
+#[test]
+fn two_arm_restart_keeps_both_links_and_detach_removes_both() {
+    let (mut lab, config) = two_arm_lab_with_config("dsr");
+    let (ok, out) = lab.stop_foobar().unwrap();
+    assert!(ok, "foobar stopped cleanly: {out}");
+    assert!(
+        xdp_on(&lab, "eth0") && xdp_on(&lab, "eth1"),
+        "pinned links stay"
+    );
+    // Still forwarding without a daemon: through the redirect to eth1.
+    let body = lab.curl(&format!("http://{VIP}/")).unwrap();
+    assert!(body.trim().starts_with("be"), "a backend answered: {body}");
+    lab.start_foobar(&lab::foobar_bin().unwrap(), &config)
+        .expect("foobar run takes over");
+    for _ in 0..30 {
+        let body = lab.curl(&format!("http://{VIP}/")).unwrap();
+        assert!(body.trim().starts_with("be"), "a backend answered: {body}");
+    }
+    lab.stop_and_detach_foobar().unwrap();
+    lab::wait_for(
+        "both links detached",
+        std::time::Duration::from_secs(5),
+        || Ok(!xdp_on(&lab, "eth0") && !xdp_on(&lab, "eth1")),
+    )
+    .unwrap();
 }
