@@ -3,8 +3,9 @@
 //! ARM_MAC). A frame for a backend reached through the other interface
 //! returns XDP_REDIRECT (through the EGRESS devmap) with the egress
 //! interface's MAC as source; a NAT reply coming in on the backend side
-//! is redirected to the client side; a backend on the interface the frame
-//! came in on still gets XDP_TX. Expected frames are built and checksums
+//! is redirected to the client side; an `ipip` packet is encapsulated and
+//! redirected; a backend on the interface the frame came in on still gets
+//! XDP_TX. Expected frames are built and checksums
 //! verified with etherparse (`foobar_tests::frames`). Each test runs in a
 //! network namespace of its own thread (unshared, so it is gone when the
 //! thread ends), where the veths exist. Needs root (loading BPF).
@@ -29,6 +30,7 @@ const SNAT: [u8; 4] = [10, 0, 0, 1];
 const CONFIG: &str = r#"
     [datapath]
     snat_address = "10.0.0.1"
+    ipip_source = "10.0.0.1"
 
     [[vip]]
     name = "web"
@@ -46,6 +48,14 @@ const CONFIG: &str = r#"
     forwarding = "dsr"
     [[vip.backend]]
     address = "10.0.0.61"
+
+    [[vip]]
+    name = "tunnel"
+    address = "192.0.2.80"
+    port = 80
+    forwarding = "ipip"
+    [[vip.backend]]
+    address = "10.0.0.81"
 
     [[vip]]
     name = "near"
@@ -104,6 +114,7 @@ fn datapath(arms: &Arms) -> Datapath {
     let macs: HashMap<Ipv4Addr, [u8; 6]> = [
         (Ipv4Addr::new(10, 0, 0, 11), backend_mac(11)),
         (Ipv4Addr::new(10, 0, 0, 61), backend_mac(61)),
+        (Ipv4Addr::new(10, 0, 0, 81), backend_mac(81)),
         (Ipv4Addr::new(198, 51, 100, 71), backend_mac(71)),
     ]
     .into_iter()
@@ -111,10 +122,12 @@ fn datapath(arms: &Arms) -> Datapath {
     let mut state = State::build(&state::saved_from_config(&config), &macs).expect("MACs given");
     state.set_egress(Ipv4Addr::new(10, 0, 0, 11), Some(arms.backend));
     state.set_egress(Ipv4Addr::new(10, 0, 0, 61), Some(arms.backend));
+    state.set_egress(Ipv4Addr::new(10, 0, 0, 81), Some(arms.backend));
     state.set_egress(Ipv4Addr::new(198, 51, 100, 71), Some(arms.client));
     let mut dp = Datapath::load(&LoadOptions {
         lb_mac: lb_mac(),
         lb_ifindex: arms.client,
+        ipip_source: config.datapath.ipip_source,
         arm: Some(Arm {
             ifindex: arms.backend,
             mac: ARM_MAC,
@@ -256,4 +269,28 @@ fn want_on(frame: &Spec, src_mac: [u8; 6], dst_mac: [u8; 6]) -> Vec<u8> {
         ..frame.clone()
     }
     .build()
+}
+
+#[test]
+fn ipip_to_a_backend_on_the_other_arm_is_redirected_encapsulated() {
+    in_netns(|arms| {
+        let mut dp = datapath(&arms);
+        let flow = Spec {
+            dst: [192, 0, 2, 80],
+            ..Spec::default()
+        };
+        let frame = flow.build();
+        let (action, out) = dp.test_run_on(Some(arms.client), &frame).unwrap();
+        assert_eq!(action, XDP_REDIRECT);
+        assert_eq!(out[..6], backend_mac(81), "to the backend's MAC");
+        assert_eq!(out[6..12], ARM_MAC, "from the backend side's MAC");
+        assert_eq!(out[12..14], [0x08, 0x00]);
+        let outer = etherparse::Ipv4HeaderSlice::from_slice(&out[14..]).expect("outer IPv4");
+        let header = outer.to_header();
+        assert_eq!(header.header_checksum, header.calc_header_checksum());
+        assert_eq!(outer.protocol(), etherparse::IpNumber::IPV4);
+        assert_eq!(outer.source(), SNAT, "the ipip source (a /32)");
+        assert_eq!(outer.destination(), [10, 0, 0, 81]);
+        assert_eq!(&out[34..], &frame[14..], "the client's packet, untouched");
+    });
 }
