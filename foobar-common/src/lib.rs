@@ -144,7 +144,11 @@ pub struct Backend {
     /// while it matches, so an id handed to another backend can never
     /// inherit the flows of the one that held it before.
     pub gen: u32,
-    pub _pad: u32,
+    /// Interface index the backend is reached through (two-arm, see
+    /// docs/TOPOLOGY.md): a frame for it leaves there, with XDP_TX when
+    /// that is the interface it came in on, else redirected through the
+    /// EGRESS devmap. 0: the interface it came in on (one-arm).
+    pub egress_ifindex: u32,
 }
 const _: () = assert!(size_of::<Backend>() == 32);
 
@@ -273,7 +277,9 @@ pub struct NatFlow {
     /// Idle timeout of this flow (TCP or UDP of its VIP), and its linger.
     pub idle_s: u32,
     pub linger_s: u32,
-    pub _pad2: u32,
+    /// Interface index the client's latest packet came in on: replies
+    /// leave there (redirected when they came in on another interface).
+    pub client_ifindex: u32,
     /// CLOCK_MONOTONIC_COARSE of the latest packet either way (kept within
     /// a second), and of the close (NAT_CLOSED).
     pub last_seen_ns: u64,
@@ -305,13 +311,18 @@ const _: () = assert!(size_of::<NatReverse>() == 24);
 /// `drop_nat_ports_exhausted`.
 pub const NAT_PORT_PROBES: u32 = 16;
 
+/// Entries of the EGRESS devmap (interface index -> interface): the
+/// interfaces the load balancer is attached to (client side and backend
+/// side in a two-arm node).
+pub const MAX_EGRESS: u32 = 8;
+
 /// Version of what the pinned maps hold and mean (see `LAYOUT_SIZES`).
 /// Bump it by hand whenever a map's key or value changes meaning, a map is
 /// added, removed or renamed, a map's size constant changes (a new
-/// `Reason` grows REASONS, which holds REASON_COUNT counters: v10), or a
+/// `Reason` grows REASONS, which holds REASON_COUNT counters: v10; two-arm's egress fields: v11), or a
 /// flag changes value: a daemon refuses to adopt maps pinned by a binary
 /// of another layout.
-pub const LAYOUT_VERSION: u32 = 10;
+pub const LAYOUT_VERSION: u32 = 11;
 
 /// Sizes of the shared types the pinned maps hold, in the order FlowKey,
 /// Flow, Backend, VipKey, Service, AffinityKey, VipAddrKey, Counter, VipGen,

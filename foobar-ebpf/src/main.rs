@@ -11,6 +11,7 @@ mod flow_table;
 mod forward;
 mod frame;
 mod icmp;
+mod iface;
 mod ipv4;
 mod maps;
 mod nat;
@@ -124,12 +125,12 @@ fn pipeline(ctx: &XdpContext, len: &mut u64) -> Result<u32, Verdict> {
     // quoted header translated; without live state it is dropped
     // (docs/NAT.md, "ICMP").
     if service.forward_mode == FWD_NAT && pkt.icmp_error {
-        let Some(backend_id) = nat::icmp::to_backend(ctx, &pkt)? else {
+        let Some((backend_id, action)) = nat::icmp::to_backend(ctx, &pkt)? else {
             return Err(Verdict::drop(Reason::NatIcmp));
         };
         stats::count_forward(service.vip_id, backend_id, ip.frame_len);
         stats::count_reason(Reason::ForwardedIcmp, ip.frame_len);
-        return Ok(xdp_action::XDP_TX);
+        return Ok(action);
     }
     let entry = entry.unwrap_or_else(|| flow::lookup(&pkt));
     // A flow to an SNAT address never takes the flow-first path (its entry

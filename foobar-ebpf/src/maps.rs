@@ -5,12 +5,12 @@ use crate::clock::Reading;
 use aya_ebpf::{
     btf_maps,
     macros::{btf_map, map},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use foobar_common::{
     AffinityKey, Backend, Counter, Flow, FlowKey, NatFlow, NatReverse, NatVip, Service, VipAddrKey,
-    VipGen, VipKey, EVENT_COUNT, FLOW_TABLE_DEFAULT, MAX_BACKENDS, MAX_VIPS, REASON_COUNT,
-    RING_STRIDE, VIP_ADDR_BITMAP_WORDS,
+    VipGen, VipKey, EVENT_COUNT, FLOW_TABLE_DEFAULT, MAX_BACKENDS, MAX_EGRESS, MAX_VIPS,
+    REASON_COUNT, RING_STRIDE, VIP_ADDR_BITMAP_WORDS,
 };
 
 /// (IPv4 address, VLAN) pairs that have at least one VIP -> ADDR_* flags:
@@ -131,3 +131,9 @@ pub static NAT_FLOWS: LruHashMap<FlowKey, NatFlow> =
 #[map]
 pub static NAT_REVERSE: HashMap<FlowKey, NatReverse> =
     HashMap::with_max_entries(FLOW_TABLE_DEFAULT, 0);
+
+/// Interface index -> that interface, for XDP_REDIRECT (iface.rs): the
+/// interfaces the program is attached to, written by userspace at load on
+/// a two-arm node (empty on a one-arm node, which only uses XDP_TX).
+#[map]
+pub static EGRESS: DevMapHash = DevMapHash::with_max_entries(MAX_EGRESS, 0);

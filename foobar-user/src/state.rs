@@ -179,6 +179,10 @@ pub struct State {
     /// Active (open, recently seen) flows per backend id, as last counted
     /// in the flow table: what "wlc" VIPs weigh their rings by.
     active: HashMap<u32, u32>,
+    /// Two-arm: the interface (index) each backend address is reached
+    /// through, from the neighbour table; absent: the one its frames came
+    /// in on (one-arm). Written into the backends' entries.
+    egress: HashMap<Ipv4Addr, u32>,
 }
 
 impl VipSpec {
@@ -577,6 +581,21 @@ impl State {
         changed
     }
 
+    /// Records the interface `address` is reached through (None: the one
+    /// its frames come in on); whether it changed.
+    pub fn set_egress(&mut self, address: Ipv4Addr, ifindex: Option<u32>) -> bool {
+        let old = match ifindex {
+            Some(i) => self.egress.insert(address, i),
+            None => self.egress.remove(&address),
+        };
+        old != ifindex
+    }
+
+    /// The interface `address` is reached through, if recorded (two-arm).
+    pub fn egress_of(&self, address: Ipv4Addr) -> Option<u32> {
+        self.egress.get(&address).copied()
+    }
+
     /// The MAC known for `address` (from any backend, current or retired).
     pub fn mac_of(&self, address: Ipv4Addr) -> Option<[u8; 6]> {
         self.vips
@@ -854,8 +873,9 @@ impl State {
                         flags |= BACKEND_NEW_FLOWS;
                     }
                 }
+                let egress = self.egress_of(b.spec.address);
                 plan.backends
-                    .insert(b.id, entry(b.spec.address, b.mac, b.gen, flags));
+                    .insert(b.id, entry(b.spec.address, b.mac, egress, b.gen, flags));
             }
         }
         self.plan_nat(&mut plan);
@@ -864,8 +884,9 @@ impl State {
             // A retired backend keeps its flows only while it is up: one
             // that was down when removed stays down.
             let flags = if r.up { BACKEND_UP } else { 0 };
+            let egress = self.egress_of(r.address);
             plan.backends
-                .insert(r.id, entry(r.address, r.mac, r.gen, flags));
+                .insert(r.id, entry(r.address, r.mac, egress, r.gen, flags));
         }
         plan
     }
@@ -955,15 +976,22 @@ fn vip_key(spec: &VipSpec) -> VipKey {
 }
 
 /// A backend entry; one without a MAC is never marked up (a frame sent to
-/// it would carry no valid destination).
-fn entry(address: Ipv4Addr, mac: Option<[u8; 6]>, gen: u32, flags: u8) -> Backend {
+/// it would carry no valid destination). `egress`: the interface it is
+/// reached through (None: the one frames come in on).
+fn entry(
+    address: Ipv4Addr,
+    mac: Option<[u8; 6]>,
+    egress: Option<u32>,
+    gen: u32,
+    flags: u8,
+) -> Backend {
     Backend {
         addr_be: [u32::from(address).to_be(), 0, 0, 0],
         mac: mac.unwrap_or_default(),
         family: AF_INET,
         flags: if mac.is_some() { flags } else { 0 },
         gen,
-        _pad: 0,
+        egress_ifindex: egress.unwrap_or(0),
     }
 }
 

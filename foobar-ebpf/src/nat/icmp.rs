@@ -23,9 +23,9 @@ use foobar_common::IPPROTO_TCP;
 
 use super::{csum::Delta, rewrite::Tuple, state};
 use crate::{
-    clock,
+    clock, iface,
     maps::{BACKENDS, NAT_FLOWS, NAT_REVERSE},
-    parse::{ptr_at, EthHdr, Packet, LB_MAC},
+    parse::{ptr_at, EthHdr, Packet},
     verdict::Verdict,
 };
 
@@ -56,20 +56,22 @@ struct L4Ports {
 /// An error to an SNAT address whose quoted packet (S:sp -> B:bp; parse
 /// turned it around into `pkt.flow`, the reverse key B:bp -> S:sp) belongs
 /// to a live NAT state: translated to the client, from the VIP, to the MAC
-/// the client's packets come from. False when no live state matches (the
-/// caller keeps its behaviour for other packets to the address; a stale
-/// reverse entry is left to the replies and the collector).
+/// the client's packets come from, out of the interface they came in on
+/// (iface.rs); returns the XDP action. None when no live state matches
+/// (the caller keeps its behaviour for other packets to the address; a
+/// stale reverse entry is left to the replies and the collector).
 #[inline(always)]
-pub fn to_client(ctx: &XdpContext, pkt: &Packet) -> Result<bool, Verdict> {
+pub fn to_client(ctx: &XdpContext, pkt: &Packet) -> Result<Option<u32>, Verdict> {
     // SAFETY: a hash value, copied out at once.
     let Some(rev) = (unsafe { NAT_REVERSE.get(&pkt.flow) }).copied() else {
-        return Ok(false);
+        return Ok(None);
     };
     let Some(state) = state::reverse_live(&rev, clock::now_ns()) else {
-        return Ok(false);
+        return Ok(None);
     };
     // SAFETY: an LRU value, copied out at once (see nat::state).
-    let client_mac = unsafe { (*state).client_mac };
+    let (client_mac, client_ifindex) = unsafe { ((*state).client_mac, (*state).client_ifindex) };
+    let out = iface::out(ctx, client_ifindex)?;
     let client = &rev.flow;
     // The quoted packet becomes the client's as it sent it.
     let inner = Tuple {
@@ -79,17 +81,18 @@ pub fn to_client(ctx: &XdpContext, pkt: &Packet) -> Result<bool, Verdict> {
         dport_be: client.dport_be,
     };
     rewrite(ctx, pkt, client.dst_be, client.src_be, &inner)?;
-    set_macs(ctx, client_mac)?;
-    Ok(true)
+    set_macs(ctx, client_mac, &out)?;
+    Ok(Some(out.action))
 }
 
 /// An error to a NAT VIP whose quoted packet (VIP:vp -> C:cp; `pkt.flow`
 /// is the client flow C:cp -> VIP:vp) belongs to a live NAT state whose
 /// backend still holds its id: translated to that backend, from the SNAT
-/// address. Returns the backend's id (for its counters); None when no such
+/// address, out of the backend's interface (iface.rs). Returns the
+/// backend's id (for its counters) and the XDP action; None when no such
 /// state exists (the caller drops it as `drop_nat_icmp`).
 #[inline(always)]
-pub fn to_backend(ctx: &XdpContext, pkt: &Packet) -> Result<Option<u32>, Verdict> {
+pub fn to_backend(ctx: &XdpContext, pkt: &Packet) -> Result<Option<(u32, u32)>, Verdict> {
     let Some(state) = NAT_FLOWS.get_ptr_mut(&pkt.flow) else {
         return Ok(None);
     };
@@ -116,6 +119,7 @@ pub fn to_backend(ctx: &XdpContext, pkt: &Packet) -> Result<Option<u32>, Verdict
         return Ok(None);
     }
     let mac = backend.mac;
+    let out = iface::out(ctx, backend.egress_ifindex)?;
     // The quoted packet becomes the backend's reply as it sent it.
     let inner = Tuple {
         src_be: backend_be,
@@ -124,17 +128,17 @@ pub fn to_backend(ctx: &XdpContext, pkt: &Packet) -> Result<Option<u32>, Verdict
         dport_be: snat_port_be,
     };
     rewrite(ctx, pkt, snat_be, backend_be, &inner)?;
-    set_macs(ctx, mac)?;
-    Ok(Some(backend_id))
+    set_macs(ctx, mac, &out)?;
+    Ok(Some((backend_id, out.action)))
 }
 
 #[inline(always)]
-fn set_macs(ctx: &XdpContext, to: [u8; 6]) -> Result<(), Verdict> {
+fn set_macs(ctx: &XdpContext, to: [u8; 6], out: &iface::Out) -> Result<(), Verdict> {
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: ptr_at checked the Ethernet header is inside the frame.
     unsafe {
         (*eth).dst = to;
-        (*eth).src = LB_MAC.load();
+        (*eth).src = out.src;
     }
     Ok(())
 }

@@ -133,6 +133,7 @@ impl RawHealth {
 #[serde(deny_unknown_fields)]
 struct RawDatapath {
     interface: Option<String>,
+    backend_interface: Option<String>,
     xdp_mode: Option<String>,
     flow_table_size: Option<i64>,
     flow_table: Option<String>,
@@ -299,6 +300,10 @@ impl AttachMode {
 pub struct DatapathConfig {
     /// The LB node's NIC; `foobar run --iface` overrides it.
     pub interface: Option<String>,
+    /// Two-arm (docs/TOPOLOGY.md): the backend-side NIC, where frames to
+    /// backends reached through it leave (redirected) and their replies
+    /// come in; the program is attached there too. None: one-arm.
+    pub backend_interface: Option<String>,
     pub xdp_mode: AttachMode,
     /// Entries of the flow table; per CPU with `FlowTableMode::PerCpu`.
     pub flow_table_size: u32,

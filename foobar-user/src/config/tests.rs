@@ -323,6 +323,19 @@ fn duplicate_names_and_services_are_rejected() {
 }
 
 #[test]
+fn backend_interface_makes_a_two_arm_node_of_another_interface() {
+    let c = parse("[datapath]\ninterface = \"eth0\"\nbackend_interface = \"eth1\"\n").unwrap();
+    assert_eq!(c.datapath.backend_interface.as_deref(), Some("eth1"));
+    assert_eq!(parse("").unwrap().datapath.backend_interface, None);
+    let p = problems("[datapath]\ninterface = \"eth0\"\nbackend_interface = \"eth0\"\n");
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].key, "datapath.backend_interface");
+    assert!(p[0].message.contains("two interfaces"), "{}", p[0].message);
+    let p = problems("[datapath]\nbackend_interface = \"a b\"\n");
+    assert_eq!(p[0].key, "datapath.backend_interface");
+}
+
+#[test]
 fn unknown_keys_and_syntax_errors_name_the_key_and_line() {
     let p = problems("[datapath]\ninterface = \"eth0\"\nspeed = 10\n");
     assert_eq!(p.len(), 1);

@@ -242,6 +242,18 @@ fn validate_datapath(raw: &RawDatapath, p: &mut Problems) -> Option<DatapathConf
     if let Some(iface) = &raw.interface {
         p.field("datapath.interface", rules::interface(iface));
     }
+    if let Some(arm) = &raw.backend_interface {
+        p.field("datapath.backend_interface", rules::interface(arm));
+        if raw.interface.as_deref() == Some(arm.as_str()) {
+            p.add(
+                "datapath.backend_interface",
+                format!(
+                    "\"{arm}\" is datapath.interface too; a two-arm node needs two \
+                     interfaces (leave backend_interface out for one-arm)"
+                ),
+            );
+        }
+    }
     let affinity_table_size = match raw.affinity_table_size {
         None => Some(None),
         Some(n) if (1..=i64::from(FLOW_TABLE_MAX)).contains(&n) => Some(Some(n as u32)),
@@ -302,6 +314,7 @@ fn validate_datapath(raw: &RawDatapath, p: &mut Problems) -> Option<DatapathConf
     Some(DatapathConfig {
         nat: nat?,
         interface: raw.interface.clone(),
+        backend_interface: raw.backend_interface.clone(),
         xdp_mode: xdp_mode?,
         flow_table_size: flow_table_size?,
         flow_table: flow_table?,

@@ -26,7 +26,8 @@ impl Owner {
         // client exits with its own code.
         let invalid = |e: crate::config::ConfigError| (ErrorKind::ConfigInvalid, e.to_string());
         let (mut config, text) = crate::config::load_with_text(&path).map_err(invalid)?;
-        let addrs = crate::snat::read(self.ifindex, &self.iface)
+        let (snat_ifindex, snat_iface) = self.snat_iface();
+        let addrs = crate::snat::read(snat_ifindex, snat_iface)
             .await
             .map_err(|e| refused(format!("{e:#}")))?;
         let problem = |problems| crate::config::ConfigError {

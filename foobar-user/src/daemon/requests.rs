@@ -330,10 +330,11 @@ impl Owner {
             refused(format!(
                 "VIP {name}: forwarding nat needs an SNAT address, and this daemon has none: \
                  give --snat-address (an address of {}), or set [datapath] snat_address",
-                self.iface
+                self.snat_iface().1
             ))
         })?;
-        let addrs = crate::snat::read(self.ifindex, &self.iface)
+        let (snat_ifindex, snat_iface) = self.snat_iface();
+        let addrs = crate::snat::read(snat_ifindex, snat_iface)
             .await
             .map_err(|e| refused(format!("{e:#}")))?;
         if !addrs.has(address) {

@@ -28,7 +28,7 @@ use foobar_common::{
 };
 
 pub use flows::{FlowUsage, FlowWalker};
-pub use load::{AttachMode, FlowTableMode, LoadOptions, PassProgram};
+pub use load::{Arm, AttachMode, FlowTableMode, LoadOptions, PassProgram};
 pub use nat::{nat_state_ended, NatCollector, NatGcReport, NAT_GC_SLACK_NS};
 pub(crate) use pin::mount_bpffs;
 pub use pin::{PinDir, DEFAULT_PIN_ROOT};
@@ -122,6 +122,14 @@ pub enum DatapathError {
          to the config file and restart foobar"
     )]
     DnatOff { vip: String },
+    #[error(
+        "putting interface index {ifindex} in the EGRESS devmap (two-arm): {source}; \
+         check datapath.backend_interface names an interface that exists"
+    )]
+    Egress {
+        ifindex: u32,
+        source: aya::maps::xdp::XdpMapError,
+    },
     #[error("the plan has {what} {got}, more than the datapath's limit {limit}")]
     TooMany {
         what: &'static str,
@@ -138,6 +146,8 @@ pub struct Datapath {
     maps: Maps,
     rings: RingWriter,
     attached: Option<Attached>,
+    /// Two-arm: the link on the backend-side interface.
+    arm_attached: Option<Attached>,
     /// Where the maps and the link are pinned (None: nothing is pinned, and
     /// dropping the datapath detaches it, as tests and benchmarks want).
     pins: Option<PinDir>,
@@ -711,12 +721,29 @@ impl Datapath {
     /// Runs the load balancer once on `frame` with BPF_PROG_TEST_RUN and
     /// returns the XDP action and the frame as the program left it.
     pub fn test_run(&mut self, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+        self.test_run_on(None, frame)
+    }
+
+    /// As `test_run`, as if `frame` came in on interface `ingress` (an
+    /// index in the calling thread's network namespace; None: the
+    /// kernel's default, loopback): two-arm tests tell the arms apart.
+    pub fn test_run_on(&mut self, ingress: Option<u32>, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
         let prog = xdp_program(&mut self.ebpf, LB_PROGRAM)?;
         // Room for growth: later forwarding modes encapsulate.
         let mut out = vec![0u8; frame.len() + 256];
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+        // rx_queue_index, egress_ifindex (the kernel wants data_end to be
+        // the frame's length, the rest but the interface 0).
+        let ctx: Option<Vec<u8>> = ingress.map(|i| {
+            [0, frame.len() as u32, 0, i, 0, 0]
+                .iter()
+                .flat_map(|w| w.to_ne_bytes())
+                .collect()
+        });
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.data_out = Some(&mut out);
+        opts.ctx_in = ctx.as_deref();
         let result = prog
             .test_run(opts)
             .map_err(|source| DatapathError::Program {

@@ -89,6 +89,12 @@ impl PinDir {
         self.dir.join("link")
     }
 
+    /// The link of a two-arm node's backend-side interface (removed with
+    /// the directory, as the main one).
+    pub(super) fn arm_link(&self) -> PathBuf {
+        self.dir.join("link-backend")
+    }
+
     pub(super) fn maps_dir(&self) -> PathBuf {
         self.dir.join(layout_name())
     }
