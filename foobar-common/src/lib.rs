@@ -146,6 +146,10 @@ pub const FWD_NAT: u8 = 1;
 /// IPv4-in-IPv4 tunnel DSR (Katran's mode): an outer IPv4 header to the
 /// backend, stripped there by `foobar decap`.
 pub const FWD_IPIP: u8 = 2;
+/// DNAT, IPVS-NAT style (docs/DNAT.md): the destination becomes the
+/// backend's, the client's address and port are kept; the backends route
+/// their replies through the LB, which translates the source back.
+pub const FWD_DNAT: u8 = 3;
 /// Bytes the `ipip` mode adds in front of the client's IPv4 packet.
 pub const IPIP_OVERHEAD: u32 = 20;
 /// Bytes the `ipip` mode adds in front of the client's IPv6 packet (an
@@ -167,7 +171,11 @@ pub struct Backend {
     /// while it matches, so an id handed to another backend can never
     /// inherit the flows of the one that held it before.
     pub gen: u32,
-    pub _pad: u32,
+    /// Interface index the backend is reached through (two-arm, see
+    /// docs/TOPOLOGY.md): a frame for it leaves there, with XDP_TX when
+    /// that is the interface it came in on, else redirected through the
+    /// EGRESS devmap. 0: the interface it came in on (one-arm).
+    pub egress_ifindex: u32,
 }
 const _: () = assert!(size_of::<Backend>() == 32);
 
@@ -312,7 +320,9 @@ pub struct NatFlow {
     /// Idle timeout of this flow (TCP or UDP of its VIP), and its linger.
     pub idle_s: u32,
     pub linger_s: u32,
-    pub _pad2: u32,
+    /// Interface index the client's latest packet came in on: replies
+    /// leave there (redirected when they came in on another interface).
+    pub client_ifindex: u32,
     /// CLOCK_MONOTONIC_COARSE of the latest packet either way (kept within
     /// a second), and of the close (NAT_CLOSED).
     pub last_seen_ns: u64,
@@ -344,11 +354,18 @@ const _: () = assert!(size_of::<NatReverse>() == 24);
 /// `drop_nat_ports_exhausted`.
 pub const NAT_PORT_PROBES: u32 = 16;
 
+/// Entries of the EGRESS devmap (interface index -> interface): the
+/// interfaces the load balancer is attached to (client side and backend
+/// side in a two-arm node).
+pub const MAX_EGRESS: u32 = 8;
+
 /// Version of what the pinned maps hold and mean (see `LAYOUT_SIZES`).
 /// Bump it by hand whenever a map's key or value changes meaning, a map is
-/// added, removed or renamed, or a flag changes value: a daemon refuses to
-/// adopt maps pinned by a binary of another layout.
-pub const LAYOUT_VERSION: u32 = 9;
+/// added, removed or renamed, a map's size constant changes (a new
+/// `Reason` grows REASONS, which holds REASON_COUNT counters: v10; two-arm's egress fields: v11; IPv6 maps: v12), or a
+/// flag changes value: a daemon refuses to adopt maps pinned by a binary
+/// of another layout.
+pub const LAYOUT_VERSION: u32 = 12;
 
 /// Sizes of the shared types the pinned maps hold, in the order FlowKey,
 /// Flow, Backend, VipKey, Service, AffinityKey, VipAddrKey, Counter, VipGen,
@@ -433,12 +450,18 @@ pub enum Reason {
     NatPortsExhausted = 14,
     /// XDP_TX: a backend's reply to a NAT flow, translated back to the client.
     ForwardedReply = 15,
-    /// XDP_DROP: an ICMP error about a flow of a NAT VIP (the embedded
-    /// header is not translated).
+    /// XDP_DROP: an ICMP error to a NAT VIP about a flow without live NAT
+    /// state (or whose backend is gone): there is nothing to translate its
+    /// quoted header to.
     NatIcmp = 16,
+    /// XDP_TX: an ICMP error to an SNAT address about a packet the LB sent
+    /// to a backend, translated (outer and quoted headers) and sent to the
+    /// NAT flow's client. Its counterpart towards the backend counts as
+    /// `ForwardedIcmp`.
+    ForwardedIcmpReply = 17,
 }
 
-pub const REASON_COUNT: u32 = 17;
+pub const REASON_COUNT: u32 = 18;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -459,6 +482,7 @@ impl Reason {
         Reason::NatPortsExhausted,
         Reason::ForwardedReply,
         Reason::NatIcmp,
+        Reason::ForwardedIcmpReply,
     ];
 
     /// Stable name used in logs, `foobar stats` and metrics.
@@ -481,6 +505,7 @@ impl Reason {
             Reason::NatPortsExhausted => "drop_nat_ports_exhausted",
             Reason::ForwardedReply => "forwarded_reply",
             Reason::NatIcmp => "drop_nat_icmp",
+            Reason::ForwardedIcmpReply => "forwarded_icmp_reply",
         }
     }
 }

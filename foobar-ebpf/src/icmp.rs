@@ -11,9 +11,9 @@ use aya_ebpf::{
 use foobar_common::Reason;
 
 use crate::{
-    frame,
+    frame, iface,
     ipv4::{self, Framing, Ipv4Hdr, IPPROTO_ICMP, IPV4_HDR_LEN},
-    parse::{ptr_at, EthHdr, LB_MAC},
+    parse::{ptr_at, EthHdr},
     verdict::Verdict,
 };
 
@@ -77,7 +77,7 @@ pub fn frag_needed(ctx: &XdpContext, framing: &Framing, mtu: u32) -> Result<u32,
     if unsafe { bpf_xdp_adjust_tail(ctx.ctx, want as i32 - len as i32) } != 0 {
         return Err(Verdict::drop(Reason::TooBig));
     }
-    ipv4::write_framing(ctx, framing, peer_mac, LB_MAC.load())?;
+    ipv4::write_framing(ctx, framing, peer_mac, iface::own_mac(ctx))?;
     let header = Ipv4Hdr::new(0, (grow + quoted) as u16, 0, IPPROTO_ICMP, vip, client);
     let at: *mut Ipv4Hdr = ptr_at(ctx, l3)?;
     // SAFETY: bounds checked by ptr_at.

@@ -11,6 +11,7 @@ mod flow_table;
 mod forward;
 mod frame;
 mod icmp;
+mod iface;
 mod ipv4;
 mod maps;
 mod nat;
@@ -24,12 +25,18 @@ mod vip;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use flow::First;
-use foobar_common::{Backend, Reason, ADDR_SNAT, ADDR_SNAT_ONLY, FWD_IPIP, FWD_NAT, IPIP_OVERHEAD};
+use foobar_common::{
+    Backend, Reason, ADDR_SNAT, ADDR_SNAT_ONLY, FWD_DNAT, FWD_IPIP, FWD_NAT, IPIP_OVERHEAD,
+};
 use forward::Target;
 use parse::{Ip, Packet};
 use verdict::Verdict;
 
 #[xdp(frags)]
+// Inlined into the entry the macro wraps it in: left to LLVM, a body this
+// large becomes a BPF-to-BPF call, which cost every packet 8 ns (pass and
+// established alike) when the dnat code tipped it over.
+#[inline(always)]
 pub fn foobar(ctx: XdpContext) -> u32 {
     // The frame's length once parse has it (0 before): a helper call less.
     let mut len = 0;
@@ -61,7 +68,15 @@ fn pipeline(ctx: &XdpContext, len: &mut u64) -> Result<u32, Verdict> {
         }
     };
     *len = ip.frame_len;
-    vip::prefilter(&ip)?;
+    if vip::prefilter(&ip).is_err() {
+        // The pass path. Only with dnat VIPs (a load-time global: the
+        // verifier prunes the check without them) one more array read, for
+        // dnat replies (whose destination is a client, no VIP).
+        if nat::dnat::from_backend(ctx, &ip) {
+            return nat::dnat::reply(ctx);
+        }
+        return Err(Verdict::pass(Reason::NotVip));
+    }
     // The L4 header is read before the VIP address is confirmed, for the
     // flow-first path; its verdict (malformed, fragment, other L4) counts
     // only after the address check, as for any packet to a VIP address.
@@ -90,7 +105,12 @@ fn pipeline(ctx: &XdpContext, len: &mut u64) -> Result<u32, Verdict> {
             }
         }
     }
-    let addr_flags = vip::address(&ip)?;
+    // No VIP address: the node's own traffic, or a dnat reply.
+    let addr_flags = match vip::address(&ip) {
+        Ok(flags) => flags,
+        Err(_) if nat::dnat::from_backend(ctx, &ip) => return nat::dnat::reply(ctx),
+        Err(not_vip) => return Err(not_vip),
+    };
     // An SNAT address: a backend's reply to a NAT flow is translated back;
     // anything else to an address that is no VIP is the node's own.
     if addr_flags & ADDR_SNAT != 0 {
@@ -105,9 +125,21 @@ fn pipeline(ctx: &XdpContext, len: &mut u64) -> Result<u32, Verdict> {
     }
     let pkt = parsed?;
     let (service, vip_gen) = vip::lookup(&pkt, addr_flags)?;
-    // The embedded header of an ICMP error is not translated (docs/NAT.md).
-    if service.forward_mode == FWD_NAT && pkt.icmp_error {
+    // The embedded header of an ICMP error about a dnat flow is not
+    // translated (docs/DNAT.md).
+    if service.forward_mode == FWD_DNAT && pkt.icmp_error {
         return Err(Verdict::drop(Reason::NatIcmp));
+    }
+    // An ICMP error about a NAT flow's reply goes to its backend, its
+    // quoted header translated; without live state it is dropped
+    // (docs/NAT.md, "ICMP").
+    if service.forward_mode == FWD_NAT && pkt.icmp_error {
+        let Some((backend_id, action)) = nat::icmp::to_backend(ctx, &pkt)? else {
+            return Err(Verdict::drop(Reason::NatIcmp));
+        };
+        stats::count_forward(service.vip_id, backend_id, ip.frame_len);
+        stats::count_reason(Reason::ForwardedIcmp, ip.frame_len);
+        return Ok(action);
     }
     let entry = entry.unwrap_or_else(|| flow::lookup(&pkt));
     // A flow to an SNAT address never takes the flow-first path (its entry

@@ -5,12 +5,12 @@ use crate::clock::Reading;
 use aya_ebpf::{
     btf_maps,
     macros::{btf_map, map},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use foobar_common::{
     AffinityKey, Backend, Counter, Flow, FlowKey, FlowKey6, NatFlow, NatReverse, NatVip, Service,
     VipAddrKey, VipAddrKey6, VipGen, VipKey, EVENT_COUNT, FLOW_TABLE_DEFAULT, MAX_BACKENDS,
-    MAX_VIPS, REASON_COUNT, RING_STRIDE, VIP_ADDR_BITMAP_WORDS,
+    MAX_EGRESS, MAX_VIPS, REASON_COUNT, RING_STRIDE, VIP_ADDR_BITMAP_WORDS,
 };
 
 /// (IPv4 address, VLAN) pairs that have at least one VIP -> ADDR_* flags:
@@ -25,6 +25,14 @@ pub static VIP_ADDRS4: HashMap<VipAddrKey, u32> = HashMap::with_max_entries(MAX_
 /// added and clears it after the last is gone.
 #[map]
 pub static VIP_ADDR_BITS: Array<u64> = Array::with_max_entries(VIP_ADDR_BITMAP_WORDS, 0);
+
+/// The reply prefilter of `dnat` VIPs: a bitmap of `vip_addr_bit` over the
+/// SOURCE addresses of their backends. A packet that is no VIP's (its
+/// destination is a client) is looked up as a DNAT reply only if its
+/// source's bit is set. Userspace sets a bit before the VIPs whose
+/// backends need it take traffic and clears it after they are gone.
+#[map]
+pub static DNAT_SRC_BITS: Array<u64> = Array::with_max_entries(VIP_ADDR_BITMAP_WORDS, 0);
 
 /// (address, port, protocol) -> service. Port 0 is the every-port VIP.
 #[map]
@@ -123,6 +131,12 @@ pub static NAT_FLOWS: LruHashMap<FlowKey, NatFlow> =
 #[map]
 pub static NAT_REVERSE: HashMap<FlowKey, NatReverse> =
     HashMap::with_max_entries(FLOW_TABLE_DEFAULT, 0);
+
+/// Interface index -> that interface, for XDP_REDIRECT (iface.rs): the
+/// interfaces the program is attached to, written by userspace at load on
+/// a two-arm node (empty on a one-arm node, which only uses XDP_TX).
+#[map]
+pub static EGRESS: DevMapHash = DevMapHash::with_max_entries(MAX_EGRESS, 0);
 
 /// (IPv6 address, VLAN) pairs that have at least one VIP -> ADDR_* flags:
 /// VIP_ADDRS4 for IPv6 (docs/IPV6.md).

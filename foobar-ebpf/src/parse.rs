@@ -11,7 +11,7 @@ use core::mem::size_of;
 use aya_ebpf::{programs::XdpContext, Global};
 use foobar_common::{FlowKey, Reason, AF_INET, IPPROTO_TCP, IPPROTO_UDP};
 
-use crate::verdict::Verdict;
+use crate::{iface, verdict::Verdict};
 
 pub const ETH_HDR_LEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -27,12 +27,6 @@ const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 /// Type, code, checksum and the 4 bytes before the embedded IP header.
 const ICMP_HDR_LEN: usize = 8;
-
-/// The MAC address of the interface the program is attached to, set at load
-/// time: only frames addressed to it are ours, and it is the source of every
-/// frame the datapath sends.
-#[unsafe(no_mangle)]
-pub static LB_MAC: Global<[u8; 6]> = Global::new([0; 6]);
 
 /// The VRIDs whose VRRP virtual MAC 00:00:5e:00:01:VRID is ours too (a
 /// `[[vrrp]]` instance with `use_vmac`), one bit per VRID (bit `vrid % 64`
@@ -194,7 +188,7 @@ pub fn l3(ctx: &XdpContext) -> Result<Ip, Verdict> {
     let eth: *const EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: ptr_at checked that the header lies inside the frame.
     let (dst, mut ethertype) = unsafe { ((*eth).dst, u16::from_be_bytes((*eth).ethertype)) };
-    if dst != LB_MAC.load() && !is_vmac(dst) {
+    if dst != iface::own_mac(ctx) && !is_vmac(dst) {
         return Err(Verdict::pass(Reason::NotForUs));
     }
     let mut l3 = ETH_HDR_LEN;
@@ -212,6 +206,18 @@ pub fn l3(ctx: &XdpContext) -> Result<Ip, Verdict> {
         ETH_P_IP => ipv4(ctx, l3, vlan).map(Ip::V4),
         ETH_P_IPV6 => Ok(Ip::V6(Link { vlan, l3 })),
         _ => Err(Verdict::pass(Reason::NotIp)),
+    }
+}
+
+impl L3 {
+    /// The source address read from the packet again, not `src_be`: for a
+    /// branch off the pass path, so the compiler need not assemble the
+    /// source before the prefilter for it (nat::dnat).
+    #[inline(always)]
+    pub fn reread_src_be(&self, ctx: &XdpContext) -> Option<u32> {
+        let ip: *const Ipv4Hdr = ptr_at(ctx, self.l3).ok()?;
+        // SAFETY: bounds checked by ptr_at.
+        Some(u32::from_ne_bytes(unsafe { (*ip).saddr }))
     }
 }
 

@@ -3,7 +3,11 @@
 //! datagram to its discard port, which makes the kernel resolve it (ARP).
 //! A backend of a VIP on VLAN N is looked up on the datapath interface's
 //! 802.1Q subinterface for N (found by a link dump: kind "vlan", parent
-//! and id, never by name). `resolve` waits for a set of addresses once, at
+//! and id, never by name). On a two-arm node (docs/TOPOLOGY.md) an
+//! untagged backend is looked for on the backend-side interface too: the
+//! nudge goes where the kernel routes it, so the interface its entry is on
+//! is the one the backend is reached through, reported as its egress.
+//! `resolve` waits for a set of addresses once, at
 //! start; `watch` follows the table for as long as the daemon runs and
 //! reports changes. Neither touches the daemon's state: they report, the
 //! owner decides.
@@ -69,24 +73,38 @@ pub struct Report {
     pub neighbours: HashMap<IpAddr, Neighbour>,
     /// The datapath interface's VLAN subinterfaces (they may come and go).
     pub vlan_interfaces: VlanInterfaces,
+    /// Two-arm: the interface index each known address is reached through
+    /// (empty on a one-arm node).
+    pub egress: HashMap<IpAddr, u32>,
+}
+
+/// What `resolve` found: MACs, each address's egress interface (two-arm
+/// only) and the VLAN subinterfaces.
+#[derive(Clone, Debug, Default)]
+pub struct Resolved {
+    pub macs: HashMap<IpAddr, [u8; 6]>,
+    pub egress: HashMap<IpAddr, u32>,
+    pub vlan_interfaces: VlanInterfaces,
 }
 
 /// Resolves the addresses in `wanted` (each on the datapath interface
-/// `ifindex` or its subinterface for the address's VLAN), waiting up to
-/// `timeout`; returns the MACs it found (the caller decides what a missing
-/// one means) and the VLAN subinterfaces it saw.
+/// `ifindex` or its subinterface for the address's VLAN, or on the
+/// backend-side interface `arm`), waiting up to `timeout`; returns the
+/// MACs it found (the caller decides what a missing one means), their
+/// egress interfaces and the VLAN subinterfaces it saw.
 pub async fn resolve(
     ifindex: u32,
+    arm: Option<u32>,
     wanted: &[Wanted],
     timeout: Duration,
-) -> Result<(HashMap<IpAddr, [u8; 6]>, VlanInterfaces), NeighError> {
+) -> Result<Resolved, NeighError> {
     let (conn, handle, _) =
         rtnetlink::new_connection().map_err(|e| NeighError::Netlink(e.to_string()))?;
     let conn = tokio::spawn(conn);
     let deadline = Instant::now() + timeout;
     let mut nudged = false;
     let result = loop {
-        let report = match read(&handle, ifindex, wanted).await {
+        let report = match read(&handle, ifindex, arm, wanted).await {
             Ok(r) => r,
             Err(e) => break Err(e),
         };
@@ -109,7 +127,11 @@ pub async fn resolve(
             })
             .collect();
         if missing.is_empty() || Instant::now() >= deadline {
-            break Ok((known, report.vlan_interfaces));
+            break Ok(Resolved {
+                macs: known,
+                egress: report.egress,
+                vlan_interfaces: report.vlan_interfaces,
+            });
         }
         if !nudged {
             nudge(&missing);
@@ -148,6 +170,7 @@ pub enum Neighbour {
 /// forgets idle entries). Ends when the receiver goes away.
 pub async fn watch(
     ifindex: u32,
+    arm: Option<u32>,
     mut wanted: tokio_watch::Receiver<Vec<Wanted>>,
     tx: mpsc::Sender<Report>,
     period: Duration,
@@ -177,7 +200,7 @@ pub async fn watch(
             }
         }
         let addrs = wanted.borrow_and_update().clone();
-        let report = match read(&handle, ifindex, &addrs).await {
+        let report = match read(&handle, ifindex, arm, &addrs).await {
             Ok(r) => {
                 failing = false;
                 r
@@ -225,6 +248,7 @@ pub async fn watch(
 async fn read(
     handle: &rtnetlink::Handle,
     ifindex: u32,
+    arm: Option<u32>,
     wanted: &[Wanted],
 ) -> Result<Report, NeighError> {
     let vlan_interfaces = if wanted.iter().any(|(vlan, _)| vlan.is_some()) {
@@ -234,10 +258,18 @@ async fn read(
     };
     let table = dump(handle).await?;
     let mut neighbours = HashMap::new();
+    let mut egress = HashMap::new();
     for (vlan, address) in wanted {
-        let on = match vlan {
-            None => ifindex,
-            Some(v) => match vlan_interfaces.get(v) {
+        let on = match (vlan, arm) {
+            (None, Some(arm)) => {
+                if let Some((on, n)) = on_either(&table, [ifindex, arm], *address) {
+                    neighbours.insert(*address, n);
+                    egress.insert(*address, on);
+                }
+                continue;
+            }
+            (None, None) => ifindex,
+            (Some(v), _) => match vlan_interfaces.get(v) {
                 Some(i) => i.ifindex,
                 None => {
                     neighbours.insert(*address, Neighbour::NoVlanInterface);
@@ -252,7 +284,29 @@ async fn read(
     Ok(Report {
         neighbours,
         vlan_interfaces,
+        egress,
     })
+}
+
+/// Two-arm: the entry for `address` on the first of `ifaces` that knows
+/// its MAC, else the first entry at all (a failed one), with the
+/// interface it is on.
+fn on_either(
+    table: &HashMap<(u32, IpAddr), Neighbour>,
+    ifaces: [u32; 2],
+    address: IpAddr,
+) -> Option<(u32, Neighbour)> {
+    let found = ifaces
+        .iter()
+        .filter_map(|&i| table.get(&(i, address)).map(|n| (i, *n)));
+    let mut first = None;
+    for (i, n) in found {
+        if matches!(n, Neighbour::Known(_)) {
+            return Some((i, n));
+        }
+        first.get_or_insert((i, n));
+    }
+    first
 }
 
 /// The neighbour table, by (interface index, address).
@@ -405,6 +459,32 @@ mod tests {
             LinkAttribute::LinkInfo(info),
         ];
         msg
+    }
+
+    #[test]
+    fn two_arm_egress_is_the_interface_that_knows_the_mac() {
+        let a = IpAddr::V4(Ipv4Addr::new(10, 0, 2, 11));
+        let mac = [2, 0, 0, 0, 0, 11];
+        let mut table = HashMap::new();
+        // Resolved on the backend side (3) only.
+        table.insert((3, a), Neighbour::Known(mac));
+        assert_eq!(
+            on_either(&table, [2, 3], a),
+            Some((3, Neighbour::Known(mac)))
+        );
+        // A failed entry on the client side (2) does not hide it.
+        table.insert((2, a), Neighbour::Failed);
+        assert_eq!(
+            on_either(&table, [2, 3], a),
+            Some((3, Neighbour::Known(mac)))
+        );
+        // Failed everywhere: the first interface's entry; unknown: none.
+        table.insert((3, a), Neighbour::Failed);
+        assert_eq!(on_either(&table, [2, 3], a), Some((2, Neighbour::Failed)));
+        assert_eq!(
+            on_either(&table, [2, 3], Ipv4Addr::new(10, 0, 2, 12).into()),
+            None
+        );
     }
 
     #[test]

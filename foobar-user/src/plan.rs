@@ -2,7 +2,7 @@
 //! rings. `State::plan` derives it; the `datapath` module writes it. Plain
 //! data that depends on nothing of foobar but the shared map types, so
 //! neither side needs the other.
-use std::{collections::BTreeMap, collections::HashMap};
+use std::{collections::BTreeMap, collections::BTreeSet, collections::HashMap};
 
 use foobar_common::{Backend, NatVip, Service, VipAddrKey, VipAddrKey6, VipKey};
 
@@ -31,6 +31,9 @@ pub struct Plan {
     /// Backend id -> the port NAT sends to (network order), for backends
     /// of NAT VIPs with a `port`; absent: the port the client asked for.
     pub backend_ports: BTreeMap<u32, u16>,
+    /// Addresses (network order) of the backends of dnat VIPs: their
+    /// replies come to the LB addressed to clients (DNAT_SRC_BITS).
+    pub dnat_sources: BTreeSet<u32>,
 }
 
 /// What pinned maps hold, read back by a daemon that adopts them: the

@@ -14,8 +14,8 @@ use std::{
 
 use foobar_common::{
     Backend, NatVip, Service, VipAddrKey, VipAddrKey6, VipKey, ADDR_PASS_CLOSED_PORTS, ADDR_SNAT,
-    ADDR_SNAT_ONLY, AF_INET, AF_INET6, BACKEND_NEW_FLOWS, BACKEND_UP, FWD_DSR, FWD_IPIP, FWD_NAT,
-    MAX_BACKENDS, MAX_VIPS, RING_CAPACITY, SCHED_MAGLEV, SCHED_RR, SERVICE_AFFINITY,
+    ADDR_SNAT_ONLY, AF_INET, AF_INET6, BACKEND_NEW_FLOWS, BACKEND_UP, FWD_DNAT, FWD_DSR, FWD_IPIP,
+    FWD_NAT, MAX_BACKENDS, MAX_VIPS, RING_CAPACITY, SCHED_MAGLEV, SCHED_RR, SERVICE_AFFINITY,
 };
 use serde::{Deserialize, Serialize};
 
@@ -41,7 +41,8 @@ pub struct VipSpec {
     #[serde(default)]
     pub affinity_timeout_s: Option<u32>,
     pub forwarding: Forwarding,
-    /// NAT settings, for `Forwarding::Nat` (required then, absent else).
+    /// NAT settings, for `Forwarding::Nat` (required then) and
+    /// `Forwarding::Dnat` (timeouts only; defaults when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nat: Option<NatSettings>,
     /// Health check of backends added at run time.
@@ -178,6 +179,10 @@ pub struct State {
     /// Active (open, recently seen) flows per backend id, as last counted
     /// in the flow table: what "wlc" VIPs weigh their rings by.
     active: HashMap<u32, u32>,
+    /// Two-arm: the interface (index) each backend address is reached
+    /// through, from the neighbour table; absent: the one its frames came
+    /// in on (one-arm). Written into the backends' entries.
+    egress: HashMap<IpAddr, u32>,
 }
 
 impl VipSpec {
@@ -302,7 +307,7 @@ impl State {
             .find_map(|v| v.backends.iter().find(|b| b.id == id).map(|b| (v, b)))
     }
 
-    pub fn add_vip(&mut self, spec: VipSpec) -> Result<u32, StateError> {
+    pub fn add_vip(&mut self, mut spec: VipSpec) -> Result<u32, StateError> {
         // The config's rules, so `vip add` and the file agree.
         config::rules::name(&spec.name)
             .map_err(|e| StateError::Invalid(format!("VIP name {e}")))?;
@@ -310,13 +315,17 @@ impl State {
         if self.vips.iter().any(|v| v.spec.name == spec.name) {
             return Err(StateError::DuplicateVip(spec.name));
         }
-        if spec.address.is_ipv6() && spec.forwarding == Forwarding::Nat {
+        if spec.address.is_ipv6() && matches!(spec.forwarding, Forwarding::Nat | Forwarding::Dnat) {
             return Err(StateError::Invalid(format!(
-                "VIP {}: {} is IPv6, and nat (the default) is IPv4-only; forward it with dsr \
+                "VIP {}: {} is IPv6, and nat (the default) and dnat are IPv4-only; forward it with dsr \
                  or ipip (`--forwarding dsr`, or forwarding = \"dsr\" in the config; \
                  docs/IPV6.md)",
                 spec.name, spec.address
             )));
+        }
+        if spec.forwarding == Forwarding::Dnat && spec.nat.is_none() {
+            // No SNAT settings to ask for: the default timeouts.
+            spec.nat = Some(config::dnat::settings(&NatSettings::default()));
         }
         if spec.forwarding == Forwarding::Nat
             && spec.nat.is_none_or(|n| n.snat_address.is_unspecified())
@@ -388,10 +397,10 @@ impl State {
                 .map_err(StateError::Invalid)?;
             }
         }
-        if let (Some(port), false) = (spec.port, v.spec.forwarding == Forwarding::Nat) {
+        if let (Some(port), false) = (spec.port, config::dnat::translates_port(v.spec.forwarding)) {
             return Err(StateError::Invalid(format!(
                 "backend port {port}: VIP {vip} forwards with {}, where a backend answers on \
-                 the VIP's port; a backend port needs forwarding nat",
+                 the VIP's port; a backend port needs forwarding nat or dnat",
                 v.spec.forwarding.name()
             )));
         }
@@ -570,6 +579,21 @@ impl State {
             r.mac = mac;
         }
         changed
+    }
+
+    /// Records the interface `address` is reached through (None: the one
+    /// its frames come in on); whether it changed.
+    pub fn set_egress(&mut self, address: IpAddr, ifindex: Option<u32>) -> bool {
+        let old = match ifindex {
+            Some(i) => self.egress.insert(address, i),
+            None => self.egress.remove(&address),
+        };
+        old != ifindex
+    }
+
+    /// The interface `address` is reached through, if recorded (two-arm).
+    pub fn egress_of(&self, address: IpAddr) -> Option<u32> {
+        self.egress.get(&address).copied()
     }
 
     /// The MAC known for `address` (from any backend, current or retired).
@@ -837,6 +861,7 @@ impl State {
                         Forwarding::Dsr => FWD_DSR,
                         Forwarding::Ipip => FWD_IPIP,
                         Forwarding::Nat => FWD_NAT,
+                        Forwarding::Dnat => FWD_DNAT,
                     },
                     flags: if v.spec.affinity_timeout_s.is_some() {
                         SERVICE_AFFINITY
@@ -857,17 +882,20 @@ impl State {
                         flags |= BACKEND_NEW_FLOWS;
                     }
                 }
+                let egress = self.egress_of(b.spec.address);
                 plan.backends
-                    .insert(b.id, entry(b.spec.address, b.mac, b.gen, flags));
+                    .insert(b.id, entry(b.spec.address, b.mac, egress, b.gen, flags));
             }
         }
         self.plan_nat(&mut plan);
+        self.plan_dnat(&mut plan);
         for r in &self.retired {
             // A retired backend keeps its flows only while it is up: one
             // that was down when removed stays down.
             let flags = if r.up { BACKEND_UP } else { 0 };
+            let egress = self.egress_of(r.address);
             plan.backends
-                .insert(r.id, entry(r.address, r.mac, r.gen, flags));
+                .insert(r.id, entry(r.address, r.mac, egress, r.gen, flags));
         }
         plan
     }
@@ -906,6 +934,45 @@ impl State {
             };
             let flags = plan.addresses.entry(key).or_insert(ADDR_SNAT_ONLY);
             *flags |= ADDR_SNAT;
+        }
+    }
+}
+
+impl State {
+    /// The dnat part of the plan: NAT settings per dnat VIP (timeouts; no
+    /// SNAT address), backend ports, and the backends' addresses (retired
+    /// ones included, their flows go on), whose replies the datapath looks
+    /// for (DNAT_SRC_BITS).
+    fn plan_dnat(&self, plan: &mut Plan) {
+        for v in &self.vips {
+            let (Forwarding::Dnat, Some(nat)) = (v.spec.forwarding, v.spec.nat) else {
+                continue;
+            };
+            plan.nat_vips.insert(
+                v.id,
+                NatVip {
+                    snat_addr_be: 0,
+                    port_min: 0,
+                    port_max: 0,
+                    tcp_idle_s: nat.tcp_idle_s,
+                    udp_idle_s: nat.udp_idle_s,
+                    linger_s: nat.linger_s,
+                },
+            );
+            for b in &v.backends {
+                if let Some(port) = b.spec.port {
+                    plan.backend_ports.insert(b.id, port.to_be());
+                }
+                if let IpAddr::V4(a) = b.spec.address {
+                    plan.dnat_sources.insert(u32::from(a).to_be());
+                }
+            }
+            let retired = self.retired.iter().filter(|r| r.vip == v.spec.name);
+            plan.dnat_sources
+                .extend(retired.filter_map(|r| match r.address {
+                    IpAddr::V4(a) => Some(u32::from(a).to_be()),
+                    IpAddr::V6(_) => None,
+                }));
         }
     }
 }
@@ -950,8 +1017,15 @@ fn vip_key(spec: &VipSpec) -> VipKey {
 }
 
 /// A backend entry; one without a MAC is never marked up (a frame sent to
-/// it would carry no valid destination).
-fn entry(address: IpAddr, mac: Option<[u8; 6]>, gen: u32, flags: u8) -> Backend {
+/// it would carry no valid destination). `egress`: the interface it is
+/// reached through (None: the one frames come in on).
+fn entry(
+    address: IpAddr,
+    mac: Option<[u8; 6]>,
+    egress: Option<u32>,
+    gen: u32,
+    flags: u8,
+) -> Backend {
     let (addr_be, family) = addr_words(address);
     Backend {
         addr_be,
@@ -959,7 +1033,7 @@ fn entry(address: IpAddr, mac: Option<[u8; 6]>, gen: u32, flags: u8) -> Backend 
         family,
         flags: if mac.is_some() { flags } else { 0 },
         gen,
-        _pad: 0,
+        egress_ifindex: egress.unwrap_or(0),
     }
 }
 

@@ -125,6 +125,41 @@ pub fn frag_needed(flow: &Spec, router: [u8; 4], mtu: u16) -> Vec<u8> {
     out
 }
 
+/// An ICMP error of type `kind` from `src` to `dst` (Ethernet `src_mac` to
+/// `dst_mac`, untagged) quoting `quoted`: an IP packet (its header and as
+/// many bytes after it as the sender quotes). etherparse writes the outer
+/// IPv4 and ICMP checksums.
+pub fn icmp_error(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    kind: Icmpv4Type,
+    quoted: &[u8],
+) -> Vec<u8> {
+    let ip =
+        Ipv4Header::new(0, 64, IpNumber::ICMP, src, dst).expect("a payload length of 0 is valid");
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(src_mac, dst_mac)
+        .ip(IpHeaders::Ipv4(ip, Ipv4Extensions::default()))
+        .icmpv4(kind)
+        .write(&mut out, quoted)
+        .expect("etherparse writes the frame");
+    out
+}
+
+/// The IP packet of an untagged Ethernet frame, its first `ihl + n` bytes
+/// (`n` bytes after its IP header; None: all of it): what an ICMP error
+/// about it quotes.
+pub fn quote(frame: &[u8], n: Option<usize>) -> Vec<u8> {
+    let ip = &frame[14..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    match n {
+        Some(n) => ip[..ihl + n].to_vec(),
+        None => ip.to_vec(),
+    }
+}
+
 /// An ARP request (not IP).
 pub fn arp_request() -> Vec<u8> {
     let mut f = vec![0xff; 6];

@@ -21,7 +21,7 @@ use foobar::{
 };
 use foobar_common::MAX_BACKENDS;
 
-use crate::model::{IpipSettings, Model, Outcome, Reason, XDP_DROP, XDP_PASS, XDP_TX};
+use crate::model::{IpipSettings, Model, Outcome, Reason, Update, XDP_DROP, XDP_PASS, XDP_TX};
 
 mod churn;
 mod nat;
@@ -49,11 +49,12 @@ const FLOW_TABLE_SIZE: u32 = 1 << 18;
 /// Largest frame generated when the datapath would take anything.
 const JUMBO: usize = 9000;
 
-/// Eleven VIPs on five addresses: exact and port-0 VIPs on one address,
+/// Fourteen VIPs on seven addresses: exact and port-0 VIPs on one address,
 /// round-robin and Maglev, with and without source affinity, in every
 /// forwarding mode: `dsr` (the first seven), `nat` (an SNAT-only address
 /// and a VIP address that is its own VIP's SNAT address, backend ports),
-/// `ipip` (a /24 outer source).
+/// `ipip` (a /24 outer source), `dnat` (TCP with a backend port, UDP, and
+/// two VIPs sharing a backend, so one client port to both collides).
 const CONFIG: &str = r#"
     [datapath]
     snat_address = "10.0.0.1"
@@ -192,6 +193,35 @@ const CONFIG: &str = r#"
     forwarding = "ipip"
     [[vip.backend]]
     address = "10.0.0.103"
+
+    [[vip]]
+    name = "dnat-web"
+    address = "192.0.2.80"
+    port = 80
+    forwarding = "dnat"
+    [[vip.backend]]
+    address = "10.0.0.111"
+    port = 8080
+    [[vip.backend]]
+    address = "10.0.0.112"
+
+    [[vip]]
+    name = "dnat-udp"
+    address = "192.0.2.80"
+    port = 0
+    protocol = "udp"
+    forwarding = "dnat"
+    [[vip.backend]]
+    address = "10.0.0.113"
+
+    [[vip]]
+    name = "dnat-web2"
+    address = "192.0.2.81"
+    port = 80
+    forwarding = "dnat"
+    [[vip.backend]]
+    address = "10.0.0.111"
+    port = 8080
 "#;
 
 /// (address, protocol, port) targets frames are aimed at: every VIP, closed
@@ -220,6 +250,10 @@ const TARGETS: &[([u8; 4], u8, u16)] = &[
     ([192, 0, 2, 70], 6, 22),
     ([192, 0, 2, 70], 17, 53),
     ([10, 0, 0, 1], 6, 20000),
+    ([192, 0, 2, 80], 6, 80),
+    ([192, 0, 2, 80], 6, 22),
+    ([192, 0, 2, 80], 17, 53),
+    ([192, 0, 2, 81], 6, 80),
 ];
 
 fn backend_mac(ip: IpAddr) -> [u8; 6] {
@@ -259,6 +293,10 @@ pub struct FuzzReport {
     pub vip_changes: u64,
     /// NAT states aged past their timeout between frames.
     pub nat_expired: u64,
+    /// Frames the model sent through a dnat state: client packets
+    /// forwarded, and backends' replies translated back.
+    pub dnat_forwarded: u64,
+    pub dnat_replies: u64,
     /// The differences found (empty on success), each a printable report.
     pub differences: Vec<String>,
     /// Differences by kind ("model <action reason> / datapath <action
@@ -274,13 +312,16 @@ impl FuzzReport {
     pub fn summary(&self) -> String {
         let mut s = format!(
             "{} frames in {:.1} s ({:.0} frames/s), {} VIP changes and {} NAT states aged out \
-             between them; largest frame BPF_PROG_TEST_RUN takes: {} bytes\n",
+             between them; largest frame BPF_PROG_TEST_RUN takes: {} bytes; dnat: {} \
+             forwarded, {} replies\n",
             self.frames,
             self.seconds,
             self.frames_per_second(),
             self.vip_changes,
             self.nat_expired,
-            self.max_frame_len
+            self.max_frame_len,
+            self.dnat_forwarded,
+            self.dnat_replies
         );
         let mut reasons: Vec<_> = self.reasons.iter().collect();
         reasons.sort();
@@ -471,6 +512,7 @@ fn load_options() -> LoadOptions {
         lb_mac: LB_MAC,
         ipip_source: Some((Ipv4Addr::from(IPIP_SOURCE.0), IPIP_SOURCE.1)),
         mtu: MTU,
+        dnat_replies: true,
         ..LoadOptions::default()
     }
 }
@@ -675,6 +717,21 @@ impl Sides {
     ) -> Result<()> {
         let want = self.model.run(frame);
         *report.reasons.entry(want.reason).or_default() += 1;
+        // A dnat state is one whose "SNAT" address is its client's own.
+        let dnat = want.updates.iter().any(|u| match u {
+            Update::NatNew { key, state, .. } => state.snat_addr_be == key.src_be,
+            Update::NatTouch { key, .. } => self
+                .model
+                .nat_flows
+                .get(key)
+                .is_some_and(|s| s.snat_addr_be == key.src_be),
+            _ => false,
+        });
+        match want.reason {
+            Reason::Forwarded if dnat => report.dnat_forwarded += 1,
+            Reason::ForwardedReply if dnat => report.dnat_replies += 1,
+            _ => {}
+        }
         let (action, output) = self
             .dp
             .test_run(frame)
@@ -835,7 +892,14 @@ impl Generator<'_> {
 
     /// One fuzzed frame, or a series (every truncation of one frame).
     fn next_frames(&mut self, model: &Model) -> Vec<Vec<u8>> {
-        let mut base = if self.rng.chance(12) {
+        let nat_icmp = if self.rng.chance(4) {
+            self.nat_icmp(model)
+        } else {
+            None
+        };
+        let mut base = if let Some(b) = nat_icmp {
+            b
+        } else if self.rng.chance(12) {
             self.nat_reply(model)
         } else {
             self.base()

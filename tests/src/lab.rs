@@ -30,6 +30,11 @@
 //! ends, one MTU (9000) before any XDP program is attached: the programs
 //! are frags-aware, so the kernel accepts them there (veth fact 3).
 //!
+//! A two-arm lab (`LabOptions::two_arm`, module `two_arm`) puts the
+//! backends on a bridge and subnet of their own, the LB node on both
+//! bridges (`eth0` client side, `eth1` backend side), and a gateway
+//! between the subnets.
+//!
 //! An IPv6 lab (`LabOptions::ipv6`) gives every host an address on a second,
 //! IPv6 lab subnet (fd00:201::/64, added `nodad` so it is usable at once),
 //! puts VIP6 on the LB node's eth0 and on the backends' loopback (as the
@@ -60,6 +65,9 @@ use std::{
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use foobar::datapath::{AttachMode, PassProgram};
+
+mod two_arm;
+pub use two_arm::{LB_BACKEND_ADDR, LB_BACKEND_IFACE};
 
 const PREFIX: &str = "foobarlab-";
 /// Where labs' pin roots go (each lab's daemon pins below its own).
@@ -157,6 +165,13 @@ pub struct LabOptions {
     /// and sends them on with XDP_TX, which drops a partial checksum's
     /// metadata (veth fact 2).
     pub plain_backends: bool,
+    /// A two-arm LB node (module `two_arm`): the backends on a bridge and
+    /// subnet of their own (10.201.2.0/24), the LB node on both bridges
+    /// (`eth1` at LB_BACKEND_ADDR on the backends' side), a gateway
+    /// routing between the subnets, and `config()` naming `eth1` as the
+    /// datapath's `backend_interface`. Not with `second_lb`,
+    /// `client_path_mtu`, VLANs, `tunnel_mtu` or `jumbo_mtu`.
+    pub two_arm: bool,
     /// IPv6 beside IPv4 (see the module's doc): one bridge, no router, no
     /// VLAN, one LB node.
     pub ipv6: bool,
@@ -201,6 +216,7 @@ impl Default for LabOptions {
             tunnel_mtu: None,
             jumbo_mtu: None,
             plain_backends: false,
+            two_arm: false,
             ipv6: false,
         }
     }
@@ -229,6 +245,7 @@ pub struct Lab {
     tunnel_mtu: Option<u16>,
     jumbo_mtu: Option<u16>,
     plain_backends: bool,
+    two_arm: bool,
     /// nginx masters by host name.
     servers: Vec<(String, Child)>,
     /// The daemons, by `Node::index`.
@@ -257,6 +274,16 @@ impl Lab {
         }
         if opts.jumbo_mtu.is_some() && opts.client_path_mtu.is_some() {
             bail!("a jumbo-MTU lab has no router in front of the client");
+        }
+        if opts.two_arm
+            && (opts.second_lb
+                || opts.client_path_mtu.is_some()
+                || opts.vlan_tags
+                || opts.vlan_backends > 0
+                || opts.tunnel_mtu.is_some()
+                || opts.jumbo_mtu.is_some())
+        {
+            bail!("a two-arm lab has one LB node, no router, no VLAN and the default MTU");
         }
         sweep_stale();
         let id = format!(
@@ -295,6 +322,18 @@ impl Lab {
                 .then(|| host("lb2", LB2_ADDR.octets()[3], false)),
             backends: (1..=opts.backends)
                 .map(|i| host(&format!("be{i}"), 10 + i as u8, i <= opts.vlan_backends))
+                .map(|h| match opts.two_arm {
+                    false => h,
+                    true => Host {
+                        addr: Ipv4Addr::new(
+                            two_arm::BACKEND_NET[0],
+                            two_arm::BACKEND_NET[1],
+                            two_arm::BACKEND_NET[2],
+                            h.addr.octets()[3],
+                        ),
+                        ..h
+                    },
+                })
                 .collect(),
             namespaces: Vec::new(),
             slow: opts.slow.clone(),
@@ -303,6 +342,7 @@ impl Lab {
             tunnel_mtu: opts.tunnel_mtu,
             jumbo_mtu: opts.jumbo_mtu,
             plain_backends: opts.plain_backends,
+            two_arm: opts.two_arm,
             servers: Vec::new(),
             foobar: [None, None],
             pass: Vec::new(),
@@ -346,6 +386,9 @@ impl Lab {
         self.add_namespace(&sw)?;
         run(&["ip", "-n", &sw, "link", "add", "br0", "type", "bridge"])?;
         run(&["ip", "-n", &sw, "link", "set", "br0", "up"])?;
+        if self.two_arm {
+            self.build_backend_bridge()?;
+        }
         for h in self.bridge_hosts() {
             self.add_namespace(&h.ns)?;
             let port = format!("p-{}", h.name);
@@ -353,7 +396,8 @@ impl Lab {
                 "ip", "-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
                 "netns", &h.ns,
             ])?;
-            run(&["ip", "-n", &sw, "link", "set", &port, "master", "br0", "up"])?;
+            let br = two_arm::bridge_of(self, &h);
+            run(&["ip", "-n", &sw, "link", "set", &port, "master", br, "up"])?;
             run(&[
                 "ip",
                 "-n",
@@ -402,6 +446,9 @@ impl Lab {
         }
         if let Some(router) = self.router.clone() {
             self.build_client_path(&router)?;
+        }
+        if self.two_arm {
+            self.build_two_arm()?;
         }
         // Wire-like frames from the client (from every host when asked): full
         // checksums, at most MTU-sized. A router forwards what it receives,
@@ -820,6 +867,7 @@ impl Lab {
                  add_header X-Backend {n} always;\n\
                  {rate}\n\
                  location = / {{ return 200 \"{n}\\n\"; }}\n\
+                 location = /peer {{ return 200 \"{n} $remote_addr\\n\"; }}\n\
                  location /slow/ {{ alias {d}/www/; limit_rate {SLOW_PATH_RATE}; }}\n\
                }}\n\
              }}\n"
@@ -1015,8 +1063,13 @@ impl Lab {
 
     /// `config()` for LB node `node` (its own control socket).
     pub fn config_on(&self, node: Node) -> String {
+        let arm = if self.two_arm {
+            format!("backend_interface = \"{LB_BACKEND_IFACE}\"\n")
+        } else {
+            String::new()
+        };
         let mut text = format!(
-            "[datapath]\ninterface = \"{LB_IFACE}\"\nxdp_mode = \"native\"\n\n\
+            "[datapath]\ninterface = \"{LB_IFACE}\"\n{arm}xdp_mode = \"native\"\n\n\
              [api]\nsocket = \"{}\"\n\n[metrics]\nlisten = \"127.0.0.1:9183\"\n\n\
              [[vip]]\nname = \"web\"\naddress = \"{VIP}\"\nport = 80\nprotocol = \"tcp\"\n\
              scheduler = \"rr\"\nforwarding = \"dsr\"\n\

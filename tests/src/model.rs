@@ -13,8 +13,8 @@ use std::collections::HashMap;
 
 use foobar::plan::Plan;
 use foobar_common::{
-    flow_hash, AffinityKey, FlowKey, NatVip, Service, AF_INET, BACKEND_NEW_FLOWS, BACKEND_UP,
-    FWD_IPIP, FWD_NAT, SCHED_MAGLEV, SERVICE_AFFINITY,
+    flow_hash, vip_addr_bit, AffinityKey, FlowKey, NatVip, Service, AF_INET, BACKEND_NEW_FLOWS,
+    BACKEND_UP, FWD_DNAT, FWD_IPIP, FWD_NAT, SCHED_MAGLEV, SERVICE_AFFINITY,
 };
 
 mod ipip;
@@ -75,10 +75,11 @@ pub enum Reason {
     NatPortsExhausted = 14,
     ForwardedReply = 15,
     NatIcmp = 16,
+    ForwardedIcmpReply = 17,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 18] = [
         Reason::Forwarded,
         Reason::NotIp,
         Reason::NotVip,
@@ -96,6 +97,7 @@ impl Reason {
         Reason::NatPortsExhausted,
         Reason::ForwardedReply,
         Reason::NatIcmp,
+        Reason::ForwardedIcmpReply,
     ];
 
     pub fn index(self) -> usize {
@@ -122,6 +124,7 @@ impl Reason {
             Reason::NatPortsExhausted => "drop_nat_ports_exhausted",
             Reason::ForwardedReply => "forwarded_reply",
             Reason::NatIcmp => "drop_nat_icmp",
+            Reason::ForwardedIcmpReply => "forwarded_icmp_reply",
         }
     }
 }
@@ -192,6 +195,10 @@ pub struct Model {
     /// NAT settings by VIP id, and the NAT port of backend ids that have one.
     pub nat_vips: HashMap<u32, NatVip>,
     pub backend_ports: HashMap<u32, u16>,
+    /// DNAT_SRC_BITS: the `vip_addr_bit` bitmap over the dnat backends'
+    /// addresses (the datapath is loaded with the reply path whenever a
+    /// plan has dnat VIPs; without any, the bitmap is empty).
+    pub dnat_src_bits: HashMap<u32, u64>,
     pub flows: HashMap<FlowKey, Entry>,
     pub affinity: HashMap<AffinityKey, Entry>,
     /// NAT_FLOWS and NAT_REVERSE as the model keeps them (see `nat`).
@@ -339,6 +346,17 @@ impl Model {
         }
         self.nat_vips = plan.nat_vips.iter().map(|(&k, &v)| (k, v)).collect();
         self.backend_ports = plan.backend_ports.iter().map(|(&k, &v)| (k, v)).collect();
+        self.dnat_src_bits.clear();
+        for &addr_be in &plan.dnat_sources {
+            let (word, mask) = vip_addr_bit(addr_be);
+            *self.dnat_src_bits.entry(word).or_insert(0) |= mask;
+        }
+    }
+
+    /// Whether a source may be a dnat backend (its DNAT_SRC_BITS bit).
+    fn dnat_source(&self, src_be: u32) -> bool {
+        let (word, mask) = vip_addr_bit(src_be);
+        self.dnat_src_bits.get(&word).is_some_and(|w| w & mask != 0)
     }
 
     fn backend(&self, id: u32) -> Backend {
@@ -469,7 +487,18 @@ impl Model {
         // 5. IPv4 header, lengths checked against the frame.
         let ip = Ipv4::read(f, l3).ok_or(pass(Reason::Malformed))?;
         // 6. A VIP (or SNAT) address on this VLAN?
+        // Not one: the node's own, or (from a dnat backend) a dnat reply:
+        // translated back if it is one of a live dnat state.
         let Some(&addr_flags) = self.addrs.get(&(ip.dst_be, vlan)) else {
+            if self.dnat_source(ip.src_be) {
+                if let Ok(pkt) = self.l4(f, l3, ip) {
+                    if !pkt.icmp_error {
+                        if let Some(sent) = self.nat_reply(f, &pkt, updates) {
+                            return Ok(sent);
+                        }
+                    }
+                }
+            }
             return Err(pass(Reason::NotVip));
         };
         // 7-9. Fragments dropped; TCP/UDP, or the flow of an ICMP error.
@@ -479,10 +508,13 @@ impl Model {
         // node's.
         if addr_flags & ADDR_SNAT != 0 {
             if let Ok(pkt) = &parsed {
-                if !pkt.icmp_error {
-                    if let Some(sent) = self.nat_reply(f, pkt, updates) {
-                        return Ok(sent);
-                    }
+                let sent = if pkt.icmp_error {
+                    self.nat_icmp_to_client(f, pkt)
+                } else {
+                    self.nat_reply(f, pkt, updates)
+                };
+                if let Some(sent) = sent {
+                    return Ok(sent);
                 }
             }
             if addr_flags & ADDR_SNAT_ONLY != 0 {
@@ -501,9 +533,22 @@ impl Model {
                 },
             );
         };
-        // The embedded header of an ICMP error is not translated.
-        if service.forward_mode == FWD_NAT && pkt.icmp_error {
+        // The embedded header of an ICMP error about a dnat flow is not
+        // translated.
+        if service.forward_mode == FWD_DNAT && pkt.icmp_error {
             return Err(drop(Reason::NatIcmp));
+        }
+        // An ICMP error about a NAT flow's reply goes to its backend,
+        // translated; without live state it is dropped.
+        if service.forward_mode == FWD_NAT && pkt.icmp_error {
+            let (id, out) = self
+                .nat_icmp_to_backend(f, &pkt)
+                .ok_or(drop(Reason::NatIcmp))?;
+            updates.push(Update::Counted {
+                vip_id: service.vip_id,
+                backend_id: id,
+            });
+            return Ok((XDP_TX, Reason::ForwardedIcmp, out));
         }
         // 12-13. The backend.
         let (reason, id) = if pkt.icmp_error {
@@ -521,7 +566,7 @@ impl Model {
         // 14. Forward in the VIP's mode.
         let backend = self.backend(id);
         let output = match service.forward_mode {
-            FWD_NAT => self.nat_forward(f, &pkt, service.vip_id, id, &backend, updates)?,
+            FWD_NAT | FWD_DNAT => self.nat_forward(f, &pkt, &service, id, &backend, updates)?,
             FWD_IPIP => match self.ipip_forward(f, &pkt, &backend)? {
                 ipip::Encapsulated::Frame(out) => out,
                 // The client got ICMP instead: not counted as forwarded.
@@ -1044,6 +1089,107 @@ mod tests {
         })
     }
 
+    /// The model's dnat translation (docs/DNAT.md), both ways, read back by
+    /// etherparse: only the destination changes, the backend's reply to
+    /// the client's own address is found by its source and translated back
+    /// to the VIP; one client port to one backend through two VIPs is the
+    /// counted collision; a reply after the state aged out passes and takes
+    /// its stale reverse entry with it.
+    #[test]
+    fn dnat_keeps_the_client_translates_replies_back_and_counts_a_collision() {
+        let config = foobar::config::parse(
+            r#"
+            [[vip]]
+            name = "dnat-web"
+            address = "192.0.2.80"
+            port = 80
+            forwarding = "dnat"
+            [[vip.backend]]
+            address = "10.0.0.111"
+            port = 8080
+            [[vip]]
+            name = "dnat-web2"
+            address = "192.0.2.81"
+            port = 80
+            forwarding = "dnat"
+            [[vip.backend]]
+            address = "10.0.0.111"
+            port = 8080
+            "#,
+        )
+        .unwrap();
+        let macs = [(Ipv4Addr::new(10, 0, 0, 111).into(), [2, 0xbe, 0, 0, 0, 111])]
+            .into_iter()
+            .collect();
+        let mut m = Model::new(
+            &foobar::state::plan_of_config(&config, &macs).unwrap(),
+            LB,
+            0,
+        );
+        let client = Spec {
+            dst: [192, 0, 2, 80],
+            sport: 40000,
+            ..Spec::default()
+        };
+        let out = m.run(&client.build());
+        assert_eq!((out.action, out.reason), (XDP_TX, Reason::Forwarded));
+        let forwarded = Spec {
+            dst_mac: [2, 0xbe, 0, 0, 0, 111],
+            src_mac: LB,
+            dst: [10, 0, 0, 111],
+            dport: 8080,
+            ..client.clone()
+        }
+        .build();
+        assert_eq!(out.output, forwarded, "the client's address and port kept");
+        let reply = Spec {
+            src_mac: [2, 0xbe, 0, 0, 0, 111],
+            src: [10, 0, 0, 111],
+            dst: Spec::default().src,
+            sport: 8080,
+            dport: 40000,
+            ack: true,
+            ..Spec::default()
+        };
+        let back = m.run(&reply.build());
+        assert_eq!(back.reason, Reason::ForwardedReply);
+        let want = Spec {
+            src_mac: LB,
+            dst_mac: Spec::default().src_mac,
+            src: [192, 0, 2, 80],
+            dst: Spec::default().src,
+            sport: 80,
+            dport: 40000,
+            ack: true,
+            ..Spec::default()
+        }
+        .build();
+        assert_eq!(back.output, want, "etherparse's frame, checksums included");
+        // Another host's packet to the client is no VIP's business.
+        let other = Spec {
+            src: [10, 0, 0, 200],
+            ..reply.clone()
+        };
+        let passed = m.run(&other.build());
+        assert_eq!((passed.action, passed.reason), (XDP_PASS, Reason::NotVip));
+        let collide = Spec {
+            dst: [192, 0, 2, 81],
+            ..client.clone()
+        };
+        assert_eq!(m.run(&collide.build()).reason, Reason::NatPortsExhausted);
+        for k in m.nat_flows.keys().copied().collect::<Vec<_>>() {
+            m.expire(&k);
+        }
+        let stale = m.run(&reply.build());
+        assert_eq!((stale.action, stale.reason), (XDP_PASS, Reason::NotVip));
+        assert!(stale
+            .updates
+            .iter()
+            .any(|u| matches!(u, Update::NatReverseRemove(_))));
+        // The state gone, the other VIP's flow takes the 5-tuple.
+        assert_eq!(m.run(&collide.build()).reason, Reason::Forwarded);
+    }
+
     /// The model's NAT translation, both ways, read back by etherparse:
     /// addresses, ports and every checksum; the range of two ports runs out
     /// on the third client; a reply to an aged-out state is not translated.
@@ -1105,6 +1251,93 @@ mod tests {
             family: AF_INET,
             _pad: [0; 2],
         })));
+    }
+
+    /// ICMP errors about a NAT flow, both ways, equal the frames etherparse
+    /// builds around the packets as their senders wrote them (every
+    /// checksum included); after the state ended, the error to the VIP is
+    /// dropped and the one to the SNAT address passed untouched.
+    #[test]
+    fn nat_icmp_errors_are_translated_both_ways() {
+        use crate::frames::{icmp_error, quote};
+        use etherparse::{icmpv4::DestUnreachableHeader, Icmpv4Type};
+        let mut m = modes_model();
+        let router = [2, 0x99, 0, 0, 0, 1];
+        let kind = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+            next_hop_mtu: 1400,
+        });
+        let client = Spec {
+            dst: [192, 0, 2, 60],
+            ..Spec::default()
+        };
+        let sent = client.build();
+        let forwarded = m.run(&sent).output;
+        let port = u16::from_be_bytes([forwarded[34], forwarded[35]]);
+        let to_snat = icmp_error(
+            router,
+            LB,
+            [10, 0, 0, 254],
+            [10, 0, 0, 1],
+            kind.clone(),
+            &quote(&forwarded, None),
+        );
+        let out = m.run(&to_snat);
+        assert_eq!(
+            (out.action, out.reason),
+            (XDP_TX, Reason::ForwardedIcmpReply)
+        );
+        let want = icmp_error(
+            LB,
+            client.src_mac,
+            client.dst,
+            client.src,
+            kind.clone(),
+            &quote(&sent, None),
+        );
+        assert_eq!(out.output, want, "to the client, quoting its packet");
+
+        let reply = |src, dst, sport, dport| {
+            Spec {
+                src,
+                dst,
+                sport,
+                dport,
+                ack: true,
+                payload: vec![1; 1400],
+                ..client.clone()
+            }
+            .build()
+        };
+        let backend_reply = reply([10, 0, 0, 91], [10, 0, 0, 1], 8080, port);
+        let client_reply = reply(client.dst, client.src, 80, client.sport);
+        let to_vip = icmp_error(
+            router,
+            LB,
+            [203, 0, 113, 1],
+            client.dst,
+            kind.clone(),
+            &quote(&client_reply, Some(8)),
+        );
+        let out = m.run(&to_vip);
+        assert_eq!((out.action, out.reason), (XDP_TX, Reason::ForwardedIcmp));
+        let want = icmp_error(
+            LB,
+            [2, 0xbe, 0, 0, 0, 91],
+            [10, 0, 0, 1],
+            [10, 0, 0, 91],
+            kind,
+            &quote(&backend_reply, Some(8)),
+        );
+        assert_eq!(out.output, want, "to the backend, quoting its reply");
+
+        for k in m.nat_flows.keys().copied().collect::<Vec<_>>() {
+            m.expire(&k);
+        }
+        let out = m.run(&to_vip);
+        assert_eq!((out.action, out.reason), (XDP_DROP, Reason::NatIcmp));
+        let out = m.run(&to_snat);
+        assert_eq!((out.action, out.reason), (XDP_PASS, Reason::NotVip));
+        assert_eq!(out.output, to_snat);
     }
 
     /// ipip: etherparse reads the outer header (protocol 4, source in the

@@ -46,6 +46,15 @@ fn agree_on_20000_frames(flow_table: FlowTableMode) {
         report.vip_changes,
         report.summary()
     );
+    // dnat both ways (a broken reply path or source bitmap would make the
+    // replies pass on both sides, agreeing, and prove nothing).
+    assert!(
+        report.dnat_forwarded >= 100 && report.dnat_replies >= 50,
+        "dnat: {} forwarded, {} replies in the run\n{}",
+        report.dnat_forwarded,
+        report.dnat_replies,
+        report.summary()
+    );
     assert!(
         report.nat_expired >= 100,
         "only {} NAT states aged out in the run\n{}",

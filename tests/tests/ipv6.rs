@@ -105,7 +105,7 @@ fn plan() -> Plan {
                 family: AF_INET6,
                 flags: BACKEND_UP | BACKEND_NEW_FLOWS,
                 gen: 100 + id,
-                _pad: 0,
+                egress_ifindex: 0,
             },
         );
     }
@@ -117,7 +117,7 @@ fn plan() -> Plan {
             family: AF_INET,
             flags: BACKEND_UP | BACKEND_NEW_FLOWS,
             gen: 107,
-            _pad: 0,
+            egress_ifindex: 0,
         },
     );
     let v4 = PlannedVip {

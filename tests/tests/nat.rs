@@ -415,18 +415,6 @@ fn replies_nobody_asked_for_pass_untouched() {
 }
 
 #[test]
-fn an_icmp_error_about_a_nat_flow_is_dropped_and_counted() {
-    let mut dp = datapath(2, 30);
-    let syn = Spec::default();
-    tx(&mut dp, &syn.build(), "SYN");
-    let err = foobar_tests::frames::frag_needed(&syn, [203, 0, 113, 1], 1400);
-    let (action, _) = dp.test_run(&err).expect("test run");
-    assert_eq!(action, XDP_DROP);
-    let stats = dp.stats(4, 8).expect("counters");
-    assert_eq!(stats.reason(Reason::NatIcmp).packets, 1);
-}
-
-#[test]
 fn dsr_vips_beside_nat_ones_are_untouched() {
     let mut dp = datapath(2, 30);
     let spec = Spec {

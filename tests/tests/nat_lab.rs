@@ -23,9 +23,15 @@ fn nat_lab() -> Lab {
 
 /// `nat_lab()` with more `[datapath]` keys (`extra`: TOML lines).
 fn nat_lab_with(extra: &str) -> Lab {
+    nat_lab_of(LabOptions::default(), extra)
+}
+
+/// A `nat` lab of `opts` (plain backends added) with more `[datapath]`
+/// keys.
+fn nat_lab_of(opts: LabOptions, extra: &str) -> Lab {
     let mut lab = Lab::start(&LabOptions {
         plain_backends: true,
-        ..LabOptions::default()
+        ..opts
     })
     .expect("lab starts (root? `cargo xtask setup`?)");
     lab::run(&[
@@ -290,4 +296,110 @@ fn the_daemon_removes_ended_nat_state() {
     // business: the datapath makes new state for its FIN, or passes it.
     let _ = release_tx.send(());
     holder.join().unwrap();
+}
+
+/// Downloads `/big.bin` through the VIP into `copy` within `limit_s`:
+/// whether curl succeeded.
+fn download(lab: &Lab, copy: &std::path::Path, limit_s: u64) -> bool {
+    let _ = std::fs::remove_file(copy);
+    lab.output(
+        &lab.client.ns,
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            &limit_s.to_string(),
+            "-o",
+            copy.to_str().unwrap(),
+            &format!("http://{VIP}/big.bin"),
+        ],
+    )
+    .unwrap()
+    .status
+    .success()
+}
+
+/// Path-MTU discovery through `nat` (docs/NAT.md, "ICMP"): the client sits
+/// behind a router whose path toward it has MTU 1400 while every interface
+/// keeps 1500, so the backend's full-sized replies, translated by the LB
+/// (VIP -> client, DF), make the router send "fragmentation needed" to the
+/// VIP. foobar must translate it to the backend (from the SNAT address,
+/// quoting the backend's own reply B:80 -> SNAT:port) for the backend to
+/// lower its segments; dropped, the download stalls (the control).
+#[test]
+fn path_mtu_discovery_of_nat_replies_works_through_the_lb() {
+    const PATH_MTU: u16 = 1400;
+    const SIZE: usize = 4 * 1024 * 1024;
+    let lab = nat_lab_of(
+        LabOptions {
+            backends: 1,
+            client_path_mtu: Some(PATH_MTU),
+            ..LabOptions::default()
+        },
+        "",
+    );
+    let be1 = lab.backends[0].clone();
+    let original = lab.make_file("big.bin", SIZE).unwrap();
+    let copy = lab.dir.join("downloaded.bin");
+    let learnt = || {
+        lab.exec(&be1.ns, &["ip", "route", "get", &SNAT.to_string()])
+            .unwrap()
+            .contains(&format!("mtu {PATH_MTU}"))
+    };
+    assert!(
+        !learnt(),
+        "the backend knows the path MTU before any traffic"
+    );
+
+    // Control: with the backend dropping incoming "destination
+    // unreachable", the download stalls: the path needs the ICMP.
+    lab.exec(
+        &be1.ns,
+        &[
+            "nft",
+            "add table ip icmptest; \
+             add chain ip icmptest input { type filter hook input priority 0; }; \
+             add rule ip icmptest input icmp type destination-unreachable drop",
+        ],
+    )
+    .unwrap();
+    assert!(
+        !download(&lab, &copy, 5),
+        "the download completed although the backend dropped ICMP: the path MTU is not in the way"
+    );
+    assert!(
+        !learnt(),
+        "the backend learnt the path MTU although it dropped ICMP"
+    );
+    lab.exec(&be1.ns, &["nft", "delete table ip icmptest"])
+        .unwrap();
+
+    // The translated ICMP reaches the backend: the download completes.
+    let before = reason(&lab, "forwarded_icmp");
+    let started = Instant::now();
+    assert!(
+        download(&lab, &copy, 20),
+        "the download through the nat VIP failed after {:.1} s; foobar log:\n{}",
+        started.elapsed().as_secs_f64(),
+        lab.foobar_log()
+    );
+    let took = started.elapsed().as_secs_f64();
+    let hash = |p: &std::path::Path| {
+        lab::run(&["sha256sum", p.to_str().unwrap()]).unwrap()[..64].to_owned()
+    };
+    assert_eq!(hash(&copy), hash(&original), "the download differs");
+    let after = reason(&lab, "forwarded_icmp");
+    assert!(
+        after > before,
+        "no ICMP error was translated to the backend"
+    );
+    assert_eq!(reason(&lab, "drop_nat_icmp"), 0);
+    assert!(
+        learnt(),
+        "the backend's route to the SNAT address has no learnt path MTU"
+    );
+    println!(
+        "nat PMTU: 4 MiB in {took:.2} s, {} frag-needed translated to the backend",
+        after - before
+    );
 }

@@ -19,9 +19,9 @@ use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext, Global};
 use foobar_common::{Backend, FlowKey, Reason, IPIP_OVERHEAD};
 
 use crate::{
-    icmp,
+    icmp, iface,
     ipv4::{self, Ipv4Hdr, IPPROTO_IPIP, IP_DF},
-    parse::{ptr_at, LB_MAC},
+    parse::ptr_at,
     verdict::Verdict,
 };
 
@@ -66,7 +66,8 @@ pub fn forward(ctx: &XdpContext, backend: &Backend, flow: &FlowKey) -> Result<u3
     }
     // The verifier forgets every packet bound after adjust_head: ptr_at
     // checks again.
-    ipv4::write_framing(ctx, &framing, backend.mac, LB_MAC.load())?;
+    let out = iface::out(ctx, backend.egress_ifindex)?;
+    ipv4::write_framing(ctx, &framing, backend.mac, out.src)?;
     let outer = Ipv4Hdr::new(
         tos,
         // Below the MTU, itself a u32 the loader took from a 16-bit-bounded
@@ -80,7 +81,7 @@ pub fn forward(ctx: &XdpContext, backend: &Backend, flow: &FlowKey) -> Result<u3
     let at: *mut Ipv4Hdr = ptr_at(ctx, framing.l3)?;
     // SAFETY: bounds checked by ptr_at.
     unsafe { *at = outer };
-    Ok(aya_ebpf::bindings::xdp_action::XDP_TX)
+    Ok(out.action)
 }
 
 /// The outer source of a flow: the configured source with its host bits

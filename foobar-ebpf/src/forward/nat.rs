@@ -1,22 +1,31 @@
 //! Full NAT, the forward half (docs/NAT.md): the client's packet gets the
 //! backend's address and port as destination (DNAT) and the VIP's SNAT
 //! address and a port of its range as source (SNAT); Ethernet from the
-//! LB's MAC to the backend's; sent back out with XDP_TX. The flow's NAT
-//! state (NAT_FLOWS) keeps its SNAT port and the client's MAC for the
-//! replies (nat::reply); a flow without live state for its backend gets a
+//! LB's MAC to the backend's; sent out of the backend's interface
+//! (iface.rs: XDP_TX one-arm, a redirect two-arm). The flow's NAT state
+//! (NAT_FLOWS) keeps its SNAT port and the client's MAC and interface for
+//! the replies (nat::reply); a flow without live state for its backend gets a
 //! new port (nat::state::allocate) or is dropped when none is free.
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+//!
+//! `dnat` (docs/DNAT.md) is the same machinery with the client's own
+//! address and port in the SNAT fields: a one-port "range", so the
+//! allocation records the reverse entry (backend:bport -> client:cport)
+//! or, when a live flow of another VIP holds that very 5-tuple, drops the
+//! packet as `drop_nat_ports_exhausted`. The rewrite then changes only the
+//! destination.
+use aya_ebpf::programs::XdpContext;
 use foobar_common::{Backend, NatFlow, Reason, IPPROTO_TCP, NAT_CLOSED, NAT_FIN_CLIENT};
 
 use crate::{
     clock,
     flow::opens,
+    iface,
     maps::{NAT_BACKEND_PORTS, NAT_FLOWS, NAT_REVERSE, NAT_VIPS},
     nat::{
         rewrite::{rewrite, Tuple},
         state,
     },
-    parse::{ptr_at, EthHdr, Packet, LB_MAC},
+    parse::{ptr_at, EthHdr, Packet},
     verdict::Verdict,
 };
 
@@ -27,14 +36,29 @@ pub fn forward(
     vip_id: u32,
     backend_id: u32,
     backend: &Backend,
+    dnat: bool,
 ) -> Result<u32, Verdict> {
     // A NAT VIP without settings, or a backend id without a port slot, is
     // a control-plane bug: counted as such.
-    let cfg = *NAT_VIPS
+    let mut cfg = *NAT_VIPS
         .get(vip_id)
         .ok_or(Verdict::drop(Reason::BadBackend))?;
-    if cfg.snat_addr_be == 0 {
+    // A dnat VIP's settings have no SNAT address; its timeouts say they
+    // were written (userspace checks they are at least 1 s).
+    let configured = if dnat {
+        cfg.tcp_idle_s != 0
+    } else {
+        cfg.snat_addr_be != 0
+    };
+    if !configured {
         return Err(Verdict::drop(Reason::BadBackend));
+    }
+    if dnat {
+        // The client's own address and port stand for the SNAT ones.
+        let port = u16::from_be(pkt.flow.sport_be);
+        cfg.snat_addr_be = pkt.flow.src_be;
+        cfg.port_min = port;
+        cfg.port_max = port;
     }
     let port_be = *NAT_BACKEND_PORTS
         .get(backend_id)
@@ -48,6 +72,13 @@ pub fn forward(
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: ptr_at checked the Ethernet header is inside the frame.
     let client_mac = unsafe { (*eth).src };
+    // Two-arm: where the client's packets come in, replies go out. One-arm
+    // reads nothing (the verifier drops the branch).
+    let client_ifindex = if iface::two_arm() {
+        iface::ingress(ctx)
+    } else {
+        0
+    };
     let now = clock::now_ns();
     let snat_port_be = match current(
         pkt,
@@ -59,10 +90,19 @@ pub fn forward(
     ) {
         Some(state) => {
             // SAFETY: an LRU value (see nat::state); plain reads and stores.
-            let (port, mac) = unsafe { ((*state).snat_port_be, (*state).client_mac) };
-            if mac != client_mac {
+            let (port, mac, ifindex) = unsafe {
+                (
+                    (*state).snat_port_be,
+                    (*state).client_mac,
+                    (*state).client_ifindex,
+                )
+            };
+            if mac != client_mac || ifindex != client_ifindex {
                 // SAFETY: as above.
-                unsafe { (*state).client_mac = client_mac };
+                unsafe {
+                    (*state).client_mac = client_mac;
+                    (*state).client_ifindex = client_ifindex;
+                }
             }
             state::touch(state, pkt.tcp_flags, NAT_FIN_CLIENT, now);
             port
@@ -86,7 +126,7 @@ pub fn forward(
                 _pad: 0,
                 idle_s: if tcp { cfg.tcp_idle_s } else { cfg.udp_idle_s },
                 linger_s: cfg.linger_s,
-                _pad2: 0,
+                client_ifindex,
                 last_seen_ns: now,
                 closed_ns: 0,
             };
@@ -110,13 +150,14 @@ pub fn forward(
         sport_be: snat_port_be,
         dport_be: backend_port_be,
     };
+    let out = iface::out(ctx, backend.egress_ifindex)?;
     rewrite(ctx, pkt, &to)?;
     // SAFETY: as above; the rewrite moved no header.
     unsafe {
-        (*eth).src = LB_MAC.load();
+        (*eth).src = out.src;
         (*eth).dst = backend.mac;
     }
-    Ok(xdp_action::XDP_TX)
+    Ok(out.action)
 }
 
 /// The flow's NAT state, if it is live and still for this backend, address

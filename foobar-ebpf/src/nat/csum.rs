@@ -30,8 +30,8 @@ impl Delta {
     #[inline(always)]
     pub fn apply(&self, check: u16) -> u16 {
         let mut sum = u32::from(!check) + self.0;
-        // Two folds: at most 12 terms of 16 bits each, so the first leaves
-        // at most 0x1000b and the second at most 0xffff.
+        // Two folds: any u32 folds to at most 0x1fffe, then to at most
+        // 0xffff (the ICMP translation adds the most terms: 16).
         sum = (sum & 0xffff) + (sum >> 16);
         sum = (sum & 0xffff) + (sum >> 16);
         !(sum as u16)

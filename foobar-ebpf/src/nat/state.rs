@@ -110,7 +110,8 @@ pub fn nonce() -> u32 {
 /// whose entry is stale (its state gone, replaced or ended, or an earlier
 /// state of this very flow) is reclaimed: deleted, then taken again with
 /// BPF_NOEXIST, so a racing CPU reclaiming it too gets the next port.
-/// Returns the port (network order).
+/// A range of one port (dnat) tries it once. Returns the port (network
+/// order).
 #[inline(always)]
 pub fn allocate(
     flow: &FlowKey,
@@ -168,6 +169,11 @@ pub fn allocate(
             {
                 return Ok(key.dport_be);
             }
+        }
+        // One port (dnat: the client's own): probing it again finds the
+        // same live entry.
+        if range == 1 {
+            break;
         }
     }
     Err(exhausted)

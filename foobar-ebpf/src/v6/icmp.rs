@@ -13,8 +13,9 @@ use foobar_common::Reason;
 
 use crate::{
     frame,
+    iface::LB_MAC,
     ipv4::{self, Framing, TTL},
-    parse::{ptr_at, EthHdr, LB_MAC},
+    parse::{ptr_at, EthHdr},
     verdict::Verdict,
 };
 

@@ -13,8 +13,9 @@ use foobar_common::{Backend, FlowKey6, Reason, IPIP6_OVERHEAD};
 
 use crate::{
     forward::ipip::IFACE_MTU,
+    iface::LB_MAC,
     ipv4::{self, TTL},
-    parse::{ptr_at, LB_MAC},
+    parse::ptr_at,
     verdict::Verdict,
 };
 

@@ -16,7 +16,7 @@ use crate::{
     api, caps,
     config::{self, Config},
     daemon::{self, Owner, NEIGH_TIMEOUT},
-    datapath::{AttachMode, Datapath, LoadOptions, PinDir, Stats, DEFAULT_PIN_ROOT},
+    datapath::{Arm, AttachMode, Datapath, LoadOptions, PinDir, Stats, DEFAULT_PIN_ROOT},
     metrics, neigh, snat,
     state::{SavedVip, State},
     state_file,
@@ -77,6 +77,18 @@ pub fn run(
     check_capabilities(!config.vrrp.is_empty())?;
     let ifindex = nix::net::if_::if_nametoindex(iface.as_str())
         .map_err(|_| anyhow::anyhow!("interface {iface} does not exist (see `ip link`)"))?;
+    // Two-arm (docs/TOPOLOGY.md): the backend-side interface.
+    let arm = match config.datapath.backend_interface.clone() {
+        Some(name) => {
+            let i = nix::net::if_::if_nametoindex(name.as_str()).map_err(|_| {
+                anyhow::anyhow!(
+                    "datapath.backend_interface: interface {name} does not exist (see `ip link`)"
+                )
+            })?;
+            Some((i, name))
+        }
+        None => None,
+    };
     let state_file = state_file_path(&args);
     prepare_state_dir(&state_file);
     info!(file = %state_file.display(), "state file");
@@ -86,8 +98,13 @@ pub fn run(
         .build()
         .context("starting the async runtime")?;
     // NAT VIPs without an SNAT address get the interface's primary one;
-    // every SNAT address in use must be on the interface.
-    let addrs = runtime.block_on(snat::read(ifindex, &iface))?;
+    // every SNAT address in use must be on the interface (the backend-side
+    // one, two-arm: backends' replies come in there).
+    let (snat_ifindex, snat_iface) = match &arm {
+        Some((i, name)) => (*i, name.as_str()),
+        None => (ifindex, iface.as_str()),
+    };
+    let addrs = runtime.block_on(snat::read(snat_ifindex, snat_iface))?;
     let invalid = |problems| config::ConfigError {
         file: args.config.clone(),
         problems,
@@ -106,6 +123,7 @@ pub fn run(
         saved,
         iface,
         ifindex,
+        arm,
         mode,
         pins,
         state_file,
@@ -124,6 +142,7 @@ async fn serve(
     saved: Vec<SavedVip>,
     iface: String,
     ifindex: u32,
+    arm: Option<(u32, String)>,
     mode: AttachMode,
     pins: PinDir,
     state_file: PathBuf,
@@ -145,13 +164,18 @@ async fn serve(
     // Backends still unresolved after NEIGH_TIMEOUT (or on a VLAN without
     // an interface here) start down; the daemon keeps resolving them in
     // the background.
-    let (macs, vlan_interfaces) = neigh::resolve(ifindex, &wanted, NEIGH_TIMEOUT).await?;
-    let mut state = State::build_unresolved(&saved, &macs).with_context(|| {
+    let arm_ifindex = arm.as_ref().map(|(i, _)| *i);
+    let resolved = neigh::resolve(ifindex, arm_ifindex, &wanted, NEIGH_TIMEOUT).await?;
+    let mut state = State::build_unresolved(&saved, &resolved.macs).with_context(|| {
         format!(
             "the saved runtime state in {} does not apply",
             state_file.display()
         )
     })?;
+    for (address, egress) in &resolved.egress {
+        state.set_egress(*address, Some(*egress));
+    }
+    let vlan_interfaces = resolved.vlan_interfaces;
 
     // Sockets first: a second daemon is refused before it touches the NIC.
     let api_listener = api::bind(&config.socket)?;
@@ -162,6 +186,19 @@ async fn serve(
     };
 
     let lb_mac = interface_mac(&iface)?;
+    // ipip packets leave toward backends: two-arm, the smaller MTU of the
+    // two interfaces bounds them.
+    let mut mtu = interface_mtu(&iface)?;
+    let arm_opts = match &arm {
+        Some((i, name)) => {
+            mtu = mtu.min(interface_mtu(name)?);
+            Some(Arm {
+                ifindex: *i,
+                mac: interface_mac(name)?,
+            })
+        }
+        None => None,
+    };
     // Source affinity needs a table only if a VIP uses it.
     let affinity_table_size = config.datapath.affinity_table_size.unwrap_or(
         if state
@@ -184,13 +221,22 @@ async fn serve(
             lb_mac,
             ipip_source: config.datapath.ipip_source,
             ipip_source6: config.datapath.ipip_source6,
-            mtu: interface_mtu(&iface)?,
+            mtu,
             vmac_vrids: config
                 .vrrp
                 .iter()
                 .filter(|v| v.use_vmac)
                 .map(|v| v.vrid)
                 .collect(),
+            // The dnat reply check only when a VIP needs it (the pass path
+            // skips it otherwise); `vip add`/`reload` of a dnat VIP without
+            // it are refused with "restart".
+            dnat_replies: state
+                .vips()
+                .iter()
+                .any(|v| v.spec.forwarding == crate::config::Forwarding::Dnat),
+            lb_ifindex: ifindex,
+            arm: arm_opts,
         },
         pins.clone(),
     )
@@ -230,8 +276,16 @@ async fn serve(
     owner.set_retire_idle(config.datapath.retire_idle);
     owner.set_config(config_path, &config, affinity_table_size > 1);
     owner.vlan_interfaces = vlan_interfaces;
+    owner.arm = arm.clone();
     owner.start()?;
     let took_over = owner.datapath.attach(&iface, mode)?;
+    if let Some((_, name)) = &arm {
+        owner
+            .datapath
+            .attach_arm(name, mode)
+            .with_context(|| format!("attaching to datapath.backend_interface {name}"))?;
+        info!(iface = %name, "two-arm: attached to the backend-side interface too");
+    }
     fresh_pins.0 = None;
     if took_over {
         warn_if_link_mode_differs(ifindex, &iface, mode).await;

@@ -34,8 +34,9 @@ pub enum VipCmd {
         scheduler: Scheduler,
         /// How packets reach the backends: nat (full NAT: backends
         /// unmodified, replies back through the LB), dsr (L2 direct server
-        /// return) or ipip (IPv4-in-IPv4 tunnel; needs a daemon started
-        /// with datapath.ipip_source).
+        /// return), ipip (IPv4-in-IPv4 tunnel; needs a daemon started
+        /// with datapath.ipip_source) or dnat (destination NAT keeping the
+        /// client's address; needs a daemon started with a dnat VIP).
         #[arg(long, default_value = "nat", value_parser = args::forwarding)]
         forwarding: Forwarding,
         /// With --forwarding nat: the source address of translated packets,

@@ -133,6 +133,7 @@ impl RawHealth {
 #[serde(deny_unknown_fields)]
 struct RawDatapath {
     interface: Option<String>,
+    backend_interface: Option<String>,
     xdp_mode: Option<String>,
     flow_table_size: Option<i64>,
     flow_table: Option<String>,
@@ -300,6 +301,10 @@ impl AttachMode {
 pub struct DatapathConfig {
     /// The LB node's NIC; `foobar run --iface` overrides it.
     pub interface: Option<String>,
+    /// Two-arm (docs/TOPOLOGY.md): the backend-side NIC, where frames to
+    /// backends reached through it leave (redirected) and their replies
+    /// come in; the program is attached there too. None: one-arm.
+    pub backend_interface: Option<String>,
     pub xdp_mode: AttachMode,
     /// Entries of the flow table; per CPU with `FlowTableMode::PerCpu`.
     pub flow_table_size: u32,
@@ -409,6 +414,9 @@ pub enum Forwarding {
     Dsr,
     Nat,
     Ipip,
+    /// Destination NAT only (docs/DNAT.md): backends see the client's
+    /// address and route their replies through the LB.
+    Dnat,
 }
 
 impl Forwarding {
@@ -417,6 +425,7 @@ impl Forwarding {
             Forwarding::Dsr => "dsr",
             Forwarding::Nat => "nat",
             Forwarding::Ipip => "ipip",
+            Forwarding::Dnat => "dnat",
         }
     }
 
@@ -425,8 +434,10 @@ impl Forwarding {
             "dsr" => Ok(Forwarding::Dsr),
             "nat" => Ok(Forwarding::Nat),
             "ipip" => Ok(Forwarding::Ipip),
+            "dnat" => Ok(Forwarding::Dnat),
             other => Err(format!(
-                "\"{other}\" is not available in this version; use \"dsr\", \"nat\" or \"ipip\""
+                "\"{other}\" is not available in this version; use \"dsr\", \"nat\", \"dnat\" \
+                 or \"ipip\""
             )),
         }
     }
@@ -460,7 +471,7 @@ pub struct Vip {
     pub affinity_timeout_s: Option<u32>,
     pub forwarding: Forwarding,
     /// With `forwarding = "nat"`: its SNAT address (its own or the node's),
-    /// ports and timeouts.
+    /// ports and timeouts; with `"dnat"`: the timeouts (no SNAT address).
     pub nat: Option<NatSettings>,
     /// Health check of backends added at run time (`foobar backend add`).
     pub health: HealthSpec,
@@ -476,7 +487,8 @@ pub struct Vip {
 pub struct BackendConfig {
     pub address: IpAddr,
     pub weight: u32,
-    /// NAT only: the backend's port (None: the port the client asked for).
+    /// NAT and DNAT only: the backend's port (None: the port the client
+    /// asked for).
     pub port: Option<u16>,
     pub health: HealthSpec,
 }
@@ -568,7 +580,11 @@ impl From<&Vip> for RawVip {
                 timeout: Some(format!("{s}s")),
             }),
             forwarding: Some(v.forwarding.name().into()),
-            snat_address: v.nat.map(|n| n.snat_address.to_string()),
+            // A dnat VIP's settings hold no SNAT address.
+            snat_address: v
+                .nat
+                .filter(|_| v.forwarding == Forwarding::Nat)
+                .map(|n| n.snat_address.to_string()),
             vlan: v.vlan.map(i64::from),
             closed_ports: Some(if v.pass_closed_ports { "pass" } else { "drop" }.into()),
             health: RawHealth::from(&v.health),
@@ -730,6 +746,7 @@ fn plain_serde_message(message: &str) -> String {
     format!("expected {expected}, found {found}")
 }
 
+pub mod dnat;
 pub mod ipv6;
 pub mod nat;
 pub mod rules;

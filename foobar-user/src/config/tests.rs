@@ -323,6 +323,27 @@ fn duplicate_names_and_services_are_rejected() {
 }
 
 #[test]
+fn backend_interface_makes_a_two_arm_node_of_another_interface() {
+    let c = parse("[datapath]\ninterface = \"eth0\"\nbackend_interface = \"eth1\"\n").unwrap();
+    assert_eq!(c.datapath.backend_interface.as_deref(), Some("eth1"));
+    assert_eq!(parse("").unwrap().datapath.backend_interface, None);
+    let p = problems("[datapath]\ninterface = \"eth0\"\nbackend_interface = \"eth0\"\n");
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].key, "datapath.backend_interface");
+    assert!(p[0].message.contains("two interfaces"), "{}", p[0].message);
+    let p = problems(
+        "[datapath]\ninterface = \"eth0\"\nbackend_interface = \"eth1\"\n\
+         [[vip]]\nname = \"w6\"\naddress = \"2001:db8::10\"\nport = 80\nforwarding = \"dsr\"\n\
+         [[vip.backend]]\naddress = \"2001:db8::11\"\n",
+    );
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert_eq!(p[0].key, "vip[0].address");
+    assert!(p[0].message.contains("IPv4-only"), "{}", p[0].message);
+    let p = problems("[datapath]\nbackend_interface = \"a b\"\n");
+    assert_eq!(p[0].key, "datapath.backend_interface");
+}
+
+#[test]
 fn unknown_keys_and_syntax_errors_name_the_key_and_line() {
     let p = problems("[datapath]\ninterface = \"eth0\"\nspeed = 10\n");
     assert_eq!(p.len(), 1);
@@ -1293,6 +1314,13 @@ fn an_ipv6_vip_must_name_dsr_or_ipip() {
     let p = problems(&nat);
     assert_eq!(keys(&nat), ["vip[0].forwarding"]);
     assert!(p[0].message.contains("IPv4-only"), "{}", p[0].message);
+    let dnat = V6.replacen("forwarding = \"dsr\"", "forwarding = \"dnat\"", 1);
+    let p = problems(&dnat);
+    assert!(
+        keys(&dnat).contains(&"vip[0].forwarding".to_string()),
+        "{p:?}"
+    );
+    assert!(p.iter().any(|p| p.message.contains("IPv4-only")), "{p:?}");
 }
 
 #[test]

@@ -142,6 +142,24 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
         }
     }
     if let Some(d) = &datapath {
+        // Two-arm redirects IPv4 only: the IPv6 pipeline sends every frame
+        // back out of the interface it came in on (docs/TOPOLOGY.md).
+        if d.backend_interface.is_some() {
+            for (i, vip) in raw.vips.iter().enumerate() {
+                let v6 = vip
+                    .address
+                    .as_deref()
+                    .and_then(|a| a.parse::<IpAddr>().ok())
+                    .is_some_and(|a| a.is_ipv6());
+                if v6 {
+                    p.add(
+                        format!("vip[{i}].address"),
+                        "an IPv6 VIP on a two-arm node (datapath.backend_interface): two-arm \
+                         is IPv4-only so far; serve IPv6 VIPs from a one-arm node",
+                    );
+                }
+            }
+        }
         for (i, vip) in raw.vips.iter().enumerate() {
             if vip.forwarding.as_deref() != Some("ipip") {
                 continue;
@@ -170,6 +188,7 @@ pub(super) fn validate(raw: &RawConfig) -> Result<Config, Vec<Problem>> {
     }
     if let Some(d) = &datapath {
         super::nat::resolve(&mut vips, &d.nat);
+        super::dnat::resolve(&mut vips, &d.nat);
     }
     let (vrrp, vrrp_problems) = super::vrrp::validate(&raw.vrrp, &vips);
     for (key, message) in vrrp_problems {
@@ -255,6 +274,18 @@ fn validate_datapath(raw: &RawDatapath, p: &mut Problems) -> Option<DatapathConf
     if let Some(iface) = &raw.interface {
         p.field("datapath.interface", rules::interface(iface));
     }
+    if let Some(arm) = &raw.backend_interface {
+        p.field("datapath.backend_interface", rules::interface(arm));
+        if raw.interface.as_deref() == Some(arm.as_str()) {
+            p.add(
+                "datapath.backend_interface",
+                format!(
+                    "\"{arm}\" is datapath.interface too; a two-arm node needs two \
+                     interfaces (leave backend_interface out for one-arm)"
+                ),
+            );
+        }
+    }
     let affinity_table_size = match raw.affinity_table_size {
         None => Some(None),
         Some(n) if (1..=i64::from(FLOW_TABLE_MAX)).contains(&n) => Some(Some(n as u32)),
@@ -322,6 +353,7 @@ fn validate_datapath(raw: &RawDatapath, p: &mut Problems) -> Option<DatapathConf
     Some(DatapathConfig {
         nat: nat?,
         interface: raw.interface.clone(),
+        backend_interface: raw.backend_interface.clone(),
         xdp_mode: xdp_mode?,
         flow_table_size: flow_table_size?,
         flow_table: flow_table?,
@@ -440,10 +472,10 @@ fn validate_vip(key: &str, raw: &RawVip, origin: Origin, p: &mut Problems) -> Op
                 "missing for an IPv6 VIP: nat, the default, is IPv4-only; write \
                  forwarding = \"dsr\" or forwarding = \"ipip\" (docs/IPV6.md)",
             ),
-            (Some(_), Some(Forwarding::Nat)) => p.add(
+            (Some(_), Some(Forwarding::Nat | Forwarding::Dnat)) => p.add(
                 format!("{key}.forwarding"),
-                "\"nat\" is IPv4-only; an IPv6 VIP forwards with \"dsr\" or \"ipip\" \
-                 (docs/IPV6.md)",
+                "\"nat\" and \"dnat\" are IPv4-only; an IPv6 VIP forwards with \"dsr\" \
+                 or \"ipip\" (docs/IPV6.md)",
             ),
             _ => {}
         }
@@ -592,11 +624,11 @@ fn validate_vip(key: &str, raw: &RawVip, origin: Origin, p: &mut Problems) -> Op
         };
         let port = match raw_backend.port {
             None => Some(None),
-            Some(_) if forwarding.is_some_and(|f| f != Forwarding::Nat) => {
+            Some(_) if forwarding.is_some_and(|f| !super::dnat::translates_port(f)) => {
                 p.add(
                     format!("{bkey}.port"),
                     "a dsr or ipip backend answers on the VIP's port; a backend port \
-                     needs forwarding = \"nat\"",
+                     needs forwarding = \"nat\" or \"dnat\"",
                 );
                 None
             }

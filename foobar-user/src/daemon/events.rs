@@ -102,6 +102,17 @@ impl Owner {
         self.vlan_interfaces = report.vlan_interfaces;
         let before = self.state.clone();
         let mut changes = Vec::new();
+        // Two-arm: the interface each backend is reached through.
+        let mut egress_changed = false;
+        if self.arm.is_some() {
+            for address in report.neighbours.keys() {
+                let egress = report.egress.get(address).copied();
+                if self.state.set_egress(*address, egress) {
+                    info!(backend = %address, ifindex = ?egress, "backend egress interface");
+                    egress_changed = true;
+                }
+            }
+        }
         for (address, n) in report.neighbours {
             let mac = match n {
                 Neighbour::Known(mac) => Some(mac),
@@ -117,7 +128,7 @@ impl Owner {
                 changes.push((address, old.flatten(), mac));
             }
         }
-        if changes.is_empty() {
+        if changes.is_empty() && !egress_changed {
             return;
         }
         match self.datapath.apply(&self.state.plan()) {

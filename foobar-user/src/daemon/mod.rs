@@ -95,6 +95,8 @@ pub struct Owner {
     pub datapath: Datapath,
     pub iface: String,
     pub ifindex: u32,
+    /// Two-arm: the backend-side interface (index, name); None: one-arm.
+    pub arm: Option<(u32, String)>,
     pub state_file: PathBuf,
     pub config_sha256: String,
     checkers: HashMap<u32, (u64, JoinHandle<()>)>,
@@ -172,6 +174,15 @@ struct Rates {
 }
 
 impl Owner {
+    /// The interface SNAT addresses must be on: where backends' replies
+    /// come in (the backend-side one, two-arm).
+    pub fn snat_iface(&self) -> (u32, &str) {
+        match &self.arm {
+            Some((i, name)) => (*i, name),
+            None => (self.ifindex, &self.iface),
+        }
+    }
+
     pub fn new(
         state: State,
         datapath: Datapath,
@@ -189,6 +200,7 @@ impl Owner {
             datapath,
             iface,
             ifindex,
+            arm: None,
             state_file,
             config_sha256,
             checkers: HashMap::new(),
@@ -284,6 +296,7 @@ impl Owner {
         self.wanted.send_replace(wanted);
         self.neigh_task = Some(tokio::spawn(neigh::watch(
             self.ifindex,
+            self.arm.as_ref().map(|(i, _)| *i),
             self.wanted.subscribe(),
             self.neigh_tx.clone(),
             neigh::WATCH_PERIOD,

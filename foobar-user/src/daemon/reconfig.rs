@@ -26,7 +26,8 @@ impl Owner {
         // client exits with its own code.
         let invalid = |e: crate::config::ConfigError| (ErrorKind::ConfigInvalid, e.to_string());
         let (mut config, text) = crate::config::load_with_text(&path).map_err(invalid)?;
-        let addrs = crate::snat::read(self.ifindex, &self.iface)
+        let (snat_ifindex, snat_iface) = self.snat_iface();
+        let addrs = crate::snat::read(snat_ifindex, snat_iface)
             .await
             .map_err(|e| refused(format!("{e:#}")))?;
         let problem = |problems| crate::config::ConfigError {
@@ -73,6 +74,22 @@ impl Owner {
                      daemon started without (no VIP had persistence); nothing was applied: \
                      restart foobar to serve it, or set datapath.affinity_table_size before \
                      the next start",
+                    path.display()
+                )));
+            }
+        }
+        if !self.datapath.dnat_replies() {
+            let wants = diff.ops.iter().find_map(|op| match op {
+                crate::reload::Op::AddVip(v) if v.forwarding == crate::config::Forwarding::Dnat => {
+                    Some(v.name.clone())
+                }
+                _ => None,
+            });
+            if let Some(name) = wants {
+                return Err(refused(format!(
+                    "{}: VIP {name}: forwarding \"dnat\" needs the dnat reply path, which this \
+                     daemon's XDP program was loaded without (no dnat VIP at start, so the pass \
+                     path skips it; docs/DNAT.md); nothing was applied: restart foobar to serve it",
                     path.display()
                 )));
             }

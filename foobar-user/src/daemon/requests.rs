@@ -165,11 +165,24 @@ impl Owner {
                          this daemon started without; set it in the config and restart foobar"
                     )));
                 }
+                if forwarding == crate::config::Forwarding::Dnat && !self.datapath.dnat_replies() {
+                    return Err(refused(format!(
+                        "VIP {name}: forwarding \"dnat\" needs the dnat reply path, which this \
+                         daemon's XDP program was loaded without (no dnat VIP at start, so the \
+                         pass path skips it; docs/DNAT.md); add the VIP to the config file and \
+                         restart foobar"
+                    )));
+                }
                 // Before the SNAT address is looked for: the state refuses an
                 // IPv6 nat VIP anyway, with the modes that work.
-                if address.is_ipv6() && forwarding == crate::config::Forwarding::Nat {
+                if address.is_ipv6()
+                    && matches!(
+                        forwarding,
+                        crate::config::Forwarding::Nat | crate::config::Forwarding::Dnat
+                    )
+                {
                     return Err(refused(format!(
-                        "VIP {name}: {address} is IPv6, and nat (the default) is IPv4-only; \
+                        "VIP {name}: {address} is IPv6, and nat (the default) and dnat are IPv4-only; \
                          add it with --forwarding dsr or --forwarding ipip (docs/IPV6.md)"
                     )));
                 }
@@ -177,6 +190,14 @@ impl Owner {
                     crate::config::Forwarding::Nat => {
                         Some(self.nat_settings(&name, snat_address).await?)
                     }
+                    // The node's NAT timeouts.
+                    crate::config::Forwarding::Dnat => Some(crate::config::dnat::settings(
+                        &self
+                            .base
+                            .as_ref()
+                            .map(|c| c.datapath.nat.settings)
+                            .unwrap_or_default(),
+                    )),
                     _ => None,
                 };
                 let spec = VipSpec {
@@ -333,10 +354,11 @@ impl Owner {
             refused(format!(
                 "VIP {name}: forwarding nat needs an SNAT address, and this daemon has none: \
                  give --snat-address (an address of {}), or set [datapath] snat_address",
-                self.iface
+                self.snat_iface().1
             ))
         })?;
-        let addrs = crate::snat::read(self.ifindex, &self.iface)
+        let (snat_ifindex, snat_iface) = self.snat_iface();
+        let addrs = crate::snat::read(snat_ifindex, snat_iface)
             .await
             .map_err(|e| refused(format!("{e:#}")))?;
         if !addrs.has(address) {

@@ -27,6 +27,17 @@ pub enum Restore {
     /// The MACs, and a source address and port never seen before (the
     /// CPU's number is part of the address, so CPUs never share a 5-tuple).
     NewFlow = 2,
+    /// The Ethernet, IPv4 and TCP headers: everything a NAT rewrite
+    /// changes (addresses, ports, both checksums, MACs).
+    Headers = 3,
+    /// The headers, and a new 5-tuple as with `NewFlow`.
+    HeadersNewFlow = 4,
+    /// Strip what an `ipip` encapsulation added in front of the frame
+    /// (bpf_xdp_adjust_head, called even when nothing was added, so the
+    /// variant's measured cost is what it adds), then the Ethernet header.
+    Decap = 5,
+    /// `Decap`, and a new 5-tuple as with `NewFlow`.
+    DecapNewFlow = 6,
 }
 
 pub struct Harness {

@@ -3,7 +3,7 @@
 //! pinned link of an earlier run — and detaching it. The only place that
 //! creates programs, maps and links; it writes no map entry.
 use aya::{
-    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, Map, MapData, PerCpuArray},
     programs::{
         links::{FdLink, PinnedLink},
         xdp::{XdpLink, XdpLinkId, XdpMode},
@@ -58,6 +58,23 @@ pub struct LoadOptions {
     /// VRIDs whose VRRP virtual MAC (00:00:5e:00:01:VRID, `use_vmac`) is
     /// served as well as `lb_mac`.
     pub vmac_vrids: Vec<u8>,
+    /// Whether the program looks for `dnat` replies (the `DNAT_REPLIES`
+    /// global): true when a dnat VIP is configured at start. Off, the pass
+    /// path skips the check and `apply` refuses a plan with a dnat VIP.
+    pub dnat_replies: bool,
+    /// Index of the (client-side) interface the program serves; needed
+    /// two-arm only (replies are redirected to it).
+    pub lb_ifindex: u32,
+    /// Two-arm (docs/TOPOLOGY.md): the backend-side interface. None:
+    /// one-arm, every frame leaves with XDP_TX.
+    pub arm: Option<Arm>,
+}
+
+/// The backend-side interface of a two-arm node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Arm {
+    pub ifindex: u32,
+    pub mac: [u8; 6],
 }
 
 /// The `VMAC_VRIDS` global: bit `vrid % 64` of word `vrid / 64`.
@@ -81,6 +98,9 @@ impl Default for LoadOptions {
             ipip_source6: None,
             mtu: 1500,
             vmac_vrids: Vec::new(),
+            dnat_replies: false,
+            lb_ifindex: 0,
+            arm: None,
         }
     }
 }
@@ -138,6 +158,11 @@ impl Datapath {
         let (ipip_src_be, ipip_host_mask_be) = ipip_source_globals(opts.ipip_source);
         let (ipip6_src_be, ipip6_host_mask_be) = ipip_source6_globals(opts.ipip_source6);
         let vmac_vrids = vmac_bitmap(&opts.vmac_vrids);
+        let dnat_replies = u8::from(opts.dnat_replies);
+        let arm = opts.arm.unwrap_or(Arm {
+            ifindex: 0,
+            mac: [0; 6],
+        });
         let flow_table = flow_table_mode(opts.flow_table, pins.as_ref().filter(|_| adopted));
         let per_cpu = flow_table == FlowTableMode::PerCpu;
         let per_cpu_global = u8::from(per_cpu);
@@ -162,7 +187,10 @@ impl Datapath {
             .override_global("IPIP6_SRC_BE", &ipip6_src_be, true)
             .override_global("IPIP6_SRC_HOST_MASK_BE", &ipip6_host_mask_be, true)
             .override_global("IFACE_MTU", &opts.mtu, true)
-            .override_global("VMAC_VRIDS", &vmac_vrids, true);
+            .override_global("VMAC_VRIDS", &vmac_vrids, true)
+            .override_global("DNAT_REPLIES", &dnat_replies, true)
+            .override_global("ARM_IFINDEX", &arm.ifindex, true)
+            .override_global("ARM_MAC", &arm.mac, true);
         let paths: Vec<(&'static str, std::path::PathBuf)> = match &pins {
             Some(p) => PINNED_MAPS
                 .iter()
@@ -185,6 +213,9 @@ impl Datapath {
         }
         super::v6::load_program(&mut ebpf)?;
         let rings = RingWriter::open(xdp_program(&mut ebpf, LB_PROGRAM)?)?;
+        if let Some(arm) = opts.arm {
+            fill_egress(&mut ebpf, &[opts.lb_ifindex, arm.ifindex])?;
+        }
         // Reused flow and affinity tables keep the sizes they were made with.
         let mut flow_table_size = opts.flow_table_size;
         for (name, configured) in [
@@ -210,7 +241,7 @@ impl Datapath {
                 flow_table_size = size;
             }
         }
-        let mut maps = take_maps(&mut ebpf)?;
+        let mut maps = take_maps(&mut ebpf, opts.dnat_replies)?;
         if per_cpu {
             let outer = ebpf.take_map(PER_CPU_MAP).ok_or(DatapathError::Missing {
                 what: "array of maps",
@@ -250,6 +281,7 @@ impl Datapath {
             maps,
             rings,
             attached: None,
+            arm_attached: None,
             pins,
             adopted,
             _pin_lock: pin_lock,
@@ -275,12 +307,34 @@ impl Datapath {
     /// (BPF_LINK_UPDATE: no packet meets no program); otherwise the new
     /// link is pinned. Returns whether an existing link was taken over.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<bool> {
-        let Some(pins) = self.pins.clone() else {
+        let path = self.pins.as_ref().map(PinDir::link);
+        let (attached, took_over) = self.attach_at(iface, mode, path)?;
+        self.attached = Some(attached);
+        Ok(took_over)
+    }
+
+    /// Two-arm: attaches the load balancer to the backend-side interface
+    /// too (loaded with `LoadOptions::arm` for it), as `attach` does,
+    /// with its own pinned link.
+    pub fn attach_arm(&mut self, iface: &str, mode: AttachMode) -> Result<bool> {
+        let path = self.pins.as_ref().map(PinDir::arm_link);
+        let (attached, took_over) = self.attach_at(iface, mode, path)?;
+        self.arm_attached = Some(attached);
+        Ok(took_over)
+    }
+
+    /// Attaches to `iface`, with its link pinned at `path` (taken over if
+    /// pinned there already) or owned by this process (no path).
+    fn attach_at(
+        &mut self,
+        iface: &str,
+        mode: AttachMode,
+        path: Option<std::path::PathBuf>,
+    ) -> Result<(Attached, bool)> {
+        let Some(path) = path else {
             let link = attach_program(&mut self.ebpf, LB_PROGRAM, iface, mode)?;
-            self.attached = Some(Attached::Owned(link));
-            return Ok(false);
+            return Ok((Attached::Owned(link), false));
         };
-        let path = pins.link();
         let link_error = |source| DatapathError::Link {
             path: path.clone(),
             source,
@@ -326,14 +380,21 @@ impl Datapath {
                 })?
                 .into()
         };
-        self.attached = Some(Attached::Pinned(fd_link));
-        Ok(adopted_link)
+        Ok((Attached::Pinned(fd_link), adopted_link))
     }
 
     /// Detaches the load balancer and removes its pins, if any: forwarding
     /// stops. Dropping a pinned `Datapath` keeps it forwarding (that is
     /// the point of the pins); dropping an unpinned one detaches it too.
     pub fn detach(&mut self) -> Result<()> {
+        if let Some(Attached::Owned(link)) = self.arm_attached.take() {
+            xdp_program(&mut self.ebpf, LB_PROGRAM)?
+                .detach(link)
+                .map_err(|source| DatapathError::Program {
+                    program: LB_PROGRAM,
+                    source,
+                })?;
+        }
         match self.attached.take() {
             Some(Attached::Owned(link)) => {
                 xdp_program(&mut self.ebpf, LB_PROGRAM)?
@@ -360,6 +421,25 @@ impl Datapath {
     }
 }
 
+/// Puts the interfaces `ifindexes` in the EGRESS devmap (key: interface
+/// index), so the program can redirect frames to them. Not pinned: every
+/// start writes the interfaces it serves.
+fn fill_egress(ebpf: &mut Ebpf, ifindexes: &[u32]) -> Result<()> {
+    const NAME: &str = "EGRESS";
+    let map = ebpf.map_mut(NAME).ok_or(DatapathError::Missing {
+        what: "map",
+        name: NAME,
+    })?;
+    let mut egress =
+        DevMapHash::try_from(map).map_err(|source| DatapathError::Map { map: NAME, source })?;
+    for &ifindex in ifindexes {
+        egress
+            .insert(ifindex, ifindex, None, 0)
+            .map_err(|source| DatapathError::Egress { ifindex, source })?;
+    }
+    Ok(())
+}
+
 /// The flow table mode this run uses: the pinned one when adopting (the
 /// flows stay where they are), else the configured one.
 fn flow_table_mode(configured: FlowTableMode, adopting: Option<&PinDir>) -> FlowTableMode {
@@ -379,7 +459,7 @@ fn flow_table_mode(configured: FlowTableMode, adopting: Option<&PinDir>) -> Flow
 
 /// Takes the maps userspace writes or reads out of the object, typed, once
 /// (the programs keep their own references to them).
-fn take_maps(ebpf: &mut Ebpf) -> Result<Maps> {
+fn take_maps(ebpf: &mut Ebpf, dnat_replies: bool) -> Result<Maps> {
     fn take<T: TryFrom<Map, Error = aya::maps::MapError>>(
         ebpf: &mut Ebpf,
         name: &'static str,
@@ -414,13 +494,16 @@ fn take_maps(ebpf: &mut Ebpf) -> Result<Maps> {
             new_flows: take::<PerCpuArray<MapData, _>>(ebpf, "BACKEND_NEW_FLOWS")?,
         },
         nat: super::nat::take(ebpf)?,
+        dnat: super::dnat::take(ebpf, dnat_replies)?,
     })
 }
 
 impl Drop for Datapath {
     fn drop(&mut self) {
         // A pinned link stays attached: only an unpinned one goes.
-        if matches!(self.attached, Some(Attached::Owned(_))) {
+        if matches!(self.attached, Some(Attached::Owned(_)))
+            || matches!(self.arm_attached, Some(Attached::Owned(_)))
+        {
             if let Err(err) = self.detach() {
                 tracing::error!(%err, "detaching the XDP program failed");
             }

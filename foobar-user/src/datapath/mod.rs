@@ -7,6 +7,7 @@
 //! (the double-buffered ring writer), `flows` (the flow-table walk),
 //! `stats` (counters); this file writes VIPs and backends from a plan.
 pub mod bench;
+mod dnat;
 mod flow_tables;
 mod flows;
 mod load;
@@ -28,7 +29,7 @@ use foobar_common::{
 };
 
 pub use flows::{FlowUsage, FlowWalker};
-pub use load::{AttachMode, FlowTableMode, LoadOptions, PassProgram};
+pub use load::{Arm, AttachMode, FlowTableMode, LoadOptions, PassProgram};
 pub use nat::{nat_state_ended, NatCollector, NatGcReport, NAT_GC_SLACK_NS};
 pub(crate) use pin::mount_bpffs;
 pub use pin::{PinDir, DEFAULT_PIN_ROOT};
@@ -116,6 +117,20 @@ pub enum DatapathError {
         path: std::path::PathBuf,
         source: aya::programs::links::LinkError,
     },
+    #[error(
+        "VIP {vip} forwards with dnat, but the XDP program was loaded without the dnat \
+         reply path (no dnat VIP at start; it costs the pass path a lookup): add the VIP \
+         to the config file and restart foobar"
+    )]
+    DnatOff { vip: String },
+    #[error(
+        "putting interface index {ifindex} in the EGRESS devmap (two-arm): {source}; \
+         check datapath.backend_interface names an interface that exists"
+    )]
+    Egress {
+        ifindex: u32,
+        source: aya::maps::xdp::XdpMapError,
+    },
     #[error("the plan has {what} {got}, more than the datapath's limit {limit}")]
     TooMany {
         what: &'static str,
@@ -132,6 +147,8 @@ pub struct Datapath {
     maps: Maps,
     rings: RingWriter,
     attached: Option<Attached>,
+    /// Two-arm: the link on the backend-side interface.
+    arm_attached: Option<Attached>,
     /// Where the maps and the link are pinned (None: nothing is pinned, and
     /// dropping the datapath detaches it, as tests and benchmarks want).
     pins: Option<PinDir>,
@@ -170,6 +187,7 @@ struct Maps {
     flows: Vec<MapData>,
     counters: stats::CounterMaps,
     nat: nat::NatMaps,
+    dnat: dnat::DnatMaps,
 }
 
 #[derive(Default)]
@@ -255,12 +273,14 @@ impl Datapath {
                 limit: MAX_BACKENDS - 1,
             });
         }
+        self.check_dnat(plan)?;
         for (&id, backend) in &plan.backends {
             if backend.flags & BACKEND_UP != 0 && self.written.backends.get(&id) != Some(backend) {
                 self.write_backend(id, backend)?;
             }
         }
         self.write_nat(plan)?;
+        self.add_dnat_sources(plan)?;
         for vip in &plan.vips {
             let id = vip.service.vip_id;
             if self.rings.live(id) != Some(&vip.ring) {
@@ -382,6 +402,7 @@ impl Datapath {
             self.written.backends.remove(&id);
         }
         self.clear_nat(plan)?;
+        self.trim_dnat_sources(plan)?;
         Ok(())
     }
 
@@ -706,12 +727,29 @@ impl Datapath {
     /// Runs the load balancer once on `frame` with BPF_PROG_TEST_RUN and
     /// returns the XDP action and the frame as the program left it.
     pub fn test_run(&mut self, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
+        self.test_run_on(None, frame)
+    }
+
+    /// As `test_run`, as if `frame` came in on interface `ingress` (an
+    /// index in the calling thread's network namespace; None: the
+    /// kernel's default, loopback): two-arm tests tell the arms apart.
+    pub fn test_run_on(&mut self, ingress: Option<u32>, frame: &[u8]) -> Result<(u32, Vec<u8>)> {
         let prog = xdp_program(&mut self.ebpf, LB_PROGRAM)?;
         // Room for growth: later forwarding modes encapsulate.
         let mut out = vec![0u8; frame.len() + 256];
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+        // rx_queue_index, egress_ifindex (the kernel wants data_end to be
+        // the frame's length, the rest but the interface 0).
+        let ctx: Option<Vec<u8>> = ingress.map(|i| {
+            [0, frame.len() as u32, 0, i, 0, 0]
+                .iter()
+                .flat_map(|w| w.to_ne_bytes())
+                .collect()
+        });
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.data_out = Some(&mut out);
+        opts.ctx_in = ctx.as_deref();
         let result = prog
             .test_run(opts)
             .map_err(|source| DatapathError::Program {

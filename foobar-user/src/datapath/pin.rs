@@ -33,7 +33,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Every map of the object, pinned by name (a map left out would start
 /// empty in the new program).
-pub(super) const PINNED_MAPS: [&str; 23] = [
+pub(super) const PINNED_MAPS: [&str; 24] = [
     "VIP_ADDRS4",
     "VIP_ADDR_BITS",
     "VIPS",
@@ -54,6 +54,7 @@ pub(super) const PINNED_MAPS: [&str; 23] = [
     "NAT_BACKEND_PORTS",
     "NAT_FLOWS",
     "NAT_REVERSE",
+    "DNAT_SRC_BITS",
     "VIP_ADDRS6",
     "VIP_ADDR_BITS6",
     "FLOWS6",
@@ -89,6 +90,12 @@ impl PinDir {
 
     pub(super) fn link(&self) -> PathBuf {
         self.dir.join("link")
+    }
+
+    /// The link of a two-arm node's backend-side interface (removed with
+    /// the directory, as the main one).
+    pub(super) fn arm_link(&self) -> PathBuf {
+        self.dir.join("link-backend")
     }
 
     pub(super) fn maps_dir(&self) -> PathBuf {

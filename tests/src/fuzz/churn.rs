@@ -11,8 +11,8 @@ use std::collections::{BTreeSet, HashMap};
 
 use foobar::plan::{Plan, PlannedVip};
 use foobar_common::{
-    NatVip, VipAddrKey, VipKey, ADDR_PASS_CLOSED_PORTS, ADDR_SNAT, ADDR_SNAT_ONLY, FWD_DSR,
-    FWD_IPIP, FWD_NAT, SCHED_MAGLEV, SCHED_RR, SERVICE_AFFINITY,
+    NatVip, VipAddrKey, VipKey, ADDR_PASS_CLOSED_PORTS, ADDR_SNAT, ADDR_SNAT_ONLY, FWD_DNAT,
+    FWD_DSR, FWD_IPIP, FWD_NAT, SCHED_MAGLEV, SCHED_RR, SERVICE_AFFINITY,
 };
 
 use super::Rng;
@@ -118,7 +118,9 @@ fn toggle_shadow(base: &Plan, vips: &mut Vec<PlannedVip>, rng: &mut Rng) {
 
 /// Changes a VIP's service in place: scheduler, source affinity or
 /// forwarding mode (a VIP that becomes `nat` gets its base NAT settings,
-/// or those of the node's SNAT address).
+/// or those of the node's SNAT address; one that becomes `dnat` its own
+/// dnat settings or a dnat VIP's timeouts; replies from backends outside
+/// the base plan's dnat source set pass, on both sides).
 fn change_service(vips: &mut [PlannedVip], rng: &mut Rng) {
     if vips.is_empty() {
         return;
@@ -126,7 +128,7 @@ fn change_service(vips: &mut [PlannedVip], rng: &mut Rng) {
     let i = rng.below(vips.len() as u64) as usize;
     let s = &mut vips[i].service;
     if rng.chance(40) {
-        let others: Vec<u8> = [FWD_DSR, FWD_NAT, FWD_IPIP]
+        let others: Vec<u8> = [FWD_DSR, FWD_NAT, FWD_IPIP, FWD_DNAT]
             .into_iter()
             .filter(|&m| m != s.forward_mode)
             .collect();
@@ -186,17 +188,28 @@ fn plan_of(base: &Plan, vips: Vec<PlannedVip>) -> Plan {
         .values()
         .find(|c| c.snat_addr_be == node_snat)
         .copied();
+    // A dnat VIP's settings: timeouts, no SNAT address.
+    let dnat_fallback: Option<NatVip> = base
+        .nat_vips
+        .values()
+        .find(|c| c.snat_addr_be == 0)
+        .copied();
     for v in &vips {
-        if v.service.forward_mode != FWD_NAT {
-            continue;
-        }
+        let dnat = match v.service.forward_mode {
+            FWD_NAT => false,
+            FWD_DNAT => true,
+            _ => continue,
+        };
+        // Its own base settings if they are of its mode (a dnat VIP's
+        // have no SNAT address), else the node's of that mode.
         let own = base
             .vips
             .iter()
             .find(|b| b.name == v.name)
             .and_then(|b| base.nat_vips.get(&b.service.vip_id))
-            .copied();
-        if let Some(cfg) = own.or(fallback) {
+            .copied()
+            .filter(|c| (c.snat_addr_be == 0) == dnat);
+        if let Some(cfg) = own.or(if dnat { dnat_fallback } else { fallback }) {
             nat_vips.insert(v.service.vip_id, cfg);
         }
     }
@@ -224,7 +237,11 @@ fn plan_of(base: &Plan, vips: Vec<PlannedVip>) -> Plan {
         *addresses.entry(key).or_insert(0) |= flags;
     }
     for v in &vips {
-        let Some(cfg) = nat_vips.get(&v.service.vip_id) else {
+        // A dnat VIP's settings name no SNAT address.
+        let Some(cfg) = nat_vips
+            .get(&v.service.vip_id)
+            .filter(|c| c.snat_addr_be != 0)
+        else {
             continue;
         };
         let key = VipAddrKey {
@@ -241,5 +258,6 @@ fn plan_of(base: &Plan, vips: Vec<PlannedVip>) -> Plan {
         addresses6: base.addresses6.clone(),
         nat_vips,
         backend_ports: base.backend_ports.clone(),
+        dnat_sources: base.dnat_sources.clone(),
     }
 }

@@ -1,6 +1,6 @@
 //! The fuzzer's NAT side: backends' replies to SNAT addresses and ports
-//! (to live state, to stale reverse entries, to ports nothing holds), and
-//! the clock. The datapath reads CLOCK_MONOTONIC_COARSE, which the harness
+//! (to live state, to stale reverse entries, to ports nothing holds), ICMP
+//! errors about NAT flows both ways, and the clock. The datapath reads CLOCK_MONOTONIC_COARSE, which the harness
 //! cannot set, so the NAT timeouts of the fuzzed plans are far longer than
 //! any run and a state is ended by aging it: its entry in NAT_FLOWS gets
 //! zero timeouts and timestamps (ended at any later instant, whatever the
@@ -86,7 +86,24 @@ impl Generator<'_> {
     pub(super) fn nat_reply(&mut self, model: &Model) -> Built {
         let mut reverse: Vec<FlowKey> = model.nat_reverse.keys().copied().collect();
         reverse.sort_by_key(order);
-        let key = if reverse.is_empty() || self.rng.chance(15) {
+        let key = if self.rng.chance(5) {
+            // A dnat backend to some client (docs/DNAT.md: replies to the
+            // client's own address and port), mostly without state.
+            let &(src, sport) = self.rng.pick(&[
+                ([10, 0, 0, 111], 8080u16),
+                ([10, 0, 0, 112], 80),
+                ([10, 0, 0, 113], 53),
+            ]);
+            let (dst, port) = super::client(self.rng.below(64) as u16);
+            FlowKey {
+                src_be: u32::from_ne_bytes(src),
+                dst_be: u32::from_ne_bytes(dst),
+                sport_be: sport.to_be(),
+                dport_be: port.to_be(),
+                proto: *self.rng.pick(&[6u8, 17]),
+                ..FlowKey::default()
+            }
+        } else if reverse.is_empty() || self.rng.chance(15) {
             // Some backend of a NAT VIP to some SNAT address and port.
             let &(src, sport) = self.rng.pick(&[
                 ([10, 0, 0, 91], 8080u16),
@@ -151,6 +168,105 @@ impl Generator<'_> {
         );
         finish_ipv4(&mut b);
         b
+    }
+}
+
+impl Generator<'_> {
+    /// An ICMP error about a NAT flow (docs/NAT.md, "ICMP"): from the
+    /// backends' side to the SNAT address, quoting a packet the LB sent to
+    /// a backend (S:sp -> B:bp), or from the clients' side to the VIP,
+    /// quoting a reply the LB sent (VIP:vp -> C:cp), of a state the model
+    /// holds (live or not), with a quote cut at a random length (8 bytes
+    /// after the quoted IP header and up, whole headers, a payload),
+    /// quoted checksums right or not, now and then a port nothing holds.
+    pub(super) fn nat_icmp(&mut self, model: &Model) -> Option<Built> {
+        let states = sorted_states(model);
+        if states.is_empty() {
+            return None;
+        }
+        let key = *self.rng.pick(&states);
+        let s = model.nat_flows[&key];
+        let to_client = self.rng.chance(50);
+        // (outer destination, quoted source, quoted destination)
+        let (dst, (qsrc, qsport), (qdst, mut qdport)) = if to_client {
+            (
+                s.snat_addr_be,
+                (s.snat_addr_be, s.snat_port_be),
+                (s.backend_addr_be, s.backend_port_be),
+            )
+        } else {
+            (
+                key.dst_be,
+                (key.dst_be, key.dport_be),
+                (key.src_be, key.sport_be),
+            )
+        };
+        if self.rng.chance(10) {
+            qdport = qdport.wrapping_add(1u16.to_be());
+        }
+        let router = if to_client {
+            [10, 0, 0, 254]
+        } else {
+            [198, 51, 100, 254]
+        };
+        let mut b = self.ip_start(LB_MAC, &[], router, dst.to_ne_bytes(), 1, 0, &[]);
+        let (kind, code) = *self.rng.pick(&[(3u8, 4u8), (3, 3), (3, 1), (11, 0)]);
+        let mut icmp = vec![kind, code, 0, 0, 0, 0, 0x05, 0xdc];
+        let options: &[u8] = if self.rng.chance(15) {
+            &[1, 1, 1, 0]
+        } else {
+            &[]
+        };
+        let mut quoted = self.ip_start(
+            [0; 6],
+            &[],
+            qsrc.to_ne_bytes(),
+            qdst.to_ne_bytes(),
+            key.proto,
+            0x4000,
+            options,
+        );
+        let payload = self.payload(100);
+        self.l4(
+            &mut quoted,
+            key.proto,
+            u16::from_be(qsport),
+            u16::from_be(qdport),
+            0x10,
+            payload,
+        );
+        finish_ipv4(&mut quoted);
+        // The quoted packet without its Ethernet header, its checksums
+        // broken now and then, cut after 8 bytes of L4 or more.
+        let mut q = quoted.bytes[quoted.l3..].to_vec();
+        if self.rng.chance(10) {
+            q[10] ^= 0x5a;
+        }
+        let l4 = quoted.l4.expect("l4 written") - quoted.l3;
+        let check = if key.proto == 6 { l4 + 16 } else { l4 + 6 };
+        if self.rng.chance(10) && check + 2 <= q.len() {
+            q[check] ^= 0x33;
+        }
+        if self.rng.chance(10) && key.proto == 17 {
+            q[check..check + 2].copy_from_slice(&[0, 0]);
+        }
+        let cut = match self.rng.below(4) {
+            0 => l4 + 8,
+            1 => (l4 + 20).min(q.len()),
+            2 => self.rng.range(l4 + 8, q.len().max(l4 + 8)),
+            _ => q.len(),
+        };
+        q.truncate(cut.min(q.len()));
+        icmp.extend(q);
+        b.l4 = Some(b.bytes.len());
+        b.bytes.extend(icmp);
+        finish_ipv4(&mut b);
+        if self.rng.chance(10) {
+            // A wrong ICMP checksum is carried, not repaired.
+            let at = b.l4.expect("set") + 2;
+            b.bytes[at] ^= 0x0f;
+        }
+        Some(b)
     }
 }
 

@@ -2,11 +2,16 @@
 //! port from the documented probe order (the flow hash with the node's
 //! seed xor 0x4e415450, then up to 16 consecutive ports of the range, a
 //! port free when its reverse entry is absent, stale, or this flow's
-//! own), the translation both ways, and state ending on close, idle
+//! own), the translation both ways (ICMP errors about NAT flows
+//! included), and state ending on close, idle
 //! timeout or a new SYN. Time is not real here: a state ends only when
 //! the harness expires it (`expire`), having aged it in the datapath's
 //! map too; the configured timeouts are far longer than a run.
-use foobar_common::{FlowKey, AF_INET};
+//!
+//! `dnat` (docs/DNAT.md) is the same state with the client's address and
+//! port in the SNAT fields; its replies come from the backends to the
+//! client (DNAT_SRC_BITS picks them out, `Model::dnat_source`).
+use foobar_common::{FlowKey, Service, AF_INET, FWD_DNAT};
 
 use super::{
     opens,
@@ -116,23 +121,81 @@ impl Model {
         Some((XDP_TX, Reason::ForwardedReply, out))
     }
 
-    /// A client's packet to a NAT VIP's backend `backend_id`: its live
-    /// state's port, or a new state and port; the translated frame.
+    /// An ICMP error to an SNAT address quoting a packet the LB sent to a
+    /// backend (its key, turned around, is the reverse key) of a live
+    /// state: to the client, from the VIP, quoting the client's packet.
+    /// Nothing is updated (an error is not a packet of the flow, and a
+    /// stale reverse entry is left alone).
+    pub(super) fn nat_icmp_to_client(
+        &self,
+        f: &[u8],
+        pkt: &Packet,
+    ) -> Option<(u32, Reason, Vec<u8>)> {
+        let rev = self.nat_reverse.get(&pkt.key)?;
+        let state = self.reverse_live(rev)?;
+        let c = rev.flow;
+        let inner = Tuple {
+            src_be: c.src_be,
+            dst_be: c.dst_be,
+            sport_be: c.sport_be,
+            dport_be: c.dport_be,
+        };
+        let mut out = translate_error(f, pkt, c.dst_be, c.src_be, &inner);
+        out[0..6].copy_from_slice(&state.client_mac);
+        out[6..12].copy_from_slice(&self.lb_mac);
+        Some((XDP_TX, Reason::ForwardedIcmpReply, out))
+    }
+
+    /// An ICMP error to a NAT VIP quoting a reply of the client flow
+    /// `pkt.key` with live state whose backend still holds its id (same
+    /// generation and address): to that backend, from the SNAT address,
+    /// quoting the backend's reply. The backend's id and the frame.
+    pub(super) fn nat_icmp_to_backend(&self, f: &[u8], pkt: &Packet) -> Option<(u32, Vec<u8>)> {
+        let s = self.nat_flows.get(&pkt.key).filter(|s| !s.ended)?;
+        let b = self.backend(s.backend_id);
+        if b.gen != s.backend_gen || b.addr_be != s.backend_addr_be {
+            return None;
+        }
+        let inner = Tuple {
+            src_be: s.backend_addr_be,
+            dst_be: s.snat_addr_be,
+            sport_be: s.backend_port_be,
+            dport_be: s.snat_port_be,
+        };
+        let mut out = translate_error(f, pkt, s.snat_addr_be, s.backend_addr_be, &inner);
+        out[0..6].copy_from_slice(&b.mac);
+        out[6..12].copy_from_slice(&self.lb_mac);
+        Some((s.backend_id, out))
+    }
+
+    /// A client's packet to a NAT (or dnat) VIP's backend `backend_id`: its live
+    /// state's port, or a new state and port; the translated frame. With
+    /// `dnat`, the SNAT address and port are the client's own, so only the
+    /// destination changes and a taken reply 5-tuple is "exhausted".
     pub(super) fn nat_forward(
         &self,
         f: &[u8],
         pkt: &Packet,
-        vip_id: u32,
+        service: &Service,
         backend_id: u32,
         backend: &Backend,
         updates: &mut Vec<Update>,
     ) -> Result<Vec<u8>, Verdict> {
         let bad = (XDP_DROP, Reason::BadBackend);
-        let cfg = self.nat_vips.get(&vip_id).copied().ok_or(bad)?;
-        if cfg.snat_addr_be == 0 {
+        let dnat = service.forward_mode == FWD_DNAT;
+        let mut cfg = self.nat_vips.get(&service.vip_id).copied().ok_or(bad)?;
+        let key = pkt.key;
+        if dnat {
+            // docs/DNAT.md: settings with timeouts; the client's own address
+            // and port stand for the SNAT ones (a one-port range).
+            if cfg.tcp_idle_s == 0 {
+                return Err(bad);
+            }
+            let port = u16::from_be(key.sport_be);
+            (cfg.snat_addr_be, cfg.port_min, cfg.port_max) = (key.src_be, port, port);
+        } else if cfg.snat_addr_be == 0 {
             return Err(bad);
         }
-        let key = pkt.key;
         let backend_port_be = match self.backend_ports.get(&backend_id) {
             Some(&p) if p != 0 => p,
             _ => key.dport_be,
@@ -261,5 +324,67 @@ fn translate(f: &[u8], pkt: &Packet, to: &Tuple) -> Vec<u8> {
         }
     };
     out[l4 + check_at..l4 + check_at + 2].copy_from_slice(&l4c.to_be_bytes());
+    out
+}
+
+/// An ICMP error with new outer addresses (`src_be`, `dst_be`) and its
+/// quoted packet's addresses and ports set to `inner`; every checksum
+/// computed from scratch over the bytes it covers that the frame holds
+/// (`carried` keeps a wrong one as wrong): the outer IPv4 header's, the
+/// quoted IPv4 header's, the quoted TCP/UDP checksum if it lies inside the
+/// outer packet (its pseudo-header from the quoted addresses; a quoted
+/// segment is usually cut short, and `carried` needs only the difference
+/// the change makes), and the ICMP message's (type to the packet's end).
+fn translate_error(f: &[u8], pkt: &Packet, src_be: u32, dst_be: u32, inner: &Tuple) -> Vec<u8> {
+    let (l3, l4) = (pkt.l3, pkt.l4);
+    let ihl = pkt.ip.ihl;
+    let end = l3 + pkt.ip.total_len;
+    let q3 = l4 + 8;
+    let qihl = usize::from(f[q3] & 0x0f) * 4;
+    let q4 = q3 + qihl;
+    let tcp = pkt.key.proto == PROTO_TCP;
+    let check_at = if tcp { 16 } else { 6 };
+    let quoted_check = q4 + check_at + 2 <= end;
+    let seg_sum = |frame: &[u8]| {
+        let mut pseudo = frame[q3 + 12..q3 + 20].to_vec();
+        pseudo.extend_from_slice(&[0, pkt.key.proto]);
+        pseudo.extend_from_slice(&((end - q4) as u16).to_be_bytes());
+        checksum(&frame[q4..end], check_at, sum(&pseudo))
+    };
+    let ip_in = checksum(&f[l3..l3 + ihl], 10, 0);
+    let qip_in = checksum(&f[q3..q3 + qihl], 10, 0);
+    let seg_in = quoted_check.then(|| seg_sum(f));
+    let icmp_in = checksum(&f[l4..end], 2, 0);
+
+    let mut out = f.to_vec();
+    out[l3 + 12..l3 + 16].copy_from_slice(&src_be.to_ne_bytes());
+    out[l3 + 16..l3 + 20].copy_from_slice(&dst_be.to_ne_bytes());
+    let ip = carried(be16(f, l3 + 10), ip_in, checksum(&out[l3..l3 + ihl], 10, 0));
+    out[l3 + 10..l3 + 12].copy_from_slice(&ip.to_be_bytes());
+
+    out[q3 + 12..q3 + 16].copy_from_slice(&inner.src_be.to_ne_bytes());
+    out[q3 + 16..q3 + 20].copy_from_slice(&inner.dst_be.to_ne_bytes());
+    out[q4..q4 + 2].copy_from_slice(&inner.sport_be.to_ne_bytes());
+    out[q4 + 2..q4 + 4].copy_from_slice(&inner.dport_be.to_ne_bytes());
+    let qip = carried(
+        be16(f, q3 + 10),
+        qip_in,
+        checksum(&out[q3..q3 + qihl], 10, 0),
+    );
+    out[q3 + 10..q3 + 12].copy_from_slice(&qip.to_be_bytes());
+    if let Some(seg_in) = seg_in {
+        let claimed = be16(f, q4 + check_at);
+        let c = if !tcp && claimed == 0 {
+            0
+        } else {
+            match carried(claimed, seg_in, seg_sum(&out)) {
+                0 if !tcp => 0xffff,
+                c => c,
+            }
+        };
+        out[q4 + check_at..q4 + check_at + 2].copy_from_slice(&c.to_be_bytes());
+    }
+    let icmp = carried(be16(f, l4 + 2), icmp_in, checksum(&out[l4..end], 2, 0));
+    out[l4 + 2..l4 + 4].copy_from_slice(&icmp.to_be_bytes());
     out
 }

@@ -81,7 +81,7 @@ pub fn decap_cost(quick: bool) -> Result<String> {
             floor_sum / singles,
         ]);
     }
-    let median = |i: usize| crate::median(rows.iter().map(|r| r[i]).collect());
+    let median = |i: usize| crate::common::median(rows.iter().map(|r| r[i]).collect());
     let mut out = String::new();
     writeln!(
         out,
