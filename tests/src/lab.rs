@@ -66,6 +66,7 @@ use std::{
 use anyhow::{anyhow, bail, Context as _, Result};
 use foobar::datapath::{AttachMode, PassProgram};
 
+mod http;
 mod two_arm;
 pub use two_arm::{LB_BACKEND_ADDR, LB_BACKEND_IFACE};
 

@@ -53,42 +53,12 @@ fn dnat_backends_see_the_client_address_and_a_big_transfer_is_intact() {
     // `/peer` answers with the backend's name and the peer address nginx
     // saw ($remote_addr).
     const N: usize = 3000;
-    let url = format!("http://{VIP}/peer?[1-{N}]");
-    let out = lab
-        .output(
-            &lab.client.ns,
-            &[
-                "curl",
-                "-sS",
-                "--max-time",
-                "300",
-                "-H",
-                "Connection: close",
-                "-w",
-                "%{http_code}\n",
-                &url,
-            ],
-        )
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "curl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(
-        lines.len(),
-        2 * N,
-        "one body and one status line per request"
-    );
     let client = lab.client.addr.to_string();
-    let mut served: BTreeMap<&str, usize> = BTreeMap::new();
-    for pair in lines.chunks(2) {
-        assert_eq!(pair[1], "200", "a request failed: {pair:?}");
-        let (backend, peer) = pair[0].split_once(' ').expect("name and peer");
+    let mut served: BTreeMap<String, usize> = BTreeMap::new();
+    for (line, count) in lab.requests_all_ok(&format!("http://{VIP}/peer"), N) {
+        let (backend, peer) = line.split_once(' ').expect("name and peer");
         assert_eq!(peer, client, "the backend saw the client's address");
-        *served.entry(backend).or_default() += 1;
+        *served.entry(backend.to_owned()).or_default() += count;
     }
     assert_eq!(served.len(), 3, "every backend served: {served:?}");
     // The replies came back through the LB, translated (the backends do
@@ -96,26 +66,7 @@ fn dnat_backends_see_the_client_address_and_a_big_transfer_is_intact() {
     assert!(reason(&lab, "forwarded_reply") >= N as u64);
     assert_eq!(reason(&lab, "drop_nat_ports_exhausted"), 0);
 
-    let original = lab.make_file("big.bin", 100 * 1024 * 1024).unwrap();
-    let copy = lab.dir.join("downloaded.bin");
-    lab.exec(
-        &lab.client.ns,
-        &[
-            "curl",
-            "-sS",
-            "--max-time",
-            "120",
-            "-o",
-            copy.to_str().unwrap(),
-            &format!("http://{VIP}/big.bin"),
-        ],
-    )
-    .unwrap();
-    let hash = |p: &std::path::Path| {
-        lab::run(&["sha256sum", p.to_str().unwrap()]).unwrap()[..64].to_owned()
-    };
-    assert_eq!(std::fs::metadata(&copy).unwrap().len(), 100 * 1024 * 1024);
-    assert_eq!(hash(&copy), hash(&original), "the download differs");
+    lab.download_intact(&format!("http://{VIP}/"), 100 * 1024 * 1024);
 }
 
 /// A daemon started without a dnat VIP loads its program without the dnat

@@ -32,40 +32,7 @@ fn three_thousand_requests_all_succeed_and_are_balanced() {
     const N: usize = 3000;
     // One curl, N URLs: "Connection: close" makes each request a new TCP
     // connection, i.e. a new flow that foobar schedules.
-    let url = format!("http://{VIP}/?[1-{N}]");
-    let out = lab
-        .output(
-            &lab.client.ns,
-            &[
-                "curl",
-                "-sS",
-                "--max-time",
-                "300",
-                "-H",
-                "Connection: close",
-                "-w",
-                "%{http_code}\n",
-                &url,
-            ],
-        )
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = text.lines().collect();
-    assert!(
-        out.status.success(),
-        "curl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        lines.len(),
-        2 * N,
-        "one body line and one status line per request"
-    );
-    let mut served: BTreeMap<&str, usize> = BTreeMap::new();
-    for pair in lines.chunks(2) {
-        assert_eq!(pair[1], "200", "a request failed: {pair:?}");
-        *served.entry(pair[0]).or_default() += 1;
-    }
+    let served = lab.requests_all_ok(&format!("http://{VIP}/"), N);
     assert_eq!(served.len(), 3, "every backend served: {served:?}");
     for (backend, n) in &served {
         let share = *n as f64 / N as f64;

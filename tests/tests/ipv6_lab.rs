@@ -7,7 +7,7 @@
 //! anything foobar passed), the download must be intact. Backend MACs come
 //! from neighbour discovery, their health from HTTP checks over IPv6. Needs
 //! root; run under `flock -o /tmp/foobar-lab.lock`.
-use std::{collections::BTreeMap, path::Path, process::Command, time::Instant};
+use std::{collections::BTreeMap, process::Command, time::Instant};
 
 use foobar_tests::lab::{self, Host, Lab, LabOptions, VIP6};
 
@@ -68,56 +68,10 @@ fn foobar_json(lab: &Lab, args: &[&str]) -> serde_json::Value {
 fn serve_through_vip6(lab: &Lab) -> BTreeMap<String, usize> {
     let started = Instant::now();
     // curl sees the bracketed IPv6 literal as an address, not a glob.
-    let url = format!("http://[{VIP6}]/?[1-{REQUESTS}]");
-    let out = lab
-        .output(
-            &lab.client.ns,
-            &[
-                "curl",
-                "-sS",
-                "--max-time",
-                "300",
-                "-H",
-                "Connection: close",
-                "-w",
-                "%{http_code}\n",
-                &url,
-            ],
-        )
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "curl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 2 * REQUESTS, "a body and a status per request");
-    let mut served = BTreeMap::new();
-    for pair in lines.chunks(2) {
-        assert_eq!(pair[1], "200", "a request failed: {pair:?}");
-        *served.entry(pair[0].to_owned()).or_insert(0usize) += 1;
-    }
+    let served = lab.requests_all_ok(&format!("http://[{VIP6}]/"), REQUESTS);
     let requests_took = started.elapsed();
 
-    let original = lab.make_file("big.bin", BIG).unwrap();
-    let copy = lab.dir.join("downloaded.bin");
-    lab.exec(
-        &lab.client.ns,
-        &[
-            "curl",
-            "-sS",
-            "--max-time",
-            "120",
-            "-o",
-            copy.to_str().unwrap(),
-            &format!("http://[{VIP6}]/big.bin"),
-        ],
-    )
-    .unwrap();
-    let hash = |p: &Path| lab::run(&["sha256sum", p.to_str().unwrap()]).unwrap()[..64].to_owned();
-    assert_eq!(std::fs::metadata(&copy).unwrap().len(), BIG as u64);
-    assert_eq!(hash(&copy), hash(&original), "the download differs");
+    lab.download_intact(&format!("http://[{VIP6}]/"), BIG);
     eprintln!(
         "{REQUESTS} requests in {:.1} s, 100 MB in {:.1} s",
         requests_took.as_secs_f64(),

@@ -7,7 +7,6 @@
 //! redirected to the backend side and the backends answer the client
 //! through the lab's gateway, never through the LB. Needs root; run under
 //! `flock -o /tmp/foobar-lab.lock`.
-use std::collections::BTreeMap;
 
 use foobar_tests::lab::{self, Lab, LabOptions, LB_BACKEND_ADDR, VIP};
 
@@ -72,62 +71,10 @@ fn link_packets(lab: &Lab, ns: &str, iface: &str) -> (u64, u64) {
 /// then a 100 MB download is intact (sha256).
 fn requests_and_a_big_transfer(lab: &Lab) {
     const N: usize = 3000;
-    let url = format!("http://{VIP}/?[1-{N}]");
-    let out = lab
-        .output(
-            &lab.client.ns,
-            &[
-                "curl",
-                "-sS",
-                "--max-time",
-                "300",
-                "-H",
-                "Connection: close",
-                "-w",
-                "%{http_code}\n",
-                &url,
-            ],
-        )
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "curl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(
-        lines.len(),
-        2 * N,
-        "one body and one status line per request"
-    );
-    let mut served: BTreeMap<&str, usize> = BTreeMap::new();
-    for pair in lines.chunks(2) {
-        assert_eq!(pair[1], "200", "a request failed: {pair:?}");
-        *served.entry(pair[0]).or_default() += 1;
-    }
+    let served = lab.requests_all_ok(&format!("http://{VIP}/"), N);
     assert_eq!(served.len(), 3, "every backend served: {served:?}");
 
-    let original = lab.make_file("big.bin", 100 * 1024 * 1024).unwrap();
-    let copy = lab.dir.join("downloaded.bin");
-    lab.exec(
-        &lab.client.ns,
-        &[
-            "curl",
-            "-sS",
-            "--max-time",
-            "120",
-            "-o",
-            copy.to_str().unwrap(),
-            &format!("http://{VIP}/big.bin"),
-        ],
-    )
-    .unwrap();
-    let hash = |p: &std::path::Path| {
-        lab::run(&["sha256sum", p.to_str().unwrap()]).unwrap()[..64].to_owned()
-    };
-    assert_eq!(std::fs::metadata(&copy).unwrap().len(), 100 * 1024 * 1024);
-    assert_eq!(hash(&copy), hash(&original), "the download differs");
+    lab.download_intact(&format!("http://{VIP}/"), 100 * 1024 * 1024);
 }
 
 #[test]
