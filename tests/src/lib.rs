@@ -2,6 +2,7 @@
 //! benchmarks: the network-namespace lab, packet fixtures, and the
 //! reference model of the datapath with its differential fuzzer.
 pub mod failover;
+pub mod fixture;
 pub mod frames;
 pub mod fuzz;
 pub mod lab;

@@ -12,9 +12,10 @@ use foobar::{
     config,
     datapath::{Datapath, LoadOptions},
     plan::Plan,
-    state::{self, State},
+    state::State,
 };
 use foobar_common::{vip_addr_bit, Reason, FWD_DNAT, NAT_CLOSED};
+use foobar_tests::fixture::{self, backend_mac, lb_mac};
 use foobar_tests::frames::{check_checksums, Spec, L4};
 
 const XDP_DROP: u32 = 1;
@@ -52,23 +53,8 @@ const VIPS: &str = r#"
     address = "10.0.0.21"
 "#;
 
-fn backend_mac(last: u8) -> [u8; 6] {
-    [0x02, 0xbe, 0, 0, 0, last]
-}
-
-fn lb_mac() -> [u8; 6] {
-    Spec::default().dst_mac
-}
-
 fn plan_of(text: &str) -> Plan {
-    let config = config::parse(text).expect("test config is valid");
-    let macs = [11, 21]
-        .into_iter()
-        .map(|n| (Ipv4Addr::new(10, 0, 0, n).into(), backend_mac(n)))
-        .collect();
-    State::build(&state::saved_from_config(&config), &macs)
-        .expect("MACs given")
-        .plan()
+    fixture::plan_of(text, &[11, 21])
 }
 
 /// The plan with `datapath` as the `[datapath]` table.
@@ -79,15 +65,14 @@ fn dnat_plan(datapath: &str) -> Plan {
 /// NAT state lasting `linger_s` after a close and `udp_idle_s` after a UDP
 /// flow's last packet.
 fn datapath(linger_s: u32, udp_idle_s: u32) -> Datapath {
-    let mut dp = Datapath::load(&LoadOptions {
-        lb_mac: lb_mac(),
-        dnat_replies: true,
-        ..LoadOptions::default()
-    })
-    .expect("loading the XDP program (are you root?)");
     let keys = format!("nat_linger = \"{linger_s}s\"\nnat_udp_idle = \"{udp_idle_s}s\"");
-    dp.apply(&dnat_plan(&keys)).expect("programming the maps");
-    dp
+    fixture::load(
+        &dnat_plan(&keys),
+        LoadOptions {
+            dnat_replies: true,
+            ..LoadOptions::default()
+        },
+    )
 }
 
 fn addr_be(a: [u8; 4]) -> u32 {

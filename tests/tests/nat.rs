@@ -13,6 +13,7 @@ use foobar::{
     state::{self, State},
 };
 use foobar_common::{Reason, VipAddrKey, ADDR_SNAT, ADDR_SNAT_ONLY, FWD_NAT, NAT_CLOSED};
+use foobar_tests::fixture::{self, backend_mac, lb_mac};
 use foobar_tests::frames::{check_checksums, Spec, L4};
 
 const XDP_DROP: u32 = 1;
@@ -60,14 +61,6 @@ const VIPS: &str = r#"
     address = "10.0.0.61"
 "#;
 
-fn backend_mac(last: u8) -> [u8; 6] {
-    [0x02, 0xbe, 0, 0, 0, last]
-}
-
-fn lb_mac() -> [u8; 6] {
-    Spec::default().dst_mac
-}
-
 fn client_mac() -> [u8; 6] {
     Spec::default().src_mac
 }
@@ -75,24 +68,11 @@ fn client_mac() -> [u8; 6] {
 /// The plan of the config: `datapath` is the `[datapath]` table's NAT keys.
 fn nat_plan(datapath: &str) -> Plan {
     let text = format!("[datapath]\nsnat_address = \"10.0.0.1\"\n{datapath}\n{VIPS}");
-    let config = config::parse(&text).expect("test config is valid");
-    let macs = [11, 21, 51, 61]
-        .into_iter()
-        .map(|n| (Ipv4Addr::new(10, 0, 0, n).into(), backend_mac(n)))
-        .collect();
-    State::build(&state::saved_from_config(&config), &macs)
-        .expect("MACs given")
-        .plan()
+    fixture::plan_of(&text, &[11, 21, 51, 61])
 }
 
 fn datapath_with(datapath: &str) -> Datapath {
-    let mut dp = Datapath::load(&LoadOptions {
-        lb_mac: lb_mac(),
-        ..LoadOptions::default()
-    })
-    .expect("loading the XDP program (are you root?)");
-    dp.apply(&nat_plan(datapath)).expect("programming the maps");
-    dp
+    fixture::load(&nat_plan(datapath), LoadOptions::default())
 }
 
 /// The datapath with NAT state lasting `linger_s` after a close and

@@ -7,18 +7,13 @@
 //! and ICMP checksums by etherparse, the quoted IPv4 and TCP/UDP checksums
 //! are those of the original packets), so byte equality checks every
 //! checksum; etherparse also verifies each one on its own. Needs root.
-use std::net::Ipv4Addr;
-
 use etherparse::{
     icmpv4::{DestUnreachableHeader, TimeExceededCode},
     Icmpv4Type, Ipv4HeaderSlice, SlicedPacket, TcpHeaderSlice, TransportSlice, UdpHeaderSlice,
 };
-use foobar::{
-    config,
-    datapath::{Datapath, LoadOptions},
-    state::{self, State},
-};
+use foobar::datapath::{Datapath, LoadOptions};
 use foobar_common::Reason;
+use foobar_tests::fixture::{self, backend_mac, lb_mac};
 use foobar_tests::frames::{check_checksums, icmp_error, quote, Spec, L4};
 
 const XDP_DROP: u32 = 1;
@@ -55,30 +50,8 @@ const CONFIG: &str = r#"
     address = "10.0.0.21"
 "#;
 
-fn backend_mac(last: u8) -> [u8; 6] {
-    [0x02, 0xbe, 0, 0, 0, last]
-}
-
-fn lb_mac() -> [u8; 6] {
-    Spec::default().dst_mac
-}
-
 fn datapath() -> Datapath {
-    let config = config::parse(CONFIG).expect("test config is valid");
-    let macs = [11, 21]
-        .into_iter()
-        .map(|n| (Ipv4Addr::new(10, 0, 0, n).into(), backend_mac(n)))
-        .collect();
-    let plan = State::build(&state::saved_from_config(&config), &macs)
-        .expect("MACs given")
-        .plan();
-    let mut dp = Datapath::load(&LoadOptions {
-        lb_mac: lb_mac(),
-        ..LoadOptions::default()
-    })
-    .expect("loading the XDP program (are you root?)");
-    dp.apply(&plan).expect("programming the maps");
-    dp
+    fixture::load(&fixture::plan_of(CONFIG, &[11, 21]), LoadOptions::default())
 }
 
 /// The SNAT port etherparse reads in a translated frame.
